@@ -1,0 +1,76 @@
+//! A test-only app that misbehaves on purpose, to prove the sandbox holds.
+//!
+//! The config string picks the mode; the misbehaviour happens in `periodic_run`:
+//! - `spin`: loop forever (the CPU deadline must stop it);
+//! - `alloc`: allocate and touch memory forever (the memory cap must stop it);
+//! - `trap`: hit an `unreachable` (a trap, isolated to this app);
+//! - `fs`: try to read and create files; succeeds only if both fail (no preopens);
+//! - `env`: succeeds only if the app sees no environment variables and no args;
+//! - `calm`: behave (count cycles and log them).
+
+use nodemanager_guest::{export_app, log_info, App};
+
+struct Hostile {
+    mode: String,
+    cycles: u64,
+}
+
+impl App for Hostile {
+    fn init(config: &str) -> Result<Self, String> {
+        match config {
+            "spin" | "alloc" | "trap" | "fs" | "env" | "calm" => {
+                Ok(Hostile { mode: config.to_string(), cycles: 0 })
+            }
+            other => Err(format!("unknown hostile mode {other:?}")),
+        }
+    }
+
+    fn periodic_run(&mut self, _view: Vec<String>) -> Result<(), String> {
+        self.cycles += 1;
+        match self.mode.as_str() {
+            "spin" => {
+                let mut x: u64 = 0;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "trap" => core::arch::wasm32::unreachable(),
+            "fs" => {
+                let read = std::fs::read("/etc/passwd");
+                let create = std::fs::write("escape.txt", b"x");
+                let dir = std::fs::read_dir(".");
+                log_info(&format!("fs read={read:?} create={create:?} dir_ok={}", dir.is_ok()));
+                if read.is_ok() || create.is_ok() || dir.is_ok() {
+                    return Err("filesystem access was granted".into());
+                }
+                Ok(())
+            }
+            "env" => {
+                let vars: Vec<_> = std::env::vars().collect();
+                let args: Vec<_> = std::env::args().collect();
+                log_info(&format!("env vars={} args={}", vars.len(), args.len()));
+                if !vars.is_empty() || !args.is_empty() {
+                    return Err(format!("saw env {vars:?} args {args:?}"));
+                }
+                Ok(())
+            }
+            _ => {
+                log_info(&format!("calm cycle {}", self.cycles));
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_message(&mut self, _from: String, _payload: Vec<u8>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+export_app!(Hostile);

@@ -1,0 +1,274 @@
+//! Node configuration: the TOML file given to `nodemanager run --config`, which the
+//! command-line flags then override.
+//!
+//! ```toml
+//! context = "demo"                      # nodes of different contexts never talk
+//! listen = ["/ip4/127.0.0.1/tcp/0"]     # multiaddrs; port 0 picks a free port
+//! bootstrap = []                        # full multiaddrs (ending in /p2p/<id>) to dial
+//! cycles = 5                            # default for every app; -1 runs forever
+//! period = "1s"                         # default for every app
+//! linger = "2s"                         # how long to stay up after every app is done
+//! seed = 7                              # optional: reproducible randomness for apps
+//! log_file = "node0.log"                # optional: log here instead of stderr
+//!
+//! [sampler]
+//! name = "connected"                    # the view: every connected peer
+//!
+//! [limits]                              # defaults for every app
+//! memory_mib = 256
+//! call_deadline = "1s"
+//!
+//! [[apps]]
+//! path = "build/guests/share_vec_rust.wasm"
+//! name = "share_vec"                    # default: the file name without .wasm
+//! config = ""                           # string handed to the app's init
+//! # cycles, period and [apps.limits] override the defaults above for this app
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::Limits;
+
+/// Serde for durations written as `"500ms"`, `"2s"`, `"1m 30s"`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `d` as text such as `"1s 500ms"`.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Reads text such as `"500ms"` or `"2s"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serde for optional durations.
+mod option_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a duration such as `500ms`, `2s` or `1m 30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration like \"500ms\" or \"2s\" ({e})"))
+}
+
+/// The whole configuration of one node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Nodes only exchange messages with nodes of the same context.
+    pub context: String,
+    /// Listen multiaddrs.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial on start (full multiaddrs ending in `/p2p/<peer id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Default number of `periodic-run` calls per app; -1 runs forever.
+    pub cycles: i64,
+    /// Default time between `periodic-run` calls.
+    #[serde(with = "duration")]
+    pub period: Duration,
+    /// How long the node stays up once every app is done.
+    #[serde(with = "duration")]
+    pub linger: Duration,
+    /// Seed for the apps' randomness (reproducible runs); none draws from the OS.
+    pub seed: Option<u64>,
+    /// Log file; none logs to stderr.
+    pub log_file: Option<PathBuf>,
+    /// Folder of compiled components; none uses the default cache folder.
+    pub cache_dir: Option<PathBuf>,
+    /// The peer-sampling service that makes the view.
+    pub sampler: SamplerConfig,
+    /// Default limits for every app.
+    pub limits: Limits,
+    /// The apps to run.
+    pub apps: Vec<AppSpec>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            context: "default".into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
+            bootstrap: Vec::new(),
+            cycles: 5,
+            period: Duration::from_secs(1),
+            linger: Duration::from_secs(2),
+            seed: None,
+            log_file: None,
+            cache_dir: None,
+            sampler: SamplerConfig::default(),
+            limits: Limits::default(),
+            apps: Vec::new(),
+        }
+    }
+}
+
+/// Which peer sampler makes the view, by name.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerConfig {
+    /// The sampler's name; see [`crate::sampling::KNOWN_SAMPLERS`].
+    pub name: String,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig { name: "connected".into() }
+    }
+}
+
+/// One app to run on the node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// The component file.
+    pub path: PathBuf,
+    /// The name messages are routed by; default: the file name without `.wasm`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The string handed to the app's `init`.
+    #[serde(default)]
+    pub config: String,
+    /// `periodic-run` calls; default: the node's `cycles`.
+    #[serde(default)]
+    pub cycles: Option<i64>,
+    /// Time between `periodic-run` calls; default: the node's `period`.
+    #[serde(default, with = "option_duration", skip_serializing_if = "Option::is_none")]
+    pub period: Option<Duration>,
+    /// Limits; default: the node's `[limits]`.
+    #[serde(default)]
+    pub limits: Option<Limits>,
+}
+
+impl AppSpec {
+    /// Parses the command line's `PATH[:NAME]`.
+    pub fn from_arg(arg: &str) -> Result<AppSpec, String> {
+        let (path, name) = match arg.rsplit_once(':') {
+            Some((path, name)) if !name.contains('/') => (path, Some(name.to_string())),
+            _ => (arg, None),
+        };
+        if path.is_empty() {
+            return Err(format!("--app {arg:?}: expected PATH[:NAME]"));
+        }
+        Ok(AppSpec { path: path.into(), name, config: String::new(), cycles: None, period: None, limits: None })
+    }
+
+    /// The app's routing name.
+    pub fn resolved_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        })
+    }
+}
+
+/// An app's settings after defaults are applied.
+#[derive(Clone, Debug)]
+pub struct ResolvedApp {
+    /// Routing name.
+    pub name: String,
+    /// Component file.
+    pub path: PathBuf,
+    /// `init` string.
+    pub config: String,
+    /// Number of cycles, `None` for forever.
+    pub cycles: Option<u64>,
+    /// Time between cycles.
+    pub period: Duration,
+    /// Sandbox limits.
+    pub limits: Limits,
+}
+
+/// Checks an app or context name: 1 to 64 characters from `A-Z a-z 0-9 _ - .`.
+pub fn validate_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        bail!("{what} {name:?} is not valid: use 1 to 64 characters from A-Z a-z 0-9 _ - .");
+    }
+    Ok(())
+}
+
+impl NodeConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<NodeConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut config: NodeConfig =
+            toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))?;
+        // App paths in the file are relative to the file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for app in &mut config.apps {
+            if app.path.is_relative() {
+                app.path = base.join(&app.path);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Checks everything that can be checked before starting, and applies defaults to
+    /// the apps.
+    pub fn resolve_apps(&self) -> Result<Vec<ResolvedApp>> {
+        validate_name("context", &self.context)?;
+        crate::sampling::check_sampler_name(&self.sampler.name)?;
+        self.limits.validate()?;
+        if self.listen.is_empty() {
+            bail!("no listen address: give at least one, e.g. --listen /ip4/127.0.0.1/tcp/0");
+        }
+        for addr in &self.bootstrap {
+            if !addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))) {
+                bail!("bootstrap address {addr} has no /p2p/<peer id> part");
+            }
+        }
+        if self.apps.is_empty() {
+            bail!("no apps to run: give --app PATH[:NAME] or [[apps]] in the config file");
+        }
+        let mut resolved: Vec<ResolvedApp> = Vec::new();
+        for spec in &self.apps {
+            let name = spec.resolved_name();
+            validate_name("app name", &name)?;
+            if resolved.iter().any(|a| a.name == name) {
+                bail!("two apps are named {name:?}: give one another name with PATH:NAME");
+            }
+            let cycles = spec.cycles.unwrap_or(self.cycles);
+            let cycles = match cycles {
+                -1 => None,
+                n if n >= 0 => Some(n as u64),
+                n => bail!("app {name}: cycles must be -1 (forever) or at least 0, not {n}"),
+            };
+            let period = spec.period.unwrap_or(self.period);
+            if period.is_zero() {
+                bail!("app {name}: period must be greater than zero");
+            }
+            let limits = spec.limits.clone().unwrap_or_else(|| self.limits.clone());
+            limits.validate().with_context(|| format!("app {name}"))?;
+            resolved.push(ResolvedApp { name, path: spec.path.clone(), config: spec.config.clone(), cycles, period, limits });
+        }
+        Ok(resolved)
+    }
+}

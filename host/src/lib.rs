@@ -1,0 +1,11 @@
+//! nodemanager: a host for peer-to-peer apps written as sandboxed WebAssembly components.
+//!
+//! A node runs a libp2p swarm, a peer-sampling service that makes its view, and apps
+//! (components of the world in `wit/`) that see the view, receive messages and send
+//! messages to the same-named app on other nodes.
+
+pub mod config;
+pub mod network;
+pub mod node;
+pub mod runtime;
+pub mod sampling;

@@ -1,0 +1,256 @@
+//! The `nodemanager` command line: parses, then calls the library.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use libp2p::Multiaddr;
+use nodemanager::config::{parse_duration, AppSpec, NodeConfig};
+use nodemanager::node::Node;
+use nodemanager::runtime::{inspect, Runtime};
+
+/// Host for peer-to-peer apps written as sandboxed WebAssembly components.
+#[derive(Parser)]
+#[command(name = "nodemanager", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node with its apps until they finish their cycles (plus the linger).
+    ///
+    /// Prints one JSON line when listening ({"peer_id", "listen_addrs"}) and one at
+    /// exit ({"apps": {name: counters}}). Flags override the config file.
+    Run(RunArgs),
+    /// Compile components into the cache ahead of a run.
+    Compile {
+        /// Component files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Print a component's imports and exports and whether it fits the app world.
+    Inspect {
+        /// The component file.
+        path: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+}
+
+#[derive(Args)]
+struct CacheArgs {
+    /// Folder of compiled components [default: $NODEMANAGER_CACHE_DIR, else ~/.cache/nodemanager].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    fn dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(Runtime::default_cache_dir)
+    }
+}
+
+fn multiaddr(text: &str) -> Result<Multiaddr, String> {
+    text.parse().map_err(|e| format!("{text:?} is not a multiaddr like /ip4/127.0.0.1/tcp/0 ({e})"))
+}
+
+fn app_config(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(name, config)| (name.to_string(), config.to_string()))
+        .ok_or_else(|| format!("{text:?}: expected NAME=CONFIG"))
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML config file (see the README for its fields).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen multiaddr (repeatable; replaces the config's); port 0 picks a free port.
+    #[arg(long, value_name = "MULTIADDR", value_parser = multiaddr)]
+    listen: Vec<Multiaddr>,
+    /// Peer to dial on start, ending in /p2p/<peer id> (repeatable; added to the config's).
+    #[arg(long, value_name = "MULTIADDR", value_parser = multiaddr)]
+    bootstrap: Vec<Multiaddr>,
+    /// Context: nodes only talk to nodes of the same context.
+    #[arg(long)]
+    context: Option<String>,
+    /// App component to run, routed by NAME (default: the file name) (repeatable).
+    #[arg(long, value_name = "PATH[:NAME]", value_parser = AppSpec::from_arg)]
+    app: Vec<AppSpec>,
+    /// Config string for app NAME's init (repeatable).
+    #[arg(long, value_name = "NAME=CONFIG", value_parser = app_config)]
+    app_config: Vec<(String, String)>,
+    /// periodic-run calls for every app; -1 runs forever.
+    #[arg(long, allow_negative_numbers = true)]
+    cycles: Option<i64>,
+    /// Time between periodic-run calls for every app, e.g. 500ms, 2s.
+    #[arg(long, value_parser = parse_duration)]
+    period: Option<Duration>,
+    /// How long to stay up after every app is done, e.g. 2s.
+    #[arg(long, value_parser = parse_duration)]
+    linger: Option<Duration>,
+    /// Log to this file instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Seed for the apps' randomness (reproducible runs).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Peer sampler that makes the view.
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Folder of compiled components.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The config file, if any, with the flags applied on top.
+    fn into_config(self) -> Result<NodeConfig> {
+        let mut config = match &self.config {
+            Some(path) => NodeConfig::from_file(path)?,
+            None => NodeConfig::default(),
+        };
+        if !self.listen.is_empty() {
+            config.listen = self.listen;
+        }
+        config.bootstrap.extend(self.bootstrap);
+        config.apps.extend(self.app);
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v.into(); } )* };
+        }
+        set!(context, linger, seed);
+        if let Some(path) = self.log_file {
+            config.log_file = Some(path);
+        }
+        if let Some(dir) = self.cache_dir {
+            config.cache_dir = Some(dir);
+        }
+        if let Some(name) = self.sampler {
+            config.sampler.name = name;
+        }
+        for app in &mut config.apps {
+            app.cycles = self.cycles.or(app.cycles);
+            app.period = self.period.or(app.period);
+        }
+        for (name, app_config) in self.app_config {
+            let app = config
+                .apps
+                .iter_mut()
+                .find(|a| a.resolved_name() == name)
+                .with_context(|| format!("--app-config names app {name:?}, which is not among the apps"))?;
+            app.config = app_config;
+        }
+        Ok(config)
+    }
+}
+
+fn init_logging(log_file: Option<&Path>) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match log_file {
+        Some(path) => {
+            let file = std::fs::File::create(path).with_context(|| format!("cannot create log file {}", path.display()))?;
+            builder.with_ansi(false).with_writer(Mutex::new(file)).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let config = args.into_config()?;
+    config.resolve_apps()?;
+    init_logging(config.log_file.as_deref())?;
+    let cache_dir = config.cache_dir.clone().unwrap_or_else(Runtime::default_cache_dir);
+    let runtime = Arc::new(Runtime::new(&cache_dir)?);
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    tokio.block_on(async {
+        let node = Node::start(config, runtime).await?;
+        print_json(node.ready())?;
+        let summary = node.run(shutdown_signal()).await;
+        print_json(&summary)
+    })
+}
+
+fn compile(paths: &[PathBuf], cache: &CacheArgs) -> Result<()> {
+    let runtime = Runtime::new(&cache.dir())?;
+    for path in paths {
+        let started = Instant::now();
+        let prepared = runtime.load_component(path)?;
+        let how = if prepared.from_cache { "already cached" } else { "compiled" };
+        println!("{}: {how} in {:.2?}", path.display(), started.elapsed());
+    }
+    Ok(())
+}
+
+fn inspect_command(path: &Path, json: bool, cache: &CacheArgs) -> Result<bool> {
+    let runtime = Runtime::new(&cache.dir())?;
+    let report = inspect(&runtime, path)?;
+    if json {
+        print_json(&serde_json::json!({
+            "imports": report.imports, "exports": report.exports,
+            "missing_exports": report.missing_exports, "unsupported_imports": report.unsupported_imports,
+            "fits": report.fits(),
+        }))?;
+    } else {
+        println!("{}", path.display());
+        println!("imports:");
+        report.imports.iter().for_each(|i| println!("  {i}"));
+        println!("exports:");
+        report.exports.iter().for_each(|e| println!("  {e}"));
+        if report.fits() {
+            println!("fits the world nodemanager:app/app@0.1.0");
+        } else {
+            println!("does NOT fit the world nodemanager:app/app@0.1.0:\n{}", report.problems().trim_end());
+        }
+    }
+    Ok(report.fits())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args).map(|()| true),
+        Command::Compile { paths, cache } => compile(&paths, &cache).map(|()| true),
+        Command::Inspect { path, json, cache } => inspect_command(&path, json, &cache),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

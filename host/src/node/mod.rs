@@ -1,0 +1,351 @@
+//! The node: joins the swarm, the sampler and the app workers in one event loop.
+//!
+//! Start-up order: compile every app (from the cache when possible), listen, wait until
+//! every listener has an address, dial the bootstrap peers, then start the apps. The
+//! node stops once every app finished its cycles and the linger passed, or on a signal.
+
+mod worker;
+
+pub use worker::{AppState, AppStats};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, PeerId, Swarm};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::{NodeConfig, ResolvedApp};
+use crate::network::{self, AppRequest, NetworkConfig, NodeBehaviour, NodeBehaviourEvent};
+use crate::runtime::{AppContext, Runtime};
+use crate::sampling::{self, PeerSampler};
+use worker::{AppCommand, Worker, WorkerEvent};
+
+/// How long start-up waits for the listeners to report their addresses.
+const LISTEN_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often message deadlines are checked.
+const DEADLINE_SWEEP: Duration = Duration::from_millis(50);
+
+/// The first line `nodemanager run` prints: who the node is and where to reach it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ready {
+    /// This node's peer id.
+    pub peer_id: String,
+    /// Full multiaddrs, each ending in `/p2p/<peer id>`.
+    pub listen_addrs: Vec<String>,
+}
+
+/// The last line `nodemanager run` prints: per-app counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Counters by app name.
+    pub apps: BTreeMap<String, AppStats>,
+}
+
+struct RunningApp {
+    name: String,
+    commands: std_mpsc::Sender<AppCommand>,
+    stats: Arc<Mutex<AppStats>>,
+    inbox_depth: Arc<AtomicUsize>,
+    inbox_capacity: usize,
+    finished: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct PendingDelivery {
+    app: usize,
+    message_id: u64,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+/// A started node: listening, bootstrapped, apps compiled.
+pub struct Node {
+    swarm: Swarm<NodeBehaviour>,
+    config: NodeConfig,
+    apps: Vec<(ResolvedApp, crate::runtime::Prepared)>,
+    context: AppContext,
+    sampler: Box<dyn PeerSampler>,
+    app_protocol: libp2p::StreamProtocol,
+    ready: Ready,
+}
+
+fn app_seed(seed: u64, app: &str) -> u64 {
+    let digest = Sha256::new().chain_update(seed.to_le_bytes()).chain_update(app.as_bytes()).finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+impl Node {
+    /// Checks the config, compiles the apps, listens and dials the bootstrap peers.
+    pub async fn start(config: NodeConfig, runtime: Arc<Runtime>) -> Result<Node> {
+        let resolved = config.resolve_apps()?;
+        let sampler = sampling::new_sampler(&config.sampler.name)?;
+        let mut apps = Vec::new();
+        for app in resolved {
+            let runtime = runtime.clone();
+            let path = app.path.clone();
+            let prepared = tokio::task::spawn_blocking(move || runtime.load_component(&path))
+                .await?
+                .with_context(|| format!("app {:?}", app.name))?;
+            tracing::info!(app = %app.name, from_cache = prepared.from_cache, compile_time = ?prepared.compile_time, "component ready");
+            apps.push((app, prepared));
+        }
+        let max_payload_bytes = apps.iter().map(|(a, _)| a.limits.max_payload_bytes).max().unwrap_or(0);
+        let max_timeout = Duration::from_secs(u64::from(u32::MAX / 1000) + 1);
+        let mut swarm = network::build_swarm(&NetworkConfig {
+            context: config.context.clone(),
+            max_payload_bytes,
+            request_timeout: max_timeout,
+            idle_connection_timeout: Duration::from_secs(60),
+        })?;
+        let mut listeners = HashSet::new();
+        for addr in &config.listen {
+            let id = swarm.listen_on(addr.clone()).with_context(|| format!("cannot listen on {addr}"))?;
+            listeners.insert(id);
+        }
+        let peer_id = *swarm.local_peer_id();
+        let mut listen_addrs = Vec::new();
+        let waiting = tokio::time::timeout(LISTEN_READY_TIMEOUT, async {
+            while !listeners.is_empty() {
+                match swarm.select_next_some().await {
+                    SwarmEvent::NewListenAddr { listener_id, address } => {
+                        listeners.remove(&listener_id);
+                        listen_addrs.push(address.with(Protocol::P2p(peer_id)).to_string());
+                    }
+                    SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+                        bail!("listener on {addresses:?} closed: {reason:?}");
+                    }
+                    SwarmEvent::ListenerError { error, .. } => bail!("cannot listen: {error}"),
+                    _ => {}
+                }
+            }
+            Ok(())
+        });
+        waiting.await.context("the listen addresses did not come up in time")??;
+        for addr in &config.bootstrap {
+            swarm.dial(addr.clone()).with_context(|| format!("cannot dial bootstrap address {addr}"))?;
+        }
+        let app_protocol = network::app_protocol(&config.context)?;
+        let context = AppContext::new(peer_id.to_string());
+        Ok(Node { swarm, config, apps, context, sampler, app_protocol, ready: Ready { peer_id: peer_id.to_string(), listen_addrs } })
+    }
+
+    /// The node's id and full listen addresses.
+    pub fn ready(&self) -> &Ready {
+        &self.ready
+    }
+
+    /// Runs the apps until they are done and the linger passed, or `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Summary {
+        let (events_tx, mut events) = mpsc::channel(1024);
+        let mut running = Vec::new();
+        for (index, (spec, prepared)) in std::mem::take(&mut self.apps).into_iter().enumerate() {
+            let (commands_tx, commands) = std_mpsc::channel();
+            let stats = Arc::new(Mutex::new(AppStats::default()));
+            let inbox_depth = Arc::new(AtomicUsize::new(0));
+            let worker = Worker {
+                index,
+                seed: self.config.seed.map(|s| app_seed(s, &spec.name)),
+                spec: spec.clone(),
+                prepared,
+                context: self.context.clone(),
+                commands,
+                events: events_tx.clone(),
+                stats: stats.clone(),
+                inbox_depth: inbox_depth.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("app-{}", spec.name))
+                .spawn(move || worker.run())
+                .expect("spawn an app thread");
+            running.push(RunningApp {
+                name: spec.name.clone(),
+                commands: commands_tx,
+                stats,
+                inbox_depth,
+                inbox_capacity: spec.limits.inbox_capacity,
+                finished: false,
+                thread: Some(thread),
+            });
+        }
+        drop(events_tx);
+
+        let mut pending: HashMap<OutboundRequestId, PendingDelivery> = HashMap::new();
+        let mut sweep = tokio::time::interval(DEADLINE_SWEEP);
+        let linger = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(linger, shutdown);
+        let mut lingering = false;
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event, &mut running, &mut pending),
+                Some(event) = events.recv() => match event {
+                    WorkerEvent::Outgoing { app, messages } => {
+                        for message in messages {
+                            let request = AppRequest { app: running[app].name.clone(), payload: message.payload };
+                            let id = self.swarm.behaviour_mut().apps.send_request(&message.destination, request);
+                            pending.insert(id, PendingDelivery {
+                                app,
+                                message_id: message.id,
+                                deadline: Instant::now() + message.timeout,
+                                timeout: message.timeout,
+                            });
+                        }
+                    }
+                    WorkerEvent::Finished { app } => running[app].finished = true,
+                },
+                _ = sweep.tick() => {
+                    let now = Instant::now();
+                    pending.retain(|_, p| {
+                        if p.deadline > now {
+                            return true;
+                        }
+                        report(&running, p, Some(format!("timed out after {:?}", p.timeout)));
+                        false
+                    });
+                }
+                _ = &mut linger => break,
+                _ = &mut shutdown => {
+                    tracing::info!("shutting down on request");
+                    break;
+                }
+            }
+            if !lingering && running.iter().all(|a| a.finished) {
+                lingering = true;
+                tracing::info!(linger = ?self.config.linger, "every app is done; lingering");
+                linger.as_mut().reset(Instant::now() + self.config.linger);
+            }
+        }
+        for p in pending.values() {
+            report(&running, p, Some("the node shut down before an answer came".into()));
+        }
+        let mut summary = Summary { apps: BTreeMap::new() };
+        for app in &mut running {
+            let _ = app.commands.send(AppCommand::Stop);
+            if let Some(thread) = app.thread.take() {
+                let _ = thread.join();
+            }
+            let stats = app.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            summary.apps.insert(app.name.clone(), stats);
+        }
+        summary
+    }
+
+    fn publish_view(&self) {
+        let view: Vec<String> = self.sampler.view().iter().map(PeerId::to_string).collect();
+        *self.context.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    fn add_known_peer(&self, peer: PeerId) {
+        let peer = peer.to_string();
+        let mut known = self.context.known_peers.write().unwrap_or_else(|e| e.into_inner());
+        if !known.contains(&peer) {
+            known.push(peer);
+        }
+    }
+
+    fn on_swarm_event(
+        &mut self,
+        event: SwarmEvent<NodeBehaviourEvent>,
+        running: &mut [RunningApp],
+        pending: &mut HashMap<OutboundRequestId, PendingDelivery>,
+    ) {
+        match event {
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+                tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "disconnected");
+                self.sampler.on_peer_unreachable(peer_id);
+                self.publish_view();
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::warn!(peer = ?peer_id, "dial failed: {error}");
+                if let Some(peer) = peer_id {
+                    self.sampler.on_peer_unreachable(peer);
+                    self.publish_view();
+                }
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                if info.protocols.contains(&self.app_protocol) {
+                    for addr in info.listen_addrs {
+                        self.swarm.add_peer_address(peer_id, addr);
+                    }
+                    self.add_known_peer(peer_id);
+                    self.sampler.on_peer_connected(peer_id);
+                    self.publish_view();
+                } else {
+                    tracing::info!(peer = %peer_id, "peer speaks another context; not adding it to the view");
+                }
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Apps(event)) => self.on_app_event(event, running, pending),
+            _ => {}
+        }
+    }
+
+    fn on_app_event(
+        &mut self,
+        event: request_response::Event<AppRequest, network::AppResponse>,
+        running: &mut [RunningApp],
+        pending: &mut HashMap<OutboundRequestId, PendingDelivery>,
+    ) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let answer = deliver(running, peer, request);
+                    if let Err(reason) = &answer {
+                        tracing::warn!(peer = %peer, "refused a message: {reason}");
+                    }
+                    let _ = self.swarm.behaviour_mut().apps.send_response(channel, answer);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(p) = pending.remove(&request_id) {
+                        report(running, &p, response.err().map(|r| format!("refused by {peer}: {r}")));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                if let Some(p) = pending.remove(&request_id) {
+                    report(running, &p, Some(format!("could not reach {peer}: {error}")));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::warn!(peer = %peer, "bad inbound app message: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+/// Hands a received message to its app, or says why not.
+fn deliver(running: &[RunningApp], from: PeerId, request: AppRequest) -> Result<(), String> {
+    let Some(app) = running.iter().find(|a| a.name == request.app) else {
+        return Err(format!("no app named {:?} on this node", request.app));
+    };
+    let stats = app.stats.lock().unwrap_or_else(|e| e.into_inner());
+    if stats.state == AppState::Failed {
+        return Err(format!("app {:?} has stopped: {}", app.name, stats.reason.as_deref().unwrap_or("failed")));
+    }
+    drop(stats);
+    if app.inbox_depth.load(Ordering::Relaxed) >= app.inbox_capacity {
+        return Err(format!("app {:?} has {} messages waiting already", app.name, app.inbox_capacity));
+    }
+    app.inbox_depth.fetch_add(1, Ordering::Relaxed);
+    app.commands
+        .send(AppCommand::Message { from: from.to_string(), payload: request.payload })
+        .map_err(|_| format!("app {:?} has stopped", app.name))
+}
+
+/// Sends a delivery report to the app that queued the message.
+fn report(running: &[RunningApp], pending: &PendingDelivery, failure: Option<String>) {
+    let _ = running[pending.app].commands.send(AppCommand::Delivery { id: pending.message_id, failure });
+}

@@ -1,0 +1,212 @@
+//! One app's worker: a thread that owns the app's store, runs its schedule, handles its
+//! messages in order and hands what it queued to the node. A slow app delays no other.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::mpsc::Sender;
+
+use crate::config::ResolvedApp;
+use crate::runtime::{AppContext, AppError, LoadedApp, OutgoingMessage, Prepared};
+
+/// What the node asks of an app.
+#[derive(Debug)]
+pub enum AppCommand {
+    /// Deliver a message from peer `from`.
+    Message { from: String, payload: Vec<u8> },
+    /// Report how message `id` ended (`None`: delivered).
+    Delivery { id: u64, failure: Option<String> },
+    /// Stop now.
+    Stop,
+}
+
+/// What a worker tells the node.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// Messages app `app` queued, to send now.
+    Outgoing { app: usize, messages: Vec<OutgoingMessage> },
+    /// App `app` finished its cycles or stopped for good.
+    Finished { app: usize },
+}
+
+/// Where an app stands.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AppState {
+    /// Starting or running its cycles.
+    Running,
+    /// All cycles done (it still handles messages until the node exits).
+    Done,
+    /// Stopped for good; `reason` says why.
+    Failed,
+}
+
+/// An app's counters, as the final summary prints them.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppStats {
+    /// `periodic-run` calls made.
+    pub cycles: u64,
+    /// Messages the destination accepted.
+    pub sent: u64,
+    /// Messages handed to `handle-message`.
+    pub received: u64,
+    /// Messages refused by `send-message` or not delivered.
+    pub send_errors: u64,
+    /// Calls that returned an error (the app went on).
+    pub call_errors: u64,
+    /// Where the app stands.
+    pub state: AppState,
+    /// Why the app failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Default for AppStats {
+    fn default() -> Self {
+        AppStats { cycles: 0, sent: 0, received: 0, send_errors: 0, call_errors: 0, state: AppState::Running, reason: None }
+    }
+}
+
+/// Everything a worker thread needs.
+pub struct Worker {
+    /// The app's index in the node.
+    pub index: usize,
+    /// The app's settings.
+    pub spec: ResolvedApp,
+    /// The compiled component.
+    pub prepared: Prepared,
+    /// The node's shared state.
+    pub context: AppContext,
+    /// Seed for the app's randomness.
+    pub seed: Option<u64>,
+    /// Commands from the node.
+    pub commands: Receiver<AppCommand>,
+    /// Events to the node.
+    pub events: Sender<WorkerEvent>,
+    /// Counters, read by the node.
+    pub stats: Arc<Mutex<AppStats>>,
+    /// Messages waiting in `commands`.
+    pub inbox_depth: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn stats(&self) -> std::sync::MutexGuard<'_, AppStats> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(app = %self.spec.name, "app stopped: {reason}");
+        let mut stats = self.stats();
+        stats.state = AppState::Failed;
+        stats.reason = Some(reason);
+    }
+
+    fn finish(&self) {
+        let _ = self.events.blocking_send(WorkerEvent::Finished { app: self.index });
+    }
+
+    /// Runs the app until its cycles are done and the node says stop, or it fails.
+    pub fn run(self) {
+        let name = self.spec.name.clone();
+        let mut app = match LoadedApp::instantiate(&self.prepared, &name, self.spec.limits.clone(), self.context.clone(), self.seed) {
+            Ok(app) => app,
+            Err(e) => return self.stop_with(e),
+        };
+        if let Err(e) = app.init(&self.spec.config) {
+            return self.stop_with(AppError::Stopped(format!("init failed: {e}")));
+        }
+        tracing::info!(app = %name, cycles = ?self.spec.cycles, period = ?self.spec.period, "app started");
+        self.flush(&mut app);
+        let mut next_cycle = Instant::now() + self.spec.period;
+        let mut finished = self.cycles_done(0);
+        if finished {
+            self.finish_cycles();
+        }
+        loop {
+            let now = Instant::now();
+            let command = if !finished && now >= next_cycle {
+                None
+            } else {
+                let wait = if finished { Duration::from_secs(3600) } else { next_cycle - now };
+                match self.commands.recv_timeout(wait) {
+                    Ok(command) => Some(command),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let result = match command {
+                None => {
+                    next_cycle = (next_cycle + self.spec.period).max(now);
+                    let result = app.periodic_run(&self.context.view());
+                    let cycles = {
+                        let mut stats = self.stats();
+                        stats.cycles += 1;
+                        stats.cycles
+                    };
+                    if self.cycles_done(cycles) {
+                        finished = true;
+                        self.finish_cycles();
+                    }
+                    result
+                }
+                Some(AppCommand::Message { from, payload }) => {
+                    self.inbox_depth.fetch_sub(1, Ordering::Relaxed);
+                    self.stats().received += 1;
+                    app.handle_message(&from, &payload)
+                }
+                Some(AppCommand::Delivery { id, failure }) => {
+                    {
+                        let mut stats = self.stats();
+                        match &failure {
+                            None => stats.sent += 1,
+                            Some(reason) => {
+                                stats.send_errors += 1;
+                                tracing::warn!(app = %name, message_id = id, "message not delivered: {reason}");
+                            }
+                        }
+                    }
+                    app.delivery_report(id, failure.as_deref())
+                }
+                Some(AppCommand::Stop) => break,
+            };
+            self.stats().send_errors += app.take_refused_sends();
+            match result {
+                Ok(()) => {}
+                Err(AppError::Returned(message)) => {
+                    tracing::warn!(app = %name, "call returned an error: {message}");
+                    self.stats().call_errors += 1;
+                }
+                Err(e @ AppError::Stopped(_)) => return self.stop_with(e),
+            }
+            self.flush(&mut app);
+        }
+    }
+
+    fn cycles_done(&self, cycles: u64) -> bool {
+        self.spec.cycles.is_some_and(|limit| cycles >= limit)
+    }
+
+    fn finish_cycles(&self) {
+        tracing::info!(app = %self.spec.name, "app finished its cycles");
+        self.stats().state = AppState::Done;
+        self.finish();
+    }
+
+    fn stop_with(&self, error: AppError) {
+        let already_finished = self.stats().state == AppState::Done;
+        self.fail(error.to_string());
+        if !already_finished {
+            self.finish();
+        }
+    }
+
+    fn flush(&self, app: &mut LoadedApp) {
+        let messages = app.take_outbox();
+        if !messages.is_empty() {
+            let _ = self.events.blocking_send(WorkerEvent::Outgoing { app: self.index, messages });
+        }
+    }
+}

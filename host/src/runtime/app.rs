@@ -1,0 +1,144 @@
+//! One instantiated app: its store, its exports, and how a failed call is explained.
+
+use std::time::Duration;
+
+use wasmtime::Store;
+
+use super::bindings::{App, DeliveryOutcome};
+use super::host::{AppContext, HostState, OutgoingMessage};
+use super::{Limits, Prepared};
+
+/// Why a call into an app did not succeed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AppError {
+    /// The app returned an error; it goes on running.
+    #[error("the app returned an error: {0}")]
+    Returned(String),
+    /// The app trapped, ran past its deadline or its memory cap: it is stopped for good.
+    #[error("{0}")]
+    Stopped(String),
+}
+
+impl AppError {
+    /// Whether the app can take further calls.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, AppError::Stopped(_))
+    }
+}
+
+/// An app instance in its own store, with its limits.
+pub struct LoadedApp {
+    name: String,
+    store: Store<HostState>,
+    exports: App,
+    limits: Limits,
+}
+
+impl LoadedApp {
+    /// Instantiates `prepared` as app `name`. `seed` makes its randomness reproducible.
+    pub fn instantiate(
+        prepared: &Prepared,
+        name: &str,
+        limits: Limits,
+        context: AppContext,
+        seed: Option<u64>,
+    ) -> Result<LoadedApp, AppError> {
+        let engine = prepared.pre.engine();
+        let mut store = Store::new(engine, HostState::new(name, context, limits.clone(), seed));
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(limits.deadline_ticks());
+        let exports = prepared.pre.instantiate(&mut store).map_err(|e| {
+            let limiter = &store.data().limiter;
+            explain_failure(e, name, limiter.refused, limiter.cap, limits.call_deadline)
+        })?;
+        Ok(LoadedApp { name: name.to_string(), store, exports, limits })
+    }
+
+    /// The app's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Calls `init(config)`.
+    pub fn init(&mut self, config: &str) -> Result<(), AppError> {
+        self.call(|exports, store| exports.call_init(store, config))
+    }
+
+    /// Calls `periodic-run(view)`.
+    pub fn periodic_run(&mut self, view: &[String]) -> Result<(), AppError> {
+        self.call(|exports, store| exports.call_periodic_run(store, view))
+    }
+
+    /// Calls `handle-message(from, payload)`.
+    pub fn handle_message(&mut self, from: &str, payload: &[u8]) -> Result<(), AppError> {
+        self.call(|exports, store| exports.call_handle_message(store, from, payload))
+    }
+
+    /// Calls `delivery-report(message_id, outcome)`; `None` means delivered.
+    pub fn delivery_report(&mut self, message_id: u64, failure: Option<&str>) -> Result<(), AppError> {
+        let outcome = match failure {
+            None => DeliveryOutcome::Delivered,
+            Some(reason) => DeliveryOutcome::Failed(reason.to_string()),
+        };
+        self.call(|exports, store| exports.call_delivery_report(store, message_id, &outcome).map(Ok))
+    }
+
+    /// The messages queued by the calls so far, to send now.
+    pub fn take_outbox(&mut self) -> Vec<OutgoingMessage> {
+        std::mem::take(&mut self.store.data_mut().outbox)
+    }
+
+    /// How many `send-message` calls were refused since the last time this was asked.
+    pub fn take_refused_sends(&mut self) -> u64 {
+        std::mem::take(&mut self.store.data_mut().refused_sends)
+    }
+
+    fn call(
+        &mut self,
+        f: impl FnOnce(&App, &mut Store<HostState>) -> wasmtime::Result<Result<(), String>>,
+    ) -> Result<(), AppError> {
+        self.store.set_epoch_deadline(self.limits.deadline_ticks());
+        let result = f(&self.exports, &mut self.store);
+        let state = self.store.data();
+        state.stdout.flush_partial();
+        state.stderr.flush_partial();
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(AppError::Returned(message)),
+            Err(e) => {
+                // A call that failed leaves its queued messages unsent: the app is gone.
+                let dropped = std::mem::take(&mut self.store.data_mut().outbox).len();
+                if dropped > 0 {
+                    tracing::warn!(app = %self.name, dropped, "discarding messages queued by the failed call");
+                }
+                let limiter = &self.store.data().limiter;
+                Err(explain_failure(e, &self.name, limiter.refused, limiter.cap, self.limits.call_deadline))
+            }
+        }
+    }
+}
+
+/// Turns a wasmtime error into the reason an app stopped, in words a user can act on.
+fn explain_failure(
+    error: wasmtime::Error,
+    app: &str,
+    refused_memory: Option<usize>,
+    memory_cap: u64,
+    deadline: Duration,
+) -> AppError {
+    let reason = if let Some(asked) = refused_memory {
+        format!(
+            "app {app} exceeded its memory cap of {} MiB (it asked for {} MiB)",
+            memory_cap / (1024 * 1024),
+            asked / (1024 * 1024)
+        )
+    } else if let Some(wasmtime::Trap::Interrupt) = error.downcast_ref::<wasmtime::Trap>() {
+        format!("app {app} ran past its CPU deadline of {deadline:?} per call")
+    } else if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        format!("app {app} trapped: {trap}")
+    } else {
+        format!("app {app} failed: {error:#}")
+    };
+    AppError::Stopped(reason)
+}

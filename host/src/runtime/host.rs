@@ -1,0 +1,194 @@
+//! The host side of the WIT world: one [`HostState`] per app store, holding its WASI
+//! context (nothing granted), its limits and the messages it queued.
+
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use libp2p::PeerId;
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::nodemanager::app::host::{Host, Level, SendError};
+use super::guest_log::GuestLog;
+use super::Limits;
+
+/// What the node shares with every app it runs.
+#[derive(Clone, Debug, Default)]
+pub struct AppContext {
+    /// This node's peer id.
+    pub node_id: String,
+    /// The sampler's current view.
+    pub view: Arc<RwLock<Vec<String>>>,
+    /// Every peer this node has met.
+    pub known_peers: Arc<RwLock<Vec<String>>>,
+}
+
+impl AppContext {
+    /// A context for node `node_id` with an empty view.
+    pub fn new(node_id: String) -> AppContext {
+        AppContext { node_id, ..Default::default() }
+    }
+
+    /// A snapshot of the current view.
+    pub fn view(&self) -> Vec<String> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A message an app queued with `send-message`, to send once its call returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutgoingMessage {
+    /// The id `send-message` returned; its delivery report carries it.
+    pub id: u64,
+    /// The destination node.
+    pub destination: PeerId,
+    /// The bytes for the same-named app there.
+    pub payload: Vec<u8>,
+    /// How long to wait for the destination to accept it.
+    pub timeout: Duration,
+}
+
+/// The state of one app's store.
+pub struct HostState {
+    app: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limiter: MemoryLimiter,
+    context: AppContext,
+    limits: Limits,
+    pub(super) outbox: Vec<OutgoingMessage>,
+    /// `send-message` calls refused since last taken.
+    pub(super) refused_sends: u64,
+    next_message_id: u64,
+    pub(super) stdout: GuestLog,
+    pub(super) stderr: GuestLog,
+}
+
+impl HostState {
+    /// A sandbox for app `app`: WASI with no files, sockets, env or args; output to the
+    /// log; randomness from `seed` when given (reproducible runs), else from the OS.
+    pub fn new(app: &str, context: AppContext, limits: Limits, seed: Option<u64>) -> HostState {
+        let (stdout, stderr) = (GuestLog::new(app, "stdout"), GuestLog::new(app, "stderr"));
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        if let Some(seed) = seed {
+            use rand::SeedableRng;
+            wasi.secure_random(rand::rngs::StdRng::seed_from_u64(seed))
+                .insecure_random(rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15))
+                .insecure_random_seed(u128::from(seed));
+        }
+        HostState {
+            app: app.into(),
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(limits.memory_mib * 1024 * 1024),
+            context,
+            limits,
+            outbox: Vec::new(),
+            refused_sends: 0,
+            next_message_id: 1,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// StoreLimits that also remember the growth they refused, to say why an app stopped.
+pub(super) struct MemoryLimiter {
+    inner: StoreLimits,
+    /// The bytes a refused `memory.grow` asked for.
+    pub refused: Option<usize>,
+    /// The cap, in bytes.
+    pub cap: u64,
+}
+
+impl MemoryLimiter {
+    fn new(cap: u64) -> MemoryLimiter {
+        let inner = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(cap).unwrap_or(usize::MAX))
+            .trap_on_grow_failure(true)
+            .build();
+        MemoryLimiter { inner, refused: None, cap }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let verdict = self.inner.memory_growing(current, desired, maximum);
+        if !matches!(verdict, Ok(true)) {
+            self.refused = Some(desired);
+        }
+        verdict
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+}
+
+impl Host for HostState {
+    fn node_id(&mut self) -> String {
+        self.context.node_id.clone()
+    }
+
+    fn view(&mut self) -> Vec<String> {
+        self.context.view()
+    }
+
+    fn known_peers(&mut self) -> Vec<String> {
+        self.context.known_peers.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn send_message(&mut self, destination: String, payload: Vec<u8>, timeout_ms: u32) -> Result<u64, SendError> {
+        let queued = self.queue_message(destination, payload, timeout_ms);
+        if queued.is_err() {
+            self.refused_sends += 1;
+        }
+        queued
+    }
+
+    fn log(&mut self, level: Level, message: String) {
+        let app = &*self.app;
+        match level {
+            Level::Trace => tracing::trace!(target: "guest", app, "{message}"),
+            Level::Debug => tracing::debug!(target: "guest", app, "{message}"),
+            Level::Info => tracing::info!(target: "guest", app, "{message}"),
+            Level::Warn => tracing::warn!(target: "guest", app, "{message}"),
+            Level::Error => tracing::error!(target: "guest", app, "{message}"),
+        }
+    }
+}
+
+impl HostState {
+    fn queue_message(&mut self, destination: String, payload: Vec<u8>, timeout_ms: u32) -> Result<u64, SendError> {
+        let destination = PeerId::from_str(&destination)
+            .map_err(|e| SendError::BadDestination(format!("{destination:?} is not a peer id: {e}")))?;
+        if destination.to_string() == self.context.node_id {
+            return Err(SendError::BadDestination("that is this node's own id".into()));
+        }
+        if payload.len() as u64 > self.limits.max_payload_bytes {
+            return Err(SendError::PayloadTooLarge(self.limits.max_payload_bytes));
+        }
+        if self.outbox.len() >= self.limits.max_queued_per_call as usize {
+            return Err(SendError::QueueFull(self.limits.max_queued_per_call));
+        }
+        let id = self.next_message_id;
+        self.next_message_id += 1;
+        let timeout = Duration::from_millis(u64::from(timeout_ms.max(1)));
+        self.outbox.push(OutgoingMessage { id, destination, payload, timeout });
+        Ok(id)
+    }
+}

@@ -1,0 +1,172 @@
+//! The wasmtime side: one [`Runtime`] (engine, linker, compiled-code cache) per process,
+//! and [`LoadedApp`]s instantiated from it, each in its own sandboxed store.
+
+mod app;
+mod cache;
+mod guest_log;
+mod host;
+mod inspect;
+
+pub use app::{AppError, LoadedApp};
+pub use cache::ComponentCache;
+pub use host::{AppContext, OutgoingMessage};
+pub use inspect::{inspect, Inspection};
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+/// Bindings generated from `wit/` (world `app`).
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "app",
+    });
+}
+
+/// How often the epoch advances; CPU deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Per-app sandbox limits.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most linear memory the app may hold, in MiB (all its memories together).
+    pub memory_mib: u64,
+    /// Longest one call into the app may run (e.g. `"500ms"`, `"2s"`).
+    #[serde(with = "crate::config::duration")]
+    pub call_deadline: Duration,
+    /// Largest payload `send-message` accepts, in bytes.
+    pub max_payload_bytes: u64,
+    /// Most messages one call may queue with `send-message`.
+    pub max_queued_per_call: u32,
+    /// Most received messages waiting for `handle-message`; more are refused.
+    pub inbox_capacity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mib: 256,
+            call_deadline: Duration::from_secs(1),
+            max_payload_bytes: 16 * 1024 * 1024,
+            max_queued_per_call: 1024,
+            inbox_capacity: 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks the limits are usable, naming the first bad field.
+    pub fn validate(&self) -> Result<()> {
+        if self.memory_mib == 0 || self.memory_mib > 4096 {
+            bail!("limits.memory_mib must be between 1 and 4096, not {}", self.memory_mib);
+        }
+        if self.call_deadline < EPOCH_TICK {
+            bail!("limits.call_deadline must be at least {:?}, not {:?}", EPOCH_TICK, self.call_deadline);
+        }
+        if self.max_queued_per_call == 0 || self.inbox_capacity == 0 {
+            bail!("limits.max_queued_per_call and limits.inbox_capacity must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The deadline in epoch ticks (rounded up).
+    fn deadline_ticks(&self) -> u64 {
+        self.call_deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64
+    }
+}
+
+/// One per process: the wasmtime engine, the linker holding the host functions, and
+/// the on-disk cache of compiled components. An epoch thread ticks while it lives.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<host::HostState>,
+    cache: ComponentCache,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Builds the engine (component model, epoch interruption) and starts its epoch ticker.
+    pub fn new(cache_dir: &Path) -> Result<Runtime> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config).context("cannot create the wasmtime engine")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::App::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        let cache = ComponentCache::new(cache_dir.to_path_buf(), &engine)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (weak_engine, stop) = (engine.weak(), ticker_stop.clone());
+        std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match weak_engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })?;
+        Ok(Runtime { engine, linker, cache, ticker_stop })
+    }
+
+    /// The default cache folder: `$NODEMANAGER_CACHE_DIR`, else `$XDG_CACHE_HOME/nodemanager`,
+    /// else `~/.cache/nodemanager`.
+    pub fn default_cache_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("NODEMANAGER_CACHE_DIR") {
+            return dir.into();
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir).join(".cache")
+        });
+        base.join("nodemanager")
+    }
+
+    /// The process's engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Reads and compiles the component at `path` (from the disk cache when it holds it),
+    /// and checks that it fits the `app` world.
+    pub fn load_component(&self, path: &Path) -> Result<Prepared> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read app file {}", path.display()))?;
+        self.prepare(&bytes).with_context(|| format!("cannot load app {}", path.display()))
+    }
+
+    /// Compiles `bytes` (or takes them from the cache) and pre-links them against the world.
+    pub fn prepare(&self, bytes: &[u8]) -> Result<Prepared> {
+        let started = Instant::now();
+        let (component, from_cache) = self.cache.get_or_compile(&self.engine, bytes)?;
+        let compile_time = started.elapsed();
+        let inspection = inspect::check_component(&self.engine, &component);
+        if !inspection.fits() {
+            bail!("the component does not fit the world nodemanager:app/app@0.1.0:\n{}", inspection.problems());
+        }
+        let pre = self.linker.instantiate_pre(&component).context("cannot link the component")?;
+        let pre = bindings::AppPre::new(pre).context("the component does not export the app world")?;
+        Ok(Prepared { pre, from_cache, compile_time })
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A compiled, linked component, ready to instantiate any number of times.
+#[derive(Clone)]
+pub struct Prepared {
+    pre: bindings::AppPre<host::HostState>,
+    /// Whether the compiled code came from the disk cache.
+    pub from_cache: bool,
+    /// Time spent compiling or loading from the cache.
+    pub compile_time: Duration,
+}
