@@ -11,7 +11,9 @@ use serde_json::Value;
 
 fn nodemanager() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_nodemanager"));
-    command.env("NODEMANAGER_CACHE_DIR", common::test_cache_dir()).env_remove("RUST_LOG");
+    command
+        .env("NODEMANAGER_CACHE_DIR", common::test_cache_dir())
+        .env_remove("RUST_LOG");
     command
 }
 
@@ -37,13 +39,25 @@ impl RunningNode {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).expect("read the ready line");
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("first line is not JSON ({e}): {line:?}; log:\n{}", read(&log)));
-        RunningNode { child, stdout, ready, log }
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!(
+                "first line is not JSON ({e}): {line:?}; log:\n{}",
+                read(&log)
+            )
+        });
+        RunningNode {
+            child,
+            stdout,
+            ready,
+            log,
+        }
     }
 
     fn addr(&self) -> String {
-        self.ready["listen_addrs"][0].as_str().expect("a listen address").to_string()
+        self.ready["listen_addrs"][0]
+            .as_str()
+            .expect("a listen address")
+            .to_string()
     }
 
     /// Waits for exit; returns the summary line.
@@ -51,8 +65,13 @@ impl RunningNode {
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "node exited with {status}; log:\n{}", read(&self.log));
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("summary is not JSON ({e}): {line:?}"))
+        assert!(
+            status.success(),
+            "node exited with {status}; log:\n{}",
+            read(&self.log)
+        );
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("summary is not JSON ({e}): {line:?}"))
     }
 }
 
@@ -92,19 +111,35 @@ fn identity_config(vector: [f64; 5]) -> String {
 #[test]
 fn three_nodes_python_and_rust_share_vectors() {
     let dir = tempfile::tempdir().unwrap();
-    let guests = [common::guest("share_vec_py.wasm"), common::guest("share_vec_rust.wasm"), common::guest("share_vec_rust.wasm")];
-    let starts = [[0.0, 0.0, 0.0, 0.0, 0.0], [10.0, 10.0, 10.0, 10.0, 10.0], [20.0, 0.0, 20.0, 0.0, 20.0]];
+    let guests = [
+        common::guest("share_vec_py.wasm"),
+        common::guest("share_vec_rust.wasm"),
+        common::guest("share_vec_rust.wasm"),
+    ];
+    let starts = [
+        [0.0, 0.0, 0.0, 0.0, 0.0],
+        [10.0, 10.0, 10.0, 10.0, 10.0],
+        [20.0, 0.0, 20.0, 0.0, 20.0],
+    ];
     let mut nodes: Vec<RunningNode> = Vec::new();
     for (i, (guest, start)) in guests.iter().zip(starts).enumerate() {
         let mut args: Vec<String> = vec![
-            "--listen".into(), "/ip4/127.0.0.1/tcp/0".into(),
-            "--context".into(), "e2e-share-vec".into(),
-            "--app".into(), format!("{}:share_vec", guest.display()),
-            "--app-config".into(), format!("share_vec={}", identity_config(start)),
-            "--cycles".into(), "8".into(),
-            "--period".into(), "400ms".into(),
-            "--linger".into(), "2s".into(),
-            "--seed".into(), i.to_string(),
+            "--listen".into(),
+            "/ip4/127.0.0.1/tcp/0".into(),
+            "--context".into(),
+            "e2e-share-vec".into(),
+            "--app".into(),
+            format!("{}:share_vec", guest.display()),
+            "--app-config".into(),
+            format!("share_vec={}", identity_config(start)),
+            "--cycles".into(),
+            "8".into(),
+            "--period".into(),
+            "400ms".into(),
+            "--linger".into(),
+            "2s".into(),
+            "--seed".into(),
+            i.to_string(),
         ];
         for earlier in &nodes {
             args.extend(["--bootstrap".to_string(), earlier.addr()]);
@@ -112,7 +147,11 @@ fn three_nodes_python_and_rust_share_vectors() {
         let node = RunningNode::spawn(&args, dir.path().join(format!("node{i}.log")));
         let ready = &node.ready;
         let peer = ready["peer_id"].as_str().unwrap();
-        assert!(node.addr().starts_with("/ip4/127.0.0.1/tcp/") && node.addr().ends_with(&format!("/p2p/{peer}")), "{ready}");
+        assert!(
+            node.addr().starts_with("/ip4/127.0.0.1/tcp/")
+                && node.addr().ends_with(&format!("/p2p/{peer}")),
+            "{ready}"
+        );
         nodes.push(node);
     }
     let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
@@ -123,42 +162,81 @@ fn three_nodes_python_and_rust_share_vectors() {
         let log = read(log);
         assert_eq!(app["state"], "done", "{summary}\n{log}");
         assert_eq!(app["cycles"], 8, "{summary}");
-        assert!(app["sent"].as_u64().unwrap() >= 1, "every node sent: {summary}\n{log}");
-        assert!(app["received"].as_u64().unwrap() >= 1, "every node received: {summary}\n{log}");
+        assert!(
+            app["sent"].as_u64().unwrap() >= 1,
+            "every node sent: {summary}\n{log}"
+        );
+        assert!(
+            app["received"].as_u64().unwrap() >= 1,
+            "every node received: {summary}\n{log}"
+        );
         let vectors = logged_vectors(&log);
         first.push(vectors.first().expect("logged a start vector").clone());
         last.push(vectors.last().unwrap().clone());
     }
     assert_eq!(spread(&first), 20.0);
-    assert!(spread(&last) < 0.75 * spread(&first), "vectors moved toward each other: {first:?} -> {last:?}");
+    assert!(
+        spread(&last) < 0.75 * spread(&first),
+        "vectors moved toward each other: {first:?} -> {last:?}"
+    );
 }
 
 #[test]
 fn a_hostile_app_is_stopped_and_its_neighbours_finish() {
     let dir = tempfile::tempdir().unwrap();
     let hostile = common::guest("hostile.wasm");
-    let mut args: Vec<String> = vec!["--cycles".into(), "3".into(), "--period".into(), "100ms".into(), "--linger".into(), "0s".into()];
+    let mut args: Vec<String> = vec![
+        "--cycles".into(),
+        "3".into(),
+        "--period".into(),
+        "100ms".into(),
+        "--linger".into(),
+        "0s".into(),
+    ];
     for mode in ["spin", "alloc", "trap", "calm"] {
-        args.extend(["--app".into(), format!("{}:{mode}", hostile.display()), "--app-config".into(), format!("{mode}={mode}")]);
+        args.extend([
+            "--app".into(),
+            format!("{}:{mode}", hostile.display()),
+            "--app-config".into(),
+            format!("{mode}={mode}"),
+        ]);
     }
     let config = dir.path().join("limits.toml");
-    std::fs::write(&config, "[limits]\nmemory_mib = 64\ncall_deadline = \"300ms\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[limits]\nmemory_mib = 64\ncall_deadline = \"300ms\"\n",
+    )
+    .unwrap();
     args.extend(["--config".into(), config.display().to_string()]);
     let node = RunningNode::spawn(&args, dir.path().join("node.log"));
     let log = node.log.clone();
     let summary = node.finish();
     let apps = &summary["apps"];
-    let reason = |name: &str| apps[name]["reason"].as_str().unwrap_or_default().to_string();
+    let reason = |name: &str| {
+        apps[name]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
     assert_eq!(apps["spin"]["state"], "failed");
-    assert!(reason("spin").contains("CPU deadline of 300ms"), "{summary}");
+    assert!(
+        reason("spin").contains("CPU deadline of 300ms"),
+        "{summary}"
+    );
     assert_eq!(apps["alloc"]["state"], "failed");
-    assert!(reason("alloc").contains("memory cap of 64 MiB"), "{summary}");
+    assert!(
+        reason("alloc").contains("memory cap of 64 MiB"),
+        "{summary}"
+    );
     assert_eq!(apps["trap"]["state"], "failed");
     assert!(reason("trap").contains("unreachable"), "{summary}");
     assert_eq!(apps["calm"]["state"], "done", "{summary}");
     assert_eq!(apps["calm"]["cycles"], 3);
     let log = read(&log);
-    assert!(log.contains("app stopped: app spin ran past its CPU deadline"), "{log}");
+    assert!(
+        log.contains("app stopped: app spin ran past its CPU deadline"),
+        "{log}"
+    );
     assert!(log.contains("calm cycle 3"), "{log}");
 }
 
@@ -166,13 +244,36 @@ fn a_hostile_app_is_stopped_and_its_neighbours_finish() {
 fn unknown_app_on_the_receiver_is_an_error_for_the_sender() {
     let dir = tempfile::tempdir().unwrap();
     let receiver = RunningNode::spawn(
-        &["--app".into(), format!("{}:calm", common::guest("hostile.wasm").display()), "--app-config".into(), "calm=calm".into(),
-          "--cycles".into(), "40".into(), "--period".into(), "100ms".into(), "--linger".into(), "0s".into()],
+        &[
+            "--app".into(),
+            format!("{}:calm", common::guest("hostile.wasm").display()),
+            "--app-config".into(),
+            "calm=calm".into(),
+            "--cycles".into(),
+            "40".into(),
+            "--period".into(),
+            "100ms".into(),
+            "--linger".into(),
+            "0s".into(),
+        ],
         dir.path().join("receiver.log"),
     );
     let sender = RunningNode::spawn(
-        &["--app".into(), format!("{}:only_here", common::guest("share_vec_rust.wasm").display()),
-          "--bootstrap".into(), receiver.addr(), "--cycles".into(), "3".into(), "--period".into(), "300ms".into(), "--linger".into(), "1s".into()],
+        &[
+            "--app".into(),
+            format!(
+                "{}:only_here",
+                common::guest("share_vec_rust.wasm").display()
+            ),
+            "--bootstrap".into(),
+            receiver.addr(),
+            "--cycles".into(),
+            "3".into(),
+            "--period".into(),
+            "300ms".into(),
+            "--linger".into(),
+            "1s".into(),
+        ],
         dir.path().join("sender.log"),
     );
     let sender_log = sender.log.clone();
@@ -181,7 +282,11 @@ fn unknown_app_on_the_receiver_is_an_error_for_the_sender() {
     assert_eq!(app["sent"], 0, "{summary}");
     assert!(app["send_errors"].as_u64().unwrap() >= 1, "{summary}");
     let log = read(&sender_log);
-    assert!(log.contains(r#"no app named \"only_here\" on this node"#) || log.contains(r#"no app named "only_here" on this node"#), "{log}");
+    assert!(
+        log.contains(r#"no app named \"only_here\" on this node"#)
+            || log.contains(r#"no app named "only_here" on this node"#),
+        "{log}"
+    );
     assert_eq!(receiver.finish()["apps"]["calm"]["state"], "done");
 }
 
@@ -200,15 +305,25 @@ fn bad_input_is_refused_with_a_message_naming_it() {
     let rust = common::guest("share_vec_rust.wasm").display().to_string();
 
     let stderr = run_failing(&["run", "--app", &path("missing.wasm")]);
-    assert!(stderr.contains("cannot read app file") && stderr.contains("missing.wasm"), "{stderr}");
+    assert!(
+        stderr.contains("cannot read app file") && stderr.contains("missing.wasm"),
+        "{stderr}"
+    );
 
     std::fs::write(path("notes.wasm"), "just text").unwrap();
     let stderr = run_failing(&["run", "--app", &path("notes.wasm")]);
-    assert!(stderr.contains("notes.wasm") && stderr.contains("not a WebAssembly file"), "{stderr}");
+    assert!(
+        stderr.contains("notes.wasm") && stderr.contains("not a WebAssembly file"),
+        "{stderr}"
+    );
 
     std::fs::write(path("other.wasm"), wat::parse_str("(component)").unwrap()).unwrap();
     let stderr = run_failing(&["run", "--app", &path("other.wasm")]);
-    assert!(stderr.contains("does not fit the world") && stderr.contains("missing export: function `init`"), "{stderr}");
+    assert!(
+        stderr.contains("does not fit the world")
+            && stderr.contains("missing export: function `init`"),
+        "{stderr}"
+    );
 
     std::fs::write(path("bad.toml"), "context = [unclosed").unwrap();
     let stderr = run_failing(&["run", "--config", &path("bad.toml"), "--app", &rust]);
@@ -222,7 +337,10 @@ fn bad_input_is_refused_with_a_message_naming_it() {
     assert!(stderr.contains("unknown sampler \"nosuch\""), "{stderr}");
 
     let stderr = run_failing(&["run", "--listen", "/ip4/999.0.0.1/tcp/0", "--app", &rust]);
-    assert!(stderr.contains("\"/ip4/999.0.0.1/tcp/0\" is not a multiaddr"), "{stderr}");
+    assert!(
+        stderr.contains("\"/ip4/999.0.0.1/tcp/0\" is not a multiaddr"),
+        "{stderr}"
+    );
 
     let stderr = run_failing(&["run", "--bootstrap", "/ip4/127.0.0.1/tcp/1", "--app", &rust]);
     assert!(stderr.contains("has no /p2p/<peer id> part"), "{stderr}");
@@ -233,21 +351,41 @@ fn bad_input_is_refused_with_a_message_naming_it() {
     let stderr = run_failing(&["run"]);
     assert!(stderr.contains("no apps to run"), "{stderr}");
 
-    let output = nodemanager().args(["inspect", &path("other.wasm")]).output().unwrap();
+    let output = nodemanager()
+        .args(["inspect", &path("other.wasm")])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "{stdout}");
-    assert!(stdout.contains("does NOT fit") && stdout.contains("missing export: function `handle-message`"), "{stdout}");
+    assert!(
+        stdout.contains("does NOT fit")
+            && stdout.contains("missing export: function `handle-message`"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn inspect_lists_imports_and_exports() {
-    let output = nodemanager().args(["inspect", "--json"]).arg(common::guest("share_vec_rust.wasm")).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = nodemanager()
+        .args(["inspect", "--json"])
+        .arg(common::guest("share_vec_rust.wasm"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["fits"], true);
     let imports = report["imports"].to_string();
     assert!(imports.contains("nodemanager:app/host@0.1.0"), "{imports}");
     for export in ["init", "periodic-run", "handle-message", "delivery-report"] {
-        assert!(report["exports"].to_string().contains(&format!("func {export}")), "{report}");
+        assert!(
+            report["exports"]
+                .to_string()
+                .contains(&format!("func {export}")),
+            "{report}"
+        );
     }
 }

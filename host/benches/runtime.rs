@@ -29,7 +29,9 @@ fn one_kib_message() -> Vec<u8> {
 fn bench_guest(c: &mut Criterion, label: &str, file: &str, cold_samples: usize) {
     let bytes = std::fs::read(common::guest(file)).unwrap();
     let mut group = c.benchmark_group(label);
-    group.sample_size(cold_samples).measurement_time(Duration::from_secs(1));
+    group
+        .sample_size(cold_samples)
+        .measurement_time(Duration::from_secs(1));
     group.bench_function("compile_cold", |b| {
         b.iter_batched(
             || {
@@ -51,12 +53,21 @@ fn bench_guest(c: &mut Criterion, label: &str, file: &str, cold_samples: usize) 
     runtime.prepare(&bytes).unwrap();
     let mut group = c.benchmark_group(label);
     group.sample_size(20);
-    group.bench_function("load_from_cache", |b| b.iter(|| assert!(runtime.prepare(&bytes).unwrap().from_cache)));
+    group.bench_function("load_from_cache", |b| {
+        b.iter(|| assert!(runtime.prepare(&bytes).unwrap().from_cache))
+    });
     let prepared = runtime.prepare(&bytes).unwrap();
     let context = AppContext::new(libp2p::PeerId::random().to_string());
     group.bench_function("instantiate_and_init", |b| {
         b.iter(|| {
-            let mut app = LoadedApp::instantiate(&prepared, "share_vec", Limits::default(), context.clone(), Some(1)).unwrap();
+            let mut app = LoadedApp::instantiate(
+                &prepared,
+                "share_vec",
+                Limits::default(),
+                context.clone(),
+                Some(1),
+            )
+            .unwrap();
             app.init(IDENTITY).unwrap();
             app
         })
@@ -65,9 +76,18 @@ fn bench_guest(c: &mut Criterion, label: &str, file: &str, cold_samples: usize) 
 
     let mut group = c.benchmark_group(label);
     let message = one_kib_message();
-    let mut app = LoadedApp::instantiate(&prepared, "share_vec", Limits::default(), context.clone(), Some(1)).unwrap();
+    let mut app = LoadedApp::instantiate(
+        &prepared,
+        "share_vec",
+        Limits::default(),
+        context.clone(),
+        Some(1),
+    )
+    .unwrap();
     app.init(IDENTITY).unwrap();
-    group.bench_function("handle_message_1KiB", |b| b.iter(|| app.handle_message("peer", &message).unwrap()));
+    group.bench_function("handle_message_1KiB", |b| {
+        b.iter(|| app.handle_message("peer", &message).unwrap())
+    });
     group.finish();
 }
 

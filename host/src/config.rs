@@ -67,7 +67,9 @@ mod option_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text = String::deserialize(d)?;
-        super::parse_duration(&text).map(Some).map_err(serde::de::Error::custom)
+        super::parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -138,7 +140,9 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { name: "connected".into() }
+        SamplerConfig {
+            name: "connected".into(),
+        }
     }
 }
 
@@ -158,7 +162,11 @@ pub struct AppSpec {
     #[serde(default)]
     pub cycles: Option<i64>,
     /// Time between `periodic-run` calls; default: the node's `period`.
-    #[serde(default, with = "option_duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "option_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub period: Option<Duration>,
     /// Limits; default: the node's `[limits]`.
     #[serde(default)]
@@ -175,13 +183,23 @@ impl AppSpec {
         if path.is_empty() {
             return Err(format!("--app {arg:?}: expected PATH[:NAME]"));
         }
-        Ok(AppSpec { path: path.into(), name, config: String::new(), cycles: None, period: None, limits: None })
+        Ok(AppSpec {
+            path: path.into(),
+            name,
+            config: String::new(),
+            cycles: None,
+            period: None,
+            limits: None,
+        })
     }
 
     /// The app's routing name.
     pub fn resolved_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
-            self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            self.path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
         })
     }
 }
@@ -207,7 +225,9 @@ pub struct ResolvedApp {
 pub fn validate_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if !ok {
         bail!("{what} {name:?} is not valid: use 1 to 64 characters from A-Z a-z 0-9 _ - .");
     }
@@ -217,10 +237,10 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
 impl NodeConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<NodeConfig> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        let mut config: NodeConfig =
-            toml::from_str(&text).with_context(|| format!("config file {} is not valid", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let mut config: NodeConfig = toml::from_str(&text)
+            .with_context(|| format!("config file {} is not valid", path.display()))?;
         // App paths in the file are relative to the file.
         let base = path.parent().unwrap_or(Path::new("."));
         for app in &mut config.apps {
@@ -241,7 +261,10 @@ impl NodeConfig {
             bail!("no listen address: give at least one, e.g. --listen /ip4/127.0.0.1/tcp/0");
         }
         for addr in &self.bootstrap {
-            if !addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))) {
+            if !addr
+                .iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+            {
                 bail!("bootstrap address {addr} has no /p2p/<peer id> part");
             }
         }
@@ -267,7 +290,14 @@ impl NodeConfig {
             }
             let limits = spec.limits.clone().unwrap_or_else(|| self.limits.clone());
             limits.validate().with_context(|| format!("app {name}"))?;
-            resolved.push(ResolvedApp { name, path: spec.path.clone(), config: spec.config.clone(), cycles, period, limits });
+            resolved.push(ResolvedApp {
+                name,
+                path: spec.path.clone(),
+                config: spec.config.clone(),
+                cycles,
+                period,
+                limits,
+            });
         }
         Ok(resolved)
     }

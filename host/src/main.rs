@@ -57,12 +57,15 @@ struct CacheArgs {
 
 impl CacheArgs {
     fn dir(&self) -> PathBuf {
-        self.cache_dir.clone().unwrap_or_else(Runtime::default_cache_dir)
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(Runtime::default_cache_dir)
     }
 }
 
 fn multiaddr(text: &str) -> Result<Multiaddr, String> {
-    text.parse().map_err(|e| format!("{text:?} is not a multiaddr like /ip4/127.0.0.1/tcp/0 ({e})"))
+    text.parse()
+        .map_err(|e| format!("{text:?} is not a multiaddr like /ip4/127.0.0.1/tcp/0 ({e})"))
 }
 
 fn app_config(text: &str) -> Result<(String, String), String> {
@@ -148,7 +151,9 @@ impl RunArgs {
                 .apps
                 .iter_mut()
                 .find(|a| a.resolved_name() == name)
-                .with_context(|| format!("--app-config names app {name:?}, which is not among the apps"))?;
+                .with_context(|| {
+                    format!("--app-config names app {name:?}, which is not among the apps")
+                })?;
             app.config = app_config;
         }
         Ok(config)
@@ -161,15 +166,17 @@ fn init_logging(log_file: Option<&Path>) -> Result<()> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match log_file {
         Some(path) => {
-            let file = std::fs::File::create(path).with_context(|| format!("cannot create log file {}", path.display()))?;
-            builder.with_ansi(false).with_writer(Mutex::new(file)).init();
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create log file {}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(Mutex::new(file))
+                .init();
         }
         None => builder.with_writer(std::io::stderr).init(),
     }
     Ok(())
 }
-
-
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -192,9 +199,15 @@ fn run(args: RunArgs) -> Result<()> {
     let config = args.into_config()?;
     config.resolve_apps()?;
     init_logging(config.log_file.as_deref())?;
-    let cache_dir = config.cache_dir.clone().unwrap_or_else(Runtime::default_cache_dir);
+    let cache_dir = config
+        .cache_dir
+        .clone()
+        .unwrap_or_else(Runtime::default_cache_dir);
     let runtime = Arc::new(Runtime::new(&cache_dir)?);
-    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     tokio.block_on(async {
         let node = Node::start(config, runtime).await?;
         print_json(node.ready())?;
@@ -208,7 +221,11 @@ fn compile(paths: &[PathBuf], cache: &CacheArgs) -> Result<()> {
     for path in paths {
         let started = Instant::now();
         let prepared = runtime.load_component(path)?;
-        let how = if prepared.from_cache { "already cached" } else { "compiled" };
+        let how = if prepared.from_cache {
+            "already cached"
+        } else {
+            "compiled"
+        };
         println!("{}: {how} in {:.2?}", path.display(), started.elapsed());
     }
     Ok(())
@@ -232,7 +249,10 @@ fn inspect_command(path: &Path, json: bool, cache: &CacheArgs) -> Result<bool> {
         if report.fits() {
             println!("fits the world nodemanager:app/app@0.1.0");
         } else {
-            println!("does NOT fit the world nodemanager:app/app@0.1.0:\n{}", report.problems().trim_end());
+            println!(
+                "does NOT fit the world nodemanager:app/app@0.1.0:\n{}",
+                report.problems().trim_end()
+            );
         }
     }
     Ok(report.fits())

@@ -15,7 +15,9 @@ fn runtime() -> &'static Runtime {
 }
 
 fn prepared(file: &str) -> Prepared {
-    runtime().load_component(&common::guest(file)).expect("component loads")
+    runtime()
+        .load_component(&common::guest(file))
+        .expect("component loads")
 }
 
 fn context() -> AppContext {
@@ -25,7 +27,9 @@ fn context() -> AppContext {
 }
 
 fn hostile(mode: &str, limits: Limits) -> LoadedApp {
-    let mut app = LoadedApp::instantiate(&prepared("hostile.wasm"), mode, limits, context(), Some(1)).unwrap();
+    let mut app =
+        LoadedApp::instantiate(&prepared("hostile.wasm"), mode, limits, context(), Some(1))
+            .unwrap();
     app.init(mode).expect("init");
     app
 }
@@ -42,7 +46,14 @@ const IDENTITY: &str = r#"{"vector": [1, 2, 3, 4, 5], "matrix": [[1,0,0,0,0],[0,
 fn exercise_share_vec(file: &str) {
     let context = context();
     let peer = context.view()[0].clone();
-    let mut app = LoadedApp::instantiate(&prepared(file), "share_vec", Limits::default(), context, Some(7)).unwrap();
+    let mut app = LoadedApp::instantiate(
+        &prepared(file),
+        "share_vec",
+        Limits::default(),
+        context,
+        Some(7),
+    )
+    .unwrap();
     app.init(IDENTITY).expect("init");
     app.periodic_run(&[peer.clone()]).expect("periodic_run");
     let outbox = app.take_outbox();
@@ -52,10 +63,15 @@ fn exercise_share_vec(file: &str) {
     assert_eq!(sent["receiver"], peer.as_str());
     assert_eq!(sent["data"], serde_json::json!([1.0, 2.0, 3.0, 4.0, 5.0]));
     let reply = serde_json::json!({"sender": peer, "receiver": "me", "data": [3, 2, 1, 0, -1]});
-    app.handle_message(&peer, reply.to_string().as_bytes()).expect("handle_message");
+    app.handle_message(&peer, reply.to_string().as_bytes())
+        .expect("handle_message");
     app.periodic_run(&[peer.clone()]).unwrap();
-    let averaged: serde_json::Value = serde_json::from_slice(&app.take_outbox()[0].payload).unwrap();
-    assert_eq!(averaged["data"], serde_json::json!([2.0, 2.0, 2.0, 2.0, 2.0]));
+    let averaged: serde_json::Value =
+        serde_json::from_slice(&app.take_outbox()[0].payload).unwrap();
+    assert_eq!(
+        averaged["data"],
+        serde_json::json!([2.0, 2.0, 2.0, 2.0, 2.0])
+    );
     // A malformed message is an error the app returns; it goes on.
     let bad = app.handle_message(&peer, b"not json");
     assert!(matches!(bad, Err(AppError::Returned(_))), "{bad:?}");
@@ -75,12 +91,28 @@ fn python_share_vec_sends_and_averages() {
 #[test]
 fn send_message_refuses_bad_destinations_and_large_payloads() {
     // The guest's send-message errors come back typed; share_vec turns them into an error.
-    let limits = Limits { max_payload_bytes: 16, ..Limits::default() };
-    let mut app = LoadedApp::instantiate(&prepared("share_vec_rust.wasm"), "share_vec", limits, context(), None).unwrap();
+    let limits = Limits {
+        max_payload_bytes: 16,
+        ..Limits::default()
+    };
+    let mut app = LoadedApp::instantiate(
+        &prepared("share_vec_rust.wasm"),
+        "share_vec",
+        limits,
+        context(),
+        None,
+    )
+    .unwrap();
     app.init(IDENTITY).unwrap();
-    let error = app.periodic_run(&["not-a-peer".into()]).unwrap_err().to_string();
+    let error = app
+        .periodic_run(&["not-a-peer".into()])
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("BadDestination"), "{error}");
-    let error = app.periodic_run(&[libp2p::PeerId::random().to_string()]).unwrap_err().to_string();
+    let error = app
+        .periodic_run(&[libp2p::PeerId::random().to_string()])
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("PayloadTooLarge(16)"), "{error}");
     assert_eq!(app.take_refused_sends(), 2);
     assert!(app.take_outbox().is_empty());
@@ -90,37 +122,68 @@ fn send_message_refuses_bad_destinations_and_large_payloads() {
 fn infinite_loop_is_stopped_at_the_deadline_and_others_go_on() {
     let deadline = Duration::from_millis(200);
     let mut calm = hostile("calm", Limits::default());
-    let mut spin = hostile("spin", Limits { call_deadline: deadline, ..Limits::default() });
+    let mut spin = hostile(
+        "spin",
+        Limits {
+            call_deadline: deadline,
+            ..Limits::default()
+        },
+    );
     let started = Instant::now();
     let reason = stopped_reason(spin.periodic_run(&[]));
     let took = started.elapsed();
-    assert!(reason.contains("ran past its CPU deadline of 200ms"), "{reason}");
-    assert!(took >= deadline && took < deadline * 5, "stopped after {took:?}");
+    assert!(
+        reason.contains("ran past its CPU deadline of 200ms"),
+        "{reason}"
+    );
+    assert!(
+        took >= deadline && took < deadline * 5,
+        "stopped after {took:?}"
+    );
     calm.periodic_run(&[]).expect("the other app keeps running");
     calm.periodic_run(&[]).expect("and again");
 }
 
 #[test]
 fn memory_growth_past_the_cap_is_stopped() {
-    let mut alloc = hostile("alloc", Limits { memory_mib: 32, ..Limits::default() });
+    let mut alloc = hostile(
+        "alloc",
+        Limits {
+            memory_mib: 32,
+            ..Limits::default()
+        },
+    );
     let reason = stopped_reason(alloc.periodic_run(&[]));
-    assert!(reason.contains("exceeded its memory cap of 32 MiB"), "{reason}");
-    hostile("calm", Limits::default()).periodic_run(&[]).expect("others unaffected");
+    assert!(
+        reason.contains("exceeded its memory cap of 32 MiB"),
+        "{reason}"
+    );
+    hostile("calm", Limits::default())
+        .periodic_run(&[])
+        .expect("others unaffected");
 }
 
 #[test]
 fn trap_is_isolated() {
     let mut trap = hostile("trap", Limits::default());
     let reason = stopped_reason(trap.periodic_run(&[]));
-    assert!(reason.contains("trapped") && reason.contains("unreachable"), "{reason}");
+    assert!(
+        reason.contains("trapped") && reason.contains("unreachable"),
+        "{reason}"
+    );
     let mut calm = hostile("calm", Limits::default());
-    calm.periodic_run(&[]).expect("another app in the same runtime runs");
+    calm.periodic_run(&[])
+        .expect("another app in the same runtime runs");
 }
 
 #[test]
 fn no_files_no_environment_no_args() {
-    hostile("fs", Limits::default()).periodic_run(&[]).expect("every file access fails inside the sandbox");
-    hostile("env", Limits::default()).periodic_run(&[]).expect("no env vars, no args");
+    hostile("fs", Limits::default())
+        .periodic_run(&[])
+        .expect("every file access fails inside the sandbox");
+    hostile("env", Limits::default())
+        .periodic_run(&[])
+        .expect("no env vars, no args");
 }
 
 #[test]
@@ -143,14 +206,23 @@ fn components_of_another_world_and_non_components_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let other_world = dir.path().join("other.wasm");
     std::fs::write(&other_world, wat::parse_str("(component)").unwrap()).unwrap();
-    let error = format!("{:#}", runtime().load_component(&other_world).err().unwrap());
+    let error = format!(
+        "{:#}",
+        runtime().load_component(&other_world).err().unwrap()
+    );
     for export in ["init", "periodic-run", "handle-message", "delivery-report"] {
-        assert!(error.contains(&format!("missing export: function `{export}`")), "{error}");
+        assert!(
+            error.contains(&format!("missing export: function `{export}`")),
+            "{error}"
+        );
     }
     let module = dir.path().join("module.wasm");
     std::fs::write(&module, wat::parse_str("(module)").unwrap()).unwrap();
     let error = format!("{:#}", runtime().load_component(&module).err().unwrap());
-    assert!(error.contains("core WebAssembly module, not a component"), "{error}");
+    assert!(
+        error.contains("core WebAssembly module, not a component"),
+        "{error}"
+    );
     let text = dir.path().join("text.wasm");
     std::fs::write(&text, "hello").unwrap();
     let error = format!("{:#}", runtime().load_component(&text).err().unwrap());

@@ -6,13 +6,20 @@ use std::path::PathBuf;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
 }
 
 /// A guest component built by `scripts/build-guests`, e.g. `share_vec_rust.wasm`.
 pub fn guest(file: &str) -> PathBuf {
     let path = repo_root().join("build/guests").join(file);
-    assert!(path.exists(), "{} is missing: run scripts/setup && scripts/build-guests first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup && scripts/build-guests first",
+        path.display()
+    );
     path
 }
 

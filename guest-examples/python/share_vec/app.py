@@ -26,10 +26,12 @@ class ShareVec(App):
         unknown = set(settings) - {"vector", "matrix"}
         if unknown:
             raise ValueError(f"unknown share_vec config fields {sorted(unknown)}")
-        self.vector = settings.get("vector") or [random.randint(1, 9) / 10 for _ in range(5)]
-        self.matrix = settings.get("matrix") or [
-            [random.randint(1, 9) / 10 for _ in range(5)] for _ in range(5)
-        ]
+        vector = settings.get("vector") or [random.randint(1, 9) / 10 for _ in range(5)]
+        matrix = settings.get("matrix") or [[random.randint(1, 9) / 10 for _ in range(5)] for _ in range(5)]
+        if len(vector) != 5 or len(matrix) != 5 or any(len(row) != 5 for row in matrix):
+            raise ValueError("share_vec needs a 5-vector and a 5x5 matrix")
+        self.vector = [float(x) for x in vector]
+        self.matrix = [[float(x) for x in row] for row in matrix]
         log(INFO, "START vector=%s", json.dumps(self.vector))
 
     def handle_message(self, message: str, sender: str) -> None:

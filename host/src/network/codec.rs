@@ -30,7 +30,10 @@ pub type AppResponse = Result<(), String>;
 pub fn encode_request(request: &AppRequest) -> io::Result<Vec<u8>> {
     let name = request.app.as_bytes();
     if name.is_empty() || name.len() > 255 {
-        return Err(invalid(format!("app name must be 1 to 255 bytes, not {}", name.len())));
+        return Err(invalid(format!(
+            "app name must be 1 to 255 bytes, not {}",
+            name.len()
+        )));
     }
     let mut frame = Vec::with_capacity(2 + name.len() + request.payload.len());
     frame.push(WIRE_VERSION);
@@ -42,15 +45,25 @@ pub fn encode_request(request: &AppRequest) -> io::Result<Vec<u8>> {
 
 /// Decodes a request frame, naming what is wrong with a bad one.
 pub fn decode_request(frame: &[u8]) -> io::Result<AppRequest> {
-    let (&version, rest) = frame.split_first().ok_or_else(|| invalid("empty app request".into()))?;
+    let (&version, rest) = frame
+        .split_first()
+        .ok_or_else(|| invalid("empty app request".into()))?;
     check_version(version)?;
-    let (&len, rest) = rest.split_first().ok_or_else(|| invalid("app request ends before the app name".into()))?;
+    let (&len, rest) = rest
+        .split_first()
+        .ok_or_else(|| invalid("app request ends before the app name".into()))?;
     let len = len as usize;
     if len == 0 || rest.len() < len {
-        return Err(invalid(format!("app request has a bad app name length {len}")));
+        return Err(invalid(format!(
+            "app request has a bad app name length {len}"
+        )));
     }
-    let app = std::str::from_utf8(&rest[..len]).map_err(|_| invalid("app name is not UTF-8".into()))?;
-    Ok(AppRequest { app: app.to_string(), payload: rest[len..].to_vec() })
+    let app =
+        std::str::from_utf8(&rest[..len]).map_err(|_| invalid("app name is not UTF-8".into()))?;
+    Ok(AppRequest {
+        app: app.to_string(),
+        payload: rest[len..].to_vec(),
+    })
 }
 
 /// Encodes a response frame.
@@ -83,7 +96,9 @@ pub fn decode_response(frame: &[u8]) -> io::Result<AppResponse> {
 
 fn check_version(version: u8) -> io::Result<()> {
     if version != WIRE_VERSION {
-        return Err(invalid(format!("unsupported app wire version {version} (this node speaks {WIRE_VERSION})")));
+        return Err(invalid(format!(
+            "unsupported app wire version {version} (this node speaks {WIRE_VERSION})"
+        )));
     }
     Ok(())
 }
@@ -92,11 +107,17 @@ fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-async fn read_bounded<T: AsyncRead + Unpin + Send>(io: &mut T, limit: u64, what: &str) -> io::Result<Vec<u8>> {
+async fn read_bounded<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    limit: u64,
+    what: &str,
+) -> io::Result<Vec<u8>> {
     let mut frame = Vec::new();
     io.take(limit + 1).read_to_end(&mut frame).await?;
     if frame.len() as u64 > limit {
-        return Err(invalid(format!("{what} larger than the limit of {limit} bytes")));
+        return Err(invalid(format!(
+            "{what} larger than the limit of {limit} bytes"
+        )));
     }
     Ok(frame)
 }
@@ -113,11 +134,19 @@ impl libp2p::request_response::Codec for AppCodec {
     type Request = AppRequest;
     type Response = AppResponse;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<AppRequest> {
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<AppRequest> {
         decode_request(&read_bounded(io, self.max_request_bytes, "app request").await?)
     }
 
-    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<AppResponse> {
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<AppResponse> {
         decode_response(&read_bounded(io, 2 + MAX_REASON as u64, "app response").await?)
     }
 
@@ -148,16 +177,31 @@ mod tests {
 
     #[test]
     fn request_round_trips() {
-        let request = AppRequest { app: "share_vec".into(), payload: vec![1, 2, 3] };
-        assert_eq!(decode_request(&encode_request(&request).unwrap()).unwrap(), request);
-        let empty = AppRequest { app: "a".into(), payload: vec![] };
-        assert_eq!(decode_request(&encode_request(&empty).unwrap()).unwrap(), empty);
+        let request = AppRequest {
+            app: "share_vec".into(),
+            payload: vec![1, 2, 3],
+        };
+        assert_eq!(
+            decode_request(&encode_request(&request).unwrap()).unwrap(),
+            request
+        );
+        let empty = AppRequest {
+            app: "a".into(),
+            payload: vec![],
+        };
+        assert_eq!(
+            decode_request(&encode_request(&empty).unwrap()).unwrap(),
+            empty
+        );
     }
 
     #[test]
     fn response_round_trips() {
         for response in [Ok(()), Err("no app named x".to_string())] {
-            assert_eq!(decode_response(&encode_response(&response)).unwrap(), response);
+            assert_eq!(
+                decode_response(&encode_response(&response)).unwrap(),
+                response
+            );
         }
     }
 
@@ -179,8 +223,14 @@ mod tests {
 
     #[test]
     fn oversized_frames_are_refused() {
-        let mut codec = AppCodec { max_request_bytes: 8 };
-        let big = encode_request(&AppRequest { app: "a".into(), payload: vec![0; 100] }).unwrap();
+        let mut codec = AppCodec {
+            max_request_bytes: 8,
+        };
+        let big = encode_request(&AppRequest {
+            app: "a".into(),
+            payload: vec![0; 100],
+        })
+        .unwrap();
         let protocol = StreamProtocol::new("/t");
         let error = futures::executor::block_on(libp2p::request_response::Codec::read_request(
             &mut codec,
@@ -188,7 +238,9 @@ mod tests {
             &mut futures::io::Cursor::new(big),
         ))
         .unwrap_err();
-        assert!(error.to_string().contains("larger than the limit of 8 bytes"));
+        assert!(error
+            .to_string()
+            .contains("larger than the limit of 8 bytes"));
     }
 
     proptest::proptest! {

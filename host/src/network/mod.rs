@@ -47,14 +47,24 @@ pub struct NetworkConfig {
 pub fn build_swarm(config: &NetworkConfig) -> Result<Swarm<NodeBehaviour>> {
     let protocol = app_protocol(&config.context)?;
     let identify_protocol = format!("/nodemanager/{}/id/1", config.context);
-    let codec = AppCodec { max_request_bytes: config.max_payload_bytes + REQUEST_OVERHEAD };
-    let rr_config = request_response::Config::default().with_request_timeout(config.request_timeout);
+    let codec = AppCodec {
+        max_request_bytes: config.max_payload_bytes + REQUEST_OVERHEAD,
+    };
+    let rr_config =
+        request_response::Config::default().with_request_timeout(config.request_timeout);
     let swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .context("cannot set up TCP + noise + yamux")?
         .with_behaviour(|key| NodeBehaviour {
-            identify: identify::Behaviour::new(identify::Config::new(identify_protocol, key.public())),
+            identify: identify::Behaviour::new(identify::Config::new(
+                identify_protocol,
+                key.public(),
+            )),
             apps: request_response::Behaviour::with_codec(
                 codec,
                 [(protocol, request_response::ProtocolSupport::Full)],

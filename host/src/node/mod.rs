@@ -81,7 +81,10 @@ pub struct Node {
 }
 
 fn app_seed(seed: u64, app: &str) -> u64 {
-    let digest = Sha256::new().chain_update(seed.to_le_bytes()).chain_update(app.as_bytes()).finalize();
+    let digest = Sha256::new()
+        .chain_update(seed.to_le_bytes())
+        .chain_update(app.as_bytes())
+        .finalize();
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
@@ -100,7 +103,11 @@ impl Node {
             tracing::info!(app = %app.name, from_cache = prepared.from_cache, compile_time = ?prepared.compile_time, "component ready");
             apps.push((app, prepared));
         }
-        let max_payload_bytes = apps.iter().map(|(a, _)| a.limits.max_payload_bytes).max().unwrap_or(0);
+        let max_payload_bytes = apps
+            .iter()
+            .map(|(a, _)| a.limits.max_payload_bytes)
+            .max()
+            .unwrap_or(0);
         let max_timeout = Duration::from_secs(u64::from(u32::MAX / 1000) + 1);
         let mut swarm = network::build_swarm(&NetworkConfig {
             context: config.context.clone(),
@@ -110,7 +117,9 @@ impl Node {
         })?;
         let mut listeners = HashSet::new();
         for addr in &config.listen {
-            let id = swarm.listen_on(addr.clone()).with_context(|| format!("cannot listen on {addr}"))?;
+            let id = swarm
+                .listen_on(addr.clone())
+                .with_context(|| format!("cannot listen on {addr}"))?;
             listeners.insert(id);
         }
         let peer_id = *swarm.local_peer_id();
@@ -118,11 +127,16 @@ impl Node {
         let waiting = tokio::time::timeout(LISTEN_READY_TIMEOUT, async {
             while !listeners.is_empty() {
                 match swarm.select_next_some().await {
-                    SwarmEvent::NewListenAddr { listener_id, address } => {
+                    SwarmEvent::NewListenAddr {
+                        listener_id,
+                        address,
+                    } => {
                         listeners.remove(&listener_id);
                         listen_addrs.push(address.with(Protocol::P2p(peer_id)).to_string());
                     }
-                    SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+                    SwarmEvent::ListenerClosed {
+                        addresses, reason, ..
+                    } => {
                         bail!("listener on {addresses:?} closed: {reason:?}");
                     }
                     SwarmEvent::ListenerError { error, .. } => bail!("cannot listen: {error}"),
@@ -131,13 +145,28 @@ impl Node {
             }
             Ok(())
         });
-        waiting.await.context("the listen addresses did not come up in time")??;
+        waiting
+            .await
+            .context("the listen addresses did not come up in time")??;
         for addr in &config.bootstrap {
-            swarm.dial(addr.clone()).with_context(|| format!("cannot dial bootstrap address {addr}"))?;
+            swarm
+                .dial(addr.clone())
+                .with_context(|| format!("cannot dial bootstrap address {addr}"))?;
         }
         let app_protocol = network::app_protocol(&config.context)?;
         let context = AppContext::new(peer_id.to_string());
-        Ok(Node { swarm, config, apps, context, sampler, app_protocol, ready: Ready { peer_id: peer_id.to_string(), listen_addrs } })
+        Ok(Node {
+            swarm,
+            config,
+            apps,
+            context,
+            sampler,
+            app_protocol,
+            ready: Ready {
+                peer_id: peer_id.to_string(),
+                listen_addrs,
+            },
+        })
     }
 
     /// The node's id and full listen addresses.
@@ -226,9 +255,15 @@ impl Node {
             }
         }
         for p in pending.values() {
-            report(&running, p, Some("the node shut down before an answer came".into()));
+            report(
+                &running,
+                p,
+                Some("the node shut down before an answer came".into()),
+            );
         }
-        let mut summary = Summary { apps: BTreeMap::new() };
+        let mut summary = Summary {
+            apps: BTreeMap::new(),
+        };
         for app in &mut running {
             let _ = app.commands.send(AppCommand::Stop);
             if let Some(thread) = app.thread.take() {
@@ -247,7 +282,11 @@ impl Node {
 
     fn add_known_peer(&self, peer: PeerId) {
         let peer = peer.to_string();
-        let mut known = self.context.known_peers.write().unwrap_or_else(|e| e.into_inner());
+        let mut known = self
+            .context
+            .known_peers
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         if !known.contains(&peer) {
             known.push(peer);
         }
@@ -260,10 +299,17 @@ impl Node {
         pending: &mut HashMap<OutboundRequestId, PendingDelivery>,
     ) {
         match event {
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
                 tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                cause,
+                ..
+            } => {
                 tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "disconnected");
                 self.sampler.on_peer_unreachable(peer_id);
                 self.publish_view();
@@ -275,7 +321,11 @@ impl Node {
                     self.publish_view();
                 }
             }
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
                 if info.protocols.contains(&self.app_protocol) {
                     for addr in info.listen_addrs {
                         self.swarm.add_peer_address(peer_id, addr);
@@ -287,7 +337,9 @@ impl Node {
                     tracing::info!(peer = %peer_id, "peer speaks another context; not adding it to the view");
                 }
             }
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Apps(event)) => self.on_app_event(event, running, pending),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Apps(event)) => {
+                self.on_app_event(event, running, pending)
+            }
             _ => {}
         }
     }
@@ -300,22 +352,44 @@ impl Node {
     ) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
                     let answer = deliver(running, peer, request);
                     if let Err(reason) = &answer {
                         tracing::warn!(peer = %peer, "refused a message: {reason}");
                     }
-                    let _ = self.swarm.behaviour_mut().apps.send_response(channel, answer);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .apps
+                        .send_response(channel, answer);
                 }
-                request_response::Message::Response { request_id, response } => {
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
                     if let Some(p) = pending.remove(&request_id) {
-                        report(running, &p, response.err().map(|r| format!("refused by {peer}: {r}")));
+                        report(
+                            running,
+                            &p,
+                            response.err().map(|r| format!("refused by {peer}: {r}")),
+                        );
                     }
                 }
             },
-            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
                 if let Some(p) = pending.remove(&request_id) {
-                    report(running, &p, Some(format!("could not reach {peer}: {error}")));
+                    report(
+                        running,
+                        &p,
+                        Some(format!("could not reach {peer}: {error}")),
+                    );
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -333,19 +407,32 @@ fn deliver(running: &[RunningApp], from: PeerId, request: AppRequest) -> Result<
     };
     let stats = app.stats.lock().unwrap_or_else(|e| e.into_inner());
     if stats.state == AppState::Failed {
-        return Err(format!("app {:?} has stopped: {}", app.name, stats.reason.as_deref().unwrap_or("failed")));
+        return Err(format!(
+            "app {:?} has stopped: {}",
+            app.name,
+            stats.reason.as_deref().unwrap_or("failed")
+        ));
     }
     drop(stats);
     if app.inbox_depth.load(Ordering::Relaxed) >= app.inbox_capacity {
-        return Err(format!("app {:?} has {} messages waiting already", app.name, app.inbox_capacity));
+        return Err(format!(
+            "app {:?} has {} messages waiting already",
+            app.name, app.inbox_capacity
+        ));
     }
     app.inbox_depth.fetch_add(1, Ordering::Relaxed);
     app.commands
-        .send(AppCommand::Message { from: from.to_string(), payload: request.payload })
+        .send(AppCommand::Message {
+            from: from.to_string(),
+            payload: request.payload,
+        })
         .map_err(|_| format!("app {:?} has stopped", app.name))
 }
 
 /// Sends a delivery report to the app that queued the message.
 fn report(running: &[RunningApp], pending: &PendingDelivery, failure: Option<String>) {
-    let _ = running[pending.app].commands.send(AppCommand::Delivery { id: pending.message_id, failure });
+    let _ = running[pending.app].commands.send(AppCommand::Delivery {
+        id: pending.message_id,
+        failure,
+    });
 }

@@ -27,7 +27,10 @@ pub enum AppCommand {
 #[derive(Debug)]
 pub enum WorkerEvent {
     /// Messages app `app` queued, to send now.
-    Outgoing { app: usize, messages: Vec<OutgoingMessage> },
+    Outgoing {
+        app: usize,
+        messages: Vec<OutgoingMessage>,
+    },
     /// App `app` finished its cycles or stopped for good.
     Finished { app: usize },
 }
@@ -66,7 +69,15 @@ pub struct AppStats {
 
 impl Default for AppStats {
     fn default() -> Self {
-        AppStats { cycles: 0, sent: 0, received: 0, send_errors: 0, call_errors: 0, state: AppState::Running, reason: None }
+        AppStats {
+            cycles: 0,
+            sent: 0,
+            received: 0,
+            send_errors: 0,
+            call_errors: 0,
+            state: AppState::Running,
+            reason: None,
+        }
     }
 }
 
@@ -105,13 +116,21 @@ impl Worker {
     }
 
     fn finish(&self) {
-        let _ = self.events.blocking_send(WorkerEvent::Finished { app: self.index });
+        let _ = self
+            .events
+            .blocking_send(WorkerEvent::Finished { app: self.index });
     }
 
     /// Runs the app until its cycles are done and the node says stop, or it fails.
     pub fn run(self) {
         let name = self.spec.name.clone();
-        let mut app = match LoadedApp::instantiate(&self.prepared, &name, self.spec.limits.clone(), self.context.clone(), self.seed) {
+        let mut app = match LoadedApp::instantiate(
+            &self.prepared,
+            &name,
+            self.spec.limits.clone(),
+            self.context.clone(),
+            self.seed,
+        ) {
             Ok(app) => app,
             Err(e) => return self.stop_with(e),
         };
@@ -130,7 +149,11 @@ impl Worker {
             let command = if !finished && now >= next_cycle {
                 None
             } else {
-                let wait = if finished { Duration::from_secs(3600) } else { next_cycle - now };
+                let wait = if finished {
+                    Duration::from_secs(3600)
+                } else {
+                    next_cycle - now
+                };
                 match self.commands.recv_timeout(wait) {
                     Ok(command) => Some(command),
                     Err(RecvTimeoutError::Timeout) => continue,
@@ -206,7 +229,10 @@ impl Worker {
     fn flush(&self, app: &mut LoadedApp) {
         let messages = app.take_outbox();
         if !messages.is_empty() {
-            let _ = self.events.blocking_send(WorkerEvent::Outgoing { app: self.index, messages });
+            let _ = self.events.blocking_send(WorkerEvent::Outgoing {
+                app: self.index,
+                messages,
+            });
         }
     }
 }

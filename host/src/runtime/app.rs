@@ -52,7 +52,12 @@ impl LoadedApp {
             let limiter = &store.data().limiter;
             explain_failure(e, name, limiter.refused, limiter.cap, limits.call_deadline)
         })?;
-        Ok(LoadedApp { name: name.to_string(), store, exports, limits })
+        Ok(LoadedApp {
+            name: name.to_string(),
+            store,
+            exports,
+            limits,
+        })
     }
 
     /// The app's name.
@@ -76,12 +81,20 @@ impl LoadedApp {
     }
 
     /// Calls `delivery-report(message_id, outcome)`; `None` means delivered.
-    pub fn delivery_report(&mut self, message_id: u64, failure: Option<&str>) -> Result<(), AppError> {
+    pub fn delivery_report(
+        &mut self,
+        message_id: u64,
+        failure: Option<&str>,
+    ) -> Result<(), AppError> {
         let outcome = match failure {
             None => DeliveryOutcome::Delivered,
             Some(reason) => DeliveryOutcome::Failed(reason.to_string()),
         };
-        self.call(|exports, store| exports.call_delivery_report(store, message_id, &outcome).map(Ok))
+        self.call(|exports, store| {
+            exports
+                .call_delivery_report(store, message_id, &outcome)
+                .map(Ok)
+        })
     }
 
     /// The messages queued by the calls so far, to send now.
@@ -113,7 +126,13 @@ impl LoadedApp {
                     tracing::warn!(app = %self.name, dropped, "discarding messages queued by the failed call");
                 }
                 let limiter = &self.store.data().limiter;
-                Err(explain_failure(e, &self.name, limiter.refused, limiter.cap, self.limits.call_deadline))
+                Err(explain_failure(
+                    e,
+                    &self.name,
+                    limiter.refused,
+                    limiter.cap,
+                    self.limits.call_deadline,
+                ))
             }
         }
     }
@@ -128,10 +147,11 @@ fn explain_failure(
     deadline: Duration,
 ) -> AppError {
     let reason = if let Some(asked) = refused_memory {
+        const MIB: f64 = 1024.0 * 1024.0;
         format!(
-            "app {app} exceeded its memory cap of {} MiB (it asked for {} MiB)",
+            "app {app} exceeded its memory cap of {} MiB (it asked for {:.1} MiB)",
             memory_cap / (1024 * 1024),
-            asked / (1024 * 1024)
+            asked as f64 / MIB
         )
     } else if let Some(wasmtime::Trap::Interrupt) = error.downcast_ref::<wasmtime::Trap>() {
         format!("app {app} ran past its CPU deadline of {deadline:?} per call")

@@ -31,7 +31,10 @@ pub fn check_is_component(bytes: &[u8]) -> Result<()> {
             "a core WebAssembly module, not a component: build for wasm32-wasip2 \
              (or wrap it with `wasm-tools component new`)"
         ),
-        v => bail!("unsupported WebAssembly version/layer bytes {v:02x?}"),
+        _ => bail!(
+            "unsupported WebAssembly version/layer bytes {:02x?}",
+            &bytes[4..8]
+        ),
     }
 }
 
@@ -46,7 +49,8 @@ impl ComponentCache {
 
     /// Where the compiled form of `bytes` lives.
     pub fn path_for(&self, bytes: &[u8]) -> PathBuf {
-        self.dir.join(format!("{}-{}.cwasm", content_hash(bytes), self.engine_key))
+        self.dir
+            .join(format!("{}-{}.cwasm", content_hash(bytes), self.engine_key))
     }
 
     /// The compiled component for `bytes`, from the cache or freshly compiled (and then
@@ -54,16 +58,23 @@ impl ComponentCache {
     pub fn get_or_compile(&self, engine: &Engine, bytes: &[u8]) -> Result<(Component, bool)> {
         check_is_component(bytes)?;
         let path = self.path_for(bytes);
-        if path.exists() {
+        // Read into memory rather than map the file: a cache file truncated or rewritten
+        // by another process while mapped would crash the node (SIGBUS).
+        if let Ok(compiled) = std::fs::read(&path) {
             // SAFETY: files in the cache folder are written only by `store` below, from
             // `Component::serialize` of this engine configuration (the engine hash is in
-            // the name); the folder is created private to the user.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            // the name); the folder is created private to the user. wasmtime checks the
+            // header and refuses data from another engine version or configuration.
+            match unsafe { Component::deserialize(engine, &compiled) } {
                 Ok(component) => return Ok((component, true)),
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
+                }
             }
         }
-        let component = Component::new(engine, bytes).context("cannot compile the component")?;
+        let component = Component::new(engine, bytes)
+            .map_err(anyhow::Error::from)
+            .context("cannot compile the component")?;
         if let Err(e) = self.store(&path, &component) {
             tracing::warn!(dir = %self.dir.display(), "cannot write the compiled-component cache: {e:#}");
         }
@@ -72,7 +83,7 @@ impl ComponentCache {
 
     fn store(&self, path: &Path, component: &Component) -> Result<()> {
         create_private_dir(&self.dir)?;
-        let serialized = component.serialize()?;
+        let serialized = component.serialize().map_err(anyhow::Error::from)?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, serialized)?;
         std::fs::rename(&tmp, path)?;

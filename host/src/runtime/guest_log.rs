@@ -20,7 +20,11 @@ pub struct GuestLog {
 impl GuestLog {
     /// A stream named `stream` ("stdout" or "stderr") of app `app`.
     pub fn new(app: &str, stream: &'static str) -> GuestLog {
-        GuestLog { app: app.into(), stream, pending: Arc::default() }
+        GuestLog {
+            app: app.into(),
+            stream,
+            pending: Arc::default(),
+        }
     }
 
     fn emit(&self, line: &[u8]) {

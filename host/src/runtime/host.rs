@@ -28,7 +28,10 @@ pub struct AppContext {
 impl AppContext {
     /// A context for node `node_id` with an empty view.
     pub fn new(node_id: String) -> AppContext {
-        AppContext { node_id, ..Default::default() }
+        AppContext {
+            node_id,
+            ..Default::default()
+        }
     }
 
     /// A snapshot of the current view.
@@ -81,7 +84,9 @@ impl HostState {
         if let Some(seed) = seed {
             use rand::SeedableRng;
             wasi.secure_random(rand::rngs::StdRng::seed_from_u64(seed))
-                .insecure_random(rand::rngs::StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15))
+                .insecure_random(rand::rngs::StdRng::seed_from_u64(
+                    seed ^ 0x9e37_79b9_7f4a_7c15,
+                ))
                 .insecure_random_seed(u128::from(seed));
         }
         HostState {
@@ -102,7 +107,10 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -121,12 +129,21 @@ impl MemoryLimiter {
             .memory_size(usize::try_from(cap).unwrap_or(usize::MAX))
             .trap_on_grow_failure(true)
             .build();
-        MemoryLimiter { inner, refused: None, cap }
+        MemoryLimiter {
+            inner,
+            refused: None,
+            cap,
+        }
     }
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let verdict = self.inner.memory_growing(current, desired, maximum);
         if !matches!(verdict, Ok(true)) {
             self.refused = Some(desired);
@@ -134,7 +151,12 @@ impl ResourceLimiter for MemoryLimiter {
         verdict
     }
 
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         self.inner.table_growing(current, desired, maximum)
     }
 }
@@ -149,10 +171,19 @@ impl Host for HostState {
     }
 
     fn known_peers(&mut self) -> Vec<String> {
-        self.context.known_peers.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.context
+            .known_peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    fn send_message(&mut self, destination: String, payload: Vec<u8>, timeout_ms: u32) -> Result<u64, SendError> {
+    fn send_message(
+        &mut self,
+        destination: String,
+        payload: Vec<u8>,
+        timeout_ms: u32,
+    ) -> Result<u64, SendError> {
         let queued = self.queue_message(destination, payload, timeout_ms);
         if queued.is_err() {
             self.refused_sends += 1;
@@ -173,11 +204,19 @@ impl Host for HostState {
 }
 
 impl HostState {
-    fn queue_message(&mut self, destination: String, payload: Vec<u8>, timeout_ms: u32) -> Result<u64, SendError> {
-        let destination = PeerId::from_str(&destination)
-            .map_err(|e| SendError::BadDestination(format!("{destination:?} is not a peer id: {e}")))?;
+    fn queue_message(
+        &mut self,
+        destination: String,
+        payload: Vec<u8>,
+        timeout_ms: u32,
+    ) -> Result<u64, SendError> {
+        let destination = PeerId::from_str(&destination).map_err(|e| {
+            SendError::BadDestination(format!("{destination:?} is not a peer id: {e}"))
+        })?;
         if destination.to_string() == self.context.node_id {
-            return Err(SendError::BadDestination("that is this node's own id".into()));
+            return Err(SendError::BadDestination(
+                "that is this node's own id".into(),
+            ));
         }
         if payload.len() as u64 > self.limits.max_payload_bytes {
             return Err(SendError::PayloadTooLarge(self.limits.max_payload_bytes));
@@ -188,7 +227,12 @@ impl HostState {
         let id = self.next_message_id;
         self.next_message_id += 1;
         let timeout = Duration::from_millis(u64::from(timeout_ms.max(1)));
-        self.outbox.push(OutgoingMessage { id, destination, payload, timeout });
+        self.outbox.push(OutgoingMessage {
+            id,
+            destination,
+            payload,
+            timeout,
+        });
         Ok(id)
     }
 }

@@ -13,7 +13,8 @@ use super::cache::check_is_component;
 use super::Runtime;
 
 /// The exports the `app` world requires.
-pub const REQUIRED_EXPORTS: [&str; 4] = ["init", "periodic-run", "handle-message", "delivery-report"];
+pub const REQUIRED_EXPORTS: [&str; 4] =
+    ["init", "periodic-run", "handle-message", "delivery-report"];
 
 /// The host interface, by name without its version.
 const HOST_INTERFACE: &str = "nodemanager:app/host";
@@ -75,25 +76,43 @@ fn host_supports(import: &str) -> bool {
 /// Lists `component`'s imports and exports and checks them against the world.
 pub fn check_component(engine: &Engine, component: &Component) -> Inspection {
     let ty = component.component_type();
-    let imports: Vec<(String, &'static str)> =
-        ty.imports(engine).map(|(name, item)| (name.to_string(), kind(&item))).collect();
-    let exports: Vec<(String, &'static str)> =
-        ty.exports(engine).map(|(name, item)| (name.to_string(), kind(&item))).collect();
+    let imports: Vec<(String, &'static str)> = ty
+        .imports(engine)
+        .map(|(name, item)| (name.to_string(), kind(&item.ty)))
+        .collect();
+    let exports: Vec<(String, &'static str)> = ty
+        .exports(engine)
+        .map(|(name, item)| (name.to_string(), kind(&item.ty)))
+        .collect();
     let missing_exports = REQUIRED_EXPORTS
         .iter()
-        .filter(|want| !exports.iter().any(|(name, kind)| name == *want && *kind == "func"))
+        .filter(|want| {
+            !exports
+                .iter()
+                .any(|(name, kind)| name == *want && *kind == "func")
+        })
         .map(|s| s.to_string())
         .collect();
-    let unsupported_imports =
-        imports.iter().filter(|(name, _)| !host_supports(name)).map(|(name, _)| name.clone()).collect();
-    let show = |items: Vec<(String, &str)>| items.into_iter().map(|(n, k)| format!("{k} {n}")).collect();
-    Inspection { imports: show(imports), exports: show(exports), missing_exports, unsupported_imports }
+    let unsupported_imports = imports
+        .iter()
+        .filter(|(name, _)| !host_supports(name))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let show =
+        |items: Vec<(String, &str)>| items.into_iter().map(|(n, k)| format!("{k} {n}")).collect();
+    Inspection {
+        imports: show(imports),
+        exports: show(exports),
+        missing_exports,
+        unsupported_imports,
+    }
 }
 
 /// Reads, compiles (or loads from the cache) and inspects the component at `path`.
 pub fn inspect(runtime: &Runtime, path: &Path) -> Result<Inspection> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    check_is_component(&bytes).with_context(|| format!("{} cannot be inspected", path.display()))?;
+    check_is_component(&bytes)
+        .with_context(|| format!("{} cannot be inspected", path.display()))?;
     let (component, _) = runtime.cache.get_or_compile(runtime.engine(), &bytes)?;
     Ok(check_component(runtime.engine(), &component))
 }

@@ -13,13 +13,11 @@ pub use host::{AppContext, OutgoingMessage};
 pub use inspect::{inspect, Inspection};
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
 /// Bindings generated from `wit/` (world `app`).
@@ -66,10 +64,17 @@ impl Limits {
     /// Checks the limits are usable, naming the first bad field.
     pub fn validate(&self) -> Result<()> {
         if self.memory_mib == 0 || self.memory_mib > 4096 {
-            bail!("limits.memory_mib must be between 1 and 4096, not {}", self.memory_mib);
+            bail!(
+                "limits.memory_mib must be between 1 and 4096, not {}",
+                self.memory_mib
+            );
         }
         if self.call_deadline < EPOCH_TICK {
-            bail!("limits.call_deadline must be at least {:?}, not {:?}", EPOCH_TICK, self.call_deadline);
+            bail!(
+                "limits.call_deadline must be at least {:?}, not {:?}",
+                EPOCH_TICK,
+                self.call_deadline
+            );
         }
         if self.max_queued_per_call == 0 || self.inbox_capacity == 0 {
             bail!("limits.max_queued_per_call and limits.inbox_capacity must be at least 1");
@@ -79,7 +84,9 @@ impl Limits {
 
     /// The deadline in epoch ticks (rounded up).
     fn deadline_ticks(&self) -> u64 {
-        self.call_deadline.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64
+        self.call_deadline
+            .as_nanos()
+            .div_ceil(EPOCH_TICK.as_nanos()) as u64
     }
 }
 
@@ -89,7 +96,6 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<host::HostState>,
     cache: ComponentCache,
-    ticker_stop: Arc<AtomicBool>,
 }
 
 impl Runtime {
@@ -97,23 +103,31 @@ impl Runtime {
     pub fn new(cache_dir: &Path) -> Result<Runtime> {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
-        let engine = Engine::new(&config).context("cannot create the wasmtime engine")?;
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("cannot create the wasmtime engine")?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::App::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        bindings::App::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)?;
         let cache = ComponentCache::new(cache_dir.to_path_buf(), &engine)?;
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let (weak_engine, stop) = (engine.weak(), ticker_stop.clone());
-        std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
+        // The ticker lives as long as the engine: compiled components hold it too, so it
+        // outlives this Runtime while any app can still run.
+        let weak_engine = engine.weak();
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || loop {
                 std::thread::sleep(EPOCH_TICK);
                 match weak_engine.upgrade() {
                     Some(engine) => engine.increment_epoch(),
                     None => break,
                 }
-            }
-        })?;
-        Ok(Runtime { engine, linker, cache, ticker_stop })
+            })?;
+        Ok(Runtime {
+            engine,
+            linker,
+            cache,
+        })
     }
 
     /// The default cache folder: `$NODEMANAGER_CACHE_DIR`, else `$XDG_CACHE_HOME/nodemanager`,
@@ -122,9 +136,14 @@ impl Runtime {
         if let Some(dir) = std::env::var_os("NODEMANAGER_CACHE_DIR") {
             return dir.into();
         }
-        let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir).join(".cache")
-        });
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join(".cache")
+            });
         base.join("nodemanager")
     }
 
@@ -136,8 +155,10 @@ impl Runtime {
     /// Reads and compiles the component at `path` (from the disk cache when it holds it),
     /// and checks that it fits the `app` world.
     pub fn load_component(&self, path: &Path) -> Result<Prepared> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read app file {}", path.display()))?;
-        self.prepare(&bytes).with_context(|| format!("cannot load app {}", path.display()))
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read app file {}", path.display()))?;
+        self.prepare(&bytes)
+            .with_context(|| format!("cannot load app {}", path.display()))
     }
 
     /// Compiles `bytes` (or takes them from the cache) and pre-links them against the world.
@@ -147,17 +168,24 @@ impl Runtime {
         let compile_time = started.elapsed();
         let inspection = inspect::check_component(&self.engine, &component);
         if !inspection.fits() {
-            bail!("the component does not fit the world nodemanager:app/app@0.1.0:\n{}", inspection.problems());
+            bail!(
+                "the component does not fit the world nodemanager:app/app@0.1.0:\n{}",
+                inspection.problems()
+            );
         }
-        let pre = self.linker.instantiate_pre(&component).context("cannot link the component")?;
-        let pre = bindings::AppPre::new(pre).context("the component does not export the app world")?;
-        Ok(Prepared { pre, from_cache, compile_time })
-    }
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .context("cannot link the component")?;
+        let pre = bindings::AppPre::new(pre)
+            .map_err(anyhow::Error::from)
+            .context("the component does not export the app world")?;
+        Ok(Prepared {
+            pre,
+            from_cache,
+            compile_time,
+        })
     }
 }
 

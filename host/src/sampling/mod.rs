@@ -24,7 +24,10 @@ pub trait PeerSampler: Send {
 /// Checks `name` is a sampler this build knows.
 pub fn check_sampler_name(name: &str) -> Result<()> {
     if !KNOWN_SAMPLERS.contains(&name) {
-        bail!("unknown sampler {name:?}: known samplers are {}", KNOWN_SAMPLERS.join(", "));
+        bail!(
+            "unknown sampler {name:?}: known samplers are {}",
+            KNOWN_SAMPLERS.join(", ")
+        );
     }
     Ok(())
 }
