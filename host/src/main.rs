@@ -27,7 +27,7 @@ enum Command {
     ///
     /// Prints one JSON line when listening ({"peer_id", "listen_addrs"}) and one at
     /// exit ({"apps": {name: counters}}). Flags override the config file.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Compile components into the cache ahead of a run.
     Compile {
         /// Component files.
@@ -261,7 +261,7 @@ fn inspect_command(path: &Path, json: bool, cache: &CacheArgs) -> Result<bool> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args).map(|()| true),
+        Command::Run(args) => run(*args).map(|()| true),
         Command::Compile { paths, cache } => compile(&paths, &cache).map(|()| true),
         Command::Inspect { path, json, cache } => inspect_command(&path, json, &cache),
     };

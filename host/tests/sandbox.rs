@@ -55,7 +55,8 @@ fn exercise_share_vec(file: &str) {
     )
     .unwrap();
     app.init(IDENTITY).expect("init");
-    app.periodic_run(&[peer.clone()]).expect("periodic_run");
+    app.periodic_run(std::slice::from_ref(&peer))
+        .expect("periodic_run");
     let outbox = app.take_outbox();
     assert_eq!(outbox.len(), 1, "one message per cycle");
     assert_eq!(outbox[0].destination.to_string(), peer);
@@ -65,7 +66,7 @@ fn exercise_share_vec(file: &str) {
     let reply = serde_json::json!({"sender": peer, "receiver": "me", "data": [3, 2, 1, 0, -1]});
     app.handle_message(&peer, reply.to_string().as_bytes())
         .expect("handle_message");
-    app.periodic_run(&[peer.clone()]).unwrap();
+    app.periodic_run(std::slice::from_ref(&peer)).unwrap();
     let averaged: serde_json::Value =
         serde_json::from_slice(&app.take_outbox()[0].payload).unwrap();
     assert_eq!(
