@@ -193,7 +193,7 @@ fn a_hostile_app_is_stopped_and_its_neighbours_finish() {
         "--linger".into(),
         "0s".into(),
     ];
-    for mode in ["spin", "alloc", "trap", "calm"] {
+    for mode in ["spin", "alloc", "trap", "print", "calm"] {
         args.extend([
             "--app".into(),
             format!("{}:{mode}", hostile.display()),
@@ -238,6 +238,104 @@ fn a_hostile_app_is_stopped_and_its_neighbours_finish() {
         "{log}"
     );
     assert!(log.contains("calm cycle 3"), "{log}");
+    // Guest stdout and stderr land in the node log, tagged with the app and stream.
+    assert_eq!(apps["print"]["state"], "done", "{summary}");
+    for expected in [
+        r#"hello from stdout, cycle 3 app=print stream="stdout""#,
+        r#"hello from stderr, cycle 3 app=print stream="stderr""#,
+        r#"a last line without newline app=print stream="stderr""#,
+    ] {
+        assert!(log.contains(expected), "{expected:?} not in\n{log}");
+    }
+}
+
+#[test]
+fn nodes_of_different_contexts_never_exchange_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = format!(
+        "{}:share_vec",
+        common::guest("share_vec_rust.wasm").display()
+    );
+    let common_args = |context: &str| -> Vec<String> {
+        vec![
+            "--context".into(),
+            context.into(),
+            "--app".into(),
+            app.clone(),
+            "--cycles".into(),
+            "4".into(),
+            "--period".into(),
+            "200ms".into(),
+            "--linger".into(),
+            "500ms".into(),
+        ]
+    };
+    let red = RunningNode::spawn(&common_args("red"), dir.path().join("red.log"));
+    let mut blue_args = common_args("blue");
+    blue_args.extend(["--bootstrap".into(), red.addr()]);
+    let blue = RunningNode::spawn(&blue_args, dir.path().join("blue.log"));
+    let blue_log = blue.log.clone();
+    for summary in [blue.finish(), red.finish()] {
+        let counters = &summary["apps"]["share_vec"];
+        assert_eq!(
+            (counters["sent"].as_u64(), counters["received"].as_u64()),
+            (Some(0), Some(0)),
+            "{summary}"
+        );
+        assert_eq!(
+            counters["send_errors"], 0,
+            "no message was even attempted: {summary}"
+        );
+    }
+    let log = read(&blue_log);
+    assert!(log.contains("peer speaks another context"), "{log}");
+}
+
+#[test]
+fn sigterm_stops_a_node_cleanly_with_its_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = RunningNode::spawn(
+        &[
+            "--app".into(),
+            format!("{}:calm", common::guest("hostile.wasm").display()),
+            "--app-config".into(),
+            "calm=calm".into(),
+            "--cycles".into(),
+            "-1".into(),
+            "--period".into(),
+            "50ms".into(),
+        ],
+        dir.path().join("node.log"),
+    );
+    let pid = node.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let summary = node.finish();
+    assert_eq!(summary["apps"]["calm"]["state"], "running", "{summary}");
+}
+
+#[test]
+fn compile_warms_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let compile = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_nodemanager"))
+            .args(["compile", "--cache-dir"])
+            .arg(cache.path())
+            .arg(common::guest("hostile.wasm"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert!(compile().contains("hostile.wasm: compiled in"));
+    assert!(compile().contains("hostile.wasm: already cached"));
 }
 
 #[test]

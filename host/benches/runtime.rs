@@ -58,33 +58,24 @@ fn bench_guest(c: &mut Criterion, label: &str, file: &str, cold_samples: usize) 
     });
     let prepared = runtime.prepare(&bytes).unwrap();
     let context = AppContext::new(libp2p::PeerId::random().to_string());
-    group.bench_function("instantiate_and_init", |b| {
-        b.iter(|| {
-            let mut app = LoadedApp::instantiate(
-                &prepared,
-                "share_vec",
-                Limits::default(),
-                context.clone(),
-                Some(1),
-            )
-            .unwrap();
-            app.init(IDENTITY).unwrap();
-            app
-        })
-    });
+    let start_app = || {
+        let mut app = LoadedApp::instantiate(
+            &prepared,
+            "share_vec",
+            Limits::default(),
+            context.clone(),
+            Some(1),
+        )
+        .unwrap();
+        app.init(IDENTITY).unwrap();
+        app
+    };
+    group.bench_function("instantiate_and_init", |b| b.iter(start_app));
     group.finish();
 
     let mut group = c.benchmark_group(label);
     let message = one_kib_message();
-    let mut app = LoadedApp::instantiate(
-        &prepared,
-        "share_vec",
-        Limits::default(),
-        context.clone(),
-        Some(1),
-    )
-    .unwrap();
-    app.init(IDENTITY).unwrap();
+    let mut app = start_app();
     group.bench_function("handle_message_1KiB", |b| {
         b.iter(|| app.handle_message("peer", &message).unwrap())
     });

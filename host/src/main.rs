@@ -186,13 +186,18 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, so
+/// a signal that comes right after the ready line is not missed.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -209,9 +214,10 @@ fn run(args: RunArgs) -> Result<()> {
         .enable_all()
         .build()?;
     tokio.block_on(async {
+        let shutdown = shutdown_signal()?;
         let node = Node::start(config, runtime).await?;
         print_json(node.ready())?;
-        let summary = node.run(shutdown_signal()).await;
+        let summary = node.run(shutdown).await;
         print_json(&summary)
     })
 }

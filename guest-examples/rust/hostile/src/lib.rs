@@ -6,6 +6,7 @@
 //! - `trap`: hit an `unreachable` (a trap, isolated to this app);
 //! - `fs`: try to read and create files; succeeds only if both fail (no preopens);
 //! - `env`: succeeds only if the app sees no environment variables and no args;
+//! - `print`: write to stdout and stderr (they must land in the node log);
 //! - `calm`: behave (count cycles and log them).
 
 use nodemanager_guest::{export_app, log_info, App};
@@ -18,7 +19,7 @@ struct Hostile {
 impl App for Hostile {
     fn init(config: &str) -> Result<Self, String> {
         match config {
-            "spin" | "alloc" | "trap" | "fs" | "env" | "calm" => {
+            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" => {
                 Ok(Hostile { mode: config.to_string(), cycles: 0 })
             }
             other => Err(format!("unknown hostile mode {other:?}")),
@@ -59,6 +60,12 @@ impl App for Hostile {
                 if !vars.is_empty() || !args.is_empty() {
                     return Err(format!("saw env {vars:?} args {args:?}"));
                 }
+                Ok(())
+            }
+            "print" => {
+                println!("hello from stdout, cycle {}", self.cycles);
+                eprintln!("hello from stderr, cycle {}", self.cycles);
+                eprint!("a last line without newline");
                 Ok(())
             }
             _ => {
