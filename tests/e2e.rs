@@ -291,6 +291,102 @@ fn nodes_of_different_contexts_never_exchange_messages() {
     assert!(log.contains("peer speaks another context"), "{log}");
 }
 
+/// Every view a `calm` hostile app logged, as peer-id lists.
+fn logged_views(log: &str) -> Vec<Vec<String>> {
+    log.lines()
+        .filter_map(|line| line.split(" view=").nth(1))
+        .map(|rest| {
+            rest.split(' ')
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn gbps_views_learn_peers_beyond_the_bootstrap_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    // The seed's JSON format, as `Gbps(...).create(path)` writes it, with a fast period.
+    let sampler = dir.path().join("node_gbps.json");
+    let seed_json =
+        std::fs::read_to_string(common::repo_root().join("tests/fixtures/seed_gbps.json")).unwrap();
+    std::fs::write(
+        &sampler,
+        seed_json
+            .replace("\"time\": 2", "\"time\": 0.2")
+            .replace("\"old\"", "\"rand\""),
+    )
+    .unwrap();
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for i in 0..5 {
+        let mut args: Vec<String> = vec![
+            "--context".into(),
+            "e2e-gbps".into(),
+            "--app".into(),
+            format!("{}:calm", common::guest("hostile.wasm").display()),
+            "--app-config".into(),
+            "calm=calm".into(),
+            "--cycles".into(),
+            "25".into(),
+            "--period".into(),
+            "200ms".into(),
+            "--linger".into(),
+            "1s".into(),
+            "--sampler-config".into(),
+            sampler.display().to_string(),
+            "--seed".into(),
+            i.to_string(),
+        ];
+        // A chain: each node knows only the one before it.
+        if let Some(previous) = nodes.last() {
+            args.extend(["--bootstrap".into(), previous.addr()]);
+        }
+        nodes.push(RunningNode::spawn(
+            &args,
+            dir.path().join(format!("node{i}.log")),
+        ));
+    }
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| n.ready["peer_id"].as_str().unwrap().to_string())
+        .collect();
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
+    for node in nodes {
+        assert_eq!(node.finish()["apps"]["calm"]["state"], "done");
+    }
+    for (i, log) in logs.iter().enumerate() {
+        let log = read(log);
+        let views = logged_views(&log);
+        assert_eq!(views.len(), 25, "{log}");
+        let neighbours: Vec<&String> = [i.checked_sub(1), Some(i + 1)]
+            .into_iter()
+            .flatten()
+            .filter_map(|j| ids.get(j))
+            .collect();
+        let learned: Vec<&String> = views
+            .iter()
+            .flatten()
+            .filter(|p| !neighbours.contains(p))
+            .collect();
+        assert!(
+            !learned.is_empty(),
+            "node{i} only ever saw its bootstrap neighbours: {views:?}"
+        );
+        for view in &views {
+            assert!(view.len() <= 4, "view over c = 4: {view:?}");
+            assert!(!view.contains(&ids[i]), "a node is never in its own view");
+            assert!(
+                view.iter().all(|p| ids.contains(p)),
+                "only known ids: {view:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn sigterm_stops_a_node_cleanly_with_its_summary() {
     let dir = tempfile::tempdir().unwrap();
@@ -433,6 +529,20 @@ fn bad_input_is_refused_with_a_message_naming_it() {
 
     let stderr = run_failing(&["run", "--sampler", "nosuch", "--app", &rust]);
     assert!(stderr.contains("unknown sampler \"nosuch\""), "{stderr}");
+
+    let brahms = common::repo_root().join("tests/fixtures/seed_brahms.json");
+    let stderr = run_failing(&[
+        "run",
+        "--sampler-config",
+        brahms.to_str().unwrap(),
+        "--app",
+        &rust,
+    ]);
+    assert!(
+        stderr.contains("seed_brahms.json is not valid")
+            && stderr.contains("Brahms is not implemented yet"),
+        "{stderr}"
+    );
 
     let stderr = run_failing(&["run", "--listen", "/ip4/999.0.0.1/tcp/0", "--app", &rust]);
     assert!(

@@ -13,6 +13,8 @@
 //!
 //! [sampler]
 //! name = "connected"                    # the view: every connected peer
+//! # or: name = "gbps", view_size = 8, heal = 1, swap = 3, selection_policy = "rand",
+//! #     propagation_policy = "pushpull", age = 1, period = "2s"
 //!
 //! [limits]                              # defaults for every app
 //! memory_mib = 256
@@ -30,20 +32,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use libp2p::Multiaddr;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::runtime::Limits;
+pub use crate::sampling::SamplerConfig;
 
-/// Serde for durations written as `"500ms"`, `"2s"`, `"1m 30s"`.
+/// Reading durations written as `"500ms"`, `"2s"`, `"1m 30s"`.
 pub mod duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Writes `d` as text such as `"1s 500ms"`.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
+    use serde::{Deserialize, Deserializer};
 
     /// Reads text such as `"500ms"` or `"2s"`.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -52,18 +50,11 @@ pub mod duration {
     }
 }
 
-/// Serde for optional durations.
+/// Reading optional durations.
 mod option_duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::duration::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
+    use serde::{Deserialize, Deserializer};
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text = String::deserialize(d)?;
@@ -80,7 +71,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The whole configuration of one node.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     /// Nodes only exchange messages with nodes of the same context.
@@ -130,24 +121,8 @@ impl Default for NodeConfig {
     }
 }
 
-/// Which peer sampler makes the view, by name.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SamplerConfig {
-    /// The sampler's name; see [`crate::sampling::KNOWN_SAMPLERS`].
-    pub name: String,
-}
-
-impl Default for SamplerConfig {
-    fn default() -> Self {
-        SamplerConfig {
-            name: "connected".into(),
-        }
-    }
-}
-
 /// One app to run on the node.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AppSpec {
     /// The component file.
@@ -255,7 +230,7 @@ impl NodeConfig {
     /// the apps.
     pub fn resolve_apps(&self) -> Result<Vec<ResolvedApp>> {
         validate_name("context", &self.context)?;
-        crate::sampling::check_sampler_name(&self.sampler.name)?;
+        self.sampler.validate()?;
         self.limits.validate()?;
         if self.listen.is_empty() {
             bail!("no listen address: give at least one, e.g. --listen /ip4/127.0.0.1/tcp/0");

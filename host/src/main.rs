@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
-use nodemanager::config::{parse_duration, AppSpec, NodeConfig};
+use nodemanager::config::{parse_duration, AppSpec, NodeConfig, SamplerConfig};
 use nodemanager::node::Node;
 use nodemanager::runtime::{inspect, Runtime};
 
@@ -109,9 +109,12 @@ struct RunArgs {
     /// Seed for the apps' randomness (reproducible runs).
     #[arg(long)]
     seed: Option<u64>,
-    /// Peer sampler that makes the view.
-    #[arg(long)]
+    /// Peer sampler that makes the view (connected, gbps), with default parameters.
+    #[arg(long, conflicts_with = "sampler_config")]
     sampler: Option<String>,
+    /// Sampler settings as the seed's `Gbps(...).create(path)` writes them (JSON).
+    #[arg(long, value_name = "FILE.json")]
+    sampler_config: Option<PathBuf>,
     /// Folder of compiled components.
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -140,7 +143,10 @@ impl RunArgs {
             config.cache_dir = Some(dir);
         }
         if let Some(name) = self.sampler {
-            config.sampler.name = name;
+            config.sampler = SamplerConfig::from_name(&name)?;
+        }
+        if let Some(path) = self.sampler_config {
+            config.sampler = SamplerConfig::from_seed_json(&path)?;
         }
         for app in &mut config.apps {
             app.cycles = self.cycles.or(app.cycles);

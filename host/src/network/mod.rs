@@ -2,6 +2,7 @@
 //! protocol that carries (app name, payload) to the same-named app on another node.
 
 pub mod codec;
+pub mod sampling;
 
 use std::time::Duration;
 
@@ -10,6 +11,11 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{identify, noise, request_response, tcp, yamux, StreamProtocol, Swarm};
 
 pub use codec::{AppCodec, AppRequest, AppResponse};
+pub use sampling::{SamplingCodec, SamplingEnvelope};
+
+/// How long a sampling message may take to be acknowledged before its peer counts as
+/// unreachable.
+pub const SAMPLING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes a request frame adds around the payload (version, name length, name).
 pub const REQUEST_OVERHEAD: u64 = 2 + 255;
@@ -21,12 +27,23 @@ pub struct NodeBehaviour {
     pub identify: identify::Behaviour,
     /// Carries app messages.
     pub apps: request_response::Behaviour<AppCodec>,
+    /// Carries the peer samplers' messages.
+    pub sampling: request_response::Behaviour<SamplingCodec>,
 }
 
 /// Protocol names for a context: the context is part of every name, so nodes of
 /// different contexts never exchange messages.
 pub fn app_protocol(context: &str) -> Result<StreamProtocol> {
-    StreamProtocol::try_from_owned(format!("/nodemanager/{context}/app/1"))
+    protocol(context, "app")
+}
+
+/// The sampling protocol's name for a context.
+pub fn sampling_protocol(context: &str) -> Result<StreamProtocol> {
+    protocol(context, "sampling")
+}
+
+fn protocol(context: &str, what: &str) -> Result<StreamProtocol> {
+    StreamProtocol::try_from_owned(format!("/nodemanager/{context}/{what}/1"))
         .with_context(|| format!("context {context:?} cannot be part of a protocol name"))
 }
 
@@ -50,6 +67,7 @@ pub fn build_swarm(config: &NetworkConfig) -> Result<Swarm<NodeBehaviour>> {
     let codec = AppCodec {
         max_request_bytes: config.max_payload_bytes + REQUEST_OVERHEAD,
     };
+    let sampling = sampling_protocol(&config.context)?;
     let rr_config =
         request_response::Config::default().with_request_timeout(config.request_timeout);
     let swarm = libp2p::SwarmBuilder::with_new_identity()
@@ -69,6 +87,11 @@ pub fn build_swarm(config: &NetworkConfig) -> Result<Swarm<NodeBehaviour>> {
                 codec,
                 [(protocol, request_response::ProtocolSupport::Full)],
                 rr_config,
+            ),
+            sampling: request_response::Behaviour::with_codec(
+                SamplingCodec,
+                [(sampling, request_response::ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(SAMPLING_TIMEOUT),
             ),
         })
         .context("cannot build the network behaviour")?

@@ -19,16 +19,19 @@ use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, PeerId, Swarm};
+use libp2p::{identify, Multiaddr, PeerId, Swarm};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{NodeConfig, ResolvedApp};
-use crate::network::{self, AppRequest, NetworkConfig, NodeBehaviour, NodeBehaviourEvent};
+use crate::network::sampling::MAX_ADDRS_PER_PEER;
+use crate::network::{
+    self, AppRequest, NetworkConfig, NodeBehaviour, NodeBehaviourEvent, SamplingEnvelope,
+};
 use crate::runtime::{AppContext, Runtime};
-use crate::sampling::{self, PeerSampler};
+use crate::sampling::{self, Outgoing, PeerSampler};
 use worker::{AppCommand, Worker, WorkerEvent};
 
 /// How long start-up waits for the listeners to report their addresses.
@@ -76,6 +79,10 @@ pub struct Node {
     apps: Vec<(ResolvedApp, crate::runtime::Prepared)>,
     context: AppContext,
     sampler: Box<dyn PeerSampler>,
+    /// This node's listen addresses (without /p2p), told to peers in sampling messages.
+    own_addrs: Vec<Multiaddr>,
+    /// Listen addresses of other peers, learned through identify and sampling messages.
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
     app_protocol: libp2p::StreamProtocol,
     ready: Ready,
 }
@@ -92,7 +99,6 @@ impl Node {
     /// Checks the config, compiles the apps, listens and dials the bootstrap peers.
     pub async fn start(config: NodeConfig, runtime: Arc<Runtime>) -> Result<Node> {
         let resolved = config.resolve_apps()?;
-        let sampler = sampling::new_sampler(&config.sampler.name)?;
         let mut apps = Vec::new();
         for app in resolved {
             let runtime = runtime.clone();
@@ -123,7 +129,7 @@ impl Node {
             listeners.insert(id);
         }
         let peer_id = *swarm.local_peer_id();
-        let mut listen_addrs = Vec::new();
+        let (mut listen_addrs, mut own_addrs) = (Vec::new(), Vec::new());
         let waiting = tokio::time::timeout(LISTEN_READY_TIMEOUT, async {
             while !listeners.is_empty() {
                 match swarm.select_next_some().await {
@@ -132,6 +138,7 @@ impl Node {
                         address,
                     } => {
                         listeners.remove(&listener_id);
+                        own_addrs.push(address.clone());
                         listen_addrs.push(address.with(Protocol::P2p(peer_id)).to_string());
                     }
                     SwarmEvent::ListenerClosed {
@@ -155,6 +162,10 @@ impl Node {
         }
         let app_protocol = network::app_protocol(&config.context)?;
         let context = AppContext::new(peer_id.to_string());
+        let sampler_seed = config
+            .seed
+            .map_or_else(rand::random, |seed| app_seed(seed, "\0sampler"));
+        let sampler = sampling::new_sampler(&config.sampler, peer_id, sampler_seed);
         Ok(Node {
             swarm,
             config,
@@ -162,6 +173,8 @@ impl Node {
             context,
             sampler,
             app_protocol,
+            own_addrs,
+            addresses: HashMap::new(),
             ready: Ready {
                 peer_id: peer_id.to_string(),
                 listen_addrs,
@@ -211,6 +224,11 @@ impl Node {
 
         let mut pending: HashMap<OutboundRequestId, PendingDelivery> = HashMap::new();
         let mut sweep = tokio::time::interval(DEADLINE_SWEEP);
+        let mut sampler_tick = self
+            .config
+            .sampler
+            .period()
+            .map(|period| tokio::time::interval_at(Instant::now() + period, period));
         let linger = tokio::time::sleep(Duration::MAX / 4);
         tokio::pin!(linger, shutdown);
         let mut lingering = false;
@@ -241,6 +259,11 @@ impl Node {
                         report(&running, p, Some(format!("timed out after {:?}", p.timeout)));
                         false
                     });
+                }
+                _ = next_tick(&mut sampler_tick) => {
+                    let outgoing = self.sampler.handle_tick();
+                    self.send_sampling(outgoing);
+                    self.publish_view();
                 }
                 _ = &mut linger => break,
                 _ = &mut shutdown => {
@@ -273,6 +296,49 @@ impl Node {
             summary.apps.insert(app.name.clone(), stats);
         }
         summary
+    }
+
+    /// Sends the sampler's messages, with the addresses of the peers they mention.
+    fn send_sampling(&mut self, outgoing: Vec<Outgoing>) {
+        let me = *self.swarm.local_peer_id();
+        for Outgoing { to, message } in outgoing {
+            let addrs = message
+                .peers()
+                .into_iter()
+                .filter_map(|peer| {
+                    let known = if peer == me {
+                        Some(&self.own_addrs)
+                    } else {
+                        self.addresses.get(&peer)
+                    };
+                    known.map(|a| (peer, a.iter().take(MAX_ADDRS_PER_PEER).cloned().collect()))
+                })
+                .collect();
+            let envelope = SamplingEnvelope {
+                v: network::sampling::SAMPLING_WIRE_VERSION,
+                message,
+                addrs,
+            };
+            self.swarm
+                .behaviour_mut()
+                .sampling
+                .send_request(&to, envelope);
+        }
+    }
+
+    /// Remembers `addrs` as listen addresses of `peer` (at most a few per peer).
+    fn learn_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        let known = self.addresses.entry(peer).or_default();
+        for addr in addrs {
+            if known.len() < MAX_ADDRS_PER_PEER && !known.contains(&addr) {
+                known.push(addr.clone());
+                self.swarm.add_peer_address(peer, addr);
+            }
+        }
+        self.add_known_peer(peer);
     }
 
     fn publish_view(&self) {
@@ -311,13 +377,13 @@ impl Node {
                 ..
             } => {
                 tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "disconnected");
-                self.sampler.on_peer_unreachable(peer_id);
+                self.sampler.handle_peer_unreachable(peer_id);
                 self.publish_view();
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::warn!(peer = ?peer_id, "dial failed: {error}");
                 if let Some(peer) = peer_id {
-                    self.sampler.on_peer_unreachable(peer);
+                    self.sampler.handle_peer_unreachable(peer);
                     self.publish_view();
                 }
             }
@@ -327,20 +393,59 @@ impl Node {
                 ..
             })) => {
                 if info.protocols.contains(&self.app_protocol) {
-                    for addr in info.listen_addrs {
-                        self.swarm.add_peer_address(peer_id, addr);
-                    }
-                    self.add_known_peer(peer_id);
-                    self.sampler.on_peer_connected(peer_id);
+                    self.learn_addresses(peer_id, info.listen_addrs);
+                    self.sampler.handle_peer_connected(peer_id);
                     self.publish_view();
                 } else {
                     tracing::info!(peer = %peer_id, "peer speaks another context; not adding it to the view");
                 }
             }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Sampling(event)) => {
+                self.on_sampling_event(event)
+            }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Apps(event)) => {
                 self.on_app_event(event, running, pending)
             }
             _ => {}
+        }
+    }
+
+    fn on_sampling_event(&mut self, event: request_response::Event<SamplingEnvelope, ()>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sampling
+                    .send_response(channel, ());
+                for (known, addrs) in request.addrs {
+                    self.learn_addresses(known, addrs);
+                }
+                self.add_known_peer(peer);
+                let outgoing = self.sampler.handle_message(peer, request.message);
+                self.send_sampling(outgoing);
+                self.publish_view();
+            }
+            request_response::Event::Message {
+                message: request_response::Message::Response { .. },
+                ..
+            } => {}
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                tracing::info!(peer = %peer, "sampling message not delivered: {error}");
+                self.sampler.handle_peer_unreachable(peer);
+                self.publish_view();
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::warn!(peer = %peer, "bad inbound sampling message: {error}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 
@@ -435,4 +540,14 @@ fn report(running: &[RunningApp], pending: &PendingDelivery, failure: Option<Str
         id: pending.message_id,
         failure,
     });
+}
+
+/// Waits for the next sampler tick; never resolves for a sampler without ticks.
+async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }

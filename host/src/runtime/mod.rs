@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine};
 
@@ -32,7 +32,7 @@ pub mod bindings {
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Per-app sandbox limits.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Most linear memory the app may hold, in MiB (all its memories together).

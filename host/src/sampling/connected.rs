@@ -4,20 +4,29 @@ use std::collections::BTreeSet;
 
 use libp2p::PeerId;
 
-use super::PeerSampler;
+use super::{Outgoing, PeerSampler, SamplingMessage};
 
 /// The trivial baseline: the view is the set of connected peers, in a stable order.
+/// It sends nothing and ignores ticks.
 #[derive(Debug, Default)]
 pub struct Connected {
     peers: BTreeSet<PeerId>,
 }
 
 impl PeerSampler for Connected {
-    fn on_peer_connected(&mut self, peer: PeerId) {
+    fn handle_tick(&mut self) -> Vec<Outgoing> {
+        Vec::new()
+    }
+
+    fn handle_message(&mut self, _from: PeerId, _message: SamplingMessage) -> Vec<Outgoing> {
+        Vec::new()
+    }
+
+    fn handle_peer_connected(&mut self, peer: PeerId) {
         self.peers.insert(peer);
     }
 
-    fn on_peer_unreachable(&mut self, peer: PeerId) {
+    fn handle_peer_unreachable(&mut self, peer: PeerId) {
         self.peers.remove(&peer);
     }
 
@@ -34,11 +43,12 @@ mod tests {
     fn view_follows_connections() {
         let (a, b) = (PeerId::random(), PeerId::random());
         let mut sampler = Connected::default();
-        sampler.on_peer_connected(a);
-        sampler.on_peer_connected(b);
-        sampler.on_peer_connected(a);
+        sampler.handle_peer_connected(a);
+        sampler.handle_peer_connected(b);
+        sampler.handle_peer_connected(a);
         assert_eq!(sampler.view().len(), 2);
-        sampler.on_peer_unreachable(a);
+        sampler.handle_peer_unreachable(a);
         assert_eq!(sampler.view(), vec![b]);
+        assert!(sampler.handle_tick().is_empty());
     }
 }

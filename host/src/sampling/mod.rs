@@ -1,39 +1,65 @@
-//! Peer sampling: sans-IO state machines that make a node's view. The live node feeds
-//! them what it sees of the network; they never touch sockets or clocks themselves.
+//! Peer sampling: sans-IO state machines that make a node's view.
+//!
+//! A sampler never touches sockets or clocks. Its driver (the live node, or a simulator)
+//! feeds it inputs — a tick every period, a sampling message from a peer, a peer that
+//! connected or became unreachable — and sends the [`Outgoing`] messages it returns.
+//! Randomness comes from an RNG seeded at construction, so a run is reproducible.
 
+mod config;
 mod connected;
+mod gbps;
 
+pub use config::{GbpsConfig, Propagation, SamplerConfig, Selection, KNOWN_SAMPLERS};
 pub use connected::Connected;
+pub use gbps::{Descriptor, Gbps, GbpsMessage};
 
-use anyhow::{bail, Result};
 use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
 
-/// The sampler names a config may give.
-pub const KNOWN_SAMPLERS: [&str; 1] = ["connected"];
+/// A message between the samplers of two nodes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "algorithm", rename_all = "lowercase")]
+pub enum SamplingMessage {
+    /// A GBPS exchange.
+    Gbps(GbpsMessage),
+}
 
-/// A peer-sampling service driven by the node (or by a simulator).
+impl SamplingMessage {
+    /// Every peer id the message mentions (the driver attaches their addresses).
+    pub fn peers(&self) -> Vec<PeerId> {
+        match self {
+            SamplingMessage::Gbps(m) => m.buffer().iter().map(|d| d.peer).collect(),
+        }
+    }
+}
+
+/// A message the sampler wants sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    /// The destination.
+    pub to: PeerId,
+    /// What to send.
+    pub message: SamplingMessage,
+}
+
+/// A peer-sampling service, driven by the node or by a simulator.
 pub trait PeerSampler: Send {
-    /// A connection to `peer` was established.
-    fn on_peer_connected(&mut self, peer: PeerId);
-    /// `peer` is no longer reachable (its last connection closed, or a dial failed).
-    fn on_peer_unreachable(&mut self, peer: PeerId);
+    /// A period passed: run the active part of the protocol.
+    fn handle_tick(&mut self) -> Vec<Outgoing>;
+    /// `from` sent `message`.
+    fn handle_message(&mut self, from: PeerId, message: SamplingMessage) -> Vec<Outgoing>;
+    /// A connection to `peer` (a peer of the same context) was established.
+    fn handle_peer_connected(&mut self, peer: PeerId);
+    /// `peer` is no longer reachable (its last connection closed, or a send failed).
+    fn handle_peer_unreachable(&mut self, peer: PeerId);
     /// The current view.
     fn view(&self) -> Vec<PeerId>;
 }
 
-/// Checks `name` is a sampler this build knows.
-pub fn check_sampler_name(name: &str) -> Result<()> {
-    if !KNOWN_SAMPLERS.contains(&name) {
-        bail!(
-            "unknown sampler {name:?}: known samplers are {}",
-            KNOWN_SAMPLERS.join(", ")
-        );
+/// Builds the sampler `config` describes for node `me`, its randomness drawn from `seed`.
+pub fn new_sampler(config: &SamplerConfig, me: PeerId, seed: u64) -> Box<dyn PeerSampler> {
+    match config {
+        SamplerConfig::Connected => Box::new(Connected::default()),
+        SamplerConfig::Gbps(gbps) => Box::new(Gbps::new(me, gbps.clone(), seed)),
     }
-    Ok(())
-}
-
-/// Builds the sampler called `name`.
-pub fn new_sampler(name: &str) -> Result<Box<dyn PeerSampler>> {
-    check_sampler_name(name)?;
-    Ok(Box::new(Connected::default()))
 }

@@ -7,7 +7,7 @@
 //! - `fs`: try to read and create files; succeeds only if both fail (no preopens);
 //! - `env`: succeeds only if the app sees no environment variables and no args;
 //! - `print`: write to stdout and stderr (they must land in the node log);
-//! - `calm`: behave (count cycles and log them).
+//! - `calm`: behave (log each cycle with the view it was given).
 
 use nodemanager_guest::{export_app, log_info, App};
 
@@ -26,7 +26,7 @@ impl App for Hostile {
         }
     }
 
-    fn periodic_run(&mut self, _view: Vec<String>) -> Result<(), String> {
+    fn periodic_run(&mut self, view: Vec<String>) -> Result<(), String> {
         self.cycles += 1;
         match self.mode.as_str() {
             "spin" => {
@@ -69,7 +69,7 @@ impl App for Hostile {
                 Ok(())
             }
             _ => {
-                log_info(&format!("calm cycle {}", self.cycles));
+                log_info(&format!("calm cycle {} view={}", self.cycles, view.join(",")));
                 Ok(())
             }
         }

@@ -1,0 +1,263 @@
+//! Sampler settings: the `[sampler]` table of the node TOML, or the JSON file the seed's
+//! `Gbps(...).create(path)` writes, accepted as it is.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use serde::Deserialize;
+
+/// The sampler names a config may give.
+pub const KNOWN_SAMPLERS: [&str; 2] = ["connected", "gbps"];
+
+/// Which sampler makes the view, with its parameters (`name = "..."` selects it).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(tag = "name", rename_all = "lowercase")]
+pub enum SamplerConfig {
+    /// The view is every connected peer of the same context.
+    #[default]
+    Connected,
+    /// Gossip-based peer sampling (Jelasity et al., TOCS 2007).
+    Gbps(GbpsConfig),
+}
+
+/// How GBPS picks the peer to gossip with (the paper's peer selection).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// A uniformly random peer of the view.
+    Rand,
+    /// The peer with the highest age (the paper's "tail"; the seed's "old").
+    #[serde(alias = "tail")]
+    Old,
+}
+
+/// Which way GBPS exchanges views (the paper's view propagation).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagation {
+    /// Send own descriptors; expect nothing back.
+    Push,
+    /// Ask for the peer's descriptors; send none.
+    Pull,
+    /// Send own descriptors and receive the peer's.
+    Pushpull,
+}
+
+/// GBPS parameters, in the paper's terms: view size `c`, healer `H`, swapper `S`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GbpsConfig {
+    /// `c`: descriptors in the view.
+    pub view_size: usize,
+    /// `H`: the oldest descriptors dropped at each exchange (self-healing).
+    #[serde(default)]
+    pub heal: usize,
+    /// `S`: descriptors dropped because they were sent (swapping).
+    #[serde(default)]
+    pub swap: usize,
+    /// Peer selection: `rand` or `old` (`tail`).
+    pub selection_policy: Selection,
+    /// View propagation: `push`, `pull` or `pushpull`.
+    pub propagation_policy: Propagation,
+    /// What a descriptor's age grows by each cycle.
+    #[serde(default = "one")]
+    pub age: u32,
+    /// Time between active exchanges (the seed's `delay`, stored as `time`).
+    #[serde(with = "crate::config::duration", default = "two_seconds")]
+    pub period: Duration,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn two_seconds() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl GbpsConfig {
+    /// Checks the seed's constraints: `c >= 2`, `H <= c/2`, `S <= c/2 - H`, a period > 0.
+    pub fn validate(&self) -> Result<()> {
+        let c = self.view_size;
+        if c < 2 {
+            bail!("gbps view_size must be at least 2, not {c}");
+        }
+        if self.heal > c / 2 {
+            bail!(
+                "gbps heal ({}) must be at most view_size/2 ({})",
+                self.heal,
+                c / 2
+            );
+        }
+        if self.swap > c / 2 - self.heal {
+            bail!(
+                "gbps swap ({}) must be at most view_size/2 - heal ({})",
+                self.swap,
+                c / 2 - self.heal
+            );
+        }
+        if self.period.is_zero() {
+            bail!("gbps period must be greater than zero");
+        }
+        Ok(())
+    }
+}
+
+impl SamplerConfig {
+    /// The sampler called `name`, with default parameters (GBPS: c = 8, rand, pushpull).
+    pub fn from_name(name: &str) -> Result<SamplerConfig> {
+        match name {
+            "connected" => Ok(SamplerConfig::Connected),
+            "gbps" => Ok(SamplerConfig::Gbps(GbpsConfig {
+                view_size: 8,
+                heal: 1,
+                swap: 3,
+                selection_policy: Selection::Rand,
+                propagation_policy: Propagation::Pushpull,
+                age: 1,
+                period: two_seconds(),
+            })),
+            other => bail!(
+                "unknown sampler {other:?}: known samplers are {}",
+                KNOWN_SAMPLERS.join(", ")
+            ),
+        }
+    }
+
+    /// Checks the parameters.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            SamplerConfig::Connected => Ok(()),
+            SamplerConfig::Gbps(gbps) => gbps.validate(),
+        }
+    }
+
+    /// The time between ticks; `None` for a sampler that needs none.
+    pub fn period(&self) -> Option<Duration> {
+        match self {
+            SamplerConfig::Connected => None,
+            SamplerConfig::Gbps(gbps) => Some(gbps.period),
+        }
+    }
+
+    /// Reads the JSON file the seed's `Gbps(...).create(path)` writes.
+    pub fn from_seed_json(path: &Path) -> Result<SamplerConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read sampler config {}", path.display()))?;
+        Self::parse_seed_json(&text)
+            .with_context(|| format!("sampler config {} is not valid", path.display()))
+    }
+
+    /// Parses the seed's sampler JSON; the fields present say which algorithm it is.
+    pub fn parse_seed_json(text: &str) -> Result<SamplerConfig> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct SeedGbps {
+            view_size: usize,
+            time: f64,
+            heal: usize,
+            swap: usize,
+            selection_policy: Selection,
+            propagation_policy: Propagation,
+            age: u32,
+        }
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        let has = |key: &str| value.get(key).is_some();
+        if has("sampler_size") {
+            bail!(
+                "this is a Brahms config; Brahms is not implemented yet (known samplers: {})",
+                KNOWN_SAMPLERS.join(", ")
+            );
+        }
+        if has("refresh") {
+            bail!(
+                "this is a Basalt config; Basalt is not implemented yet (known samplers: {})",
+                KNOWN_SAMPLERS.join(", ")
+            );
+        }
+        if !has("heal") {
+            bail!("not a sampler config the seed writes (expected the fields of Gbps, Brahams or Basalt)");
+        }
+        let seed: SeedGbps = serde_json::from_value(value)?;
+        if !(seed.time.is_finite() && seed.time > 0.0 && seed.time < 1e9) {
+            bail!(
+                "time must be a positive number of seconds, not {}",
+                seed.time
+            );
+        }
+        let config = SamplerConfig::Gbps(GbpsConfig {
+            view_size: seed.view_size,
+            heal: seed.heal,
+            swap: seed.swap,
+            selection_policy: seed.selection_policy,
+            propagation_policy: seed.propagation_policy,
+            age: seed.age,
+            period: Duration::from_secs_f64(seed.time),
+        });
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Written by the seed's package (nodemanager 0.1.3):
+    /// `Gbps(view_size=4, heal=0, swap=0, selection_policy=SelectionPolicy.OLD,
+    /// propagation_policy=PropagationPolicy.PUSHPULL, delay=2, age=1).create(path)`.
+    const SEED_GBPS: &str = include_str!("../../../tests/fixtures/seed_gbps.json");
+    const SEED_BRAHMS: &str = include_str!("../../../tests/fixtures/seed_brahms.json");
+
+    #[test]
+    fn reads_the_seeds_gbps_json() {
+        let config = SamplerConfig::parse_seed_json(SEED_GBPS).unwrap();
+        let SamplerConfig::Gbps(gbps) = config else {
+            panic!("{config:?}")
+        };
+        assert_eq!(
+            (gbps.view_size, gbps.heal, gbps.swap, gbps.age),
+            (4, 0, 0, 1)
+        );
+        assert_eq!(gbps.selection_policy, Selection::Old);
+        assert_eq!(gbps.propagation_policy, Propagation::Pushpull);
+        assert_eq!(gbps.period, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_run_with_a_reason() {
+        let error = SamplerConfig::parse_seed_json(SEED_BRAHMS)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("Brahms is not implemented yet"), "{error}");
+        let bad = SEED_GBPS.replace("\"old\"", "\"oldest\"");
+        let error = format!("{:#}", SamplerConfig::parse_seed_json(&bad).unwrap_err());
+        assert!(error.contains("unknown variant `oldest`"), "{error}");
+        let bad = SEED_GBPS.replace("\"heal\": 0", "\"heal\": 3");
+        let error = format!("{:#}", SamplerConfig::parse_seed_json(&bad).unwrap_err());
+        assert!(
+            error.contains("heal (3) must be at most view_size/2 (2)"),
+            "{error}"
+        );
+        let error = SamplerConfig::from_name("nosuch").unwrap_err().to_string();
+        assert!(error.contains("unknown sampler \"nosuch\""), "{error}");
+    }
+
+    #[test]
+    fn reads_the_toml_table() {
+        let config: SamplerConfig = toml::from_str(
+            "name = \"gbps\"\nview_size = 6\nheal = 1\nswap = 2\nselection_policy = \"tail\"\n\
+             propagation_policy = \"push\"\nperiod = \"500ms\"",
+        )
+        .unwrap();
+        let SamplerConfig::Gbps(gbps) = config else {
+            panic!()
+        };
+        assert_eq!(gbps.selection_policy, Selection::Old);
+        assert_eq!(gbps.period, Duration::from_millis(500));
+        assert!(
+            toml::from_str::<SamplerConfig>("name = \"gbps\"\nview_size = 6\ntypo = 1").is_err()
+        );
+    }
+}

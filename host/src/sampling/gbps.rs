@@ -1,0 +1,491 @@
+//! GBPS: gossip-based peer sampling, after Jelasity, Voulgaris, Guerraoui, Kermarrec and
+//! van Steen, *Gossip-based peer sampling*, ACM TOCS 25(3), 2007 (figure 1).
+//!
+//! Config fields map to the paper's symbols: `view_size` = c, `heal` = H, `swap` = S,
+//! `selection_policy` = peer selection (`rand` | `old` = tail), `propagation_policy` =
+//! view propagation (push | pull | pushpull), `age` = the age increment per cycle.
+//!
+//! Each tick (the active thread): select a peer, send it a buffer (own fresh descriptor
+//! plus c/2 - 1 descriptors of the permuted view, with the H oldest moved to the end)
+//! if pushing, ask for its buffer if pulling, and age the view. On a received buffer
+//! (the passive thread): answer with a buffer if asked, then merge with `select(c, H, S)`
+//! and age the view. A reply is merged the same way, without ageing again.
+
+use std::collections::HashMap;
+
+use libp2p::PeerId;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::{GbpsConfig, Outgoing, PeerSampler, Propagation, SamplingMessage, Selection};
+
+/// A node descriptor: a peer and how old the information about it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    /// The peer.
+    pub peer: PeerId,
+    /// Cycles since the peer itself created this descriptor.
+    pub age: u32,
+}
+
+/// GBPS wire messages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum GbpsMessage {
+    /// The active side's buffer (empty when pull-only); `reply` asks for the peer's.
+    Request {
+        /// Descriptors sent.
+        buffer: Vec<Descriptor>,
+        /// Whether the receiver answers with its own buffer.
+        reply: bool,
+    },
+    /// The passive side's buffer, answering a request.
+    Reply {
+        /// Descriptors sent.
+        buffer: Vec<Descriptor>,
+    },
+}
+
+impl GbpsMessage {
+    /// The descriptors carried.
+    pub fn buffer(&self) -> &[Descriptor] {
+        match self {
+            GbpsMessage::Request { buffer, .. } | GbpsMessage::Reply { buffer } => buffer,
+        }
+    }
+}
+
+/// One node's GBPS state.
+pub struct Gbps {
+    me: PeerId,
+    config: GbpsConfig,
+    view: Vec<Descriptor>,
+    rng: StdRng,
+}
+
+impl Gbps {
+    /// A node `me` with an empty view; `seed` drives every random choice.
+    pub fn new(me: PeerId, config: GbpsConfig, seed: u64) -> Gbps {
+        Gbps {
+            me,
+            config,
+            view: Vec::new(),
+            rng: StdRng::seed_from_u64(seed),
+        }
+    }
+
+    /// The view with ages, in its current order.
+    pub fn descriptors(&self) -> &[Descriptor] {
+        &self.view
+    }
+
+    fn pushes(&self) -> bool {
+        self.config.propagation_policy != Propagation::Pull
+    }
+
+    fn pulls(&self) -> bool {
+        self.config.propagation_policy != Propagation::Push
+    }
+
+    fn select_peer(&mut self) -> Option<PeerId> {
+        match self.config.selection_policy {
+            Selection::Rand if !self.view.is_empty() => {
+                Some(self.view[self.rng.random_range(0..self.view.len())].peer)
+            }
+            Selection::Rand => None,
+            // The first of the oldest, so ties resolve by view order (itself random).
+            Selection::Old => self
+                .view
+                .iter()
+                .fold(None::<&Descriptor>, |best, d| match best {
+                    Some(b) if b.age >= d.age => Some(b),
+                    _ => Some(d),
+                })
+                .map(|d| d.peer),
+        }
+    }
+
+    /// Permutes the view, moves the H oldest to its end, and returns own fresh descriptor
+    /// followed by the first c/2 - 1 descriptors.
+    fn make_buffer(&mut self) -> Vec<Descriptor> {
+        self.view.shuffle(&mut self.rng);
+        self.move_oldest_to_end(self.config.heal);
+        let mut buffer = vec![Descriptor {
+            peer: self.me,
+            age: 0,
+        }];
+        let take = (self.config.view_size / 2).saturating_sub(1);
+        buffer.extend(self.view.iter().take(take).copied());
+        buffer
+    }
+
+    fn move_oldest_to_end(&mut self, count: usize) {
+        let count = count.min(self.view.len());
+        if count == 0 {
+            return;
+        }
+        let mut by_age: Vec<usize> = (0..self.view.len()).collect();
+        by_age.sort_by_key(|&i| std::cmp::Reverse(self.view[i].age));
+        let oldest: Vec<usize> = by_age[..count].to_vec();
+        let (mut old, mut rest) = (Vec::new(), Vec::new());
+        for (i, d) in self.view.drain(..).enumerate() {
+            if oldest.contains(&i) {
+                old.push(d)
+            } else {
+                rest.push(d)
+            }
+        }
+        rest.extend(old);
+        self.view = rest;
+    }
+
+    /// The paper's `view.select(c, H, S, buffer)`.
+    fn select(&mut self, buffer: &[Descriptor]) {
+        self.view
+            .extend(buffer.iter().copied().filter(|d| d.peer != self.me));
+        // removeDuplicates: keep the freshest copy, at the first copy's place.
+        let mut first: HashMap<PeerId, usize> = HashMap::new();
+        let mut merged: Vec<Descriptor> = Vec::with_capacity(self.view.len());
+        for d in self.view.drain(..) {
+            match first.get(&d.peer) {
+                Some(&i) => merged[i].age = merged[i].age.min(d.age),
+                None => {
+                    first.insert(d.peer, merged.len());
+                    merged.push(d);
+                }
+            }
+        }
+        self.view = merged;
+        let c = self.config.view_size;
+        // removeOldItems(min(H, size - c))
+        let old = self.config.heal.min(self.view.len().saturating_sub(c));
+        self.move_oldest_to_end(old);
+        self.view.truncate(self.view.len() - old);
+        // removeHead(min(S, size - c)): the head is what was sent.
+        let head = self.config.swap.min(self.view.len().saturating_sub(c));
+        self.view.drain(..head);
+        // removeAtRandom(size - c)
+        while self.view.len() > c {
+            let i = self.rng.random_range(0..self.view.len());
+            self.view.remove(i);
+        }
+    }
+
+    fn increase_age(&mut self) {
+        for d in &mut self.view {
+            d.age = d.age.saturating_add(self.config.age);
+        }
+    }
+}
+
+impl PeerSampler for Gbps {
+    fn handle_tick(&mut self) -> Vec<Outgoing> {
+        let Some(to) = self.select_peer() else {
+            return Vec::new();
+        };
+        let buffer = if self.pushes() {
+            self.make_buffer()
+        } else {
+            Vec::new()
+        };
+        self.increase_age();
+        let message = GbpsMessage::Request {
+            buffer,
+            reply: self.pulls(),
+        };
+        vec![Outgoing {
+            to,
+            message: SamplingMessage::Gbps(message),
+        }]
+    }
+
+    fn handle_message(&mut self, from: PeerId, message: SamplingMessage) -> Vec<Outgoing> {
+        let SamplingMessage::Gbps(message) = message;
+        if from == self.me {
+            return Vec::new();
+        }
+        match message {
+            GbpsMessage::Request { buffer, reply } => {
+                let answer = reply.then(|| {
+                    let buffer = self.make_buffer();
+                    Outgoing {
+                        to: from,
+                        message: SamplingMessage::Gbps(GbpsMessage::Reply { buffer }),
+                    }
+                });
+                self.select(&buffer);
+                self.increase_age();
+                answer.into_iter().collect()
+            }
+            GbpsMessage::Reply { buffer } => {
+                self.select(&buffer);
+                Vec::new()
+            }
+        }
+    }
+
+    fn handle_peer_connected(&mut self, peer: PeerId) {
+        if peer != self.me
+            && self.view.len() < self.config.view_size
+            && !self.view.iter().any(|d| d.peer == peer)
+        {
+            self.view.push(Descriptor { peer, age: 0 });
+        }
+    }
+
+    fn handle_peer_unreachable(&mut self, peer: PeerId) {
+        self.view.retain(|d| d.peer != peer);
+    }
+
+    fn view(&self) -> Vec<PeerId> {
+        self.view.iter().map(|d| d.peer).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config(
+        c: usize,
+        heal: usize,
+        swap: usize,
+        selection: Selection,
+        propagation: Propagation,
+    ) -> GbpsConfig {
+        GbpsConfig {
+            view_size: c,
+            heal,
+            swap,
+            selection_policy: selection,
+            propagation_policy: propagation,
+            age: 1,
+            period: Duration::from_secs(1),
+        }
+    }
+
+    fn ids(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    fn with_view(me: PeerId, c: GbpsConfig, view: &[(PeerId, u32)]) -> Gbps {
+        let mut node = Gbps::new(me, c, 1);
+        node.view = view
+            .iter()
+            .map(|&(peer, age)| Descriptor { peer, age })
+            .collect();
+        node
+    }
+
+    #[test]
+    fn tail_selection_picks_the_oldest_and_ageing_adds_the_increment() {
+        let p = ids(4);
+        let mut node = with_view(
+            p[0],
+            config(4, 0, 0, Selection::Old, Propagation::Push),
+            &[(p[1], 3), (p[2], 7), (p[3], 1)],
+        );
+        let out = node.handle_tick();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].to, p[2]);
+        let SamplingMessage::Gbps(GbpsMessage::Request { buffer, reply }) = &out[0].message else {
+            panic!("expected a request: {out:?}")
+        };
+        assert!(!reply, "push does not ask for a reply");
+        assert_eq!(
+            buffer[0],
+            Descriptor { peer: p[0], age: 0 },
+            "own fresh descriptor first"
+        );
+        assert_eq!(buffer.len(), 2, "self + c/2 - 1");
+        let mut ages: Vec<u32> = node.descriptors().iter().map(|d| d.age).collect();
+        ages.sort();
+        assert_eq!(ages, vec![2, 4, 8]);
+    }
+
+    #[test]
+    fn pull_sends_an_empty_request_and_merges_the_reply() {
+        let p = ids(5);
+        let mut node = with_view(
+            p[0],
+            config(4, 0, 0, Selection::Rand, Propagation::Pull),
+            &[(p[1], 0)],
+        );
+        let out = node.handle_tick();
+        let SamplingMessage::Gbps(GbpsMessage::Request { buffer, reply }) = &out[0].message else {
+            panic!("expected a request: {out:?}")
+        };
+        assert!(buffer.is_empty() && *reply);
+        let reply = GbpsMessage::Reply {
+            buffer: vec![
+                Descriptor { peer: p[2], age: 0 },
+                Descriptor { peer: p[3], age: 2 },
+            ],
+        };
+        assert!(node
+            .handle_message(p[1], SamplingMessage::Gbps(reply))
+            .is_empty());
+        let view: HashSet<PeerId> = node.view().into_iter().collect();
+        assert_eq!(view, HashSet::from([p[1], p[2], p[3]]));
+    }
+
+    #[test]
+    fn pushpull_request_is_answered_and_merged() {
+        let p = ids(6);
+        let mut node = with_view(
+            p[0],
+            config(4, 0, 0, Selection::Rand, Propagation::Pushpull),
+            &[(p[1], 0), (p[2], 0)],
+        );
+        let request = GbpsMessage::Request {
+            buffer: vec![
+                Descriptor { peer: p[3], age: 0 },
+                Descriptor { peer: p[0], age: 5 },
+            ],
+            reply: true,
+        };
+        let out = node.handle_message(p[3], SamplingMessage::Gbps(request));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].to, p[3]);
+        assert!(
+            matches!(&out[0].message, SamplingMessage::Gbps(GbpsMessage::Reply { buffer }) if buffer[0].peer == p[0])
+        );
+        assert!(!node.view().contains(&p[0]), "never itself");
+        assert!(node.view().contains(&p[3]));
+    }
+
+    #[test]
+    fn duplicates_keep_the_freshest() {
+        let p = ids(3);
+        let mut node = with_view(
+            p[0],
+            config(4, 0, 0, Selection::Rand, Propagation::Push),
+            &[(p[1], 9)],
+        );
+        node.select(&[
+            Descriptor { peer: p[1], age: 2 },
+            Descriptor { peer: p[2], age: 4 },
+            Descriptor { peer: p[2], age: 1 },
+        ]);
+        assert_eq!(
+            node.descriptors(),
+            &[
+                Descriptor { peer: p[1], age: 2 },
+                Descriptor { peer: p[2], age: 1 }
+            ]
+        );
+    }
+
+    #[test]
+    fn healer_drops_the_oldest_and_swapper_the_head() {
+        let p = ids(8);
+        // c = 3, H = 1: of 4 candidates the oldest goes.
+        let mut healer = with_view(
+            p[0],
+            config(3, 1, 0, Selection::Rand, Propagation::Push),
+            &[(p[1], 1), (p[2], 50), (p[3], 2)],
+        );
+        healer.select(&[Descriptor { peer: p[4], age: 0 }]);
+        assert_eq!(healer.view(), vec![p[1], p[3], p[4]]);
+        // c = 3, S = 1, H = 0: the head (what was sent) goes.
+        let mut swapper = with_view(
+            p[0],
+            config(3, 0, 1, Selection::Rand, Propagation::Push),
+            &[(p[1], 1), (p[2], 50), (p[3], 2)],
+        );
+        swapper.select(&[Descriptor { peer: p[4], age: 0 }]);
+        assert_eq!(swapper.view(), vec![p[2], p[3], p[4]]);
+    }
+
+    #[test]
+    fn unreachable_peers_leave_the_view_and_connections_fill_it() {
+        let p = ids(4);
+        let mut node = Gbps::new(
+            p[0],
+            config(2, 0, 0, Selection::Rand, Propagation::Pushpull),
+            3,
+        );
+        for &peer in &p {
+            node.handle_peer_connected(peer);
+        }
+        assert_eq!(node.view(), vec![p[1], p[2]], "not itself, at most c");
+        node.handle_peer_unreachable(p[1]);
+        assert_eq!(node.view(), vec![p[2]]);
+        assert!(
+            Gbps::new(p[0], config(2, 0, 0, Selection::Rand, Propagation::Push), 3)
+                .handle_tick()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn same_seed_same_choices() {
+        let p = ids(10);
+        let run = || {
+            let mut node = Gbps::new(
+                p[0],
+                config(4, 1, 1, Selection::Rand, Propagation::Pushpull),
+                42,
+            );
+            p[1..5].iter().for_each(|&q| node.handle_peer_connected(q));
+            let mut sent = Vec::new();
+            for round in 0..20 {
+                sent.extend(node.handle_tick().into_iter().map(|o| o.to));
+                let buffer = vec![Descriptor {
+                    peer: p[5 + round % 5],
+                    age: round as u32 % 3,
+                }];
+                node.handle_message(p[1], SamplingMessage::Gbps(GbpsMessage::Reply { buffer }));
+            }
+            (sent, node.view())
+        };
+        assert_eq!(run(), run());
+    }
+
+    proptest! {
+        /// Views never exceed c, never hold the node itself or duplicates, and only hold
+        /// ids that were given to it.
+        #[test]
+        fn view_invariants(
+            c in 2usize..10,
+            heal_part in 0usize..5,
+            swap_part in 0usize..5,
+            seed in any::<u64>(),
+            steps in proptest::collection::vec((0u8..4, 0usize..12, proptest::collection::vec((0usize..12, 0u32..6), 0..8)), 1..60),
+        ) {
+            let p = ids(12);
+            let heal = heal_part.min(c / 2);
+            let swap = swap_part.min(c / 2 - heal);
+            let known: HashSet<PeerId> = p.iter().copied().collect();
+            for propagation in [Propagation::Push, Propagation::Pull, Propagation::Pushpull] {
+                let mut node = Gbps::new(p[0], config(c, heal, swap, Selection::Rand, propagation), seed);
+                for (kind, who, buffer) in &steps {
+                    let buffer: Vec<Descriptor> = buffer.iter().map(|&(i, age)| Descriptor { peer: p[i], age }).collect();
+                    let out = match kind {
+                        0 => node.handle_tick(),
+                        1 => node.handle_message(p[*who], SamplingMessage::Gbps(GbpsMessage::Request { buffer, reply: true })),
+                        2 => node.handle_message(p[*who], SamplingMessage::Gbps(GbpsMessage::Reply { buffer })),
+                        _ => { node.handle_peer_connected(p[*who]); Vec::new() }
+                    };
+                    for o in &out {
+                        prop_assert!(o.to != p[0]);
+                        prop_assert!(o.message.peers().len() <= c / 2);
+                    }
+                    let view = node.view();
+                    let unique: HashSet<PeerId> = view.iter().copied().collect();
+                    prop_assert!(view.len() <= c);
+                    prop_assert_eq!(unique.len(), view.len());
+                    prop_assert!(!unique.contains(&p[0]));
+                    prop_assert!(unique.is_subset(&known));
+                }
+            }
+        }
+    }
+}
