@@ -307,25 +307,22 @@ fn logged_views(log: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-#[test]
-fn gbps_views_learn_peers_beyond_the_bootstrap_neighbours() {
+/// Five nodes in a bootstrap chain (each knows only the one before it) run `sampler`
+/// (the seed's JSON, with a fast period): every node's view must come to hold a peer that
+/// was never its bootstrap neighbour, and views stay within the invariants.
+fn views_learn_peers_beyond_the_bootstrap_neighbours(
+    context: &str,
+    sampler_json: &str,
+    max_view: usize,
+) {
     let dir = tempfile::tempdir().unwrap();
-    // The seed's JSON format, as `Gbps(...).create(path)` writes it, with a fast period.
-    let sampler = dir.path().join("node_gbps.json");
-    let seed_json =
-        std::fs::read_to_string(common::repo_root().join("tests/fixtures/seed_gbps.json")).unwrap();
-    std::fs::write(
-        &sampler,
-        seed_json
-            .replace("\"time\": 2", "\"time\": 0.2")
-            .replace("\"old\"", "\"rand\""),
-    )
-    .unwrap();
+    let sampler = dir.path().join("sampler.json");
+    std::fs::write(&sampler, sampler_json).unwrap();
     let mut nodes: Vec<RunningNode> = Vec::new();
     for i in 0..5 {
         let mut args: Vec<String> = vec![
             "--context".into(),
-            "e2e-gbps".into(),
+            context.into(),
             "--app".into(),
             format!("{}:calm", common::guest("hostile.wasm").display()),
             "--app-config".into(),
@@ -341,7 +338,6 @@ fn gbps_views_learn_peers_beyond_the_bootstrap_neighbours() {
             "--seed".into(),
             i.to_string(),
         ];
-        // A chain: each node knows only the one before it.
         if let Some(previous) = nodes.last() {
             args.extend(["--bootstrap".into(), previous.addr()]);
         }
@@ -377,7 +373,7 @@ fn gbps_views_learn_peers_beyond_the_bootstrap_neighbours() {
             "node{i} only ever saw its bootstrap neighbours: {views:?}"
         );
         for view in &views {
-            assert!(view.len() <= 4, "view over c = 4: {view:?}");
+            assert!(view.len() <= max_view, "view over {max_view}: {view:?}");
             assert!(!view.contains(&ids[i]), "a node is never in its own view");
             assert!(
                 view.iter().all(|p| ids.contains(p)),
@@ -385,6 +381,24 @@ fn gbps_views_learn_peers_beyond_the_bootstrap_neighbours() {
             );
         }
     }
+}
+
+fn seed_fixture(name: &str) -> String {
+    std::fs::read_to_string(common::repo_root().join("tests/fixtures").join(name)).unwrap()
+}
+
+#[test]
+fn gbps_views_learn_peers_beyond_the_bootstrap_neighbours() {
+    let json = seed_fixture("seed_gbps.json")
+        .replace("\"time\": 2", "\"time\": 0.2")
+        .replace("\"old\"", "\"rand\"");
+    views_learn_peers_beyond_the_bootstrap_neighbours("e2e-gbps", &json, 4);
+}
+
+#[test]
+fn basalt_views_learn_peers_beyond_the_bootstrap_neighbours() {
+    let json = seed_fixture("seed_basalt.json").replace("\"time\": 2", "\"time\": 0.2");
+    views_learn_peers_beyond_the_bootstrap_neighbours("e2e-basalt", &json, 8);
 }
 
 #[test]

@@ -82,11 +82,13 @@ impl Limits {
         Ok(())
     }
 
-    /// The deadline in epoch ticks (rounded up).
+    /// The deadline in epoch ticks: rounded up, plus one because the current tick is
+    /// already partly gone, so a call gets at least its deadline (and at most one tick more).
     fn deadline_ticks(&self) -> u64 {
         self.call_deadline
             .as_nanos()
             .div_ceil(EPOCH_TICK.as_nanos()) as u64
+            + 1
     }
 }
 

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 
 /// The sampler names a config may give.
-pub const KNOWN_SAMPLERS: [&str; 2] = ["connected", "gbps"];
+pub const KNOWN_SAMPLERS: [&str; 3] = ["connected", "gbps", "basalt"];
 
 /// Which sampler makes the view, with its parameters (`name = "..."` selects it).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -19,6 +19,51 @@ pub enum SamplerConfig {
     Connected,
     /// Gossip-based peer sampling (Jelasity et al., TOCS 2007).
     Gbps(GbpsConfig),
+    /// Byzantine-tolerant sampling (Auvolat et al., Middleware 2023).
+    Basalt(BasaltConfig),
+}
+
+/// Basalt parameters, in the paper's terms: v slots, k slots reset every τ rounds.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BasaltConfig {
+    /// v: slots in the view.
+    pub view_size: usize,
+    /// k: slots given fresh seeds at each reset (the seed's `refresh`).
+    pub refresh: usize,
+    /// τ: rounds between resets.
+    #[serde(default = "one_round")]
+    pub reset_interval: u64,
+    /// Time between rounds (the seed's `delay`, stored as `time`).
+    #[serde(with = "crate::config::duration", default = "two_seconds")]
+    pub period: Duration,
+}
+
+fn one_round() -> u64 {
+    1
+}
+
+impl BasaltConfig {
+    /// Checks `v >= 1`, `k <= v`, `τ >= 1` and a period > 0.
+    pub fn validate(&self) -> Result<()> {
+        if self.view_size == 0 {
+            bail!("basalt view_size must be at least 1");
+        }
+        if self.refresh > self.view_size {
+            bail!(
+                "basalt refresh ({}) must be at most view_size ({})",
+                self.refresh,
+                self.view_size
+            );
+        }
+        if self.reset_interval == 0 {
+            bail!("basalt reset_interval must be at least 1 round");
+        }
+        if self.period.is_zero() {
+            bail!("basalt period must be greater than zero");
+        }
+        Ok(())
+    }
 }
 
 /// How GBPS picks the peer to gossip with (the paper's peer selection).
@@ -118,6 +163,12 @@ impl SamplerConfig {
                 age: 1,
                 period: two_seconds(),
             })),
+            "basalt" => Ok(SamplerConfig::Basalt(BasaltConfig {
+                view_size: 8,
+                refresh: 2,
+                reset_interval: 1,
+                period: two_seconds(),
+            })),
             other => bail!(
                 "unknown sampler {other:?}: known samplers are {}",
                 KNOWN_SAMPLERS.join(", ")
@@ -130,6 +181,7 @@ impl SamplerConfig {
         match self {
             SamplerConfig::Connected => Ok(()),
             SamplerConfig::Gbps(gbps) => gbps.validate(),
+            SamplerConfig::Basalt(basalt) => basalt.validate(),
         }
     }
 
@@ -138,6 +190,7 @@ impl SamplerConfig {
         match self {
             SamplerConfig::Connected => None,
             SamplerConfig::Gbps(gbps) => Some(gbps.period),
+            SamplerConfig::Basalt(basalt) => Some(basalt.period),
         }
     }
 
@@ -171,21 +224,27 @@ impl SamplerConfig {
             );
         }
         if has("refresh") {
-            bail!(
-                "this is a Basalt config; Basalt is not implemented yet (known samplers: {})",
-                KNOWN_SAMPLERS.join(", ")
-            );
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct SeedBasalt {
+                view_size: usize,
+                time: f64,
+                refresh: usize,
+            }
+            let seed: SeedBasalt = serde_json::from_value(value)?;
+            let config = SamplerConfig::Basalt(BasaltConfig {
+                view_size: seed.view_size,
+                refresh: seed.refresh,
+                reset_interval: 1,
+                period: seconds(seed.time)?,
+            });
+            config.validate()?;
+            return Ok(config);
         }
         if !has("heal") {
             bail!("not a sampler config the seed writes (expected the fields of Gbps, Brahams or Basalt)");
         }
         let seed: SeedGbps = serde_json::from_value(value)?;
-        if !(seed.time.is_finite() && seed.time > 0.0 && seed.time < 1e9) {
-            bail!(
-                "time must be a positive number of seconds, not {}",
-                seed.time
-            );
-        }
         let config = SamplerConfig::Gbps(GbpsConfig {
             view_size: seed.view_size,
             heal: seed.heal,
@@ -193,11 +252,19 @@ impl SamplerConfig {
             selection_policy: seed.selection_policy,
             propagation_policy: seed.propagation_policy,
             age: seed.age,
-            period: Duration::from_secs_f64(seed.time),
+            period: seconds(seed.time)?,
         });
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The seed's `time` field: a period in seconds.
+fn seconds(time: f64) -> Result<Duration> {
+    if !(time.is_finite() && time > 0.0 && time < 1e9) {
+        bail!("time must be a positive number of seconds, not {time}");
+    }
+    Ok(Duration::from_secs_f64(time))
 }
 
 #[cfg(test)]
@@ -209,6 +276,26 @@ mod tests {
     /// propagation_policy=PropagationPolicy.PUSHPULL, delay=2, age=1).create(path)`.
     const SEED_GBPS: &str = include_str!("../../../tests/fixtures/seed_gbps.json");
     const SEED_BRAHMS: &str = include_str!("../../../tests/fixtures/seed_brahms.json");
+    /// `Basalt(view_size=8, refresh=2, delay=2).create(path)` (nodemanager 0.1.3).
+    const SEED_BASALT: &str = include_str!("../../../tests/fixtures/seed_basalt.json");
+
+    #[test]
+    fn reads_the_seeds_basalt_json() {
+        let config = SamplerConfig::parse_seed_json(SEED_BASALT).unwrap();
+        let expected = BasaltConfig {
+            view_size: 8,
+            refresh: 2,
+            reset_interval: 1,
+            period: Duration::from_secs(2),
+        };
+        assert_eq!(config, SamplerConfig::Basalt(expected));
+        let bad = SEED_BASALT.replace("\"refresh\": 2", "\"refresh\": 9");
+        let error = format!("{:#}", SamplerConfig::parse_seed_json(&bad).unwrap_err());
+        assert!(
+            error.contains("refresh (9) must be at most view_size (8)"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn reads_the_seeds_gbps_json() {

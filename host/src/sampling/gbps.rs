@@ -202,7 +202,9 @@ impl PeerSampler for Gbps {
     }
 
     fn handle_message(&mut self, from: PeerId, message: SamplingMessage) -> Vec<Outgoing> {
-        let SamplingMessage::Gbps(message) = message;
+        let SamplingMessage::Gbps(message) = message else {
+            return Vec::new();
+        };
         if from == self.me {
             return Vec::new();
         }

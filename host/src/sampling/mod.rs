@@ -5,11 +5,13 @@
 //! connected or became unreachable — and sends the [`Outgoing`] messages it returns.
 //! Randomness comes from an RNG seeded at construction, so a run is reproducible.
 
+mod basalt;
 mod config;
 mod connected;
 mod gbps;
 
-pub use config::{GbpsConfig, Propagation, SamplerConfig, Selection, KNOWN_SAMPLERS};
+pub use basalt::{Basalt, BasaltMessage};
+pub use config::{BasaltConfig, GbpsConfig, Propagation, SamplerConfig, Selection, KNOWN_SAMPLERS};
 pub use connected::Connected;
 pub use gbps::{Descriptor, Gbps, GbpsMessage};
 
@@ -22,6 +24,8 @@ use serde::{Deserialize, Serialize};
 pub enum SamplingMessage {
     /// A GBPS exchange.
     Gbps(GbpsMessage),
+    /// A Basalt exchange.
+    Basalt(BasaltMessage),
 }
 
 impl SamplingMessage {
@@ -29,6 +33,8 @@ impl SamplingMessage {
     pub fn peers(&self) -> Vec<PeerId> {
         match self {
             SamplingMessage::Gbps(m) => m.buffer().iter().map(|d| d.peer).collect(),
+            SamplingMessage::Basalt(BasaltMessage::View { peers }) => peers.clone(),
+            SamplingMessage::Basalt(BasaltMessage::Pull) => Vec::new(),
         }
     }
 }
@@ -61,5 +67,6 @@ pub fn new_sampler(config: &SamplerConfig, me: PeerId, seed: u64) -> Box<dyn Pee
     match config {
         SamplerConfig::Connected => Box::new(Connected::default()),
         SamplerConfig::Gbps(gbps) => Box::new(Gbps::new(me, gbps.clone(), seed)),
+        SamplerConfig::Basalt(basalt) => Box::new(Basalt::new(me, basalt.clone(), seed)),
     }
 }

@@ -1,0 +1,342 @@
+//! Basalt, after Auvolat, Bromberg, Frey and Taïani, *Basalt: a rock-solid
+//! Byzantine-tolerant peer sampling for very large decentralized networks*,
+//! Middleware 2023.
+//!
+//! Config fields map to the paper's symbols: `view_size` = v (slots), `refresh` = k
+//! (slots reset at each reset), `reset_interval` = τ in rounds (a round is one `period`).
+//!
+//! Each slot `i` has a secret seed `s_i`, a peer `p_i` and a hit counter `h_i`. Every id
+//! the node hears of is ranked per slot by a keyed hash `H(s_i, id)`; a slot keeps the
+//! lowest-ranked id it has seen (the "stubborn chaotic search"), so an attacker cannot
+//! flood a slot without knowing its seed. Each round the node pulls from the slot peer
+//! with the fewest hits and pushes its view to the next such peer. Every τ rounds the k
+//! next slots (round-robin) get fresh seeds and re-rank the ids known now. The ids a
+//! node hears of are those in received views plus the senders of pulls and views.
+
+use libp2p::PeerId;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use siphasher::sip::SipHasher13;
+use std::hash::Hasher;
+
+use super::{BasaltConfig, Outgoing, PeerSampler, SamplingMessage};
+
+/// Basalt wire messages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BasaltMessage {
+    /// Asks the receiver for its view.
+    Pull,
+    /// A view: pushed, or answering a pull.
+    View {
+        /// The sender's view.
+        peers: Vec<PeerId>,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    seed: (u64, u64),
+    peer: Option<PeerId>,
+    hits: u64,
+}
+
+/// One node's Basalt state.
+pub struct Basalt {
+    me: PeerId,
+    config: BasaltConfig,
+    slots: Vec<Slot>,
+    round: u64,
+    next_reset: usize,
+    rng: StdRng,
+}
+
+fn rank(seed: (u64, u64), peer: &PeerId) -> u64 {
+    let mut hasher = SipHasher13::new_with_keys(seed.0, seed.1);
+    hasher.write(&peer.to_bytes());
+    hasher.finish()
+}
+
+impl Basalt {
+    /// A node `me` with v empty slots; `seed` drives the slot seeds and every choice.
+    pub fn new(me: PeerId, config: BasaltConfig, seed: u64) -> Basalt {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let slots = (0..config.view_size)
+            .map(|_| Slot {
+                seed: (rng.random(), rng.random()),
+                peer: None,
+                hits: 0,
+            })
+            .collect();
+        Basalt {
+            me,
+            config,
+            slots,
+            round: 0,
+            next_reset: 0,
+            rng,
+        }
+    }
+
+    /// The paper's `updateSample`: every slot keeps the lowest-ranked id it saw.
+    fn update(&mut self, ids: &[PeerId]) {
+        for id in ids.iter().filter(|id| **id != self.me) {
+            for slot in &mut self.slots {
+                match slot.peer {
+                    Some(current) if current == *id => slot.hits += 1,
+                    Some(current) if rank(slot.seed, id) >= rank(slot.seed, &current) => {}
+                    _ => {
+                        slot.peer = Some(*id);
+                        slot.hits = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The paper's `selectPeer`: the filled slot with the fewest hits (counting this use).
+    fn select_peer(&mut self) -> Option<PeerId> {
+        let slot = self
+            .slots
+            .iter_mut()
+            .filter(|s| s.peer.is_some())
+            .min_by_key(|s| s.hits)?;
+        slot.hits += 1;
+        slot.peer
+    }
+
+    /// Resets the next k slots with fresh seeds and re-ranks the ids in the view.
+    fn reset_slots(&mut self) {
+        let known = self.view();
+        let v = self.slots.len();
+        for _ in 0..self.config.refresh.min(v) {
+            let slot = &mut self.slots[self.next_reset];
+            *slot = Slot {
+                seed: (self.rng.random(), self.rng.random()),
+                peer: None,
+                hits: 0,
+            };
+            self.next_reset = (self.next_reset + 1) % v;
+        }
+        self.update(&known);
+    }
+}
+
+impl PeerSampler for Basalt {
+    fn handle_tick(&mut self) -> Vec<Outgoing> {
+        self.round += 1;
+        let mut out = Vec::new();
+        if let Some(to) = self.select_peer() {
+            out.push(Outgoing {
+                to,
+                message: SamplingMessage::Basalt(BasaltMessage::Pull),
+            });
+        }
+        if let Some(to) = self.select_peer() {
+            let peers = self.view();
+            out.push(Outgoing {
+                to,
+                message: SamplingMessage::Basalt(BasaltMessage::View { peers }),
+            });
+        }
+        if self.round.is_multiple_of(self.config.reset_interval) {
+            self.reset_slots();
+        }
+        out
+    }
+
+    fn handle_message(&mut self, from: PeerId, message: SamplingMessage) -> Vec<Outgoing> {
+        let SamplingMessage::Basalt(message) = message else {
+            return Vec::new();
+        };
+        if from == self.me {
+            return Vec::new();
+        }
+        match message {
+            BasaltMessage::Pull => {
+                // Every id heard of is ranked, the sender's included.
+                self.update(&[from]);
+                let peers = self.view();
+                vec![Outgoing {
+                    to: from,
+                    message: SamplingMessage::Basalt(BasaltMessage::View { peers }),
+                }]
+            }
+            BasaltMessage::View { peers } => {
+                let cap = self.config.view_size;
+                self.update(&peers[..peers.len().min(cap)]);
+                self.update(&[from]);
+                Vec::new()
+            }
+        }
+    }
+
+    fn handle_peer_connected(&mut self, peer: PeerId) {
+        self.update(&[peer]);
+    }
+
+    fn handle_peer_unreachable(&mut self, peer: PeerId) {
+        let mut emptied = false;
+        for slot in self.slots.iter_mut().filter(|s| s.peer == Some(peer)) {
+            slot.peer = None;
+            slot.hits = 0;
+            emptied = true;
+        }
+        if emptied {
+            // Refill the emptied slots from the peers still in the view.
+            let known = self.view();
+            self.update(&known);
+        }
+    }
+
+    /// The distinct peers of the slots, in slot order.
+    fn view(&self) -> Vec<PeerId> {
+        let mut view: Vec<PeerId> = Vec::with_capacity(self.slots.len());
+        for peer in self.slots.iter().filter_map(|s| s.peer) {
+            if !view.contains(&peer) {
+                view.push(peer);
+            }
+        }
+        view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config(v: usize, refresh: usize, reset_interval: u64) -> BasaltConfig {
+        BasaltConfig {
+            view_size: v,
+            refresh,
+            reset_interval,
+            period: Duration::from_secs(1),
+        }
+    }
+
+    fn ids(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    #[test]
+    fn each_slot_keeps_the_lowest_ranked_id_whatever_the_order() {
+        let p = ids(20);
+        let mut forward = Basalt::new(p[0], config(6, 1, 1), 9);
+        let mut backward = Basalt::new(p[0], config(6, 1, 1), 9);
+        forward.update(&p[1..]);
+        let reversed: Vec<PeerId> = p[1..].iter().rev().copied().collect();
+        backward.update(&reversed);
+        assert_eq!(forward.view(), backward.view());
+        for slot in &forward.slots {
+            let best = p[1..].iter().min_by_key(|id| rank(slot.seed, id)).unwrap();
+            assert_eq!(slot.peer, Some(*best));
+        }
+    }
+
+    #[test]
+    fn a_flood_of_one_id_cannot_take_slots_it_does_not_win() {
+        let p = ids(10);
+        let mut node = Basalt::new(p[0], config(8, 1, 100), 3);
+        node.update(&p[1..]);
+        let before = node.view();
+        for _ in 0..1000 {
+            node.handle_message(
+                p[9],
+                SamplingMessage::Basalt(BasaltMessage::View {
+                    peers: vec![p[9]; 8],
+                }),
+            );
+        }
+        assert_eq!(
+            node.view(),
+            before,
+            "repeating an id only raises its hit count"
+        );
+    }
+
+    #[test]
+    fn selection_prefers_fewest_hits_and_pull_is_answered() {
+        let p = ids(4);
+        let mut node = Basalt::new(p[0], config(4, 0, 1), 5);
+        node.update(&p[1..]);
+        let out = node.handle_tick();
+        assert_eq!(out.len(), 2);
+        assert!(matches!(
+            out[0].message,
+            SamplingMessage::Basalt(BasaltMessage::Pull)
+        ));
+        assert!(
+            matches!(&out[1].message, SamplingMessage::Basalt(BasaltMessage::View { peers }) if peers == &node.view())
+        );
+        let reply = node.handle_message(p[3], SamplingMessage::Basalt(BasaltMessage::Pull));
+        assert_eq!(reply.len(), 1);
+        assert_eq!(reply[0].to, p[3]);
+    }
+
+    #[test]
+    fn resets_give_k_slots_new_seeds_round_robin() {
+        let p = ids(30);
+        let mut node = Basalt::new(p[0], config(6, 2, 3), 11);
+        node.update(&p[1..]);
+        let seeds = |n: &Basalt| n.slots.iter().map(|s| s.seed).collect::<Vec<_>>();
+        let before = seeds(&node);
+        node.handle_tick();
+        node.handle_tick();
+        assert_eq!(seeds(&node), before, "no reset before τ rounds");
+        node.handle_tick();
+        let after = seeds(&node);
+        let changed: Vec<usize> = (0..6).filter(|&i| before[i] != after[i]).collect();
+        assert_eq!(changed, vec![0, 1]);
+        assert!(
+            node.slots.iter().all(|s| s.peer.is_some()),
+            "reset slots refill from the view"
+        );
+    }
+
+    #[test]
+    fn unreachable_peers_leave_every_slot() {
+        let p = ids(3);
+        let mut node = Basalt::new(p[0], config(4, 1, 1), 2);
+        node.update(&[p[1]]);
+        assert_eq!(node.view(), vec![p[1]]);
+        node.update(&[p[2]]);
+        node.handle_peer_unreachable(p[1]);
+        assert!(!node.view().contains(&p[1]));
+    }
+
+    proptest! {
+        #[test]
+        fn view_invariants(
+            v in 1usize..10, k in 0usize..4, tau in 1u64..4, seed in any::<u64>(),
+            steps in proptest::collection::vec((0u8..4, 0usize..12, proptest::collection::vec(0usize..12, 0..12)), 1..60),
+        ) {
+            let p = ids(12);
+            let known: HashSet<PeerId> = p.iter().copied().collect();
+            let mut node = Basalt::new(p[0], config(v, k, tau), seed);
+            for (kind, who, peers) in steps {
+                let peers: Vec<PeerId> = peers.into_iter().map(|i| p[i]).collect();
+                let out = match kind {
+                    0 => node.handle_tick(),
+                    1 => node.handle_message(p[who], SamplingMessage::Basalt(BasaltMessage::View { peers })),
+                    2 => node.handle_message(p[who], SamplingMessage::Basalt(BasaltMessage::Pull)),
+                    _ => { node.handle_peer_unreachable(p[who]); Vec::new() }
+                };
+                for o in &out {
+                    prop_assert!(o.to != p[0]);
+                }
+                let view = node.view();
+                let unique: HashSet<PeerId> = view.iter().copied().collect();
+                prop_assert!(view.len() <= v);
+                prop_assert_eq!(unique.len(), view.len());
+                prop_assert!(!unique.contains(&p[0]));
+                prop_assert!(unique.is_subset(&known));
+            }
+        }
+    }
+}
