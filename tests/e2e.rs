@@ -396,6 +396,12 @@ fn gbps_views_learn_peers_beyond_the_bootstrap_neighbours() {
 }
 
 #[test]
+fn brahms_views_learn_peers_beyond_the_bootstrap_neighbours() {
+    let json = seed_fixture("seed_brahms.json").replace("\"time\": 2", "\"time\": 0.2");
+    views_learn_peers_beyond_the_bootstrap_neighbours("e2e-brahms", &json, 8);
+}
+
+#[test]
 fn basalt_views_learn_peers_beyond_the_bootstrap_neighbours() {
     let json = seed_fixture("seed_basalt.json").replace("\"time\": 2", "\"time\": 0.2");
     views_learn_peers_beyond_the_bootstrap_neighbours("e2e-basalt", &json, 8);
@@ -544,17 +550,20 @@ fn bad_input_is_refused_with_a_message_naming_it() {
     let stderr = run_failing(&["run", "--sampler", "nosuch", "--app", &rust]);
     assert!(stderr.contains("unknown sampler \"nosuch\""), "{stderr}");
 
-    let brahms = common::repo_root().join("tests/fixtures/seed_brahms.json");
+    std::fs::write(
+        path("brahms.json"),
+        seed_fixture("seed_brahms.json").replace("0.45", "0.75"),
+    )
+    .unwrap();
     let stderr = run_failing(&[
         "run",
         "--sampler-config",
-        brahms.to_str().unwrap(),
+        &path("brahms.json"),
         "--app",
         &rust,
     ]);
     assert!(
-        stderr.contains("seed_brahms.json is not valid")
-            && stderr.contains("Brahms is not implemented yet"),
+        stderr.contains("brahms.json is not valid") && stderr.contains("add up to at most 1"),
         "{stderr}"
     );
 

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 
 /// The sampler names a config may give.
-pub const KNOWN_SAMPLERS: [&str; 3] = ["connected", "gbps", "basalt"];
+pub const KNOWN_SAMPLERS: [&str; 4] = ["connected", "gbps", "brahms", "basalt"];
 
 /// Which sampler makes the view, with its parameters (`name = "..."` selects it).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -19,8 +19,44 @@ pub enum SamplerConfig {
     Connected,
     /// Gossip-based peer sampling (Jelasity et al., TOCS 2007).
     Gbps(GbpsConfig),
+    /// Byzantine-resilient sampling (Bortnikov et al., Computer Networks 2009).
+    Brahms(BrahmsConfig),
     /// Byzantine-tolerant sampling (Auvolat et al., Middleware 2023).
     Basalt(BasaltConfig),
+}
+
+/// Brahms parameters, in the paper's terms: view l1, samplers l2, shares α, β (γ = 1 − α − β).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BrahmsConfig {
+    /// l1: ids in the view.
+    pub view_size: usize,
+    /// l2: min-wise samplers.
+    pub sampler_size: usize,
+    /// α: share of the view taken from pushes.
+    pub alpha: f64,
+    /// β: share of the view taken from pull answers.
+    pub beta: f64,
+    /// Time between rounds (the seed's `delay`, stored as `time`).
+    #[serde(with = "crate::config::duration", default = "two_seconds")]
+    pub period: Duration,
+}
+
+impl BrahmsConfig {
+    /// Checks `l1 >= 1`, `l2 >= 1`, `α, β >= 0`, `α + β <= 1` and a period > 0.
+    pub fn validate(&self) -> Result<()> {
+        if self.view_size == 0 || self.sampler_size == 0 {
+            bail!("brahms view_size and sampler_size must be at least 1");
+        }
+        let (a, b) = (self.alpha, self.beta);
+        if !(a.is_finite() && b.is_finite() && a >= 0.0 && b >= 0.0 && a + b <= 1.0) {
+            bail!("brahms alpha ({a}) and beta ({b}) must be at least 0 and add up to at most 1");
+        }
+        if self.period.is_zero() {
+            bail!("brahms period must be greater than zero");
+        }
+        Ok(())
+    }
 }
 
 /// Basalt parameters, in the paper's terms: v slots, k slots reset every τ rounds.
@@ -163,6 +199,13 @@ impl SamplerConfig {
                 age: 1,
                 period: two_seconds(),
             })),
+            "brahms" => Ok(SamplerConfig::Brahms(BrahmsConfig {
+                view_size: 8,
+                sampler_size: 8,
+                alpha: 0.45,
+                beta: 0.45,
+                period: two_seconds(),
+            })),
             "basalt" => Ok(SamplerConfig::Basalt(BasaltConfig {
                 view_size: 8,
                 refresh: 2,
@@ -181,6 +224,7 @@ impl SamplerConfig {
         match self {
             SamplerConfig::Connected => Ok(()),
             SamplerConfig::Gbps(gbps) => gbps.validate(),
+            SamplerConfig::Brahms(brahms) => brahms.validate(),
             SamplerConfig::Basalt(basalt) => basalt.validate(),
         }
     }
@@ -190,6 +234,7 @@ impl SamplerConfig {
         match self {
             SamplerConfig::Connected => None,
             SamplerConfig::Gbps(gbps) => Some(gbps.period),
+            SamplerConfig::Brahms(brahms) => Some(brahms.period),
             SamplerConfig::Basalt(basalt) => Some(basalt.period),
         }
     }
@@ -218,10 +263,25 @@ impl SamplerConfig {
         let value: serde_json::Value = serde_json::from_str(text)?;
         let has = |key: &str| value.get(key).is_some();
         if has("sampler_size") {
-            bail!(
-                "this is a Brahms config; Brahms is not implemented yet (known samplers: {})",
-                KNOWN_SAMPLERS.join(", ")
-            );
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct SeedBrahms {
+                view_size: usize,
+                time: f64,
+                sampler_size: usize,
+                alpha: f64,
+                beta: f64,
+            }
+            let seed: SeedBrahms = serde_json::from_value(value)?;
+            let config = SamplerConfig::Brahms(BrahmsConfig {
+                view_size: seed.view_size,
+                sampler_size: seed.sampler_size,
+                alpha: seed.alpha,
+                beta: seed.beta,
+                period: seconds(seed.time)?,
+            });
+            config.validate()?;
+            return Ok(config);
         }
         if has("refresh") {
             #[derive(Deserialize)]
@@ -271,10 +331,11 @@ fn seconds(time: f64) -> Result<Duration> {
 mod tests {
     use super::*;
 
-    /// Written by the seed's package (nodemanager 0.1.3):
+    /// Written by the seed's package (nodemanager 0.1.3), as are the two files below:
     /// `Gbps(view_size=4, heal=0, swap=0, selection_policy=SelectionPolicy.OLD,
     /// propagation_policy=PropagationPolicy.PUSHPULL, delay=2, age=1).create(path)`.
     const SEED_GBPS: &str = include_str!("../../../tests/fixtures/seed_gbps.json");
+    /// `Brahams(view_size=8, sampler_size=8, alpha=0.45, beta=0.45, delay=2).create(path)`.
     const SEED_BRAHMS: &str = include_str!("../../../tests/fixtures/seed_brahms.json");
     /// `Basalt(view_size=8, refresh=2, delay=2).create(path)` (nodemanager 0.1.3).
     const SEED_BASALT: &str = include_str!("../../../tests/fixtures/seed_basalt.json");
@@ -313,11 +374,31 @@ mod tests {
     }
 
     #[test]
-    fn refuses_what_it_cannot_run_with_a_reason() {
-        let error = SamplerConfig::parse_seed_json(SEED_BRAHMS)
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("Brahms is not implemented yet"), "{error}");
+    fn reads_the_seeds_brahms_json() {
+        let config = SamplerConfig::parse_seed_json(SEED_BRAHMS).unwrap();
+        let expected = BrahmsConfig {
+            view_size: 8,
+            sampler_size: 8,
+            alpha: 0.45,
+            beta: 0.45,
+            period: Duration::from_secs(2),
+        };
+        assert_eq!(config, SamplerConfig::Brahms(expected));
+        let bad = SEED_BRAHMS.replace("\"beta\": 0.45", "\"beta\": 0.75");
+        let error = format!("{:#}", SamplerConfig::parse_seed_json(&bad).unwrap_err());
+        assert!(error.contains("add up to at most 1"), "{error}");
+    }
+
+    #[test]
+    fn refuses_bad_configs_with_a_reason() {
+        let error = format!(
+            "{:#}",
+            SamplerConfig::parse_seed_json("{\"view_size\": 3}").unwrap_err()
+        );
+        assert!(
+            error.contains("not a sampler config the seed writes"),
+            "{error}"
+        );
         let bad = SEED_GBPS.replace("\"old\"", "\"oldest\"");
         let error = format!("{:#}", SamplerConfig::parse_seed_json(&bad).unwrap_err());
         assert!(error.contains("unknown variant `oldest`"), "{error}");

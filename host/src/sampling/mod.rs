@@ -6,12 +6,16 @@
 //! Randomness comes from an RNG seeded at construction, so a run is reproducible.
 
 mod basalt;
+mod brahms;
 mod config;
 mod connected;
 mod gbps;
 
 pub use basalt::{Basalt, BasaltMessage};
-pub use config::{BasaltConfig, GbpsConfig, Propagation, SamplerConfig, Selection, KNOWN_SAMPLERS};
+pub use brahms::{Brahms, BrahmsMessage};
+pub use config::{
+    BasaltConfig, BrahmsConfig, GbpsConfig, Propagation, SamplerConfig, Selection, KNOWN_SAMPLERS,
+};
 pub use connected::Connected;
 pub use gbps::{Descriptor, Gbps, GbpsMessage};
 
@@ -24,6 +28,8 @@ use serde::{Deserialize, Serialize};
 pub enum SamplingMessage {
     /// A GBPS exchange.
     Gbps(GbpsMessage),
+    /// A Brahms exchange.
+    Brahms(BrahmsMessage),
     /// A Basalt exchange.
     Basalt(BasaltMessage),
 }
@@ -35,6 +41,8 @@ impl SamplingMessage {
             SamplingMessage::Gbps(m) => m.buffer().iter().map(|d| d.peer).collect(),
             SamplingMessage::Basalt(BasaltMessage::View { peers }) => peers.clone(),
             SamplingMessage::Basalt(BasaltMessage::Pull) => Vec::new(),
+            SamplingMessage::Brahms(BrahmsMessage::Reply { peers }) => peers.clone(),
+            SamplingMessage::Brahms(BrahmsMessage::Push | BrahmsMessage::Pull) => Vec::new(),
         }
     }
 }
@@ -67,6 +75,7 @@ pub fn new_sampler(config: &SamplerConfig, me: PeerId, seed: u64) -> Box<dyn Pee
     match config {
         SamplerConfig::Connected => Box::new(Connected::default()),
         SamplerConfig::Gbps(gbps) => Box::new(Gbps::new(me, gbps.clone(), seed)),
+        SamplerConfig::Brahms(brahms) => Box::new(Brahms::new(me, brahms.clone(), seed)),
         SamplerConfig::Basalt(basalt) => Box::new(Basalt::new(me, basalt.clone(), seed)),
     }
 }

@@ -1,0 +1,373 @@
+//! Brahms, after Bortnikov, Gurevich, Keidar, Kliot and Shraer, *Brahms: Byzantine
+//! resilient random membership sampling*, Computer Networks 53(13), 2009.
+//!
+//! Config fields map to the paper's symbols: `view_size` = l1, `sampler_size` = l2,
+//! `alpha` = α, `beta` = β, and γ = 1 − α − β.
+//!
+//! Each round (a tick) first closes the previous one: unless more than α·l1 pushes came
+//! in (a push flood, so the view is left as it is) or no push or no pull answer came,
+//! the view becomes α·l1 random pushed ids, β·l1 random pulled ids and γ·l1 ids from
+//! the sampler array; every id heard of goes through the l2 samplers, each keeping the
+//! id of minimal keyed hash (a min-wise independent permutation). Then it pushes its own
+//! id to α·l1 random view peers and pulls from β·l1 random view peers. A peer found unreachable
+//! leaves the view and every sampler holding it is re-initialised with a fresh key
+//! (the paper's sampler validation).
+
+use std::collections::BTreeSet;
+
+use libp2p::PeerId;
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use siphasher::sip::SipHasher13;
+use std::hash::Hasher;
+
+use super::{BrahmsConfig, Outgoing, PeerSampler, SamplingMessage};
+
+/// Brahms wire messages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BrahmsMessage {
+    /// The sender pushes its own id.
+    Push,
+    /// Asks for the receiver's view.
+    Pull,
+    /// Answers a pull with the view.
+    Reply {
+        /// The sender's view.
+        peers: Vec<PeerId>,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Sampler {
+    key: (u64, u64),
+    best: Option<(u64, PeerId)>,
+}
+
+impl Sampler {
+    fn next(&mut self, id: PeerId) {
+        let mut hasher = SipHasher13::new_with_keys(self.key.0, self.key.1);
+        hasher.write(&id.to_bytes());
+        let rank = hasher.finish();
+        if self.best.is_none_or(|(best, _)| rank < best) {
+            self.best = Some((rank, id));
+        }
+    }
+}
+
+/// One node's Brahms state.
+pub struct Brahms {
+    me: PeerId,
+    config: BrahmsConfig,
+    view: Vec<PeerId>,
+    samplers: Vec<Sampler>,
+    pushed: BTreeSet<PeerId>,
+    pulled: BTreeSet<PeerId>,
+    flooded_rounds: u64,
+    rng: StdRng,
+}
+
+impl Brahms {
+    /// A node `me` with an empty view and l2 empty samplers; `seed` drives every choice.
+    pub fn new(me: PeerId, config: BrahmsConfig, seed: u64) -> Brahms {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let samplers = (0..config.sampler_size)
+            .map(|_| Sampler {
+                key: (rng.random(), rng.random()),
+                best: None,
+            })
+            .collect();
+        Brahms {
+            me,
+            config,
+            view: Vec::new(),
+            samplers,
+            pushed: BTreeSet::new(),
+            pulled: BTreeSet::new(),
+            flooded_rounds: 0,
+            rng,
+        }
+    }
+
+    /// Rounds skipped because more than α·l1 pushes arrived.
+    pub fn flooded_rounds(&self) -> u64 {
+        self.flooded_rounds
+    }
+
+    /// The ids the samplers hold (the paper's history samples).
+    pub fn samples(&self) -> Vec<PeerId> {
+        let mut samples: Vec<PeerId> = Vec::new();
+        for id in self
+            .samplers
+            .iter()
+            .filter_map(|s| s.best.map(|(_, id)| id))
+        {
+            if !samples.contains(&id) {
+                samples.push(id);
+            }
+        }
+        samples
+    }
+
+    fn share(&self, fraction: f64) -> usize {
+        (fraction * self.config.view_size as f64).round() as usize
+    }
+
+    fn push_count(&self) -> usize {
+        self.share(self.config.alpha)
+            .max(usize::from(self.config.alpha > 0.0))
+    }
+
+    fn pull_count(&self) -> usize {
+        self.share(self.config.beta)
+            .max(usize::from(self.config.beta > 0.0))
+    }
+
+    fn learn(&mut self, id: PeerId) {
+        if id != self.me {
+            for sampler in &mut self.samplers {
+                sampler.next(id);
+            }
+        }
+    }
+
+    /// Closes a round: the paper's view update and sampler update.
+    fn end_round(&mut self) {
+        let pushed: Vec<PeerId> = std::mem::take(&mut self.pushed).into_iter().collect();
+        let pulled: Vec<PeerId> = std::mem::take(&mut self.pulled).into_iter().collect();
+        let (alpha_l1, beta_l1) = (self.push_count(), self.pull_count());
+        if pushed.len() > alpha_l1 {
+            self.flooded_rounds += 1;
+        } else if !pushed.is_empty() && !pulled.is_empty() {
+            let gamma_l1 = self.config.view_size.saturating_sub(alpha_l1 + beta_l1);
+            let mut view: Vec<PeerId> = Vec::new();
+            let history = self.samples();
+            for (source, count) in [
+                (&pushed, alpha_l1),
+                (&pulled, beta_l1),
+                (&history, gamma_l1),
+            ] {
+                for id in source.sample(&mut self.rng, count) {
+                    if !view.contains(id) && *id != self.me {
+                        view.push(*id);
+                    }
+                }
+            }
+            view.truncate(self.config.view_size);
+            self.view = view;
+        }
+        for id in pushed.into_iter().chain(pulled) {
+            self.learn(id);
+        }
+    }
+}
+
+impl PeerSampler for Brahms {
+    fn handle_tick(&mut self) -> Vec<Outgoing> {
+        self.end_round();
+        let (push_count, pull_count) = (self.push_count(), self.pull_count());
+        let push_to: Vec<PeerId> = self
+            .view
+            .sample(&mut self.rng, push_count)
+            .copied()
+            .collect();
+        let pull_from: Vec<PeerId> = self
+            .view
+            .sample(&mut self.rng, pull_count)
+            .copied()
+            .collect();
+        let pushes = push_to.into_iter().map(|to| Outgoing {
+            to,
+            message: SamplingMessage::Brahms(BrahmsMessage::Push),
+        });
+        let pulls = pull_from.into_iter().map(|to| Outgoing {
+            to,
+            message: SamplingMessage::Brahms(BrahmsMessage::Pull),
+        });
+        pushes.chain(pulls).collect()
+    }
+
+    fn handle_message(&mut self, from: PeerId, message: SamplingMessage) -> Vec<Outgoing> {
+        let SamplingMessage::Brahms(message) = message else {
+            return Vec::new();
+        };
+        if from == self.me {
+            return Vec::new();
+        }
+        match message {
+            BrahmsMessage::Push => {
+                self.pushed.insert(from);
+                Vec::new()
+            }
+            BrahmsMessage::Pull => {
+                let peers = self.view.clone();
+                vec![Outgoing {
+                    to: from,
+                    message: SamplingMessage::Brahms(BrahmsMessage::Reply { peers }),
+                }]
+            }
+            BrahmsMessage::Reply { peers } => {
+                let cap = self.config.view_size;
+                self.pulled
+                    .extend(peers.into_iter().filter(|p| *p != self.me).take(cap));
+                Vec::new()
+            }
+        }
+    }
+
+    fn handle_peer_connected(&mut self, peer: PeerId) {
+        if peer != self.me && self.view.len() < self.config.view_size && !self.view.contains(&peer)
+        {
+            self.view.push(peer);
+        }
+        self.learn(peer);
+    }
+
+    fn handle_peer_unreachable(&mut self, peer: PeerId) {
+        self.view.retain(|p| *p != peer);
+        for sampler in self
+            .samplers
+            .iter_mut()
+            .filter(|s| s.best.is_some_and(|(_, id)| id == peer))
+        {
+            *sampler = Sampler {
+                key: (self.rng.random(), self.rng.random()),
+                best: None,
+            };
+        }
+    }
+
+    fn view(&self) -> Vec<PeerId> {
+        self.view.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config(l1: usize, l2: usize, alpha: f64, beta: f64) -> BrahmsConfig {
+        BrahmsConfig {
+            view_size: l1,
+            sampler_size: l2,
+            alpha,
+            beta,
+            period: Duration::from_secs(1),
+        }
+    }
+
+    fn ids(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    fn message(m: BrahmsMessage) -> SamplingMessage {
+        SamplingMessage::Brahms(m)
+    }
+
+    #[test]
+    fn min_wise_samplers_keep_the_minimum_whatever_the_order() {
+        let p = ids(30);
+        let mut a = Brahms::new(p[0], config(4, 6, 0.4, 0.4), 7);
+        let mut b = Brahms::new(p[0], config(4, 6, 0.4, 0.4), 7);
+        p[1..].iter().for_each(|&id| a.learn(id));
+        p[1..].iter().rev().for_each(|&id| b.learn(id));
+        assert_eq!(a.samples(), b.samples());
+        p[1..].iter().for_each(|&id| a.learn(id));
+        assert_eq!(a.samples(), b.samples(), "seeing ids again changes nothing");
+    }
+
+    #[test]
+    fn a_round_mixes_pushed_pulled_and_history_ids() {
+        let p = ids(12);
+        let mut node = Brahms::new(p[0], config(4, 4, 0.5, 0.25), 1);
+        node.handle_peer_connected(p[1]);
+        node.handle_message(p[2], message(BrahmsMessage::Push));
+        node.handle_message(p[3], message(BrahmsMessage::Push));
+        node.handle_message(
+            p[1],
+            message(BrahmsMessage::Reply {
+                peers: vec![p[4], p[0]],
+            }),
+        );
+        let out = node.handle_tick();
+        let view: HashSet<PeerId> = node.view().into_iter().collect();
+        assert!(
+            view.contains(&p[2]) && view.contains(&p[3]) && view.contains(&p[4]),
+            "{view:?}"
+        );
+        assert!(!view.contains(&p[0]));
+        let pushes = out
+            .iter()
+            .filter(|o| o.message == message(BrahmsMessage::Push))
+            .count();
+        let pulls = out
+            .iter()
+            .filter(|o| o.message == message(BrahmsMessage::Pull))
+            .count();
+        assert_eq!((pushes, pulls), (2, 1), "α·l1 pushes and β·l1 pulls");
+    }
+
+    #[test]
+    fn a_push_flood_leaves_the_view_alone() {
+        let p = ids(12);
+        let mut node = Brahms::new(p[0], config(4, 4, 0.5, 0.25), 1);
+        node.handle_peer_connected(p[1]);
+        for &attacker in &p[5..] {
+            node.handle_message(attacker, message(BrahmsMessage::Push));
+        }
+        node.handle_message(p[1], message(BrahmsMessage::Reply { peers: vec![p[4]] }));
+        node.handle_tick();
+        assert_eq!(node.view(), vec![p[1]]);
+        assert_eq!(node.flooded_rounds(), 1);
+    }
+
+    #[test]
+    fn unreachable_peers_leave_the_view_and_reset_their_samplers() {
+        let p = ids(3);
+        let mut node = Brahms::new(p[0], config(4, 3, 0.5, 0.25), 1);
+        node.handle_peer_connected(p[1]);
+        assert_eq!(node.samples(), vec![p[1]]);
+        node.handle_peer_unreachable(p[1]);
+        assert!(node.view().is_empty() && node.samples().is_empty());
+        node.handle_peer_connected(p[2]);
+        assert_eq!(node.samples(), vec![p[2]]);
+    }
+
+    proptest! {
+        #[test]
+        fn view_invariants(
+            l1 in 1usize..10, l2 in 1usize..8, alpha in 0.0f64..0.6, beta in 0.0f64..0.4, seed in any::<u64>(),
+            steps in proptest::collection::vec((0u8..5, 0usize..12, proptest::collection::vec(0usize..12, 0..12)), 1..60),
+        ) {
+            let p = ids(12);
+            let known: HashSet<PeerId> = p.iter().copied().collect();
+            let mut node = Brahms::new(p[0], config(l1, l2, alpha, beta), seed);
+            for (kind, who, peers) in steps {
+                let out = match kind {
+                    0 => node.handle_tick(),
+                    1 => node.handle_message(p[who], message(BrahmsMessage::Push)),
+                    2 => node.handle_message(p[who], message(BrahmsMessage::Pull)),
+                    3 => node.handle_message(p[who], message(BrahmsMessage::Reply { peers: peers.into_iter().map(|i| p[i]).collect() })),
+                    _ => { node.handle_peer_connected(p[who]); Vec::new() }
+                };
+                for o in &out {
+                    prop_assert!(o.to != p[0]);
+                }
+                let view = node.view();
+                let unique: HashSet<PeerId> = view.iter().copied().collect();
+                prop_assert!(view.len() <= l1);
+                prop_assert_eq!(unique.len(), view.len());
+                prop_assert!(!unique.contains(&p[0]));
+                prop_assert!(unique.is_subset(&known));
+                prop_assert!(node.samples().iter().all(|s| *s != p[0] && known.contains(s)));
+            }
+        }
+    }
+}
