@@ -9,3 +9,4 @@ pub mod network;
 pub mod node;
 pub mod runtime;
 pub mod sampling;
+pub mod sim;

@@ -12,6 +12,7 @@ use libp2p::Multiaddr;
 use nodemanager::config::{parse_duration, AppSpec, NodeConfig, SamplerConfig};
 use nodemanager::node::Node;
 use nodemanager::runtime::{inspect, Runtime};
+use nodemanager::sim::{SimConfig, Simulation};
 
 /// Host for peer-to-peer apps written as sandboxed WebAssembly components.
 #[derive(Parser)]
@@ -28,6 +29,8 @@ enum Command {
     /// Prints one JSON line when listening ({"peer_id", "listen_addrs"}) and one at
     /// exit ({"apps": {name: counters}}). Flags override the config file.
     Run(Box<RunArgs>),
+    /// Simulate N nodes running a sampler in one process and write per-cycle metrics (CSV).
+    Simulate(SimulateArgs),
     /// Compile components into the cache ahead of a run.
     Compile {
         /// Component files.
@@ -46,6 +49,78 @@ enum Command {
         #[command(flatten)]
         cache: CacheArgs,
     },
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Sampler every node runs (connected, gbps, brahms, basalt), default parameters.
+    #[arg(long, default_value = "gbps", conflicts_with = "sampler_config")]
+    sampler: String,
+    /// Sampler settings as the seed's `.create(path)` writes them (JSON).
+    #[arg(long, value_name = "FILE.json")]
+    sampler_config: Option<PathBuf>,
+    /// Number of nodes.
+    #[arg(long)]
+    nodes: usize,
+    /// Number of cycles.
+    #[arg(long)]
+    cycles: u64,
+    /// Seed of every random choice: same seed, same CSV, byte for byte.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Random peers each node knows at start.
+    #[arg(long, default_value_t = 5)]
+    bootstrap_peers: usize,
+    /// Fraction of the nodes that fail at once at --fail-at.
+    #[arg(long, default_value_t = 0.0)]
+    fail_fraction: f64,
+    /// Cycle of the massive failure.
+    #[arg(long, default_value_t = 0)]
+    fail_at: u64,
+    /// Compute clustering and path length every this many cycles (empty otherwise).
+    #[arg(long, default_value_t = 10)]
+    costly_metrics_every: u64,
+    /// CSV output file.
+    #[arg(long, value_name = "FILE.csv")]
+    out: PathBuf,
+}
+
+fn simulate(args: SimulateArgs) -> Result<()> {
+    let sampler = match &args.sampler_config {
+        Some(path) => SamplerConfig::from_seed_json(path)?,
+        None => SamplerConfig::from_name(&args.sampler)?,
+    };
+    let config = SimConfig {
+        sampler,
+        nodes: args.nodes,
+        cycles: args.cycles,
+        seed: args.seed,
+        bootstrap_peers: args.bootstrap_peers,
+        fail_fraction: args.fail_fraction,
+        fail_at: args.fail_at,
+        costly_metrics_every: args.costly_metrics_every,
+    };
+    let started = Instant::now();
+    let mut simulation = Simulation::new(config)?;
+    let file = std::fs::File::create(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let step = (args.cycles / 10).max(1);
+    simulation.run(&mut out, |cycle| {
+        if cycle % step == 0 {
+            eprintln!("cycle {cycle}/{} ({:.1?})", args.cycles, started.elapsed());
+        }
+    })?;
+    out.flush()?;
+    eprintln!(
+        "simulated {} nodes x {} cycles, {} messages, in {:.2?}; metrics in {}",
+        args.nodes,
+        args.cycles,
+        simulation.messages(),
+        started.elapsed(),
+        args.out.display()
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -274,6 +349,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(*args).map(|()| true),
+        Command::Simulate(args) => simulate(args).map(|()| true),
         Command::Compile { paths, cache } => compile(&paths, &cache).map(|()| true),
         Command::Inspect { path, json, cache } => inspect_command(&path, json, &cache),
     };
