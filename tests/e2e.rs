@@ -434,6 +434,67 @@ fn sigterm_stops_a_node_cleanly_with_its_summary() {
 }
 
 #[test]
+fn simulate_writes_the_same_csv_for_the_same_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |seed: &str, out: &str| {
+        let output = nodemanager()
+            .args([
+                "simulate",
+                "--sampler",
+                "basalt",
+                "--nodes",
+                "150",
+                "--cycles",
+                "20",
+                "--seed",
+                seed,
+            ])
+            .args(["--fail-fraction", "0.3", "--fail-at", "10", "--out"])
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::read_to_string(dir.path().join(out)).unwrap()
+    };
+    let first = run("3", "a.csv");
+    assert_eq!(first.lines().count(), 21);
+    assert!(first.starts_with(
+        "cycle,indegree_mean,indegree_std,indegree_max,clustering,avg_path,partitions,dead_links,"
+    ));
+    assert_eq!(first, run("3", "b.csv"));
+    assert_ne!(first, run("4", "c.csv"));
+    let stderr = run_failing(&[
+        "simulate",
+        "--nodes",
+        "1",
+        "--cycles",
+        "3",
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(stderr.contains("--nodes must be at least 2"), "{stderr}");
+    let stderr = run_failing(&[
+        "simulate",
+        "--nodes",
+        "10",
+        "--cycles",
+        "3",
+        "--fail-fraction",
+        "2",
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(
+        stderr.contains("--fail-fraction must be between 0 and 1"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn compile_warms_the_cache() {
     let cache = tempfile::tempdir().unwrap();
     let compile = || {

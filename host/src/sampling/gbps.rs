@@ -11,8 +11,6 @@
 //! (the passive thread): answer with a buffer if asked, then merge with `select(c, H, S)`
 //! and age the view. A reply is merged the same way, without ageing again.
 
-use std::collections::HashMap;
-
 use libp2p::PeerId;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -145,16 +143,13 @@ impl Gbps {
     fn select(&mut self, buffer: &[Descriptor]) {
         self.view
             .extend(buffer.iter().copied().filter(|d| d.peer != self.me));
-        // removeDuplicates: keep the freshest copy, at the first copy's place.
-        let mut first: HashMap<PeerId, usize> = HashMap::new();
+        // removeDuplicates: keep the freshest copy, at the first copy's place. Views are
+        // small (c + c/2 entries), so a scan beats hashing peer ids.
         let mut merged: Vec<Descriptor> = Vec::with_capacity(self.view.len());
         for d in self.view.drain(..) {
-            match first.get(&d.peer) {
-                Some(&i) => merged[i].age = merged[i].age.min(d.age),
-                None => {
-                    first.insert(d.peer, merged.len());
-                    merged.push(d);
-                }
+            match merged.iter_mut().find(|m| m.peer == d.peer) {
+                Some(m) => m.age = m.age.min(d.age),
+                None => merged.push(d),
             }
         }
         self.view = merged;

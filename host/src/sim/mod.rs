@@ -8,7 +8,7 @@ mod metrics;
 
 pub use metrics::{CycleMetrics, CSV_HEADER};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::Write;
 
 use anyhow::{bail, Result};
@@ -76,11 +76,23 @@ pub fn virtual_peer_id(index: u32) -> PeerId {
         .expect("identity multihash")
 }
 
+/// The index of a virtual node's peer id; `None` for any other id.
+pub fn virtual_index(peer: &PeerId) -> Option<usize> {
+    let multihash: &Multihash<64> = peer.as_ref();
+    match multihash.digest() {
+        [b'n', b'o', b'd', b'e', b'm', b'a', b'n', b'a', b'g', b'e', b'r', b'-', b's', b'i', b'm', b'-', index @ ..]
+            if multihash.code() == 0x00 =>
+        {
+            Some(u32::from_be_bytes(index.try_into().ok()?) as usize)
+        }
+        _ => None,
+    }
+}
+
 /// The virtual network: every node's sampler, and who is alive.
 pub struct Simulation {
     config: SimConfig,
     ids: Vec<PeerId>,
-    index: HashMap<PeerId, usize>,
     samplers: Vec<Box<dyn PeerSampler>>,
     alive: Vec<bool>,
     rng: StdRng,
@@ -94,7 +106,6 @@ impl Simulation {
         config.validate()?;
         let mut rng = StdRng::seed_from_u64(config.seed);
         let ids: Vec<PeerId> = (0..config.nodes as u32).map(virtual_peer_id).collect();
-        let index = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
         let mut samplers: Vec<Box<dyn PeerSampler>> = ids
             .iter()
             .map(|&id| new_sampler(&config.sampler, id, rng.random()))
@@ -112,7 +123,6 @@ impl Simulation {
         Ok(Simulation {
             config,
             ids,
-            index,
             samplers,
             alive,
             rng,
@@ -139,8 +149,8 @@ impl Simulation {
             queue.extend(self.samplers[i].handle_tick().into_iter().map(|o| (i, o)));
             while let Some((from, outgoing)) = queue.pop_front() {
                 self.messages += 1;
-                match self.index.get(&outgoing.to) {
-                    Some(&to) if self.alive[to] => {
+                match virtual_index(&outgoing.to) {
+                    Some(to) if to < self.alive.len() && self.alive[to] => {
                         let answers =
                             self.samplers[to].handle_message(self.ids[from], outgoing.message);
                         queue.extend(answers.into_iter().map(|o| (to, o)));
@@ -154,13 +164,15 @@ impl Simulation {
     /// Metrics of the current views.
     pub fn metrics(&mut self) -> CycleMetrics {
         let costly = self.cycle.is_multiple_of(self.config.costly_metrics_every);
+        let n = self.ids.len();
         let views: Vec<Vec<usize>> = self
             .samplers
             .iter()
             .map(|s| {
                 s.view()
                     .iter()
-                    .filter_map(|p| self.index.get(p).copied())
+                    .filter_map(virtual_index)
+                    .filter(|&i| i < n)
                     .collect()
             })
             .collect();
@@ -257,5 +269,7 @@ mod tests {
     fn virtual_ids_are_stable_and_distinct() {
         assert_eq!(virtual_peer_id(3), virtual_peer_id(3));
         assert_ne!(virtual_peer_id(3), virtual_peer_id(4));
+        assert_eq!(virtual_index(&virtual_peer_id(123_456)), Some(123_456));
+        assert_eq!(virtual_index(&PeerId::random()), None);
     }
 }
