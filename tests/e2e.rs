@@ -79,6 +79,16 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// `--app` arguments for the hostile guest in `calm` mode.
+fn calm_app() -> Vec<String> {
+    vec![
+        "--app".into(),
+        format!("{}:calm", common::guest("hostile.wasm").display()),
+        "--app-config".into(),
+        "calm=calm".into(),
+    ]
+}
+
 /// Every `vector=[...]` the app logged, in order.
 fn logged_vectors(log: &str) -> Vec<Vec<f64>> {
     log.lines()
@@ -320,13 +330,10 @@ fn views_learn_peers_beyond_the_bootstrap_neighbours(
     std::fs::write(&sampler, sampler_json).unwrap();
     let mut nodes: Vec<RunningNode> = Vec::new();
     for i in 0..5 {
-        let mut args: Vec<String> = vec![
+        let mut args = calm_app();
+        args.extend([
             "--context".into(),
             context.into(),
-            "--app".into(),
-            format!("{}:calm", common::guest("hostile.wasm").display()),
-            "--app-config".into(),
-            "calm=calm".into(),
             "--cycles".into(),
             "25".into(),
             "--period".into(),
@@ -337,7 +344,7 @@ fn views_learn_peers_beyond_the_bootstrap_neighbours(
             sampler.display().to_string(),
             "--seed".into(),
             i.to_string(),
-        ];
+        ]);
         if let Some(previous) = nodes.last() {
             args.extend(["--bootstrap".into(), previous.addr()]);
         }
@@ -410,19 +417,14 @@ fn basalt_views_learn_peers_beyond_the_bootstrap_neighbours() {
 #[test]
 fn sigterm_stops_a_node_cleanly_with_its_summary() {
     let dir = tempfile::tempdir().unwrap();
-    let node = RunningNode::spawn(
-        &[
-            "--app".into(),
-            format!("{}:calm", common::guest("hostile.wasm").display()),
-            "--app-config".into(),
-            "calm=calm".into(),
-            "--cycles".into(),
-            "-1".into(),
-            "--period".into(),
-            "50ms".into(),
-        ],
-        dir.path().join("node.log"),
-    );
+    let mut args = calm_app();
+    args.extend([
+        "--cycles".into(),
+        "-1".into(),
+        "--period".into(),
+        "50ms".into(),
+    ]);
+    let node = RunningNode::spawn(&args, dir.path().join("node.log"));
     let pid = node.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -518,21 +520,9 @@ fn compile_warms_the_cache() {
 #[test]
 fn unknown_app_on_the_receiver_is_an_error_for_the_sender() {
     let dir = tempfile::tempdir().unwrap();
-    let receiver = RunningNode::spawn(
-        &[
-            "--app".into(),
-            format!("{}:calm", common::guest("hostile.wasm").display()),
-            "--app-config".into(),
-            "calm=calm".into(),
-            "--cycles".into(),
-            "40".into(),
-            "--period".into(),
-            "100ms".into(),
-            "--linger".into(),
-            "0s".into(),
-        ],
-        dir.path().join("receiver.log"),
-    );
+    let mut args = calm_app();
+    args.extend(["--cycles", "40", "--period", "100ms", "--linger", "0s"].map(String::from));
+    let receiver = RunningNode::spawn(&args, dir.path().join("receiver.log"));
     let sender = RunningNode::spawn(
         &[
             "--app".into(),

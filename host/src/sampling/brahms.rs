@@ -360,12 +360,8 @@ mod tests {
                 for o in &out {
                     prop_assert!(o.to != p[0]);
                 }
-                let view = node.view();
-                let unique: HashSet<PeerId> = view.iter().copied().collect();
-                prop_assert!(view.len() <= l1);
-                prop_assert_eq!(unique.len(), view.len());
-                prop_assert!(!unique.contains(&p[0]));
-                prop_assert!(unique.is_subset(&known));
+                let checked = crate::sampling::check_view(&node.view(), p[0], l1, &known);
+                prop_assert!(checked.is_ok(), "{:?}", checked);
                 prop_assert!(node.samples().iter().all(|s| *s != p[0] && known.contains(s)));
             }
         }

@@ -475,12 +475,8 @@ mod tests {
                         prop_assert!(o.to != p[0]);
                         prop_assert!(o.message.peers().len() <= c / 2);
                     }
-                    let view = node.view();
-                    let unique: HashSet<PeerId> = view.iter().copied().collect();
-                    prop_assert!(view.len() <= c);
-                    prop_assert_eq!(unique.len(), view.len());
-                    prop_assert!(!unique.contains(&p[0]));
-                    prop_assert!(unique.is_subset(&known));
+                    let checked = crate::sampling::check_view(&node.view(), p[0], c, &known);
+                    prop_assert!(checked.is_ok(), "{:?}", checked);
                 }
             }
         }

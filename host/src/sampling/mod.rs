@@ -79,3 +79,31 @@ pub fn new_sampler(config: &SamplerConfig, me: PeerId, seed: u64) -> Box<dyn Pee
         SamplerConfig::Basalt(basalt) => Box::new(Basalt::new(me, basalt.clone(), seed)),
     }
 }
+
+/// Checks what every sampler promises of its view: at most `capacity` peers, no
+/// duplicates, never `me`, only ids from `known`.
+#[cfg(test)]
+fn check_view(
+    view: &[PeerId],
+    me: PeerId,
+    capacity: usize,
+    known: &std::collections::HashSet<PeerId>,
+) -> Result<(), String> {
+    let unique: std::collections::HashSet<PeerId> = view.iter().copied().collect();
+    if view.len() > capacity {
+        return Err(format!(
+            "view of {} peers over its capacity {capacity}",
+            view.len()
+        ));
+    }
+    if unique.len() != view.len() {
+        return Err(format!("duplicates in {view:?}"));
+    }
+    if unique.contains(&me) {
+        return Err("the node is in its own view".into());
+    }
+    if !unique.is_subset(known) {
+        return Err(format!("unknown ids in {view:?}"));
+    }
+    Ok(())
+}
