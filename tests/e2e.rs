@@ -439,26 +439,21 @@ fn sigterm_stops_a_node_cleanly_with_its_summary() {
 fn simulate_writes_the_same_csv_for_the_same_seed() {
     let dir = tempfile::tempdir().unwrap();
     let run = |seed: &str, out: &str| {
-        let output = nodemanager()
-            .args([
-                "simulate",
-                "--sampler",
-                "basalt",
-                "--nodes",
-                "150",
-                "--cycles",
-                "20",
-                "--seed",
-                seed,
-            ])
-            .args(["--fail-fraction", "0.3", "--fail-at", "10", "--out"])
-            .arg(dir.path().join(out))
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        run_ok(
+            nodemanager()
+                .args([
+                    "simulate",
+                    "--sampler",
+                    "basalt",
+                    "--nodes",
+                    "150",
+                    "--cycles",
+                    "20",
+                    "--seed",
+                    seed,
+                ])
+                .args(["--fail-fraction", "0.3", "--fail-at", "10", "--out"])
+                .arg(dir.path().join(out)),
         );
         std::fs::read_to_string(dir.path().join(out)).unwrap()
     };
@@ -500,18 +495,13 @@ fn simulate_writes_the_same_csv_for_the_same_seed() {
 fn compile_warms_the_cache() {
     let cache = tempfile::tempdir().unwrap();
     let compile = || {
-        let output = Command::new(env!("CARGO_BIN_EXE_nodemanager"))
-            .args(["compile", "--cache-dir"])
-            .arg(cache.path())
-            .arg(common::guest("hostile.wasm"))
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        let stdout = run_ok(
+            nodemanager()
+                .args(["compile", "--cache-dir"])
+                .arg(cache.path())
+                .arg(common::guest("hostile.wasm")),
         );
-        String::from_utf8(output.stdout).unwrap()
+        String::from_utf8(stdout).unwrap()
     };
     assert!(compile().contains("hostile.wasm: compiled in"));
     assert!(compile().contains("hostile.wasm: already cached"));
@@ -553,6 +543,17 @@ fn unknown_app_on_the_receiver_is_an_error_for_the_sender() {
         "{log}"
     );
     assert_eq!(receiver.finish()["apps"]["calm"]["state"], "done");
+}
+
+/// Runs `command`, which must succeed; returns its stdout.
+fn run_ok(command: &mut Command) -> Vec<u8> {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
 }
 
 fn run_failing(args: &[&str]) -> String {
@@ -648,17 +649,12 @@ fn bad_input_is_refused_with_a_message_naming_it() {
 
 #[test]
 fn inspect_lists_imports_and_exports() {
-    let output = nodemanager()
-        .args(["inspect", "--json"])
-        .arg(common::guest("share_vec_rust.wasm"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = run_ok(
+        nodemanager()
+            .args(["inspect", "--json"])
+            .arg(common::guest("share_vec_rust.wasm")),
     );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report: Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(report["fits"], true);
     let imports = report["imports"].to_string();
     assert!(imports.contains("nodemanager:app/host@0.1.0"), "{imports}");

@@ -107,7 +107,8 @@ fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-async fn read_bounded<T: AsyncRead + Unpin + Send>(
+/// Reads a whole frame (to the end of the stream), refusing one over `limit` bytes.
+pub(crate) async fn read_bounded<T: AsyncRead + Unpin + Send>(
     io: &mut T,
     limit: u64,
     what: &str,

@@ -9,6 +9,7 @@ use futures::prelude::*;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
+use super::codec::read_bounded;
 use crate::sampling::SamplingMessage;
 
 /// The envelope version this build speaks.
@@ -89,16 +90,7 @@ impl libp2p::request_response::Codec for SamplingCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<SamplingEnvelope> {
-        let mut bytes = Vec::new();
-        io.take(MAX_SAMPLING_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .await?;
-        if bytes.len() as u64 > MAX_SAMPLING_BYTES {
-            return Err(invalid(format!(
-                "sampling message larger than {MAX_SAMPLING_BYTES} bytes"
-            )));
-        }
-        decode_envelope(&bytes)
+        decode_envelope(&read_bounded(io, MAX_SAMPLING_BYTES, "sampling message").await?)
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
