@@ -319,8 +319,10 @@ fn logged_views(log: &str) -> Vec<Vec<String>> {
 
 /// Five nodes in a bootstrap chain (each knows only the one before it) run `sampler`
 /// (the seed's JSON, with a fast period): every node's view must come to hold a peer that
-/// was never its bootstrap neighbour, and views stay within the invariants.
+/// was never its bootstrap neighbour, and views stay within the invariants. Each node
+/// writes its sampling data (`--sampling-out`), which must agree with its summary.
 fn views_learn_peers_beyond_the_bootstrap_neighbours(
+    algorithm: &str,
     context: &str,
     sampler_json: &str,
     max_view: usize,
@@ -344,6 +346,11 @@ fn views_learn_peers_beyond_the_bootstrap_neighbours(
             sampler.display().to_string(),
             "--seed".into(),
             i.to_string(),
+            "--sampling-out".into(),
+            dir.path()
+                .join(format!("node{i}.jsonl"))
+                .display()
+                .to_string(),
         ]);
         if let Some(previous) = nodes.last() {
             args.extend(["--bootstrap".into(), previous.addr()]);
@@ -358,9 +365,41 @@ fn views_learn_peers_beyond_the_bootstrap_neighbours(
         .map(|n| n.ready["peer_id"].as_str().unwrap().to_string())
         .collect();
     let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
-    for node in nodes {
-        assert_eq!(node.finish()["apps"]["calm"]["state"], "done");
+    let mut samples = 0;
+    for (i, node) in nodes.into_iter().enumerate() {
+        let summary = node.finish();
+        assert_eq!(summary["apps"]["calm"]["state"], "done");
+        let sampling = &summary["sampling"];
+        assert_eq!(sampling["algorithm"], algorithm, "{summary}");
+        assert_eq!(sampling["refused"], 0, "{summary}");
+        assert!(sampling["messages_in"].as_u64().unwrap() > 0, "{summary}");
+        let records: Vec<Value> = read(&dir.path().join(format!("node{i}.jsonl")))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(records.len() as u64, sampling["ticks"].as_u64().unwrap());
+        for (tick, record) in records.iter().enumerate() {
+            assert_eq!(record["tick"], tick as u64 + 1);
+            for peer in record["view"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(record["samples"].as_array().unwrap())
+            {
+                assert!(
+                    ids.contains(&peer.as_str().unwrap().to_string()),
+                    "{record}"
+                );
+            }
+            samples += record["samples"].as_array().unwrap().len();
+        }
+        let sent: u64 = records
+            .iter()
+            .map(|r| r["messages_out"].as_u64().unwrap())
+            .sum();
+        assert!(sent <= sampling["messages_out"].as_u64().unwrap());
     }
+    assert!(samples > 0, "the samplers emitted no samples");
     for (i, log) in logs.iter().enumerate() {
         let log = read(log);
         let views = logged_views(&log);
@@ -399,19 +438,19 @@ fn gbps_views_learn_peers_beyond_the_bootstrap_neighbours() {
     let json = seed_fixture("seed_gbps.json")
         .replace("\"time\": 2", "\"time\": 0.2")
         .replace("\"old\"", "\"rand\"");
-    views_learn_peers_beyond_the_bootstrap_neighbours("e2e-gbps", &json, 4);
+    views_learn_peers_beyond_the_bootstrap_neighbours("gbps", "e2e-gbps", &json, 4);
 }
 
 #[test]
 fn brahms_views_learn_peers_beyond_the_bootstrap_neighbours() {
     let json = seed_fixture("seed_brahms.json").replace("\"time\": 2", "\"time\": 0.2");
-    views_learn_peers_beyond_the_bootstrap_neighbours("e2e-brahms", &json, 8);
+    views_learn_peers_beyond_the_bootstrap_neighbours("brahms", "e2e-brahms", &json, 8);
 }
 
 #[test]
 fn basalt_views_learn_peers_beyond_the_bootstrap_neighbours() {
     let json = seed_fixture("seed_basalt.json").replace("\"time\": 2", "\"time\": 0.2");
-    views_learn_peers_beyond_the_bootstrap_neighbours("e2e-basalt", &json, 8);
+    views_learn_peers_beyond_the_bootstrap_neighbours("basalt", "e2e-basalt", &json, 8);
 }
 
 #[test]
@@ -488,6 +527,63 @@ fn simulate_writes_the_same_csv_for_the_same_seed() {
     assert!(
         stderr.contains("--fail-fraction must be between 0 and 1"),
         "{stderr}"
+    );
+    let stderr = run_failing(&[
+        "simulate",
+        "--nodes",
+        "10",
+        "--cycles",
+        "3",
+        "--engine",
+        "cycle",
+        "--loss",
+        "0.1",
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(stderr.contains("need --engine event"), "{stderr}");
+}
+
+#[test]
+fn simulate_attacks_churn_and_latency_fill_every_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("attack.csv");
+    run_ok(
+        nodemanager()
+            .args([
+                "simulate",
+                "--sampler",
+                "basalt",
+                "--nodes",
+                "200",
+                "--cycles",
+                "12",
+            ])
+            .args(["--seed", "1", "--byzantine", "0.1", "--attack-force", "2"])
+            .args(["--latency", "30ms", "--jitter", "10ms", "--loss", "0.01"])
+            .args([
+                "--leave-rate",
+                "0.01",
+                "--join-rate",
+                "0.2",
+                "--link",
+                "0-1=300ms",
+            ])
+            .args(["--costly-metrics-every", "4", "--out"])
+            .arg(&out),
+    );
+    let csv = read(&out);
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 12);
+    let last = &rows[11];
+    assert_eq!(last.len(), 11, "{csv}");
+    assert!(
+        last.iter().all(|cell| !cell.is_empty()),
+        "cycle 12 has every metric: {csv}"
     );
 }
 

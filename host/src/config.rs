@@ -10,6 +10,7 @@
 //! linger = "2s"                         # how long to stay up after every app is done
 //! seed = 7                              # optional: reproducible randomness for apps
 //! log_file = "node0.log"                # optional: log here instead of stderr
+//! sampling_out = "node0.sampling.jsonl"  # optional: one JSON line per sampler tick
 //!
 //! [sampler]
 //! name = "connected"                    # the view: every connected peer
@@ -92,6 +93,8 @@ pub struct NodeConfig {
     pub seed: Option<u64>,
     /// Log file; none logs to stderr.
     pub log_file: Option<PathBuf>,
+    /// Where to write one JSON line per sampler tick (view, samples, messages).
+    pub sampling_out: Option<PathBuf>,
     /// Folder of compiled components; none uses the default cache folder.
     pub cache_dir: Option<PathBuf>,
     /// The peer-sampling service that makes the view.
@@ -113,6 +116,7 @@ impl Default for NodeConfig {
             linger: Duration::from_secs(2),
             seed: None,
             log_file: None,
+            sampling_out: None,
             cache_dir: None,
             sampler: SamplerConfig::default(),
             limits: Limits::default(),

@@ -12,7 +12,7 @@ use libp2p::Multiaddr;
 use nodemanager::config::{parse_duration, AppSpec, NodeConfig, SamplerConfig};
 use nodemanager::node::Node;
 use nodemanager::runtime::{inspect, Runtime};
-use nodemanager::sim::{SimConfig, Simulation};
+use nodemanager::sim::{Engine, LinkLatency, NetworkModel, SimConfig, Simulation};
 
 /// Host for peer-to-peer apps written as sandboxed WebAssembly components.
 #[derive(Parser)]
@@ -77,6 +77,34 @@ struct SimulateArgs {
     /// Cycle of the massive failure.
     #[arg(long, default_value_t = 0)]
     fail_at: u64,
+    /// Probability that a live honest node leaves, per cycle (churn).
+    #[arg(long, default_value_t = 0.0)]
+    leave_rate: f64,
+    /// Probability that a node that left comes back, per cycle (churn).
+    #[arg(long, default_value_t = 0.0)]
+    join_rate: f64,
+    /// Fraction of Byzantine nodes (the Basalt paper's colluding attackers).
+    #[arg(long, default_value_t = 0.0)]
+    byzantine: f64,
+    /// Attackers push this many times as often as an honest node.
+    #[arg(long, default_value_t = 1.0)]
+    attack_force: f64,
+    /// Engine: cycle (instant delivery, fast) or event (virtual time, latency, loss)
+    /// [default: event if a latency, jitter, loss or link is given, else cycle].
+    #[arg(long, value_enum)]
+    engine: Option<Engine>,
+    /// One-way latency of every link (event engine), e.g. 50ms.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    latency: Duration,
+    /// Uniform jitter added to each message's latency (event engine), e.g. 20ms.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    jitter: Duration,
+    /// Probability that a message is lost (event engine).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// A per-link latency, A-B=LATENCY (e.g. 3-7=250ms); repeatable (event engine).
+    #[arg(long = "link", value_name = "A-B=LATENCY")]
+    links: Vec<LinkLatency>,
     /// Compute clustering and path length every this many cycles (empty otherwise).
     #[arg(long, default_value_t = 10)]
     costly_metrics_every: u64,
@@ -90,6 +118,17 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         Some(path) => SamplerConfig::from_seed_json(path)?,
         None => SamplerConfig::from_name(&args.sampler)?,
     };
+    let network = NetworkModel {
+        latency: args.latency,
+        jitter: args.jitter,
+        loss: args.loss,
+        links: args.links,
+    };
+    let engine = args.engine.unwrap_or(if network.is_ideal() {
+        Engine::Cycle
+    } else {
+        Engine::Event
+    });
     let config = SimConfig {
         sampler,
         nodes: args.nodes,
@@ -98,6 +137,12 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         bootstrap_peers: args.bootstrap_peers,
         fail_fraction: args.fail_fraction,
         fail_at: args.fail_at,
+        leave_rate: args.leave_rate,
+        join_rate: args.join_rate,
+        byzantine: args.byzantine,
+        attack_force: args.attack_force,
+        engine,
+        network,
         costly_metrics_every: args.costly_metrics_every,
     };
     let started = Instant::now();
@@ -106,7 +151,8 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut out = std::io::BufWriter::new(file);
     let step = (args.cycles / 10).max(1);
-    simulation.run(&mut out, |cycle| {
+    simulation.run(&mut out, |metrics| {
+        let cycle = metrics.cycle;
         if cycle % step == 0 {
             eprintln!("cycle {cycle}/{} ({:.1?})", args.cycles, started.elapsed());
         }
@@ -181,10 +227,13 @@ struct RunArgs {
     /// Log to this file instead of stderr.
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Write one JSON line per sampler tick here (view, samples, messages in/out).
+    #[arg(long, value_name = "FILE.jsonl")]
+    sampling_out: Option<PathBuf>,
     /// Seed for the apps' randomness (reproducible runs).
     #[arg(long)]
     seed: Option<u64>,
-    /// Peer sampler that makes the view (connected, gbps), with default parameters.
+    /// Peer sampler that makes the view (connected, gbps, brahms, basalt), default parameters.
     #[arg(long, conflicts_with = "sampler_config")]
     sampler: Option<String>,
     /// Sampler settings as the seed's `Gbps(...).create(path)` writes them (JSON).
@@ -211,6 +260,9 @@ impl RunArgs {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v.into(); } )* };
         }
         set!(context, linger, seed);
+        if let Some(path) = self.sampling_out {
+            config.sampling_out = Some(path);
+        }
         if let Some(path) = self.log_file {
             config.log_file = Some(path);
         }

@@ -4,8 +4,10 @@
 //! every listener has an address, dial the bootstrap peers, then start the apps. The
 //! node stops once every app finished its cycles and the linger passed, or on a signal.
 
+mod sampling_data;
 mod worker;
 
+pub use sampling_data::SamplingStats;
 pub use worker::{AppState, AppStats};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,6 +34,7 @@ use crate::network::{
 };
 use crate::runtime::{AppContext, Runtime};
 use crate::sampling::{self, Outgoing, PeerSampler};
+use sampling_data::SamplingWriter;
 use worker::{AppCommand, Worker, WorkerEvent};
 
 /// How long start-up waits for the listeners to report their addresses.
@@ -48,11 +51,13 @@ pub struct Ready {
     pub listen_addrs: Vec<String>,
 }
 
-/// The last line `nodemanager run` prints: per-app counters.
+/// The last line `nodemanager run` prints: per-app and sampler counters.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     /// Counters by app name.
     pub apps: BTreeMap<String, AppStats>,
+    /// What the peer sampler did.
+    pub sampling: SamplingStats,
 }
 
 struct RunningApp {
@@ -79,6 +84,8 @@ pub struct Node {
     apps: Vec<(ResolvedApp, crate::runtime::Prepared)>,
     context: AppContext,
     sampler: Box<dyn PeerSampler>,
+    sampling: SamplingStats,
+    sampling_out: Option<SamplingWriter>,
     /// This node's listen addresses (without /p2p), told to peers in sampling messages.
     own_addrs: Vec<Multiaddr>,
     /// Listen addresses of other peers, learned through identify and sampling messages.
@@ -166,12 +173,23 @@ impl Node {
             .seed
             .map_or_else(rand::random, |seed| app_seed(seed, "\0sampler"));
         let sampler = sampling::new_sampler(&config.sampler, peer_id, sampler_seed);
+        let sampling_out = config
+            .sampling_out
+            .as_deref()
+            .map(SamplingWriter::create)
+            .transpose()?;
+        let sampling = SamplingStats {
+            algorithm: config.sampler.name().into(),
+            ..SamplingStats::default()
+        };
         Ok(Node {
             swarm,
             config,
             apps,
             context,
             sampler,
+            sampling,
+            sampling_out,
             app_protocol,
             own_addrs,
             addresses: HashMap::new(),
@@ -260,11 +278,7 @@ impl Node {
                         false
                     });
                 }
-                _ = next_tick(&mut sampler_tick) => {
-                    let outgoing = self.sampler.handle_tick();
-                    self.send_sampling(outgoing);
-                    self.publish_view();
-                }
+                _ = next_tick(&mut sampler_tick) => self.on_sampler_tick(),
                 _ = &mut linger => break,
                 _ = &mut shutdown => {
                     tracing::info!("shutting down on request");
@@ -284,8 +298,10 @@ impl Node {
                 Some("the node shut down before an answer came".into()),
             );
         }
+        self.sampling.capture(self.sampler.as_ref());
         let mut summary = Summary {
             apps: BTreeMap::new(),
+            sampling: self.sampling.clone(),
         };
         for app in &mut running {
             let _ = app.commands.send(AppCommand::Stop);
@@ -298,8 +314,25 @@ impl Node {
         summary
     }
 
+    /// Runs the sampler's active part and records the tick.
+    fn on_sampler_tick(&mut self) {
+        let outgoing = self.sampler.handle_tick();
+        self.sampling.ticks += 1;
+        self.send_sampling(outgoing);
+        self.publish_view();
+        let samples = self.sampler.take_samples();
+        if let Some(out) = &mut self.sampling_out {
+            self.sampling.capture(self.sampler.as_ref());
+            if let Err(error) = out.record(&self.sampling, &samples) {
+                tracing::error!("{error:#}; no more sampling records");
+                self.sampling_out = None;
+            }
+        }
+    }
+
     /// Sends the sampler's messages, with the addresses of the peers they mention.
     fn send_sampling(&mut self, outgoing: Vec<Outgoing>) {
+        self.sampling.messages_out += outgoing.len() as u64;
         let me = *self.swarm.local_peer_id();
         for Outgoing { to, message } in outgoing {
             let addrs = message
@@ -429,6 +462,7 @@ impl Node {
                     self.learn_addresses(known, addrs);
                 }
                 self.add_known_peer(peer);
+                self.sampling.messages_in += 1;
                 let outgoing = self.sampler.handle_message(peer, request.message);
                 self.send_sampling(outgoing);
                 self.publish_view();
@@ -439,11 +473,21 @@ impl Node {
             } => {}
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 tracing::info!(peer = %peer, "sampling message not delivered: {error}");
+                self.sampling.send_failures += 1;
                 self.sampler.handle_peer_unreachable(peer);
                 self.publish_view();
             }
+            request_response::Event::InboundFailure {
+                peer,
+                error: request_response::InboundFailure::Io(error),
+                ..
+            } => {
+                // The codec's verdict: malformed, oversized or another wire version.
+                tracing::warn!(peer = %peer, "refused an inbound sampling message: {error}");
+                self.sampling.refused += 1;
+            }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::warn!(peer = %peer, "bad inbound sampling message: {error}");
+                tracing::info!(peer = %peer, "inbound sampling exchange failed: {error}");
             }
             request_response::Event::ResponseSent { .. } => {}
         }

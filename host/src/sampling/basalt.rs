@@ -12,55 +12,51 @@
 //! with the fewest hits and pushes its view to the next such peer. Every τ rounds the k
 //! next slots (round-robin) get fresh seeds and re-rank the ids known now. The ids a
 //! node hears of are those in received views plus the senders of pulls and views.
+//!
+//! Samples: the peers of the k slots a reset empties (the paper's output stream).
 
 use libp2p::PeerId;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
-use siphasher::sip::SipHasher13;
-use std::hash::Hasher;
 
-use super::{BasaltConfig, Outgoing, PeerSampler, SamplingMessage};
+use super::{keyed_rank, BasaltConfig, NodeId, Outgoing, PeerSampler, SamplingMessage};
 
 /// Basalt wire messages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub enum BasaltMessage {
+pub enum BasaltMessage<I = PeerId> {
     /// Asks the receiver for its view.
     Pull,
     /// A view: pushed, or answering a pull.
     View {
         /// The sender's view.
-        peers: Vec<PeerId>,
+        peers: Vec<I>,
     },
 }
 
 #[derive(Clone, Debug)]
-struct Slot {
+struct Slot<I> {
     seed: (u64, u64),
-    peer: Option<PeerId>,
+    /// The peer and its rank under `seed`.
+    peer: Option<(I, u64)>,
     hits: u64,
 }
 
 /// One node's Basalt state.
-pub struct Basalt {
-    me: PeerId,
+pub struct Basalt<I = PeerId> {
+    me: I,
     config: BasaltConfig,
-    slots: Vec<Slot>,
+    slots: Vec<Slot<I>>,
     round: u64,
     next_reset: usize,
+    emitted: Vec<I>,
     rng: StdRng,
 }
 
-fn rank(seed: (u64, u64), peer: &PeerId) -> u64 {
-    let mut hasher = SipHasher13::new_with_keys(seed.0, seed.1);
-    hasher.write(&peer.to_bytes());
-    hasher.finish()
-}
-
-impl Basalt {
+impl<I: NodeId> Basalt<I> {
     /// A node `me` with v empty slots; `seed` drives the slot seeds and every choice.
-    pub fn new(me: PeerId, config: BasaltConfig, seed: u64) -> Basalt {
+    pub fn new(me: I, config: BasaltConfig, seed: u64) -> Basalt<I> {
         let mut rng = StdRng::seed_from_u64(seed);
         let slots = (0..config.view_size)
             .map(|_| Slot {
@@ -75,19 +71,50 @@ impl Basalt {
             slots,
             round: 0,
             next_reset: 0,
+            emitted: Vec::new(),
             rng,
         }
     }
 
     /// The paper's `updateSample`: every slot keeps the lowest-ranked id it saw.
-    fn update(&mut self, ids: &[PeerId]) {
+    /// An id some slot already holds was ranked against every other slot's current
+    /// seed when it entered the view (or when that slot was re-ranked since), and lost,
+    /// so only its hit counters change — unless a slot is empty.
+    fn update(&mut self, ids: &[I]) {
+        self.rank(ids, true);
+    }
+
+    /// Ranks `ids` in every slot; `skip_held` skips ids a slot holds (see `update`),
+    /// which a re-rank after new seeds must not do.
+    fn rank(&mut self, ids: &[I], skip_held: bool) {
         for id in ids.iter().filter(|id| **id != self.me) {
+            let (mut held, mut empty) = (false, false);
+            for slot in &self.slots {
+                match slot.peer {
+                    Some((peer, _)) => held |= peer == *id,
+                    None => empty = true,
+                }
+            }
+            if skip_held && held && !empty {
+                for slot in &mut self.slots {
+                    if slot.peer.is_some_and(|(peer, _)| peer == *id) {
+                        slot.hits += 1;
+                    }
+                }
+                continue;
+            }
             for slot in &mut self.slots {
                 match slot.peer {
-                    Some(current) if current == *id => slot.hits += 1,
-                    Some(current) if rank(slot.seed, id) >= rank(slot.seed, &current) => {}
-                    _ => {
-                        slot.peer = Some(*id);
+                    Some((current, _)) if current == *id => slot.hits += 1,
+                    Some((_, best)) => {
+                        let rank = keyed_rank(slot.seed, id);
+                        if rank < best {
+                            slot.peer = Some((*id, rank));
+                            slot.hits = 0;
+                        }
+                    }
+                    None => {
+                        slot.peer = Some((*id, keyed_rank(slot.seed, id)));
                         slot.hits = 0;
                     }
                 }
@@ -96,22 +123,24 @@ impl Basalt {
     }
 
     /// The paper's `selectPeer`: the filled slot with the fewest hits (counting this use).
-    fn select_peer(&mut self) -> Option<PeerId> {
+    fn select_peer(&mut self) -> Option<I> {
         let slot = self
             .slots
             .iter_mut()
             .filter(|s| s.peer.is_some())
             .min_by_key(|s| s.hits)?;
         slot.hits += 1;
-        slot.peer
+        slot.peer.map(|(peer, _)| peer)
     }
 
-    /// Resets the next k slots with fresh seeds and re-ranks the ids in the view.
+    /// Emits the peers of the next k slots as samples, gives those slots fresh seeds
+    /// and re-ranks the ids in the view.
     fn reset_slots(&mut self) {
         let known = self.view();
         let v = self.slots.len();
         for _ in 0..self.config.refresh.min(v) {
             let slot = &mut self.slots[self.next_reset];
+            self.emitted.extend(slot.peer.map(|(peer, _)| peer));
             *slot = Slot {
                 seed: (self.rng.random(), self.rng.random()),
                 peer: None,
@@ -119,12 +148,12 @@ impl Basalt {
             };
             self.next_reset = (self.next_reset + 1) % v;
         }
-        self.update(&known);
+        self.rank(&known, false);
     }
 }
 
-impl PeerSampler for Basalt {
-    fn handle_tick(&mut self) -> Vec<Outgoing> {
+impl<I: NodeId> PeerSampler<I> for Basalt<I> {
+    fn handle_tick(&mut self) -> Vec<Outgoing<I>> {
         self.round += 1;
         let mut out = Vec::new();
         if let Some(to) = self.select_peer() {
@@ -146,7 +175,7 @@ impl PeerSampler for Basalt {
         out
     }
 
-    fn handle_message(&mut self, from: PeerId, message: SamplingMessage) -> Vec<Outgoing> {
+    fn handle_message(&mut self, from: I, message: SamplingMessage<I>) -> Vec<Outgoing<I>> {
         let SamplingMessage::Basalt(message) = message else {
             return Vec::new();
         };
@@ -172,13 +201,17 @@ impl PeerSampler for Basalt {
         }
     }
 
-    fn handle_peer_connected(&mut self, peer: PeerId) {
+    fn handle_peer_connected(&mut self, peer: I) {
         self.update(&[peer]);
     }
 
-    fn handle_peer_unreachable(&mut self, peer: PeerId) {
+    fn handle_peer_unreachable(&mut self, peer: I) {
         let mut emptied = false;
-        for slot in self.slots.iter_mut().filter(|s| s.peer == Some(peer)) {
+        for slot in self
+            .slots
+            .iter_mut()
+            .filter(|s| s.peer.is_some_and(|(p, _)| p == peer))
+        {
             slot.peer = None;
             slot.hits = 0;
             emptied = true;
@@ -186,19 +219,23 @@ impl PeerSampler for Basalt {
         if emptied {
             // Refill the emptied slots from the peers still in the view.
             let known = self.view();
-            self.update(&known);
+            self.rank(&known, false);
         }
     }
 
     /// The distinct peers of the slots, in slot order.
-    fn view(&self) -> Vec<PeerId> {
-        let mut view: Vec<PeerId> = Vec::with_capacity(self.slots.len());
-        for peer in self.slots.iter().filter_map(|s| s.peer) {
+    fn view(&self) -> Vec<I> {
+        let mut view: Vec<I> = Vec::with_capacity(self.slots.len());
+        for (peer, _) in self.slots.iter().filter_map(|s| s.peer) {
             if !view.contains(&peer) {
                 view.push(peer);
             }
         }
         view
+    }
+
+    fn take_samples(&mut self) -> Vec<I> {
+        std::mem::take(&mut self.emitted)
     }
 }
 
@@ -234,8 +271,11 @@ mod tests {
         backward.update(&reversed);
         assert_eq!(forward.view(), backward.view());
         for slot in &forward.slots {
-            let best = p[1..].iter().min_by_key(|id| rank(slot.seed, id)).unwrap();
-            assert_eq!(slot.peer, Some(*best));
+            let best = p[1..]
+                .iter()
+                .min_by_key(|id| keyed_rank(slot.seed, *id))
+                .unwrap();
+            assert_eq!(slot.peer.map(|(p, _)| p), Some(*best));
         }
     }
 

@@ -12,6 +12,8 @@
 //! id to α·l1 random view peers and pulls from β·l1 random view peers. A peer found unreachable
 //! leaves the view and every sampler holding it is re-initialised with a fresh key
 //! (the paper's sampler validation).
+//!
+//! Samples: each round emits the ids the sampler array holds (the paper's output S).
 
 use std::collections::BTreeSet;
 
@@ -20,15 +22,13 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
-use siphasher::sip::SipHasher13;
-use std::hash::Hasher;
 
-use super::{BrahmsConfig, Outgoing, PeerSampler, SamplingMessage};
+use super::{keyed_rank, BrahmsConfig, NodeId, Outgoing, PeerSampler, SamplingMessage};
 
 /// Brahms wire messages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub enum BrahmsMessage {
+pub enum BrahmsMessage<I = PeerId> {
     /// The sender pushes its own id.
     Push,
     /// Asks for the receiver's view.
@@ -36,21 +36,19 @@ pub enum BrahmsMessage {
     /// Answers a pull with the view.
     Reply {
         /// The sender's view.
-        peers: Vec<PeerId>,
+        peers: Vec<I>,
     },
 }
 
 #[derive(Clone, Debug)]
-struct Sampler {
+struct Sampler<I> {
     key: (u64, u64),
-    best: Option<(u64, PeerId)>,
+    best: Option<(u64, I)>,
 }
 
-impl Sampler {
-    fn next(&mut self, id: PeerId) {
-        let mut hasher = SipHasher13::new_with_keys(self.key.0, self.key.1);
-        hasher.write(&id.to_bytes());
-        let rank = hasher.finish();
+impl<I: NodeId> Sampler<I> {
+    fn next(&mut self, id: I) {
+        let rank = keyed_rank(self.key, &id);
         if self.best.is_none_or(|(best, _)| rank < best) {
             self.best = Some((rank, id));
         }
@@ -58,20 +56,21 @@ impl Sampler {
 }
 
 /// One node's Brahms state.
-pub struct Brahms {
-    me: PeerId,
+pub struct Brahms<I = PeerId> {
+    me: I,
     config: BrahmsConfig,
-    view: Vec<PeerId>,
-    samplers: Vec<Sampler>,
-    pushed: BTreeSet<PeerId>,
-    pulled: BTreeSet<PeerId>,
+    view: Vec<I>,
+    samplers: Vec<Sampler<I>>,
+    pushed: BTreeSet<I>,
+    pulled: BTreeSet<I>,
     flooded_rounds: u64,
+    emitted: Vec<I>,
     rng: StdRng,
 }
 
-impl Brahms {
+impl<I: NodeId> Brahms<I> {
     /// A node `me` with an empty view and l2 empty samplers; `seed` drives every choice.
-    pub fn new(me: PeerId, config: BrahmsConfig, seed: u64) -> Brahms {
+    pub fn new(me: I, config: BrahmsConfig, seed: u64) -> Brahms<I> {
         let mut rng = StdRng::seed_from_u64(seed);
         let samplers = (0..config.sampler_size)
             .map(|_| Sampler {
@@ -87,6 +86,7 @@ impl Brahms {
             pushed: BTreeSet::new(),
             pulled: BTreeSet::new(),
             flooded_rounds: 0,
+            emitted: Vec::new(),
             rng,
         }
     }
@@ -97,8 +97,8 @@ impl Brahms {
     }
 
     /// The ids the samplers hold (the paper's history samples).
-    pub fn samples(&self) -> Vec<PeerId> {
-        let mut samples: Vec<PeerId> = Vec::new();
+    pub fn samples(&self) -> Vec<I> {
+        let mut samples: Vec<I> = Vec::new();
         for id in self
             .samplers
             .iter()
@@ -125,7 +125,7 @@ impl Brahms {
             .max(usize::from(self.config.beta > 0.0))
     }
 
-    fn learn(&mut self, id: PeerId) {
+    fn learn(&mut self, id: I) {
         if id != self.me {
             for sampler in &mut self.samplers {
                 sampler.next(id);
@@ -135,14 +135,14 @@ impl Brahms {
 
     /// Closes a round: the paper's view update and sampler update.
     fn end_round(&mut self) {
-        let pushed: Vec<PeerId> = std::mem::take(&mut self.pushed).into_iter().collect();
-        let pulled: Vec<PeerId> = std::mem::take(&mut self.pulled).into_iter().collect();
+        let pushed: Vec<I> = std::mem::take(&mut self.pushed).into_iter().collect();
+        let pulled: Vec<I> = std::mem::take(&mut self.pulled).into_iter().collect();
         let (alpha_l1, beta_l1) = (self.push_count(), self.pull_count());
         if pushed.len() > alpha_l1 {
             self.flooded_rounds += 1;
         } else if !pushed.is_empty() && !pulled.is_empty() {
             let gamma_l1 = self.config.view_size.saturating_sub(alpha_l1 + beta_l1);
-            let mut view: Vec<PeerId> = Vec::new();
+            let mut view: Vec<I> = Vec::new();
             let history = self.samples();
             for (source, count) in [
                 (&pushed, alpha_l1),
@@ -161,19 +161,21 @@ impl Brahms {
         for id in pushed.into_iter().chain(pulled) {
             self.learn(id);
         }
+        let samples = self.samples();
+        self.emitted.extend(samples);
     }
 }
 
-impl PeerSampler for Brahms {
-    fn handle_tick(&mut self) -> Vec<Outgoing> {
+impl<I: NodeId> PeerSampler<I> for Brahms<I> {
+    fn handle_tick(&mut self) -> Vec<Outgoing<I>> {
         self.end_round();
         let (push_count, pull_count) = (self.push_count(), self.pull_count());
-        let push_to: Vec<PeerId> = self
+        let push_to: Vec<I> = self
             .view
             .sample(&mut self.rng, push_count)
             .copied()
             .collect();
-        let pull_from: Vec<PeerId> = self
+        let pull_from: Vec<I> = self
             .view
             .sample(&mut self.rng, pull_count)
             .copied()
@@ -189,7 +191,7 @@ impl PeerSampler for Brahms {
         pushes.chain(pulls).collect()
     }
 
-    fn handle_message(&mut self, from: PeerId, message: SamplingMessage) -> Vec<Outgoing> {
+    fn handle_message(&mut self, from: I, message: SamplingMessage<I>) -> Vec<Outgoing<I>> {
         let SamplingMessage::Brahms(message) = message else {
             return Vec::new();
         };
@@ -217,7 +219,7 @@ impl PeerSampler for Brahms {
         }
     }
 
-    fn handle_peer_connected(&mut self, peer: PeerId) {
+    fn handle_peer_connected(&mut self, peer: I) {
         if peer != self.me && self.view.len() < self.config.view_size && !self.view.contains(&peer)
         {
             self.view.push(peer);
@@ -225,7 +227,7 @@ impl PeerSampler for Brahms {
         self.learn(peer);
     }
 
-    fn handle_peer_unreachable(&mut self, peer: PeerId) {
+    fn handle_peer_unreachable(&mut self, peer: I) {
         self.view.retain(|p| *p != peer);
         for sampler in self
             .samplers
@@ -239,8 +241,16 @@ impl PeerSampler for Brahms {
         }
     }
 
-    fn view(&self) -> Vec<PeerId> {
+    fn view(&self) -> Vec<I> {
         self.view.clone()
+    }
+
+    fn take_samples(&mut self) -> Vec<I> {
+        std::mem::take(&mut self.emitted)
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("flooded_rounds", self.flooded_rounds)]
     }
 }
 

@@ -219,6 +219,16 @@ impl SamplerConfig {
         }
     }
 
+    /// The algorithm's name, as `name` in the TOML and `--sampler` spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SamplerConfig::Connected => "connected",
+            SamplerConfig::Gbps(_) => "gbps",
+            SamplerConfig::Brahms(_) => "brahms",
+            SamplerConfig::Basalt(_) => "basalt",
+        }
+    }
+
     /// Checks the parameters.
     pub fn validate(&self) -> Result<()> {
         match self {

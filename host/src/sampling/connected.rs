@@ -4,34 +4,47 @@ use std::collections::BTreeSet;
 
 use libp2p::PeerId;
 
-use super::{Outgoing, PeerSampler, SamplingMessage};
+use super::{NodeId, Outgoing, PeerSampler, SamplingMessage};
 
 /// The trivial baseline: the view is the set of connected peers, in a stable order.
-/// It sends nothing and ignores ticks.
-#[derive(Debug, Default)]
-pub struct Connected {
-    peers: BTreeSet<PeerId>,
+/// It sends nothing, ignores ticks and emits no samples.
+#[derive(Debug)]
+pub struct Connected<I = PeerId> {
+    peers: BTreeSet<I>,
 }
 
-impl PeerSampler for Connected {
-    fn handle_tick(&mut self) -> Vec<Outgoing> {
+impl<I> Default for Connected<I> {
+    fn default() -> Self {
+        Connected {
+            peers: BTreeSet::new(),
+        }
+    }
+}
+
+impl<I: NodeId> PeerSampler<I> for Connected<I> {
+    fn handle_tick(&mut self) -> Vec<Outgoing<I>> {
         Vec::new()
     }
 
-    fn handle_message(&mut self, _from: PeerId, _message: SamplingMessage) -> Vec<Outgoing> {
+    fn handle_message(&mut self, _from: I, _message: SamplingMessage<I>) -> Vec<Outgoing<I>> {
         Vec::new()
     }
 
-    fn handle_peer_connected(&mut self, peer: PeerId) {
+    fn handle_peer_connected(&mut self, peer: I) {
         self.peers.insert(peer);
     }
 
-    fn handle_peer_unreachable(&mut self, peer: PeerId) {
+    fn handle_peer_unreachable(&mut self, peer: I) {
         self.peers.remove(&peer);
     }
 
-    fn view(&self) -> Vec<PeerId> {
+    fn view(&self) -> Vec<I> {
         self.peers.iter().copied().collect()
+    }
+
+    /// The baseline emits no samples.
+    fn take_samples(&mut self) -> Vec<I> {
+        Vec::new()
     }
 }
 

@@ -10,6 +10,9 @@
 //! if pushing, ask for its buffer if pulling, and age the view. On a received buffer
 //! (the passive thread): answer with a buffer if asked, then merge with `select(c, H, S)`
 //! and age the view. A reply is merged the same way, without ageing again.
+//!
+//! Samples: each tick emits one peer drawn uniformly from the view (the paper's
+//! `getPeer()`, called once per cycle).
 
 use libp2p::PeerId;
 use rand::rngs::StdRng;
@@ -17,13 +20,13 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::{GbpsConfig, Outgoing, PeerSampler, Propagation, SamplingMessage, Selection};
+use super::{GbpsConfig, NodeId, Outgoing, PeerSampler, Propagation, SamplingMessage, Selection};
 
 /// A node descriptor: a peer and how old the information about it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Descriptor {
+pub struct Descriptor<I = PeerId> {
     /// The peer.
-    pub peer: PeerId,
+    pub peer: I,
     /// Cycles since the peer itself created this descriptor.
     pub age: u32,
 }
@@ -31,24 +34,24 @@ pub struct Descriptor {
 /// GBPS wire messages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub enum GbpsMessage {
+pub enum GbpsMessage<I = PeerId> {
     /// The active side's buffer (empty when pull-only); `reply` asks for the peer's.
     Request {
         /// Descriptors sent.
-        buffer: Vec<Descriptor>,
+        buffer: Vec<Descriptor<I>>,
         /// Whether the receiver answers with its own buffer.
         reply: bool,
     },
     /// The passive side's buffer, answering a request.
     Reply {
         /// Descriptors sent.
-        buffer: Vec<Descriptor>,
+        buffer: Vec<Descriptor<I>>,
     },
 }
 
-impl GbpsMessage {
+impl<I> GbpsMessage<I> {
     /// The descriptors carried.
-    pub fn buffer(&self) -> &[Descriptor] {
+    pub fn buffer(&self) -> &[Descriptor<I>] {
         match self {
             GbpsMessage::Request { buffer, .. } | GbpsMessage::Reply { buffer } => buffer,
         }
@@ -56,26 +59,28 @@ impl GbpsMessage {
 }
 
 /// One node's GBPS state.
-pub struct Gbps {
-    me: PeerId,
+pub struct Gbps<I = PeerId> {
+    me: I,
     config: GbpsConfig,
-    view: Vec<Descriptor>,
+    view: Vec<Descriptor<I>>,
+    samples: Vec<I>,
     rng: StdRng,
 }
 
-impl Gbps {
+impl<I: NodeId> Gbps<I> {
     /// A node `me` with an empty view; `seed` drives every random choice.
-    pub fn new(me: PeerId, config: GbpsConfig, seed: u64) -> Gbps {
+    pub fn new(me: I, config: GbpsConfig, seed: u64) -> Gbps<I> {
         Gbps {
             me,
             config,
             view: Vec::new(),
+            samples: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
         }
     }
 
     /// The view with ages, in its current order.
-    pub fn descriptors(&self) -> &[Descriptor] {
+    pub fn descriptors(&self) -> &[Descriptor<I>] {
         &self.view
     }
 
@@ -87,7 +92,7 @@ impl Gbps {
         self.config.propagation_policy != Propagation::Push
     }
 
-    fn select_peer(&mut self) -> Option<PeerId> {
+    fn select_peer(&mut self) -> Option<I> {
         match self.config.selection_policy {
             Selection::Rand if !self.view.is_empty() => {
                 Some(self.view[self.rng.random_range(0..self.view.len())].peer)
@@ -97,7 +102,7 @@ impl Gbps {
             Selection::Old => self
                 .view
                 .iter()
-                .fold(None::<&Descriptor>, |best, d| match best {
+                .fold(None::<&Descriptor<I>>, |best, d| match best {
                     Some(b) if b.age >= d.age => Some(b),
                     _ => Some(d),
                 })
@@ -107,7 +112,7 @@ impl Gbps {
 
     /// Permutes the view, moves the H oldest to its end, and returns own fresh descriptor
     /// followed by the first c/2 - 1 descriptors.
-    fn make_buffer(&mut self) -> Vec<Descriptor> {
+    fn make_buffer(&mut self) -> Vec<Descriptor<I>> {
         self.view.shuffle(&mut self.rng);
         self.move_oldest_to_end(self.config.heal);
         let mut buffer = vec![Descriptor {
@@ -119,40 +124,33 @@ impl Gbps {
         buffer
     }
 
+    /// Moves the `count` oldest descriptors to the end (the oldest last), keeping the
+    /// others in order; ties go to the first.
     fn move_oldest_to_end(&mut self, count: usize) {
-        let count = count.min(self.view.len());
-        if count == 0 {
-            return;
+        let len = self.view.len();
+        for moved in 0..count.min(len) {
+            let front = &self.view[..len - moved];
+            let oldest =
+                front.iter().enumerate().fold(
+                    0,
+                    |best, (i, d)| if d.age > front[best].age { i } else { best },
+                );
+            self.view[oldest..len - moved].rotate_left(1);
         }
-        let mut by_age: Vec<usize> = (0..self.view.len()).collect();
-        by_age.sort_by_key(|&i| std::cmp::Reverse(self.view[i].age));
-        let oldest: Vec<usize> = by_age[..count].to_vec();
-        let (mut old, mut rest) = (Vec::new(), Vec::new());
-        for (i, d) in self.view.drain(..).enumerate() {
-            if oldest.contains(&i) {
-                old.push(d)
-            } else {
-                rest.push(d)
-            }
-        }
-        rest.extend(old);
-        self.view = rest;
     }
 
     /// The paper's `view.select(c, H, S, buffer)`.
-    fn select(&mut self, buffer: &[Descriptor]) {
-        self.view
-            .extend(buffer.iter().copied().filter(|d| d.peer != self.me));
-        // removeDuplicates: keep the freshest copy, at the first copy's place. Views are
-        // small (c + c/2 entries), so a scan beats hashing peer ids.
-        let mut merged: Vec<Descriptor> = Vec::with_capacity(self.view.len());
-        for d in self.view.drain(..) {
-            match merged.iter_mut().find(|m| m.peer == d.peer) {
+    fn select(&mut self, buffer: &[Descriptor<I>]) {
+        // view.append(buffer) then removeDuplicates: the view holds no duplicates, so
+        // each buffer entry is looked up in what is there so far; the freshest copy
+        // stays, at the first copy's place. Views are small (c + c/2 entries), so a
+        // scan beats hashing ids.
+        for d in buffer.iter().filter(|d| d.peer != self.me) {
+            match self.view.iter_mut().find(|m| m.peer == d.peer) {
                 Some(m) => m.age = m.age.min(d.age),
-                None => merged.push(d),
+                None => self.view.push(*d),
             }
         }
-        self.view = merged;
         let c = self.config.view_size;
         // removeOldItems(min(H, size - c))
         let old = self.config.heal.min(self.view.len().saturating_sub(c));
@@ -175,11 +173,13 @@ impl Gbps {
     }
 }
 
-impl PeerSampler for Gbps {
-    fn handle_tick(&mut self) -> Vec<Outgoing> {
+impl<I: NodeId> PeerSampler<I> for Gbps<I> {
+    fn handle_tick(&mut self) -> Vec<Outgoing<I>> {
         let Some(to) = self.select_peer() else {
             return Vec::new();
         };
+        let sample = self.view[self.rng.random_range(0..self.view.len())].peer;
+        self.samples.push(sample);
         let buffer = if self.pushes() {
             self.make_buffer()
         } else {
@@ -196,7 +196,7 @@ impl PeerSampler for Gbps {
         }]
     }
 
-    fn handle_message(&mut self, from: PeerId, message: SamplingMessage) -> Vec<Outgoing> {
+    fn handle_message(&mut self, from: I, message: SamplingMessage<I>) -> Vec<Outgoing<I>> {
         let SamplingMessage::Gbps(message) = message else {
             return Vec::new();
         };
@@ -223,7 +223,7 @@ impl PeerSampler for Gbps {
         }
     }
 
-    fn handle_peer_connected(&mut self, peer: PeerId) {
+    fn handle_peer_connected(&mut self, peer: I) {
         if peer != self.me
             && self.view.len() < self.config.view_size
             && !self.view.iter().any(|d| d.peer == peer)
@@ -232,12 +232,16 @@ impl PeerSampler for Gbps {
         }
     }
 
-    fn handle_peer_unreachable(&mut self, peer: PeerId) {
+    fn handle_peer_unreachable(&mut self, peer: I) {
         self.view.retain(|d| d.peer != peer);
     }
 
-    fn view(&self) -> Vec<PeerId> {
+    fn view(&self) -> Vec<I> {
         self.view.iter().map(|d| d.peer).collect()
+    }
+
+    fn take_samples(&mut self) -> Vec<I> {
+        std::mem::take(&mut self.samples)
     }
 }
 

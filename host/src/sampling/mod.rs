@@ -19,24 +19,66 @@ pub use config::{
 pub use connected::Connected;
 pub use gbps::{Descriptor, Gbps, GbpsMessage};
 
+use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
+
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
+use siphasher::sip::SipHasher13;
+
+/// What a sampler needs of a node id: the live node uses [`PeerId`], the simulator
+/// plain `u32` indices (cheap to copy, compare and rank).
+pub trait NodeId: Copy + Eq + Ord + Hash + Debug + Send + 'static {
+    /// The id's rank under the secret `key`: the min-wise independent permutations of
+    /// Brahms's samplers and Basalt's slots.
+    fn keyed_rank(&self, key: (u64, u64)) -> u64;
+}
+
+/// Live ids are ranked with SipHash-1-3, a keyed PRF: a peer that does not know the
+/// key cannot make up ids that rank low.
+impl NodeId for PeerId {
+    fn keyed_rank(&self, key: (u64, u64)) -> u64 {
+        let mut hasher = SipHasher13::new_with_keys(key.0, key.1);
+        self.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
+/// Simulated ids are ranked with the SplitMix64 finaliser (a full-avalanche bijection
+/// of 64-bit words) of the id xor the key: well spread for ids nobody chooses
+/// adversarially, and much cheaper than SipHash, which matters when every id heard is
+/// ranked in every slot.
+impl NodeId for u32 {
+    fn keyed_rank(&self, key: (u64, u64)) -> u64 {
+        fn mix(mut z: u64) -> u64 {
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        mix(u64::from(*self) ^ key.0) ^ key.1
+    }
+}
+
+/// The rank of `id` under `key` (see [`NodeId::keyed_rank`]).
+fn keyed_rank<I: NodeId>(key: (u64, u64), id: &I) -> u64 {
+    id.keyed_rank(key)
+}
 
 /// A message between the samplers of two nodes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "algorithm", rename_all = "lowercase")]
-pub enum SamplingMessage {
+pub enum SamplingMessage<I = PeerId> {
     /// A GBPS exchange.
-    Gbps(GbpsMessage),
+    Gbps(GbpsMessage<I>),
     /// A Brahms exchange.
-    Brahms(BrahmsMessage),
+    Brahms(BrahmsMessage<I>),
     /// A Basalt exchange.
-    Basalt(BasaltMessage),
+    Basalt(BasaltMessage<I>),
 }
 
-impl SamplingMessage {
+impl<I: NodeId> SamplingMessage<I> {
     /// Every peer id the message mentions (the driver attaches their addresses).
-    pub fn peers(&self) -> Vec<PeerId> {
+    pub fn peers(&self) -> Vec<I> {
         match self {
             SamplingMessage::Gbps(m) => m.buffer().iter().map(|d| d.peer).collect(),
             SamplingMessage::Basalt(BasaltMessage::View { peers }) => peers.clone(),
@@ -49,29 +91,36 @@ impl SamplingMessage {
 
 /// A message the sampler wants sent.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Outgoing {
+pub struct Outgoing<I = PeerId> {
     /// The destination.
-    pub to: PeerId,
+    pub to: I,
     /// What to send.
-    pub message: SamplingMessage,
+    pub message: SamplingMessage<I>,
 }
 
 /// A peer-sampling service, driven by the node or by a simulator.
-pub trait PeerSampler: Send {
+pub trait PeerSampler<I: NodeId = PeerId>: Send {
     /// A period passed: run the active part of the protocol.
-    fn handle_tick(&mut self) -> Vec<Outgoing>;
+    fn handle_tick(&mut self) -> Vec<Outgoing<I>>;
     /// `from` sent `message`.
-    fn handle_message(&mut self, from: PeerId, message: SamplingMessage) -> Vec<Outgoing>;
+    fn handle_message(&mut self, from: I, message: SamplingMessage<I>) -> Vec<Outgoing<I>>;
     /// A connection to `peer` (a peer of the same context) was established.
-    fn handle_peer_connected(&mut self, peer: PeerId);
+    fn handle_peer_connected(&mut self, peer: I);
     /// `peer` is no longer reachable (its last connection closed, or a send failed).
-    fn handle_peer_unreachable(&mut self, peer: PeerId);
+    fn handle_peer_unreachable(&mut self, peer: I);
     /// The current view.
-    fn view(&self) -> Vec<PeerId>;
+    fn view(&self) -> Vec<I>;
+    /// The samples emitted since the last call: the ids the service hands out as its
+    /// random draws of the membership (see each algorithm for when it emits).
+    fn take_samples(&mut self) -> Vec<I>;
+    /// Protocol event counters, by name (e.g. Brahms's `flooded_rounds`).
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Builds the sampler `config` describes for node `me`, its randomness drawn from `seed`.
-pub fn new_sampler(config: &SamplerConfig, me: PeerId, seed: u64) -> Box<dyn PeerSampler> {
+pub fn new_sampler<I: NodeId>(config: &SamplerConfig, me: I, seed: u64) -> Box<dyn PeerSampler<I>> {
     match config {
         SamplerConfig::Connected => Box::new(Connected::default()),
         SamplerConfig::Gbps(gbps) => Box::new(Gbps::new(me, gbps.clone(), seed)),
@@ -83,13 +132,13 @@ pub fn new_sampler(config: &SamplerConfig, me: PeerId, seed: u64) -> Box<dyn Pee
 /// Checks what every sampler promises of its view: at most `capacity` peers, no
 /// duplicates, never `me`, only ids from `known`.
 #[cfg(test)]
-fn check_view(
-    view: &[PeerId],
-    me: PeerId,
+fn check_view<I: NodeId>(
+    view: &[I],
+    me: I,
     capacity: usize,
-    known: &std::collections::HashSet<PeerId>,
+    known: &std::collections::HashSet<I>,
 ) -> Result<(), String> {
-    let unique: std::collections::HashSet<PeerId> = view.iter().copied().collect();
+    let unique: std::collections::HashSet<I> = view.iter().copied().collect();
     if view.len() > capacity {
         return Err(format!(
             "view of {} peers over its capacity {capacity}",

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 
-/// The CSV header; columns this build does not compute yet stay empty.
+/// The CSV header.
 pub const CSV_HEADER: &str = "cycle,indegree_mean,indegree_std,indegree_max,clustering,avg_path,partitions,dead_links,byz_view_share,byz_sample_share,sample_uniformity";
 
 /// Nodes sampled for the clustering coefficient.
@@ -13,12 +13,12 @@ const CLUSTERING_SAMPLE: usize = 1000;
 /// Sources sampled for the average shortest path.
 const PATH_SOURCES: usize = 8;
 
-/// One cycle's metrics. `None` marks a metric not computed this cycle.
+/// One cycle's metrics. `None` marks a metric not computed this cycle (an empty cell).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CycleMetrics {
     /// The cycle.
     pub cycle: u64,
-    /// Mean in-degree of live nodes (links from live nodes only).
+    /// Mean in-degree of live honest nodes (links between live honest nodes only).
     pub indegree_mean: f64,
     /// Standard deviation of the in-degree.
     pub indegree_std: f64,
@@ -28,10 +28,19 @@ pub struct CycleMetrics {
     pub clustering: Option<f64>,
     /// Mean shortest-path length from a few sampled nodes (undirected, reachable pairs).
     pub avg_path: Option<f64>,
-    /// Connected components among live nodes (undirected).
+    /// Connected components among live honest nodes (undirected).
     pub partitions: usize,
-    /// Share of the live nodes' view entries that point to failed nodes.
+    /// Share of the live honest nodes' view entries that point to failed nodes.
     pub dead_links: f64,
+    /// Share of the live honest nodes' view entries that are Byzantine (with attackers).
+    pub byz_view_share: Option<f64>,
+    /// Share of this cycle's samples of honest nodes that are Byzantine (with attackers
+    /// and samples).
+    pub byz_sample_share: Option<f64>,
+    /// KL divergence, in bits, of every sample honest nodes emitted so far from the
+    /// uniform distribution over all ids (0 = uniform; finite-sample bias ≈
+    /// (N − 1) / (2 M ln 2) for M samples).
+    pub sample_uniformity: Option<f64>,
 }
 
 impl CycleMetrics {
@@ -39,7 +48,7 @@ impl CycleMetrics {
     pub fn csv_row(&self) -> String {
         let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
         format!(
-            "{},{:.6},{:.6},{},{},{},{},{:.6},,,",
+            "{},{:.6},{:.6},{},{},{},{},{:.6},{},{},{}",
             self.cycle,
             self.indegree_mean,
             self.indegree_std,
@@ -47,56 +56,129 @@ impl CycleMetrics {
             opt(self.clustering),
             opt(self.avg_path),
             self.partitions,
-            self.dead_links
+            self.dead_links,
+            opt(self.byz_view_share),
+            opt(self.byz_sample_share),
+            opt(self.sample_uniformity),
         )
     }
 }
 
-fn find(parent: &mut [usize], mut x: usize) -> usize {
-    while parent[x] != x {
-        parent[x] = parent[parent[x]];
-        x = parent[x];
+/// The overlay at one instant: who points to whom, who is up, who is an attacker.
+pub struct Overlay<'a> {
+    /// `views[i]`: the nodes node `i` points to (empty for attackers).
+    pub views: &'a [Vec<u32>],
+    /// Whether each node is up.
+    pub alive: &'a [bool],
+    /// Whether each node is Byzantine.
+    pub byzantine: &'a [bool],
+}
+
+/// The samples honest nodes emitted.
+#[derive(Clone, Debug, Default)]
+pub struct SampleTally {
+    /// Samples per id since the start.
+    pub per_id: Vec<u64>,
+    /// Total samples since the start.
+    pub total: u64,
+    /// Samples this cycle.
+    pub cycle_total: u64,
+    /// Byzantine samples this cycle.
+    pub cycle_byzantine: u64,
+}
+
+impl SampleTally {
+    /// An empty tally over `nodes` ids.
+    pub fn new(nodes: usize) -> SampleTally {
+        SampleTally {
+            per_id: vec![0; nodes],
+            ..SampleTally::default()
+        }
+    }
+
+    /// Counts one sample.
+    pub fn add(&mut self, id: u32, byzantine: bool) {
+        self.per_id[id as usize] += 1;
+        self.total += 1;
+        self.cycle_total += 1;
+        self.cycle_byzantine += u64::from(byzantine);
+    }
+
+    /// KL divergence from uniform, in bits; `None` before the first sample.
+    fn kl_from_uniform(&self) -> Option<f64> {
+        if self.total == 0 {
+            return None;
+        }
+        let n = self.per_id.len() as f64;
+        let total = self.total as f64;
+        let kl = self
+            .per_id
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| {
+                let p = c as f64 / total;
+                p * (p * n).log2()
+            })
+            .sum::<f64>();
+        Some(kl.max(0.0))
+    }
+}
+
+fn find(parent: &mut [u32], mut x: u32) -> u32 {
+    while parent[x as usize] != x {
+        parent[x as usize] = parent[parent[x as usize] as usize];
+        x = parent[x as usize];
     }
     x
 }
 
-/// Measures the overlay where `views[i]` lists the nodes node `i` points to.
+/// Measures the overlay; the costly metrics only when `costly`.
 pub fn measure(
     cycle: u64,
-    views: &[Vec<usize>],
-    alive: &[bool],
+    overlay: &Overlay,
+    samples: &SampleTally,
     costly: bool,
     rng: &mut StdRng,
 ) -> CycleMetrics {
+    let Overlay {
+        views,
+        alive,
+        byzantine,
+    } = *overlay;
     let n = views.len();
-    let live: Vec<usize> = (0..n).filter(|&i| alive[i]).collect();
-    let mut indegree = vec![0usize; n];
-    let (mut links, mut dead) = (0usize, 0usize);
-    let mut parent: Vec<usize> = (0..n).collect();
+    let honest = |i: usize| alive[i] && !byzantine[i];
+    let live: Vec<usize> = (0..n).filter(|&i| honest(i)).collect();
+    let attackers = byzantine.iter().any(|&b| b);
+    let mut indegree = vec![0u32; n];
+    let (mut links, mut dead, mut malicious) = (0usize, 0usize, 0usize);
+    let mut parent: Vec<u32> = (0..n as u32).collect();
     for &i in &live {
         for &j in &views[i] {
+            let j = j as usize;
             links += 1;
-            if alive[j] {
+            if byzantine[j] {
+                malicious += 1;
+            } else if alive[j] {
                 indegree[j] += 1;
-                let (a, b) = (find(&mut parent, i), find(&mut parent, j));
-                parent[a] = b;
+                let (a, b) = (find(&mut parent, i as u32), find(&mut parent, j as u32));
+                parent[a as usize] = b;
             } else {
                 dead += 1;
             }
         }
     }
     let count = live.len().max(1) as f64;
-    let mean = live.iter().map(|&i| indegree[i] as f64).sum::<f64>() / count;
+    let mean = live.iter().map(|&i| f64::from(indegree[i])).sum::<f64>() / count;
     let variance = live
         .iter()
-        .map(|&i| (indegree[i] as f64 - mean).powi(2))
+        .map(|&i| (f64::from(indegree[i]) - mean).powi(2))
         .sum::<f64>()
         / count;
-    let mut roots: Vec<usize> = live.iter().map(|&i| find(&mut parent, i)).collect();
+    let mut roots: Vec<u32> = live.iter().map(|&i| find(&mut parent, i as u32)).collect();
     roots.sort_unstable();
     roots.dedup();
     let (clustering, avg_path) = if costly && !live.is_empty() {
-        let neighbours = undirected(views, alive);
+        let neighbours = undirected(views, &honest);
         (
             Some(clustering(&neighbours, &live, rng)),
             Some(average_path(&neighbours, &live, rng)),
@@ -104,27 +186,46 @@ pub fn measure(
     } else {
         (None, None)
     };
+    let share = |part: usize, whole: usize| {
+        if whole == 0 {
+            0.0
+        } else {
+            part as f64 / whole as f64
+        }
+    };
     CycleMetrics {
         cycle,
         indegree_mean: mean,
         indegree_std: variance.sqrt(),
-        indegree_max: live.iter().map(|&i| indegree[i]).max().unwrap_or(0),
+        indegree_max: live
+            .iter()
+            .map(|&i| indegree[i] as usize)
+            .max()
+            .unwrap_or(0),
         clustering,
         avg_path,
         partitions: roots.len(),
-        dead_links: if links == 0 {
-            0.0
-        } else {
-            dead as f64 / links as f64
-        },
+        dead_links: share(dead, links),
+        byz_view_share: attackers.then(|| share(malicious, links)),
+        byz_sample_share: (attackers && samples.cycle_total > 0).then(|| {
+            share(
+                samples.cycle_byzantine as usize,
+                samples.cycle_total as usize,
+            )
+        }),
+        sample_uniformity: samples.kl_from_uniform(),
     }
 }
 
-/// Sorted, deduplicated undirected neighbour lists among live nodes.
-fn undirected(views: &[Vec<usize>], alive: &[bool]) -> Vec<Vec<usize>> {
+/// Sorted, deduplicated undirected neighbour lists among the nodes `keep` accepts.
+fn undirected(views: &[Vec<u32>], keep: &impl Fn(usize) -> bool) -> Vec<Vec<usize>> {
     let mut neighbours = vec![Vec::new(); views.len()];
-    for (i, view) in views.iter().enumerate().filter(|(i, _)| alive[*i]) {
-        for &j in view.iter().filter(|&&j| alive[j] && j != i) {
+    for (i, view) in views.iter().enumerate().filter(|(i, _)| keep(*i)) {
+        for j in view
+            .iter()
+            .map(|&j| j as usize)
+            .filter(|&j| keep(j) && j != i)
+        {
             neighbours[i].push(j);
             neighbours[j].push(i);
         }
@@ -204,8 +305,14 @@ mod tests {
         // 0 -> 1, 1 -> 2, 2 -> 0 (a triangle), 3 -> 4 (a second component), 4 -> 5 (dead).
         let views = vec![vec![1], vec![2], vec![0], vec![4], vec![5], vec![]];
         let alive = vec![true, true, true, true, true, false];
+        let byzantine = vec![false; 6];
+        let overlay = Overlay {
+            views: &views,
+            alive: &alive,
+            byzantine: &byzantine,
+        };
         let mut rng = StdRng::seed_from_u64(1);
-        let m = measure(7, &views, &alive, true, &mut rng);
+        let m = measure(7, &overlay, &SampleTally::new(6), true, &mut rng);
         assert_eq!(m.partitions, 2);
         assert_eq!(m.indegree_max, 1);
         assert!((m.indegree_mean - 0.8).abs() < 1e-9, "{m:?}");
@@ -218,5 +325,32 @@ mod tests {
             m.csv_row()
         );
         assert!(m.csv_row().ends_with(",2,0.200000,,,"));
+    }
+
+    #[test]
+    fn byzantine_shares_and_sample_uniformity() {
+        // 0 -> {1, 3}, 1 -> {0, 3}, 2 -> {0}; 3 is Byzantine.
+        let views = vec![vec![1, 3], vec![0, 3], vec![0], vec![]];
+        let alive = vec![true; 4];
+        let byzantine = vec![false, false, false, true];
+        let overlay = Overlay {
+            views: &views,
+            alive: &alive,
+            byzantine: &byzantine,
+        };
+        let mut samples = SampleTally::new(4);
+        for id in [0, 1, 2, 3] {
+            samples.add(id, id == 3);
+        }
+        let mut rng = StdRng::seed_from_u64(1);
+        let m = measure(1, &overlay, &samples, false, &mut rng);
+        assert_eq!(m.byz_view_share, Some(0.4));
+        assert_eq!(m.byz_sample_share, Some(0.25));
+        assert_eq!(m.sample_uniformity, Some(0.0), "one sample of each id");
+        assert_eq!(m.partitions, 1, "the attacker is not part of the graph");
+        samples.add(3, true);
+        samples.add(3, true);
+        let skewed = measure(2, &overlay, &samples, false, &mut rng);
+        assert!(skewed.sample_uniformity.unwrap() > 0.1, "{skewed:?}");
     }
 }

@@ -1,24 +1,50 @@
 //! In-process simulator: N instances of the *same* sampler code as the live node over a
-//! virtual network, cycle-driven (as PeerSim's cycle-driven engine), reproducible from
-//! a seed. Each cycle every live node ticks once, in a random order; the messages it
-//! produces, and the answers they provoke, are delivered within the cycle. A message to
-//! a failed node is lost and its sender told the peer is unreachable.
+//! virtual network, reproducible from a seed. Node ids are `u32` indices.
+//!
+//! Two engines share the node logic ([`Simulation`]):
+//! - **cycle** (PeerSim's cycle-driven model, the fast path): each cycle every live
+//!   node ticks once, in a random order, and the messages it causes are delivered at
+//!   once, within the cycle. A message to a node that is down is lost and its sender
+//!   told the peer is unreachable.
+//! - **event** (discrete events in virtual time): a cycle is one sampler period; each
+//!   node ticks once per period at its own random phase; a message arrives after the
+//!   link latency (base + uniform jitter, or a per-pair override) unless lost (silently,
+//!   with probability `loss`); a message to a node that is down makes its sender see the
+//!   peer unreachable one period after sending (a request timeout).
+//!
+//! At the start of every cycle, churn runs (a live node leaves with probability
+//! `leave_rate`; a node that left comes back, with a fresh sampler and fresh bootstrap
+//! peers, with probability `join_rate`), then the massive failure if it is due (failed
+//! nodes never come back). Byzantine nodes ([`byzantine`]) never leave. Metrics are
+//! taken at the end of every cycle.
 
+mod byzantine;
+mod events;
 mod metrics;
 
-pub use metrics::{CycleMetrics, CSV_HEADER};
+pub use byzantine::Attack;
+pub use events::{LinkLatency, NetworkModel};
+pub use metrics::{CycleMetrics, Overlay, SampleTally, CSV_HEADER};
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
-use libp2p::multihash::Multihash;
-use libp2p::PeerId;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
-use crate::sampling::{new_sampler, Outgoing, PeerSampler, SamplerConfig};
+use crate::sampling::{new_sampler, Outgoing, PeerSampler, SamplerConfig, SamplingMessage};
+
+/// Which engine runs the simulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// Cycle-driven: instant delivery within a cycle (fast).
+    Cycle,
+    /// Event-driven in virtual time: latency, jitter, loss.
+    Event,
+}
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -31,12 +57,24 @@ pub struct SimConfig {
     pub cycles: u64,
     /// Seed of every random choice (same seed, same output).
     pub seed: u64,
-    /// Random peers each node knows at start.
+    /// Random peers each node knows at start (and when it rejoins).
     pub bootstrap_peers: usize,
     /// Fraction of the nodes that fail at once at cycle `fail_at`.
     pub fail_fraction: f64,
     /// The cycle of the massive failure.
     pub fail_at: u64,
+    /// Probability that a live honest node leaves, per cycle.
+    pub leave_rate: f64,
+    /// Probability that a node that left comes back, per cycle.
+    pub join_rate: f64,
+    /// Fraction of the nodes that are Byzantine.
+    pub byzantine: f64,
+    /// How many times an honest node's push rate the attackers push.
+    pub attack_force: f64,
+    /// The engine.
+    pub engine: Engine,
+    /// Latency and loss (event engine only).
+    pub network: NetworkModel,
     /// Compute the costly metrics (clustering, path length) every this many cycles.
     pub costly_metrics_every: u64,
 }
@@ -51,11 +89,30 @@ impl SimConfig {
         if self.nodes > u32::MAX as usize {
             bail!("--nodes must be at most {}", u32::MAX);
         }
-        if !(0.0..=1.0).contains(&self.fail_fraction) {
+        for (flag, value) in [
+            ("--fail-fraction", self.fail_fraction),
+            ("--leave-rate", self.leave_rate),
+            ("--join-rate", self.join_rate),
+            ("--byzantine", self.byzantine),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                bail!("{flag} must be between 0 and 1, not {value}");
+            }
+        }
+        if self.byzantine >= 1.0 {
             bail!(
-                "--fail-fraction must be between 0 and 1, not {}",
-                self.fail_fraction
+                "--byzantine must leave some honest nodes (it is {})",
+                self.byzantine
             );
+        }
+        if !(self.attack_force >= 0.0 && self.attack_force.is_finite()) {
+            bail!(
+                "--attack-force must be a number of at least 0, not {}",
+                self.attack_force
+            );
+        }
+        if self.byzantine > 0.0 && matches!(self.sampler, SamplerConfig::Connected) {
+            bail!("--byzantine needs a gossip sampler (gbps, brahms or basalt), not connected");
         }
         if self.bootstrap_peers == 0 {
             bail!("--bootstrap-peers must be at least 1");
@@ -63,100 +120,190 @@ impl SimConfig {
         if self.costly_metrics_every == 0 {
             bail!("--costly-metrics-every must be at least 1");
         }
-        Ok(())
-    }
-}
-
-/// The peer id of virtual node `index`: an identity multihash of its index, so ids are
-/// the same in every run.
-pub fn virtual_peer_id(index: u32) -> PeerId {
-    let mut bytes = *b"nodemanager-sim-\0\0\0\0";
-    bytes[16..].copy_from_slice(&index.to_be_bytes());
-    PeerId::from_multihash(Multihash::wrap(0x00, &bytes).expect("20 bytes fit"))
-        .expect("identity multihash")
-}
-
-/// The index of a virtual node's peer id; `None` for any other id.
-pub fn virtual_index(peer: &PeerId) -> Option<usize> {
-    let multihash: &Multihash<64> = peer.as_ref();
-    match multihash.digest() {
-        [b'n', b'o', b'd', b'e', b'm', b'a', b'n', b'a', b'g', b'e', b'r', b'-', b's', b'i', b'm', b'-', index @ ..]
-            if multihash.code() == 0x00 =>
-        {
-            Some(u32::from_be_bytes(index.try_into().ok()?) as usize)
+        if self.engine == Engine::Cycle && !self.network.is_ideal() {
+            bail!("--latency, --jitter, --loss and --link need --engine event");
         }
-        _ => None,
+        self.network.validate(self.nodes)
+    }
+
+    /// The virtual length of a cycle: the sampler's period (1 s for `connected`).
+    pub fn cycle_length(&self) -> Duration {
+        self.sampler.period().unwrap_or(Duration::from_secs(1))
     }
 }
 
-/// The virtual network: every node's sampler, and who is alive.
+/// Whether a node is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Up,
+    /// Left by churn; may come back.
+    Left,
+    /// Failed in the massive failure; never comes back.
+    Failed,
+}
+
+/// The virtual network: every node's sampler (or attacker), and who is up.
 pub struct Simulation {
     config: SimConfig,
-    ids: Vec<PeerId>,
-    samplers: Vec<Box<dyn PeerSampler>>,
-    alive: Vec<bool>,
+    samplers: Vec<Box<dyn PeerSampler<u32>>>,
+    status: Vec<Status>,
+    /// Bumped when a node leaves or rejoins, so its stale timers are ignored.
+    incarnation: Vec<u32>,
+    byzantine: Vec<bool>,
+    attack: Attack,
+    samples: SampleTally,
     rng: StdRng,
     cycle: u64,
     messages: u64,
 }
 
 impl Simulation {
-    /// Builds the nodes, each knowing `bootstrap_peers` random others.
+    /// Builds the nodes, picks the attackers, and gives each node `bootstrap_peers`
+    /// random others.
     pub fn new(config: SimConfig) -> Result<Simulation> {
         config.validate()?;
+        let n = config.nodes;
         let mut rng = StdRng::seed_from_u64(config.seed);
-        let ids: Vec<PeerId> = (0..config.nodes as u32).map(virtual_peer_id).collect();
-        let mut samplers: Vec<Box<dyn PeerSampler>> = ids
-            .iter()
-            .map(|&id| new_sampler(&config.sampler, id, rng.random()))
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.shuffle(&mut rng);
+        let attackers = (config.byzantine * n as f64).round() as usize;
+        let mut malicious = order[..attackers].to_vec();
+        malicious.sort_unstable();
+        let mut byzantine = vec![false; n];
+        malicious.iter().for_each(|&i| byzantine[i as usize] = true);
+        let honest: Vec<u32> = (0..n as u32).filter(|&i| !byzantine[i as usize]).collect();
+        let attack = Attack::new(&config.sampler, malicious, honest, config.attack_force);
+        let samplers = (0..n as u32)
+            .map(|i| new_sampler(&config.sampler, i, rng.random()))
             .collect();
-        for (i, sampler) in samplers.iter_mut().enumerate() {
-            for _ in 0..config.bootstrap_peers.min(config.nodes - 1) {
-                let mut j = rng.random_range(0..config.nodes - 1);
-                if j >= i {
-                    j += 1;
-                }
-                sampler.handle_peer_connected(ids[j]);
-            }
-        }
-        let alive = vec![true; config.nodes];
-        Ok(Simulation {
-            config,
-            ids,
+        let mut simulation = Simulation {
             samplers,
-            alive,
+            status: vec![Status::Up; n],
+            incarnation: vec![0; n],
+            byzantine,
+            attack,
+            samples: SampleTally::new(n),
             rng,
             cycle: 0,
             messages: 0,
-        })
+            config,
+        };
+        for i in 0..n as u32 {
+            simulation.bootstrap(i);
+        }
+        Ok(simulation)
     }
 
-    /// Runs one cycle.
-    pub fn step(&mut self) {
-        self.cycle += 1;
-        if self.cycle == self.config.fail_at && self.config.fail_fraction > 0.0 {
-            let mut order: Vec<usize> = (0..self.ids.len()).collect();
-            order.shuffle(&mut self.rng);
-            let failing = (self.config.fail_fraction * self.ids.len() as f64).round() as usize;
-            for &i in &order[..failing] {
-                self.alive[i] = false;
+    /// Gives node `i` random peers, among the nodes up.
+    fn bootstrap(&mut self, i: u32) {
+        let n = self.samplers.len();
+        for _ in 0..self.config.bootstrap_peers.min(n - 1) {
+            for _attempt in 0..16 {
+                let j = self.rng.random_range(0..n as u32);
+                if j != i && self.status[j as usize] == Status::Up {
+                    self.samplers[i as usize].handle_peer_connected(j);
+                    break;
+                }
             }
         }
-        let mut order: Vec<usize> = (0..self.ids.len()).filter(|&i| self.alive[i]).collect();
-        order.shuffle(&mut self.rng);
-        let mut queue: VecDeque<(usize, Outgoing)> = VecDeque::new();
-        for i in order {
-            queue.extend(self.samplers[i].handle_tick().into_iter().map(|o| (i, o)));
-            while let Some((from, outgoing)) = queue.pop_front() {
-                self.messages += 1;
-                match virtual_index(&outgoing.to) {
-                    Some(to) if to < self.alive.len() && self.alive[to] => {
-                        let answers =
-                            self.samplers[to].handle_message(self.ids[from], outgoing.message);
-                        queue.extend(answers.into_iter().map(|o| (to, o)));
-                    }
-                    _ => self.samplers[from].handle_peer_unreachable(outgoing.to),
+    }
+
+    fn is_up(&self, i: u32) -> bool {
+        self.status[i as usize] == Status::Up
+    }
+
+    /// Starts cycle `cycle + 1`: churn, then the massive failure if due. Returns the
+    /// nodes that came back (their timers need scheduling).
+    fn begin_cycle(&mut self) -> Vec<u32> {
+        self.cycle += 1;
+        self.samples.cycle_total = 0;
+        self.samples.cycle_byzantine = 0;
+        let mut joined = Vec::new();
+        if self.config.leave_rate > 0.0 || self.config.join_rate > 0.0 {
+            for i in 0..self.samplers.len() {
+                let (status, byzantine) = (self.status[i], self.byzantine[i]);
+                if status == Status::Up
+                    && !byzantine
+                    && self.rng.random_bool(self.config.leave_rate)
+                {
+                    self.status[i] = Status::Left;
+                    self.incarnation[i] += 1;
+                } else if status == Status::Left && self.rng.random_bool(self.config.join_rate) {
+                    joined.push(i as u32);
                 }
+            }
+            for &i in &joined {
+                let seed = self.rng.random();
+                self.samplers[i as usize] = new_sampler(&self.config.sampler, i, seed);
+                self.status[i as usize] = Status::Up;
+                self.incarnation[i as usize] += 1;
+                self.bootstrap(i);
+            }
+        }
+        if self.cycle == self.config.fail_at && self.config.fail_fraction > 0.0 {
+            let mut order: Vec<usize> = (0..self.samplers.len()).collect();
+            order.shuffle(&mut self.rng);
+            let failing = (self.config.fail_fraction * order.len() as f64).round() as usize;
+            for &i in &order[..failing] {
+                self.status[i] = Status::Failed;
+                self.incarnation[i] += 1;
+            }
+            joined.retain(|&i| self.is_up(i));
+        }
+        joined
+    }
+
+    /// Node `i`'s period passed.
+    fn tick(&mut self, i: u32) -> Vec<Outgoing<u32>> {
+        if self.byzantine[i as usize] {
+            return self.attack.tick(i, &mut self.rng);
+        }
+        let out = self.samplers[i as usize].handle_tick();
+        self.collect_samples(i);
+        out
+    }
+
+    /// Node `to` (up) receives `message` from `from`.
+    fn receive(&mut self, from: u32, to: u32, message: SamplingMessage<u32>) -> Vec<Outgoing<u32>> {
+        if self.byzantine[to as usize] {
+            return self
+                .attack
+                .answer(to, from, &message, &mut self.rng)
+                .into_iter()
+                .collect();
+        }
+        let out = self.samplers[to as usize].handle_message(from, message);
+        self.collect_samples(to);
+        out
+    }
+
+    fn collect_samples(&mut self, i: u32) {
+        for sample in self.samplers[i as usize].take_samples() {
+            let malicious = self.byzantine[sample as usize];
+            self.samples.add(sample, malicious);
+        }
+    }
+
+    /// Runs one cycle of the cycle-driven engine.
+    fn step_cycle(&mut self) {
+        self.begin_cycle();
+        let mut order: Vec<u32> = (0..self.samplers.len() as u32)
+            .filter(|&i| self.is_up(i))
+            .collect();
+        order.shuffle(&mut self.rng);
+        let mut queue: VecDeque<(u32, Outgoing<u32>)> = VecDeque::new();
+        for i in order {
+            queue.extend(self.tick(i).into_iter().map(|o| (i, o)));
+            while let Some((from, Outgoing { to, message })) = queue.pop_front() {
+                self.messages += 1;
+                if to as usize >= self.samplers.len() || !self.is_up(to) {
+                    if !self.byzantine[from as usize] {
+                        self.samplers[from as usize].handle_peer_unreachable(to);
+                    }
+                    continue;
+                }
+                let answers = self.receive(from, to, message);
+                queue.extend(answers.into_iter().map(|o| (to, o)));
             }
         }
     }
@@ -164,33 +311,52 @@ impl Simulation {
     /// Metrics of the current views.
     pub fn metrics(&mut self) -> CycleMetrics {
         let costly = self.cycle.is_multiple_of(self.config.costly_metrics_every);
-        let n = self.ids.len();
-        let views: Vec<Vec<usize>> = self
-            .samplers
-            .iter()
-            .map(|s| {
-                s.view()
-                    .iter()
-                    .filter_map(virtual_index)
-                    .filter(|&i| i < n)
-                    .collect()
+        let n = self.samplers.len() as u32;
+        let views: Vec<Vec<u32>> = (0..self.samplers.len())
+            .map(|i| {
+                if self.byzantine[i] || self.status[i] != Status::Up {
+                    return Vec::new();
+                }
+                let mut view = self.samplers[i].view();
+                view.retain(|&j| j < n);
+                view
             })
             .collect();
-        metrics::measure(self.cycle, &views, &self.alive, costly, &mut self.rng)
+        let alive: Vec<bool> = self.status.iter().map(|&s| s == Status::Up).collect();
+        let overlay = Overlay {
+            views: &views,
+            alive: &alive,
+            byzantine: &self.byzantine,
+        };
+        metrics::measure(self.cycle, &overlay, &self.samples, costly, &mut self.rng)
     }
 
-    /// Runs every cycle, writing the CSV header and one row per cycle to `out`.
-    pub fn run(&mut self, out: &mut impl Write, mut progress: impl FnMut(u64)) -> Result<()> {
+    /// Runs every cycle, writing the CSV header and one row per cycle to `out`;
+    /// `progress` is called after every cycle with its metrics.
+    pub fn run(
+        &mut self,
+        out: &mut impl Write,
+        mut progress: impl FnMut(&CycleMetrics),
+    ) -> Result<()> {
         writeln!(out, "{CSV_HEADER}")?;
-        for _ in 0..self.config.cycles {
-            self.step();
-            writeln!(out, "{}", self.metrics().csv_row())?;
-            progress(self.cycle);
+        let mut record = |metrics: CycleMetrics| -> Result<()> {
+            writeln!(out, "{}", metrics.csv_row())?;
+            progress(&metrics);
+            Ok(())
+        };
+        match self.config.engine {
+            Engine::Cycle => {
+                for _ in 0..self.config.cycles {
+                    self.step_cycle();
+                    record(self.metrics())?;
+                }
+            }
+            Engine::Event => events::run(self, &mut record)?,
         }
         Ok(())
     }
 
-    /// Messages delivered or lost so far.
+    /// Messages sent so far (delivered or lost).
     pub fn messages(&self) -> u64 {
         self.messages
     }
@@ -200,7 +366,7 @@ impl Simulation {
 mod tests {
     use super::*;
 
-    fn config(sampler: &str, nodes: usize, seed: u64) -> SimConfig {
+    pub(super) fn config(sampler: &str, nodes: usize, seed: u64) -> SimConfig {
         SimConfig {
             sampler: SamplerConfig::from_name(sampler).unwrap(),
             nodes,
@@ -209,17 +375,32 @@ mod tests {
             bootstrap_peers: 3,
             fail_fraction: 0.5,
             fail_at: 15,
+            leave_rate: 0.0,
+            join_rate: 0.0,
+            byzantine: 0.0,
+            attack_force: 1.0,
+            engine: Engine::Cycle,
+            network: NetworkModel::default(),
             costly_metrics_every: 5,
         }
     }
 
-    fn csv(config: SimConfig) -> String {
+    pub(super) fn csv(config: SimConfig) -> String {
         let mut out = Vec::new();
         Simulation::new(config)
             .unwrap()
             .run(&mut out, |_| {})
             .unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    /// The values of column `name`, one per cycle (NaN for empty cells).
+    pub(super) fn column(csv: &str, name: &str) -> Vec<f64> {
+        let i = CSV_HEADER.split(',').position(|c| c == name).unwrap();
+        csv.lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(i).unwrap().parse().unwrap_or(f64::NAN))
+            .collect()
     }
 
     #[test]
@@ -236,40 +417,89 @@ mod tests {
     #[test]
     fn gbps_overlay_stays_connected_and_heals_after_a_massive_failure() {
         let out = csv(config("gbps", 400, 1));
-        let rows: Vec<Vec<&str>> = out
-            .lines()
-            .skip(1)
-            .map(|l| l.split(',').collect())
-            .collect();
-        let column = |row: &[&str], name: &str| {
-            let i = CSV_HEADER.split(',').position(|c| c == name).unwrap();
-            row[i].parse::<f64>().unwrap()
-        };
-        let before = &rows[13];
-        assert_eq!(column(before, "partitions"), 1.0, "{out}");
-        assert_eq!(
-            column(before, "indegree_mean"),
-            8.0,
-            "every view full (c = 8)"
-        );
-        let just_after = &rows[14];
+        let partitions = column(&out, "partitions");
+        let indegree = column(&out, "indegree_mean");
+        let dead = column(&out, "dead_links");
+        assert_eq!(partitions[13], 1.0, "{out}");
+        assert_eq!(indegree[13], 8.0, "every view full (c = 8): {out}");
+        assert!(dead[14] > 0.2, "half the nodes failed: {out}");
         assert!(
-            column(just_after, "dead_links") > 0.2,
-            "half the nodes failed: {out}"
-        );
-        let last = rows.last().unwrap();
-        assert!(
-            column(last, "dead_links") < column(just_after, "dead_links") / 4.0,
+            dead[29] < dead[14] / 4.0,
             "healer removes dead links: {out}"
         );
-        assert_eq!(column(last, "partitions"), 1.0, "{out}");
+        assert_eq!(partitions[29], 1.0, "{out}");
+        let uniformity = column(&out, "sample_uniformity");
+        assert!(
+            uniformity.iter().all(|u| u.is_finite() && *u >= 0.0),
+            "{out}"
+        );
+        assert!(
+            column(&out, "byz_view_share").iter().all(|v| v.is_nan()),
+            "no attackers"
+        );
     }
 
     #[test]
-    fn virtual_ids_are_stable_and_distinct() {
-        assert_eq!(virtual_peer_id(3), virtual_peer_id(3));
-        assert_ne!(virtual_peer_id(3), virtual_peer_id(4));
-        assert_eq!(virtual_index(&virtual_peer_id(123_456)), Some(123_456));
-        assert_eq!(virtual_index(&PeerId::random()), None);
+    fn attackers_eclipse_gbps_but_not_basalt() {
+        // The Basalt paper's setting, scaled down: 10% attackers pushing 5x, views of 30.
+        let attacked = |sampler: SamplerConfig| {
+            let mut c = config("gbps", 600, 3);
+            c.sampler = sampler;
+            c.fail_fraction = 0.0;
+            c.bootstrap_peers = 30;
+            c.byzantine = 0.1;
+            c.attack_force = 5.0;
+            csv(c)
+        };
+        let gbps = attacked(SamplerConfig::parse_seed_json(
+            r#"{"view_size": 30, "time": 1, "heal": 1, "swap": 14, "selection_policy": "rand", "propagation_policy": "pushpull", "age": 1}"#,
+        ).unwrap());
+        let basalt = attacked(
+            SamplerConfig::parse_seed_json(r#"{"view_size": 30, "time": 1, "refresh": 1}"#)
+                .unwrap(),
+        );
+        assert!(
+            column(&gbps, "byz_view_share")[29] > 0.9,
+            "GBPS is eclipsed: {gbps}"
+        );
+        let views = column(&basalt, "byz_view_share");
+        assert!(
+            views[29] < 0.3 && views[29] < views[0],
+            "Basalt recovers: {basalt}"
+        );
+        let samples = column(&basalt, "byz_sample_share");
+        assert!(
+            samples[29] < 0.2,
+            "Basalt's samples stay close to 10%: {basalt}"
+        );
+        assert_eq!(column(&basalt, "partitions")[29], 1.0, "{basalt}");
+    }
+
+    #[test]
+    fn churn_takes_nodes_away_and_brings_them_back() {
+        let mut c = config("gbps", 300, 5);
+        c.fail_fraction = 0.0;
+        c.leave_rate = 0.05;
+        c.join_rate = 0.5;
+        let out = csv(c);
+        let dead = column(&out, "dead_links");
+        assert!(dead.iter().all(|d| *d > 0.0 && *d < 0.5), "{out}");
+        assert_eq!(column(&out, "partitions")[29], 1.0, "{out}");
+    }
+
+    #[test]
+    fn bad_numbers_are_named() {
+        let mut c = config("gbps", 10, 1);
+        c.byzantine = 1.5;
+        let error = Simulation::new(c).err().unwrap().to_string();
+        assert!(error.contains("--byzantine"), "{error}");
+        let mut c = config("connected", 10, 1);
+        c.byzantine = 0.1;
+        let error = Simulation::new(c).err().unwrap().to_string();
+        assert!(error.contains("gossip sampler"), "{error}");
+        let mut c = config("gbps", 10, 1);
+        c.network.loss = 0.1;
+        let error = Simulation::new(c).err().unwrap().to_string();
+        assert!(error.contains("--engine event"), "{error}");
     }
 }
