@@ -763,3 +763,155 @@ fn inspect_lists_imports_and_exports() {
         );
     }
 }
+
+/// Three nodes on a hand-written static topology: node_2 may send to node_3, but node_3
+/// only receives from node_1. Views follow `can_send_to`; node_3's app never hears
+/// from node_2, whose sends there fail.
+#[test]
+fn static_topology_views_and_receive_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("topology.yaml");
+    std::fs::write(
+        &topology,
+        "topology:\n  nodes:\n    node_1:\n      can_send_to: [node_2, node_3]\n      can_receive_from: [node_2, node_3]\n    node_2:\n      can_send_to: [node_1, node_3]\n      can_receive_from: [node_1]\n    node_3:\n      can_send_to: [node_1]\n      can_receive_from: [node_1]\n",
+    )
+    .unwrap();
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for name in ["node_1", "node_2", "node_3"] {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "context = \"e2e-static\"\ncycles = 12\nperiod = \"250ms\"\nlinger = \"1s\"\n\n[sampler]\nname = \"static\"\ntopology = {:?}\nnode = {name:?}\nperiod = \"100ms\"\n\n[[apps]]\npath = {:?}\nname = \"greet\"\nconfig = \"greet\"\n",
+                topology.display().to_string(),
+                common::guest("hostile.wasm").display().to_string(),
+            ),
+        )
+        .unwrap();
+        let mut args = vec!["--config".to_string(), config.display().to_string()];
+        for earlier in &nodes {
+            args.extend(["--bootstrap".into(), earlier.addr()]);
+        }
+        nodes.push(RunningNode::spawn(
+            &args,
+            dir.path().join(format!("{name}.log")),
+        ));
+    }
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| n.ready["peer_id"].as_str().unwrap().to_string())
+        .collect();
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
+    let summaries: Vec<Value> = nodes.into_iter().map(RunningNode::finish).collect();
+    let views: Vec<Vec<Vec<String>>> = logs.iter().map(|l| logged_views(&read(l))).collect();
+    let expected = [
+        vec![ids[1].clone(), ids[2].clone()],
+        vec![ids[0].clone(), ids[2].clone()],
+        vec![ids[0].clone()],
+    ];
+    for (i, node_views) in views.iter().enumerate() {
+        assert_eq!(
+            node_views.last(),
+            Some(&expected[i]),
+            "node_{}: {node_views:?}",
+            i + 1
+        );
+        assert!(
+            node_views.iter().flatten().all(|p| expected[i].contains(p)),
+            "node_{} saw a peer outside can_send_to: {node_views:?}",
+            i + 1
+        );
+    }
+    let node3_log = read(&logs[2]);
+    assert!(
+        node3_log.contains(&format!("greet got hello from {}", ids[0])),
+        "{node3_log}"
+    );
+    assert!(
+        !node3_log.contains(&format!("greet got hello from {}", ids[1])),
+        "{node3_log}"
+    );
+    assert!(
+        node3_log.contains("not among the peers this node receives from"),
+        "{node3_log}"
+    );
+    let node2 = &summaries[1]["apps"]["greet"];
+    assert!(node2["send_errors"].as_u64().unwrap() > 0, "{node2}");
+    assert_eq!(summaries[2]["sampling"]["algorithm"], "static");
+}
+
+#[test]
+fn topology_generate_writes_the_seeds_yaml_and_simulate_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("random.yaml");
+    let stderr = String::from_utf8(
+        nodemanager()
+            .args(["topology", "generate", "--kind", "random", "--nodes", "40"])
+            .args(["--out-degree", "4", "--seed", "2", "--out"])
+            .arg(&yaml)
+            .output()
+            .unwrap()
+            .stderr,
+    )
+    .unwrap();
+    assert!(stderr.contains("40 nodes written"), "{stderr}");
+    let text = read(&yaml);
+    assert!(
+        text.starts_with("topology:\n  nodes:\n    node_1:\n      can_send_to:"),
+        "{text}"
+    );
+    let csv = dir.path().join("static.csv");
+    run_ok(
+        nodemanager()
+            .args([
+                "simulate",
+                "--sampler",
+                "static",
+                "--cycles",
+                "3",
+                "--topology",
+            ])
+            .arg(&yaml)
+            .arg("--out")
+            .arg(&csv),
+    );
+    let rows: Vec<String> = read(&csv).lines().skip(1).map(String::from).collect();
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows[2].starts_with("3,4.000000,"),
+        "every node keeps its 4 links: {rows:?}"
+    );
+    let csr = common::repo_root().join("tests/fixtures/seed_csr_basalt.json");
+    run_ok(
+        nodemanager()
+            .args(["simulate", "--cycles", "2", "--topology"])
+            .arg(&csr)
+            .arg("--out")
+            .arg(dir.path().join("csr.csv")),
+    );
+    let stderr = run_failing(&[
+        "topology",
+        "generate",
+        "--kind",
+        "ring",
+        "--nodes",
+        "5",
+        "--out-degree",
+        "2",
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(stderr.contains("only apply to --kind random"), "{stderr}");
+    let stderr = run_failing(&[
+        "simulate",
+        "--sampler",
+        "static",
+        "--nodes",
+        "5",
+        "--cycles",
+        "2",
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(stderr.contains("needs --topology"), "{stderr}");
+}

@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
 use nodemanager::config::{parse_duration, AppSpec, NodeConfig, SamplerConfig};
 use nodemanager::node::Node;
 use nodemanager::runtime::{inspect, Runtime};
+use nodemanager::sampling::{StaticConfig, Topology, TopologyKind};
 use nodemanager::sim::{Engine, LinkLatency, NetworkModel, SimConfig, Simulation};
 
 /// Host for peer-to-peer apps written as sandboxed WebAssembly components.
@@ -31,6 +32,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Simulate N nodes running a sampler in one process and write per-cycle metrics (CSV).
     Simulate(SimulateArgs),
+    /// Static topologies for the `static` sampler and `simulate --topology`.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
     /// Compile components into the cache ahead of a run.
     Compile {
         /// Component files.
@@ -51,20 +55,79 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum TopologyCommand {
+    /// Write a topology as the seed's YAML (nodes named node_1 ... node_N).
+    Generate {
+        /// Shape: random, star (node_1 is the hub), ring, full.
+        #[arg(long, value_enum)]
+        kind: TopologyKind,
+        /// Number of nodes.
+        #[arg(long)]
+        nodes: usize,
+        /// Random: every node sends to exactly K others.
+        #[arg(long, value_name = "K", conflicts_with_all = ["min_out_degree", "max_out_degree"])]
+        out_degree: Option<usize>,
+        /// Random: the fewest others a node sends to [default: 1].
+        #[arg(long, value_name = "K")]
+        min_out_degree: Option<usize>,
+        /// Random: the most others a node sends to [default: 3].
+        #[arg(long, value_name = "K")]
+        max_out_degree: Option<usize>,
+        /// Seed of the random choices.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output file (YAML).
+        #[arg(long, value_name = "FILE.yaml")]
+        out: PathBuf,
+    },
+}
+
+fn generate_topology(command: TopologyCommand) -> Result<()> {
+    let TopologyCommand::Generate {
+        kind,
+        nodes,
+        out_degree,
+        min_out_degree,
+        max_out_degree,
+        seed,
+        out,
+    } = command;
+    if kind != TopologyKind::Random
+        && (out_degree.is_some() || min_out_degree.is_some() || max_out_degree.is_some())
+    {
+        bail!("the out-degree options only apply to --kind random");
+    }
+    let degrees = match out_degree {
+        Some(k) => k..=k,
+        None => min_out_degree.unwrap_or(1)..=max_out_degree.unwrap_or(3),
+    };
+    let topology = Topology::generate(kind, nodes, degrees, seed)?;
+    std::fs::write(&out, topology.to_yaml()?)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!("{} nodes written to {}", topology.len(), out.display());
+    Ok(())
+}
+
 #[derive(Args)]
 struct SimulateArgs {
-    /// Sampler every node runs (connected, gbps, brahms, basalt), default parameters.
-    #[arg(long, default_value = "gbps", conflicts_with = "sampler_config")]
-    sampler: String,
+    /// Sampler every node runs (connected, gbps, brahms, basalt, static), default
+    /// parameters [default: the topology file's, else gbps].
+    #[arg(long, conflicts_with = "sampler_config")]
+    sampler: Option<String>,
     /// Sampler settings as the seed's `.create(path)` writes them (JSON).
     #[arg(long, value_name = "FILE.json")]
     sampler_config: Option<PathBuf>,
-    /// Number of nodes.
-    #[arg(long)]
-    nodes: usize,
+    /// Number of nodes [default: the topology's].
+    #[arg(long, required_unless_present = "topology")]
+    nodes: Option<usize>,
     /// Number of cycles.
     #[arg(long)]
     cycles: u64,
+    /// Initial links (and the static sampler's for good): the seed's topology YAML or
+    /// CSR JSON; node i is node_{i+1}.
+    #[arg(long, value_name = "FILE")]
+    topology: Option<PathBuf>,
     /// Seed of every random choice: same seed, same CSV, byte for byte.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -114,9 +177,32 @@ struct SimulateArgs {
 }
 
 fn simulate(args: SimulateArgs) -> Result<()> {
-    let sampler = match &args.sampler_config {
-        Some(path) => SamplerConfig::from_seed_json(path)?,
-        None => SamplerConfig::from_name(&args.sampler)?,
+    let topology = args
+        .topology
+        .as_deref()
+        .map(Topology::from_file)
+        .transpose()?
+        .map(Arc::new);
+    let sampler = match (&args.sampler_config, args.sampler.as_deref(), &topology) {
+        (Some(path), _, _) => SamplerConfig::from_seed_json(path)?,
+        (None, Some("static"), _) => SamplerConfig::Static(StaticConfig {
+            topology: args
+                .topology
+                .clone()
+                .context("--sampler static needs --topology FILE")?,
+            node: None,
+            period: Duration::from_secs(1),
+        }),
+        (None, Some(name), _) => SamplerConfig::from_name(name)?,
+        (None, None, topology) => match topology.as_ref().and_then(|t| t.sampler()) {
+            Some(sampler) => sampler.clone(),
+            None => SamplerConfig::from_name("gbps")?,
+        },
+    };
+    let nodes = match (args.nodes, &topology) {
+        (Some(n), _) => n,
+        (None, Some(topology)) => topology.len(),
+        (None, None) => bail!("--nodes is needed without --topology"),
     };
     let network = NetworkModel {
         latency: args.latency,
@@ -131,10 +217,11 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     });
     let config = SimConfig {
         sampler,
-        nodes: args.nodes,
+        nodes,
         cycles: args.cycles,
         seed: args.seed,
         bootstrap_peers: args.bootstrap_peers,
+        topology,
         fail_fraction: args.fail_fraction,
         fail_at: args.fail_at,
         leave_rate: args.leave_rate,
@@ -160,7 +247,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     out.flush()?;
     eprintln!(
         "simulated {} nodes x {} cycles, {} messages, in {:.2?}; metrics in {}",
-        args.nodes,
+        nodes,
         args.cycles,
         simulation.messages(),
         started.elapsed(),
@@ -239,6 +326,12 @@ struct RunArgs {
     /// Sampler settings as the seed's `Gbps(...).create(path)` writes them (JSON).
     #[arg(long, value_name = "FILE.json")]
     sampler_config: Option<PathBuf>,
+    /// Static topology (the seed's YAML or CSR JSON): selects the static sampler.
+    #[arg(long, value_name = "FILE", conflicts_with = "sampler_config")]
+    topology: Option<PathBuf>,
+    /// This node's name in --topology (e.g. node_2).
+    #[arg(long, value_name = "NAME")]
+    topology_node: Option<String>,
     /// Folder of compiled components.
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -269,8 +362,25 @@ impl RunArgs {
         if let Some(dir) = self.cache_dir {
             config.cache_dir = Some(dir);
         }
-        if let Some(name) = self.sampler {
-            config.sampler = SamplerConfig::from_name(&name)?;
+        match (self.sampler.as_deref(), self.topology, self.topology_node) {
+            (Some("static"), Some(topology), Some(node)) | (None, Some(topology), Some(node)) => {
+                config.sampler = SamplerConfig::Static(StaticConfig {
+                    topology,
+                    node: Some(node),
+                    period: Duration::from_secs(1),
+                });
+            }
+            (_, Some(_), None) | (_, None, Some(_)) => {
+                bail!("--topology and --topology-node go together")
+            }
+            (Some("static"), None, None) => {
+                bail!("--sampler static needs --topology FILE and --topology-node NAME")
+            }
+            (Some(_), Some(_), Some(_)) => {
+                bail!("--topology and --topology-node select the static sampler; drop --sampler")
+            }
+            (Some(name), None, None) => config.sampler = SamplerConfig::from_name(name)?,
+            (None, None, None) => {}
         }
         if let Some(path) = self.sampler_config {
             config.sampler = SamplerConfig::from_seed_json(&path)?;
@@ -402,6 +512,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(*args).map(|()| true),
         Command::Simulate(args) => simulate(args).map(|()| true),
+        Command::Topology(command) => generate_topology(command).map(|()| true),
         Command::Compile { paths, cache } => compile(&paths, &cache).map(|()| true),
         Command::Inspect { path, json, cache } => inspect_command(&path, json, &cache),
     };

@@ -172,7 +172,7 @@ impl Node {
         let sampler_seed = config
             .seed
             .map_or_else(rand::random, |seed| app_seed(seed, "\0sampler"));
-        let sampler = sampling::new_sampler(&config.sampler, peer_id, sampler_seed);
+        let sampler = sampling::new_sampler(&config.sampler, peer_id, sampler_seed)?;
         let sampling_out = config
             .sampling_out
             .as_deref()
@@ -504,7 +504,13 @@ impl Node {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    let answer = deliver(running, peer, request);
+                    let answer = if self.sampler.admits(peer) {
+                        deliver(running, peer, request)
+                    } else {
+                        Err(format!(
+                            "{peer} is not among the peers this node receives from (static topology)"
+                        ))
+                    };
                     if let Err(reason) = &answer {
                         tracing::warn!(peer = %peer, "refused a message: {reason}");
                     }

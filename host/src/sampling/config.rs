@@ -1,14 +1,14 @@
 //! Sampler settings: the `[sampler]` table of the node TOML, or the JSON file the seed's
 //! `Gbps(...).create(path)` writes, accepted as it is.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 
 /// The sampler names a config may give.
-pub const KNOWN_SAMPLERS: [&str; 4] = ["connected", "gbps", "brahms", "basalt"];
+pub const KNOWN_SAMPLERS: [&str; 5] = ["connected", "gbps", "brahms", "basalt", "static"];
 
 /// Which sampler makes the view, with its parameters (`name = "..."` selects it).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -23,6 +23,28 @@ pub enum SamplerConfig {
     Brahms(BrahmsConfig),
     /// Byzantine-tolerant sampling (Auvolat et al., Middleware 2023).
     Basalt(BasaltConfig),
+    /// A fixed neighbour list from a topology file.
+    Static(StaticConfig),
+}
+
+/// The `static` sampler: `topology` file (the seed's YAML or CSR JSON) and this node's
+/// name in it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// The topology file.
+    pub topology: PathBuf,
+    /// This node's name in it (required by `nodemanager run`; the simulator names
+    /// node i `node_{i+1}`).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Time between ticks (introductions to new peers go out on ticks).
+    #[serde(with = "crate::config::duration", default = "one_second")]
+    pub period: Duration,
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// Brahms parameters, in the paper's terms: view l1, samplers l2, shares α, β (γ = 1 − α − β).
@@ -226,6 +248,7 @@ impl SamplerConfig {
             SamplerConfig::Gbps(_) => "gbps",
             SamplerConfig::Brahms(_) => "brahms",
             SamplerConfig::Basalt(_) => "basalt",
+            SamplerConfig::Static(_) => "static",
         }
     }
 
@@ -236,6 +259,10 @@ impl SamplerConfig {
             SamplerConfig::Gbps(gbps) => gbps.validate(),
             SamplerConfig::Brahms(brahms) => brahms.validate(),
             SamplerConfig::Basalt(basalt) => basalt.validate(),
+            SamplerConfig::Static(fixed) if fixed.period.is_zero() => {
+                bail!("static period must be greater than zero")
+            }
+            SamplerConfig::Static(_) => Ok(()),
         }
     }
 
@@ -246,6 +273,7 @@ impl SamplerConfig {
             SamplerConfig::Gbps(gbps) => Some(gbps.period),
             SamplerConfig::Brahms(brahms) => Some(brahms.period),
             SamplerConfig::Basalt(basalt) => Some(basalt.period),
+            SamplerConfig::Static(fixed) => Some(fixed.period),
         }
     }
 

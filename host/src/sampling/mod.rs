@@ -10,18 +10,24 @@ mod brahms;
 mod config;
 mod connected;
 mod gbps;
+mod static_view;
+mod topology;
 
 pub use basalt::{Basalt, BasaltMessage};
 pub use brahms::{Brahms, BrahmsMessage};
 pub use config::{
-    BasaltConfig, BrahmsConfig, GbpsConfig, Propagation, SamplerConfig, Selection, KNOWN_SAMPLERS,
+    BasaltConfig, BrahmsConfig, GbpsConfig, Propagation, SamplerConfig, Selection, StaticConfig,
+    KNOWN_SAMPLERS,
 };
 pub use connected::Connected;
 pub use gbps::{Descriptor, Gbps, GbpsMessage};
+pub use static_view::{StaticMessage, StaticView, MAX_NODE_NAME};
+pub use topology::{Neighbours, Topology, TopologyKind};
 
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
 
+use anyhow::{Context as _, Result};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use siphasher::sip::SipHasher13;
@@ -74,6 +80,8 @@ pub enum SamplingMessage<I = PeerId> {
     Brahms(BrahmsMessage<I>),
     /// A Basalt exchange.
     Basalt(BasaltMessage<I>),
+    /// A static topology's introduction.
+    Static(StaticMessage),
 }
 
 impl<I: NodeId> SamplingMessage<I> {
@@ -85,6 +93,7 @@ impl<I: NodeId> SamplingMessage<I> {
             SamplingMessage::Basalt(BasaltMessage::Pull) => Vec::new(),
             SamplingMessage::Brahms(BrahmsMessage::Reply { peers }) => peers.clone(),
             SamplingMessage::Brahms(BrahmsMessage::Push | BrahmsMessage::Pull) => Vec::new(),
+            SamplingMessage::Static(_) => Vec::new(),
         }
     }
 }
@@ -117,16 +126,34 @@ pub trait PeerSampler<I: NodeId = PeerId>: Send {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// Whether apps may receive messages from `peer` (a static topology's
+    /// `can_receive_from`; every peer otherwise).
+    fn admits(&self, _peer: I) -> bool {
+        true
+    }
 }
 
-/// Builds the sampler `config` describes for node `me`, its randomness drawn from `seed`.
-pub fn new_sampler<I: NodeId>(config: &SamplerConfig, me: I, seed: u64) -> Box<dyn PeerSampler<I>> {
-    match config {
+/// Builds the sampler `config` describes for node `me`, its randomness drawn from `seed`
+/// (a `static` one reads its topology file).
+pub fn new_sampler<I: NodeId>(
+    config: &SamplerConfig,
+    me: I,
+    seed: u64,
+) -> Result<Box<dyn PeerSampler<I>>> {
+    Ok(match config {
         SamplerConfig::Connected => Box::new(Connected::default()),
         SamplerConfig::Gbps(gbps) => Box::new(Gbps::new(me, gbps.clone(), seed)),
         SamplerConfig::Brahms(brahms) => Box::new(Brahms::new(me, brahms.clone(), seed)),
         SamplerConfig::Basalt(basalt) => Box::new(Basalt::new(me, basalt.clone(), seed)),
-    }
+        SamplerConfig::Static(fixed) => {
+            let node = fixed
+                .node
+                .as_deref()
+                .context("the static sampler needs `node`: this node's name in the topology")?;
+            let neighbours = Topology::from_file(&fixed.topology)?.neighbours(node)?;
+            Box::new(StaticView::new(me, neighbours))
+        }
+    })
 }
 
 /// Checks what every sampler promises of its view: at most `capacity` peers, no

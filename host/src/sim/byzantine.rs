@@ -60,7 +60,7 @@ impl Attack {
                     SamplerConfig::Basalt(basalt) => SamplingMessage::Basalt(BasaltMessage::View {
                         peers: self.forged_ids(basalt.view_size, me, rng),
                     }),
-                    SamplerConfig::Connected => return None,
+                    SamplerConfig::Connected | SamplerConfig::Static(_) => return None,
                 };
                 Some(Outgoing { to, message })
             })

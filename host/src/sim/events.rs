@@ -245,7 +245,7 @@ pub(super) fn run(
     }
     for cycle in 1..=sim.config.cycles {
         let start = (cycle - 1) * engine.period;
-        for node in sim.begin_cycle() {
+        for node in sim.begin_cycle()? {
             engine.schedule_tick(sim, node, start);
         }
         let end = cycle * engine.period;

@@ -17,6 +17,10 @@
 //! peers, with probability `join_rate`), then the massive failure if it is due (failed
 //! nodes never come back). Byzantine nodes ([`byzantine`]) never leave. Metrics are
 //! taken at the end of every cycle.
+//!
+//! Each node starts knowing `bootstrap_peers` random others, or, given a topology, its
+//! `can_send_to` nodes (a link is a connection, so both ends learn each other). The
+//! `static` sampler needs a topology; node i is its `node_{i+1}`.
 
 mod byzantine;
 mod events;
@@ -28,6 +32,7 @@ pub use metrics::{CycleMetrics, Overlay, SampleTally, CSV_HEADER};
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -35,7 +40,9 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
-use crate::sampling::{new_sampler, Outgoing, PeerSampler, SamplerConfig, SamplingMessage};
+use crate::sampling::{
+    new_sampler, Outgoing, PeerSampler, SamplerConfig, SamplingMessage, StaticView, Topology,
+};
 
 /// Which engine runs the simulation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,8 +64,10 @@ pub struct SimConfig {
     pub cycles: u64,
     /// Seed of every random choice (same seed, same output).
     pub seed: u64,
-    /// Random peers each node knows at start (and when it rejoins).
+    /// Random peers each node knows at start (and when it rejoins), without a topology.
     pub bootstrap_peers: usize,
+    /// Who knows whom at start (and for the `static` sampler, for good).
+    pub topology: Option<Arc<Topology>>,
     /// Fraction of the nodes that fail at once at cycle `fail_at`.
     pub fail_fraction: f64,
     /// The cycle of the massive failure.
@@ -111,8 +120,27 @@ impl SimConfig {
                 self.attack_force
             );
         }
-        if self.byzantine > 0.0 && matches!(self.sampler, SamplerConfig::Connected) {
-            bail!("--byzantine needs a gossip sampler (gbps, brahms or basalt), not connected");
+        if self.byzantine > 0.0
+            && matches!(
+                self.sampler,
+                SamplerConfig::Connected | SamplerConfig::Static(_)
+            )
+        {
+            bail!(
+                "--byzantine needs a gossip sampler (gbps, brahms or basalt), not {}",
+                self.sampler.name()
+            );
+        }
+        match &self.topology {
+            Some(topology) if topology.len() != self.nodes => bail!(
+                "the topology has {} nodes but --nodes is {}",
+                topology.len(),
+                self.nodes
+            ),
+            None if matches!(self.sampler, SamplerConfig::Static(_)) => {
+                bail!("the static sampler needs a topology (--topology FILE)")
+            }
+            _ => {}
         }
         if self.bootstrap_peers == 0 {
             bail!("--bootstrap-peers must be at least 1");
@@ -173,9 +201,10 @@ impl Simulation {
         malicious.iter().for_each(|&i| byzantine[i as usize] = true);
         let honest: Vec<u32> = (0..n as u32).filter(|&i| !byzantine[i as usize]).collect();
         let attack = Attack::new(&config.sampler, malicious, honest, config.attack_force);
-        let samplers = (0..n as u32)
-            .map(|i| new_sampler(&config.sampler, i, rng.random()))
-            .collect();
+        let mut samplers = Vec::with_capacity(n);
+        for i in 0..n as u32 {
+            samplers.push(build_sampler(&config, i, rng.random())?);
+        }
         let mut simulation = Simulation {
             samplers,
             status: vec![Status::Up; n],
@@ -194,8 +223,17 @@ impl Simulation {
         Ok(simulation)
     }
 
-    /// Gives node `i` random peers, among the nodes up.
+    /// Gives node `i` its topology links, or random peers, among the nodes up.
     fn bootstrap(&mut self, i: u32) {
+        if let Some(topology) = self.config.topology.clone() {
+            for &j in topology.send_to(i as usize) {
+                if self.is_up(j) {
+                    self.samplers[i as usize].handle_peer_connected(j);
+                    self.samplers[j as usize].handle_peer_connected(i);
+                }
+            }
+            return;
+        }
         let n = self.samplers.len();
         for _ in 0..self.config.bootstrap_peers.min(n - 1) {
             for _attempt in 0..16 {
@@ -214,7 +252,7 @@ impl Simulation {
 
     /// Starts cycle `cycle + 1`: churn, then the massive failure if due. Returns the
     /// nodes that came back (their timers need scheduling).
-    fn begin_cycle(&mut self) -> Vec<u32> {
+    fn begin_cycle(&mut self) -> Result<Vec<u32>> {
         self.cycle += 1;
         self.samples.cycle_total = 0;
         self.samples.cycle_byzantine = 0;
@@ -234,7 +272,7 @@ impl Simulation {
             }
             for &i in &joined {
                 let seed = self.rng.random();
-                self.samplers[i as usize] = new_sampler(&self.config.sampler, i, seed);
+                self.samplers[i as usize] = build_sampler(&self.config, i, seed)?;
                 self.status[i as usize] = Status::Up;
                 self.incarnation[i as usize] += 1;
                 self.bootstrap(i);
@@ -250,7 +288,7 @@ impl Simulation {
             }
             joined.retain(|&i| self.is_up(i));
         }
-        joined
+        Ok(joined)
     }
 
     /// Node `i`'s period passed.
@@ -285,8 +323,8 @@ impl Simulation {
     }
 
     /// Runs one cycle of the cycle-driven engine.
-    fn step_cycle(&mut self) {
-        self.begin_cycle();
+    fn step_cycle(&mut self) -> Result<()> {
+        self.begin_cycle()?;
         let mut order: Vec<u32> = (0..self.samplers.len() as u32)
             .filter(|&i| self.is_up(i))
             .collect();
@@ -306,6 +344,7 @@ impl Simulation {
                 queue.extend(answers.into_iter().map(|o| (to, o)));
             }
         }
+        Ok(())
     }
 
     /// Metrics of the current views.
@@ -347,7 +386,7 @@ impl Simulation {
         match self.config.engine {
             Engine::Cycle => {
                 for _ in 0..self.config.cycles {
-                    self.step_cycle();
+                    self.step_cycle()?;
                     record(self.metrics())?;
                 }
             }
@@ -362,6 +401,17 @@ impl Simulation {
     }
 }
 
+/// Node `i`'s sampler: a `static` one from the topology, any other from its config.
+fn build_sampler(config: &SimConfig, i: u32, seed: u64) -> Result<Box<dyn PeerSampler<u32>>> {
+    match (&config.sampler, &config.topology) {
+        (SamplerConfig::Static(_), Some(topology)) => Ok(Box::new(StaticView::new(
+            i,
+            topology.neighbours_of(i as usize),
+        ))),
+        (sampler, _) => new_sampler(sampler, i, seed),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +423,7 @@ mod tests {
             cycles: 30,
             seed,
             bootstrap_peers: 3,
+            topology: None,
             fail_fraction: 0.5,
             fail_at: 15,
             leave_rate: 0.0,

@@ -7,9 +7,11 @@
 //! - `fs`: try to read and create files; succeeds only if both fail (no preopens);
 //! - `env`: succeeds only if the app sees no environment variables and no args;
 //! - `print`: write to stdout and stderr (they must land in the node log);
-//! - `calm`: behave (log each cycle with the view it was given).
+//! - `calm`: behave (log each cycle with the view it was given);
+//! - `greet`: as `calm`, and send `hello` to every peer of the view each cycle, logging
+//!   what arrives (`greet got hello from <peer>`).
 
-use nodemanager_guest::{export_app, log_info, App};
+use nodemanager_guest::{export_app, host, log_info, App};
 
 struct Hostile {
     mode: String,
@@ -19,7 +21,7 @@ struct Hostile {
 impl App for Hostile {
     fn init(config: &str) -> Result<Self, String> {
         match config {
-            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" => {
+            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" => {
                 Ok(Hostile { mode: config.to_string(), cycles: 0 })
             }
             other => Err(format!("unknown hostile mode {other:?}")),
@@ -68,14 +70,21 @@ impl App for Hostile {
                 eprint!("a last line without newline");
                 Ok(())
             }
-            _ => {
+            mode => {
                 log_info(&format!("calm cycle {} view={}", self.cycles, view.join(",")));
+                if mode == "greet" {
+                    for peer in &view {
+                        host::send_message(peer, b"hello", 5_000)
+                            .map_err(|e| format!("send to {peer} failed: {e:?}"))?;
+                    }
+                }
                 Ok(())
             }
         }
     }
 
-    fn handle_message(&mut self, _from: String, _payload: Vec<u8>) -> Result<(), String> {
+    fn handle_message(&mut self, from: String, payload: Vec<u8>) -> Result<(), String> {
+        log_info(&format!("greet got {} from {from}", String::from_utf8_lossy(&payload)));
         Ok(())
     }
 }
