@@ -570,8 +570,11 @@ fn simulate_attacks_churn_and_latency_fill_every_column() {
                 "0-1=300ms",
             ])
             .args(["--costly-metrics-every", "4", "--out"])
-            .arg(&out),
+            .arg(&out)
+            .arg("--plot")
+            .arg(dir.path().join("attack.svg")),
     );
+    assert!(read(&dir.path().join("attack.svg")).contains("Byzantine in views"));
     let csv = read(&out);
     let rows: Vec<Vec<&str>> = csv
         .lines()

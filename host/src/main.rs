@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
 use nodemanager::config::{parse_duration, AppSpec, NodeConfig, SamplerConfig};
 use nodemanager::node::Node;
@@ -174,6 +175,27 @@ struct SimulateArgs {
     /// CSV output file.
     #[arg(long, value_name = "FILE.csv")]
     out: PathBuf,
+    /// Also draw the main metrics per cycle to this PNG or SVG file.
+    #[arg(long, value_name = "FILE.png|FILE.svg")]
+    plot: Option<PathBuf>,
+}
+
+/// What the plot title says about the run's sampler and attack.
+fn simulation_label(args: &SimulateArgs) -> String {
+    let sampler = match (&args.sampler_config, &args.sampler) {
+        (Some(path), _) => path.display().to_string(),
+        (None, Some(name)) => name.clone(),
+        (None, None) => "gbps".into(),
+    };
+    if args.byzantine > 0.0 {
+        format!(
+            "{sampler}, {:.0}% Byzantine x{}",
+            args.byzantine * 100.0,
+            args.attack_force
+        )
+    } else {
+        sampler
+    }
 }
 
 fn simulate(args: SimulateArgs) -> Result<()> {
@@ -208,7 +230,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         latency: args.latency,
         jitter: args.jitter,
         loss: args.loss,
-        links: args.links,
+        links: args.links.clone(),
     };
     let engine = args.engine.unwrap_or(if network.is_ideal() {
         Engine::Cycle
@@ -237,14 +259,40 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     let file = std::fs::File::create(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut out = std::io::BufWriter::new(file);
+    let title = format!(
+        "{} nodes, {}, seed {}",
+        nodes,
+        simulation_label(&args),
+        args.seed
+    );
+    let bar = ProgressBar::new(args.cycles).with_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] cycle {pos}/{len} eta {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    // Without a terminal the bar is hidden: say where the run is every 10%.
     let step = (args.cycles / 10).max(1);
+    let mut rows = Vec::new();
     simulation.run(&mut out, |metrics| {
-        let cycle = metrics.cycle;
-        if cycle % step == 0 {
-            eprintln!("cycle {cycle}/{} ({:.1?})", args.cycles, started.elapsed());
+        bar.inc(1);
+        if bar.is_hidden() && metrics.cycle % step == 0 {
+            eprintln!(
+                "cycle {}/{} ({:.1?})",
+                metrics.cycle,
+                args.cycles,
+                started.elapsed()
+            );
+        }
+        if args.plot.is_some() {
+            rows.push(metrics.clone());
         }
     })?;
+    bar.finish_and_clear();
     out.flush()?;
+    if let Some(path) = &args.plot {
+        nodemanager::sim::plot(&rows, path, &title)?;
+        eprintln!("plot in {}", path.display());
+    }
     eprintln!(
         "simulated {} nodes x {} cycles, {} messages, in {:.2?}; metrics in {}",
         nodes,

@@ -25,10 +25,12 @@
 mod byzantine;
 mod events;
 mod metrics;
+mod plot;
 
 pub use byzantine::Attack;
 pub use events::{LinkLatency, NetworkModel};
 pub use metrics::{CycleMetrics, Overlay, SampleTally, CSV_HEADER};
+pub use plot::plot;
 
 use std::collections::VecDeque;
 use std::io::Write;

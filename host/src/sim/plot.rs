@@ -1,0 +1,221 @@
+//! `simulate --plot FILE.png|FILE.svg`: the main metrics per cycle, one panel each.
+//!
+//! Text is drawn with DejaVu Sans, read at run time (`scripts/setup` installs the
+//! Debian package `fonts-dejavu-core`; `NODEMANAGER_FONT` names another TTF file).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::CycleMetrics;
+
+/// Where the font is looked for when `NODEMANAGER_FONT` is not set.
+const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+/// The family name the font is registered under.
+const FAMILY: &str = "sans-serif";
+
+/// Registers the font once per process.
+fn load_font() -> Result<()> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    LOADED
+        .get_or_init(|| {
+            let path = std::env::var_os("NODEMANAGER_FONT")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| DEFAULT_FONT.into());
+            let bytes = std::fs::read(&path).map_err(|e| {
+                format!(
+                    "--plot needs a TrueType font: cannot read {} ({e}); install fonts-dejavu-core or set NODEMANAGER_FONT",
+                    path.display()
+                )
+            })?;
+            plotters::style::register_font(FAMILY, FontStyle::Normal, Vec::leak(bytes))
+                .map_err(|_| format!("{} is not a TrueType font", path.display()))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// A named series of (cycle, value) points; cycles without a value are skipped.
+struct Series {
+    name: &'static str,
+    points: Vec<(f64, f64)>,
+}
+
+fn series(
+    rows: &[CycleMetrics],
+    name: &'static str,
+    value: impl Fn(&CycleMetrics) -> Option<f64>,
+) -> Series {
+    Series {
+        name,
+        points: rows
+            .iter()
+            .filter_map(|r| value(r).map(|v| (r.cycle as f64, v)))
+            .collect(),
+    }
+}
+
+/// Draws `rows` to `path` (PNG or SVG, by extension), titled `title`.
+pub fn plot(rows: &[CycleMetrics], path: &Path, title: &str) -> Result<()> {
+    if rows.is_empty() {
+        bail!("--plot: no cycle to draw");
+    }
+    let size = (1400, 1200);
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("png") => {
+            load_font()?;
+            draw(
+                BitMapBackend::new(path, size).into_drawing_area(),
+                rows,
+                title,
+            )
+        }
+        Some("svg") => {
+            load_font()?;
+            draw(SVGBackend::new(path, size).into_drawing_area(), rows, title)
+        }
+        _ => bail!(
+            "--plot {}: the file name must end in .png or .svg",
+            path.display()
+        ),
+    }
+    .with_context(|| format!("cannot draw {}", path.display()))
+}
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    rows: &[CycleMetrics],
+    title: &str,
+) -> Result<()> {
+    let error = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e}");
+    root.fill(&WHITE).map_err(error)?;
+    let root = root.titled(title, (FAMILY, 28)).map_err(error)?;
+    let panels = root.split_evenly((3, 2));
+    let groups = [
+        (
+            "In-degree",
+            vec![
+                series(rows, "mean", |r| Some(r.indegree_mean)),
+                series(rows, "std", |r| Some(r.indegree_std)),
+                series(rows, "max", |r| Some(r.indegree_max as f64)),
+            ],
+        ),
+        (
+            "Shares of view entries and samples",
+            vec![
+                series(rows, "dead links", |r| Some(r.dead_links)),
+                series(rows, "Byzantine in views", |r| r.byz_view_share),
+                series(rows, "Byzantine in samples", |r| r.byz_sample_share),
+            ],
+        ),
+        (
+            "Clustering coefficient",
+            vec![series(rows, "clustering", |r| r.clustering)],
+        ),
+        (
+            "Average shortest path",
+            vec![series(rows, "avg path", |r| r.avg_path)],
+        ),
+        (
+            "Partitions",
+            vec![series(rows, "partitions", |r| Some(r.partitions as f64))],
+        ),
+        (
+            "Sample uniformity (KL from uniform, bits)",
+            vec![series(rows, "KL", |r| r.sample_uniformity)],
+        ),
+    ];
+    let last_cycle = rows.last().map_or(1.0, |r| r.cycle as f64).max(1.0);
+    for (panel, (caption, all)) in panels.iter().zip(groups) {
+        let drawn: Vec<Series> = all.into_iter().filter(|s| !s.points.is_empty()).collect();
+        let top = drawn
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .fold(0.0f64, f64::max);
+        let top = if top > 0.0 { top * 1.1 } else { 1.0 };
+        let mut chart = ChartBuilder::on(panel)
+            .caption(caption, (FAMILY, 20))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..last_cycle, 0.0..top)
+            .map_err(error)?;
+        chart
+            .configure_mesh()
+            .x_desc("cycle")
+            .label_style((FAMILY, 14))
+            .draw()
+            .map_err(error)?;
+        if drawn.is_empty() {
+            continue;
+        }
+        for (i, s) in drawn.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(error)?
+                .label(s.name)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FAMILY, 14))
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(error)?;
+    }
+    root.present().map_err(error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows() -> Vec<CycleMetrics> {
+        (1..=5)
+            .map(|cycle| CycleMetrics {
+                cycle,
+                indegree_mean: 8.0,
+                indegree_std: 1.0 / cycle as f64,
+                indegree_max: 10,
+                clustering: (cycle % 2 == 0).then_some(0.1),
+                avg_path: (cycle % 2 == 0).then_some(2.5),
+                partitions: 1,
+                dead_links: 0.0,
+                byz_view_share: Some(0.1),
+                byz_sample_share: None,
+                sample_uniformity: Some(0.5 / cycle as f64),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn draws_png_and_svg_and_refuses_other_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let svg = dir.path().join("m.svg");
+        plot(&rows(), &svg, "test").unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(
+            text.contains("<svg") && text.contains("In-degree"),
+            "{text}"
+        );
+        let png = dir.path().join("m.png");
+        plot(&rows(), &png, "test").unwrap();
+        assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
+        let error = plot(&rows(), &dir.path().join("m.pdf"), "test").unwrap_err();
+        assert!(
+            error.to_string().contains("must end in .png or .svg"),
+            "{error}"
+        );
+    }
+}
