@@ -245,6 +245,10 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
         self.view.clone()
     }
 
+    fn view_into(&self, out: &mut Vec<I>) {
+        out.extend_from_slice(&self.view);
+    }
+
     fn take_samples(&mut self) -> Vec<I> {
         std::mem::take(&mut self.emitted)
     }

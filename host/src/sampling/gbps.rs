@@ -240,6 +240,10 @@ impl<I: NodeId> PeerSampler<I> for Gbps<I> {
         self.view.iter().map(|d| d.peer).collect()
     }
 
+    fn view_into(&self, out: &mut Vec<I>) {
+        out.extend(self.view.iter().map(|d| d.peer));
+    }
+
     fn take_samples(&mut self) -> Vec<I> {
         std::mem::take(&mut self.samples)
     }

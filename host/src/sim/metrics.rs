@@ -64,10 +64,50 @@ impl CycleMetrics {
     }
 }
 
+/// Every node's view, in one flat array (compressed sparse rows).
+#[derive(Clone, Debug, Default)]
+pub struct Views {
+    offsets: Vec<usize>,
+    targets: Vec<u32>,
+}
+
+impl Views {
+    /// No views yet, room for `nodes` of about `view_size` entries.
+    pub fn with_capacity(nodes: usize, view_size: usize) -> Views {
+        let mut offsets = Vec::with_capacity(nodes + 1);
+        offsets.push(0);
+        Views {
+            offsets,
+            targets: Vec::with_capacity(nodes * view_size),
+        }
+    }
+
+    /// Appends the next node's view with `fill`, which pushes its entries.
+    pub fn push_with(&mut self, fill: impl FnOnce(&mut Vec<u32>)) {
+        fill(&mut self.targets);
+        self.offsets.push(self.targets.len());
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Whether there is no node.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Node `i`'s view.
+    pub fn of(&self, i: usize) -> &[u32] {
+        &self.targets[self.offsets[i]..self.offsets[i + 1]]
+    }
+}
+
 /// The overlay at one instant: who points to whom, who is up, who is an attacker.
 pub struct Overlay<'a> {
-    /// `views[i]`: the nodes node `i` points to (empty for attackers).
-    pub views: &'a [Vec<u32>],
+    /// Who each node points to (nobody, for attackers).
+    pub views: &'a Views,
     /// Whether each node is up.
     pub alive: &'a [bool],
     /// Whether each node is Byzantine.
@@ -153,7 +193,7 @@ pub fn measure(
     let (mut links, mut dead, mut malicious) = (0usize, 0usize, 0usize);
     let mut parent: Vec<u32> = (0..n as u32).collect();
     for &i in &live {
-        for &j in &views[i] {
+        for &j in views.of(i) {
             let j = j as usize;
             links += 1;
             if byzantine[j] {
@@ -218,10 +258,11 @@ pub fn measure(
 }
 
 /// Sorted, deduplicated undirected neighbour lists among the nodes `keep` accepts.
-fn undirected(views: &[Vec<u32>], keep: &impl Fn(usize) -> bool) -> Vec<Vec<usize>> {
+fn undirected(views: &Views, keep: &impl Fn(usize) -> bool) -> Vec<Vec<usize>> {
     let mut neighbours = vec![Vec::new(); views.len()];
-    for (i, view) in views.iter().enumerate().filter(|(i, _)| keep(*i)) {
-        for j in view
+    for i in (0..views.len()).filter(|&i| keep(i)) {
+        for j in views
+            .of(i)
             .iter()
             .map(|&j| j as usize)
             .filter(|&j| keep(j) && j != i)
@@ -300,10 +341,18 @@ mod tests {
 
     use super::*;
 
+    fn views(lists: &[&[u32]]) -> Views {
+        let mut views = Views::with_capacity(lists.len(), 2);
+        for list in lists {
+            views.push_with(|out| out.extend_from_slice(list));
+        }
+        views
+    }
+
     #[test]
     fn metrics_of_a_hand_built_overlay() {
         // 0 -> 1, 1 -> 2, 2 -> 0 (a triangle), 3 -> 4 (a second component), 4 -> 5 (dead).
-        let views = vec![vec![1], vec![2], vec![0], vec![4], vec![5], vec![]];
+        let views = views(&[&[1], &[2], &[0], &[4], &[5], &[]]);
         let alive = vec![true, true, true, true, true, false];
         let byzantine = vec![false; 6];
         let overlay = Overlay {
@@ -330,7 +379,7 @@ mod tests {
     #[test]
     fn byzantine_shares_and_sample_uniformity() {
         // 0 -> {1, 3}, 1 -> {0, 3}, 2 -> {0}; 3 is Byzantine.
-        let views = vec![vec![1, 3], vec![0, 3], vec![0], vec![]];
+        let views = views(&[&[1, 3], &[0, 3], &[0], &[]]);
         let alive = vec![true; 4];
         let byzantine = vec![false, false, false, true];
         let overlay = Overlay {

@@ -29,7 +29,7 @@ mod plot;
 
 pub use byzantine::Attack;
 pub use events::{LinkLatency, NetworkModel};
-pub use metrics::{CycleMetrics, Overlay, SampleTally, CSV_HEADER};
+pub use metrics::{CycleMetrics, Overlay, SampleTally, Views, CSV_HEADER};
 pub use plot::plot;
 
 use std::collections::VecDeque;
@@ -352,17 +352,15 @@ impl Simulation {
     /// Metrics of the current views.
     pub fn metrics(&mut self) -> CycleMetrics {
         let costly = self.cycle.is_multiple_of(self.config.costly_metrics_every);
-        let n = self.samplers.len() as u32;
-        let views: Vec<Vec<u32>> = (0..self.samplers.len())
-            .map(|i| {
-                if self.byzantine[i] || self.status[i] != Status::Up {
-                    return Vec::new();
+        let n = self.samplers.len();
+        let mut views = Views::with_capacity(n, 32);
+        for i in 0..n {
+            views.push_with(|out| {
+                if !self.byzantine[i] && self.status[i] == Status::Up {
+                    self.samplers[i].view_into(out);
                 }
-                let mut view = self.samplers[i].view();
-                view.retain(|&j| j < n);
-                view
-            })
-            .collect();
+            });
+        }
         let alive: Vec<bool> = self.status.iter().map(|&s| s == Status::Up).collect();
         let overlay = Overlay {
             views: &views,
