@@ -328,12 +328,15 @@ impl SamplerConfig {
                 view_size: usize,
                 time: f64,
                 refresh: usize,
+                /// Not written by the seed (its Basalt has no τ): our extension.
+                #[serde(default = "one_round")]
+                reset_interval: u64,
             }
             let seed: SeedBasalt = serde_json::from_value(value)?;
             let config = SamplerConfig::Basalt(BasaltConfig {
                 view_size: seed.view_size,
                 refresh: seed.refresh,
-                reset_interval: 1,
+                reset_interval: seed.reset_interval,
                 period: seconds(seed.time)?,
             });
             config.validate()?;
