@@ -397,6 +397,10 @@ mod tests {
             error.contains("refresh (9) must be at most view_size (8)"),
             "{error}"
         );
+        let with_tau =
+            SEED_BASALT.replace("\"refresh\": 2", "\"refresh\": 2, \"reset_interval\": 10");
+        let config = SamplerConfig::parse_seed_json(&with_tau).unwrap();
+        assert!(matches!(config, SamplerConfig::Basalt(b) if b.reset_interval == 10));
     }
 
     #[test]
