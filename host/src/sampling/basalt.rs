@@ -329,7 +329,18 @@ mod tests {
         node.handle_tick();
         node.handle_tick();
         assert_eq!(seeds(&node), before, "no reset before τ rounds");
+        assert!(node.take_samples().is_empty(), "samples come from resets");
+        let reset_peers: Vec<PeerId> = node.slots[..2]
+            .iter()
+            .filter_map(|s| s.peer)
+            .map(|(p, _)| p)
+            .collect();
         node.handle_tick();
+        assert_eq!(
+            node.take_samples(),
+            reset_peers,
+            "the reset slots' peers are emitted"
+        );
         let after = seeds(&node);
         let changed: Vec<usize> = (0..6).filter(|&i| before[i] != after[i]).collect();
         assert_eq!(changed, vec![0, 1]);

@@ -311,6 +311,11 @@ mod tests {
             }),
         );
         let out = node.handle_tick();
+        assert_eq!(
+            node.take_samples(),
+            node.samples(),
+            "each round emits the samplers' ids"
+        );
         let view: HashSet<PeerId> = node.view().into_iter().collect();
         assert!(
             view.contains(&p[2]) && view.contains(&p[3]) && view.contains(&p[4]),

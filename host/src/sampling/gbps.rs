@@ -300,6 +300,12 @@ mod tests {
         let out = node.handle_tick();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].to, p[2]);
+        let samples = node.take_samples();
+        assert!(
+            samples.len() == 1 && p[1..4].contains(&samples[0]),
+            "one draw from the view"
+        );
+        assert!(node.take_samples().is_empty());
         let SamplingMessage::Gbps(GbpsMessage::Request { buffer, reply }) = &out[0].message else {
             panic!("expected a request: {out:?}")
         };
