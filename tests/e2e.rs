@@ -75,6 +75,14 @@ impl RunningNode {
     }
 }
 
+/// A test that fails midway must not leave its nodes running.
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -917,4 +925,307 @@ fn topology_generate_writes_the_seeds_yaml_and_simulate_reads_it() {
         "/dev/null",
     ]);
     assert!(stderr.contains("needs --topology"), "{stderr}");
+}
+
+/// Sends one raw line to an admin socket and returns the answer line as JSON.
+fn admin_raw(socket: &Path, line: &[u8]) -> Value {
+    use std::io::Write;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    // The node may answer and hang up before an oversized line is all written.
+    let _ = stream.write_all(line);
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).unwrap();
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("not JSON ({e}): {answer:?}"))
+}
+
+/// `nodemanager apps --admin SOCKET ARGS...`: the answer on success, the error text on
+/// failure.
+fn apps(socket: &Path, args: &[&str]) -> Result<Value, String> {
+    let output = nodemanager()
+        .arg("apps")
+        .arg("--admin")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    if output.status.success() {
+        Ok(serde_json::from_slice(&output.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// Polls `condition` (e.g. a log line appeared) until it holds or `what` times out.
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Seconds since midnight of a log line's RFC 3339 timestamp.
+fn log_seconds(line: &str) -> f64 {
+    let time = &line[11..26]; // HH:MM:SS.ffffff
+    let h: f64 = time[0..2].parse().unwrap();
+    let m: f64 = time[3..5].parse().unwrap();
+    let s: f64 = time[6..].parse().unwrap();
+    h * 3600.0 + m * 60.0 + s
+}
+
+fn sigterm(node: &RunningNode) {
+    let pid = node.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn admin_socket_loads_unloads_and_replaces_apps_while_another_keeps_its_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = common::guest("hostile.wasm").display().to_string();
+    let share = common::guest("share_vec_rust.wasm").display().to_string();
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    let mut sockets = Vec::new();
+    for i in 0..3 {
+        let socket = dir.path().join(format!("node{i}.sock"));
+        let mut args = vec![
+            "--context".to_string(),
+            "e2e-admin".into(),
+            "--admin".into(),
+            socket.display().to_string(),
+        ];
+        for earlier in &nodes {
+            args.extend(["--bootstrap".into(), earlier.addr()]);
+        }
+        nodes.push(RunningNode::spawn(
+            &args,
+            dir.path().join(format!("node{i}.log")),
+        ));
+        sockets.push(socket);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sockets[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the admin socket is private");
+    for socket in &sockets {
+        assert_eq!(
+            apps(socket, &["list"]).unwrap()["apps"],
+            serde_json::json!([])
+        );
+        let greet = [
+            "load", &hostile, "--name", "greet", "--config", "greet", "--cycles", "-1", "--period",
+            "200ms",
+        ];
+        apps(socket, &greet).unwrap();
+        let clock = [
+            "load", &hostile, "--name", "clock", "--config", "calm", "--cycles", "-1", "--period",
+            "500ms",
+        ];
+        apps(socket, &clock).unwrap();
+        let loaded = apps(
+            socket,
+            &[
+                "load", &share, "--name", "share", "--cycles", "-1", "--period", "200ms",
+            ],
+        )
+        .unwrap();
+        assert_eq!(loaded["name"], "share");
+    }
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| n.ready["peer_id"].as_str().unwrap().to_string())
+        .collect();
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
+    for (i, log) in logs.iter().enumerate() {
+        wait_for(
+            &format!("node{i} to hear every other node's greet app"),
+            || {
+                let text = read(log);
+                (0..3)
+                    .filter(|&j| j != i)
+                    .all(|j| text.contains(&format!("greet got hello from {}", ids[j])))
+            },
+        );
+        wait_for(&format!("node{i}'s share app to receive a vector"), || {
+            let stats = apps(&sockets[i], &["stats"]).unwrap();
+            stats["apps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["name"] == "share" && a["stats"]["received"].as_u64().unwrap() > 0)
+        });
+    }
+
+    // Bad requests are refused with a reason, and the node goes on.
+    let socket = &sockets[0];
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"not wasm at all").unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let huge_limit = "max_payload_bytes=999999999999";
+    for (args, expected) in [
+        (
+            vec!["load", "/no/such/app.wasm"],
+            "cannot read app file /no/such/app.wasm",
+        ),
+        (
+            vec!["load", garbage.to_str().unwrap()],
+            "not a WebAssembly file",
+        ),
+        (
+            vec!["load", core.to_str().unwrap()],
+            "a core WebAssembly module, not a component",
+        ),
+        (
+            vec!["load", &hostile, "--name", "clock"],
+            "an app named \"clock\" is already loaded",
+        ),
+        (
+            vec![
+                "load",
+                &hostile,
+                "--name",
+                "x",
+                "--limit",
+                "memory_mib=100000",
+            ],
+            "memory_mib must be between 1 and 4096",
+        ),
+        (
+            vec!["load", &hostile, "--name", "y", "--limit", huge_limit],
+            "over this node's network limit",
+        ),
+        (
+            vec!["load", "--component", "00ff", "--name", "z"],
+            "no component with hash 00ff",
+        ),
+        (
+            vec!["unload", "nosuch"],
+            "no app named \"nosuch\" is loaded",
+        ),
+    ] {
+        let error = apps(socket, &args).unwrap_err();
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
+    for (line, expected) in [
+        (b"{not json\n".to_vec(), "malformed request"),
+        (
+            b"{\"cmd\": \"explode\"}\n".to_vec(),
+            "unknown variant `explode`",
+        ),
+        (b"\n".to_vec(), "empty request"),
+        (
+            [vec![b' '; 2 * 1024 * 1024], b"\n".to_vec()].concat(),
+            "request over 1048576 bytes",
+        ),
+    ] {
+        let answer = admin_raw(socket, &line);
+        assert_eq!(answer["ok"], false);
+        assert!(
+            answer["error"].as_str().unwrap().contains(expected),
+            "{answer}"
+        );
+    }
+
+    // Unload one app, replace another with a new version (the same component in calm
+    // mode), load a third copy by content hash.
+    let unloaded = apps(socket, &["unload", "greet"]).unwrap();
+    assert_eq!(unloaded["app"]["stats"]["state"], "unloaded", "{unloaded}");
+    let replaced = apps(
+        socket,
+        &["replace", &hostile, "--name", "share", "--config", "calm"],
+    )
+    .unwrap();
+    let hash = replaced["component"].as_str().unwrap().to_string();
+    apps(
+        socket,
+        &[
+            "load",
+            "--component",
+            &hash,
+            "--name",
+            "again",
+            "--config",
+            "calm",
+            "--cycles",
+            "2",
+        ],
+    )
+    .unwrap();
+    let list = apps(socket, &["list"]).unwrap();
+    let names: Vec<&str> = list["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["again", "clock", "share"], "{list}");
+    wait_for("node1's greet sends to node0 to be refused", || {
+        read(&logs[1]).contains("no app named \\\"greet\\\" on this node")
+            || read(&logs[1]).contains("no app named \"greet\" on this node")
+    });
+
+    wait_for("\"again\" to finish and \"clock\" to run 6 cycles", || {
+        let stats = apps(socket, &["stats"]).unwrap();
+        let app = |name: &str| {
+            stats["apps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        app("again")["stats"]["state"] == "done"
+            && app("clock")["stats"]["cycles"].as_u64().unwrap() >= 6
+    });
+    for node in &nodes {
+        sigterm(node);
+    }
+    let summaries: Vec<Value> = nodes.into_iter().map(RunningNode::finish).collect();
+    let first = &summaries[0];
+    let gone: Vec<(&str, &str)> = first["unloaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap(),
+                a["stats"]["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        gone,
+        [("greet", "unloaded"), ("share", "unloaded")],
+        "{first}"
+    );
+    assert_eq!(first["apps"]["clock"]["state"], "running", "{first}");
+    assert_eq!(first["apps"]["again"]["state"], "done", "{first}");
+    assert!(
+        summaries[1]["apps"]["greet"]["send_errors"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    // The clock app kept its 500 ms schedule through all of the above.
+    let ticks: Vec<f64> = read(&logs[0])
+        .lines()
+        .filter(|l| l.contains("calm cycle") && l.ends_with("app=\"clock\""))
+        .map(log_seconds)
+        .collect();
+    assert!(ticks.len() >= 4, "{ticks:?}");
+    for pair in ticks.windows(2) {
+        let interval = pair[1] - pair[0];
+        assert!(
+            (0.45..=0.55).contains(&interval),
+            "clock cycle took {interval:.3} s: {ticks:?}"
+        );
+    }
 }

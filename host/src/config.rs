@@ -11,6 +11,7 @@
 //! seed = 7                              # optional: reproducible randomness for apps
 //! log_file = "node0.log"                # optional: log here instead of stderr
 //! sampling_out = "node0.sampling.jsonl"  # optional: one JSON line per sampler tick
+//! admin = "node0.sock"                  # optional: admin socket (`nodemanager apps`)
 //!
 //! [sampler]
 //! name = "connected"                    # the view: every connected peer
@@ -95,6 +96,9 @@ pub struct NodeConfig {
     pub log_file: Option<PathBuf>,
     /// Where to write one JSON line per sampler tick (view, samples, messages).
     pub sampling_out: Option<PathBuf>,
+    /// Unix socket of the admin interface; with it the node runs until a signal, and
+    /// apps can be loaded and unloaded while it runs.
+    pub admin: Option<PathBuf>,
     /// Folder of compiled components; none uses the default cache folder.
     pub cache_dir: Option<PathBuf>,
     /// The peer-sampling service that makes the view.
@@ -117,6 +121,7 @@ impl Default for NodeConfig {
             seed: None,
             log_file: None,
             sampling_out: None,
+            admin: None,
             cache_dir: None,
             sampler: SamplerConfig::default(),
             limits: Limits::default(),
@@ -247,37 +252,48 @@ impl NodeConfig {
                 bail!("bootstrap address {addr} has no /p2p/<peer id> part");
             }
         }
-        if self.apps.is_empty() {
-            bail!("no apps to run: give --app PATH[:NAME] or [[apps]] in the config file");
+        if self.apps.is_empty() && self.admin.is_none() {
+            bail!(
+                "no apps to run: give --app PATH[:NAME] or [[apps]] in the config file, \
+                 or --admin PATH to load apps later"
+            );
         }
         let mut resolved: Vec<ResolvedApp> = Vec::new();
         for spec in &self.apps {
-            let name = spec.resolved_name();
-            validate_name("app name", &name)?;
-            if resolved.iter().any(|a| a.name == name) {
-                bail!("two apps are named {name:?}: give one another name with PATH:NAME");
+            let app = self.resolve_app(spec)?;
+            if resolved.iter().any(|a| a.name == app.name) {
+                bail!(
+                    "two apps are named {:?}: give one another name with PATH:NAME",
+                    app.name
+                );
             }
-            let cycles = spec.cycles.unwrap_or(self.cycles);
-            let cycles = match cycles {
-                -1 => None,
-                n if n >= 0 => Some(n as u64),
-                n => bail!("app {name}: cycles must be -1 (forever) or at least 0, not {n}"),
-            };
-            let period = spec.period.unwrap_or(self.period);
-            if period.is_zero() {
-                bail!("app {name}: period must be greater than zero");
-            }
-            let limits = spec.limits.clone().unwrap_or_else(|| self.limits.clone());
-            limits.validate().with_context(|| format!("app {name}"))?;
-            resolved.push(ResolvedApp {
-                name,
-                path: spec.path.clone(),
-                config: spec.config.clone(),
-                cycles,
-                period,
-                limits,
-            });
+            resolved.push(app);
         }
         Ok(resolved)
+    }
+
+    /// One app's settings with the node's defaults applied, checked.
+    pub fn resolve_app(&self, spec: &AppSpec) -> Result<ResolvedApp> {
+        let name = spec.resolved_name();
+        validate_name("app name", &name)?;
+        let cycles = match spec.cycles.unwrap_or(self.cycles) {
+            -1 => None,
+            n if n >= 0 => Some(n as u64),
+            n => bail!("app {name}: cycles must be -1 (forever) or at least 0, not {n}"),
+        };
+        let period = spec.period.unwrap_or(self.period);
+        if period.is_zero() {
+            bail!("app {name}: period must be greater than zero");
+        }
+        let limits = spec.limits.clone().unwrap_or_else(|| self.limits.clone());
+        limits.validate().with_context(|| format!("app {name}"))?;
+        Ok(ResolvedApp {
+            name,
+            path: spec.path.clone(),
+            config: spec.config.clone(),
+            cycles,
+            period,
+            limits,
+        })
     }
 }

@@ -36,6 +36,14 @@ enum Command {
     /// Static topologies for the `static` sampler and `simulate --topology`.
     #[command(subcommand)]
     Topology(TopologyCommand),
+    /// Load, unload, replace and list the apps of a running node (its --admin socket).
+    Apps {
+        /// The node's admin socket.
+        #[arg(long, value_name = "PATH")]
+        admin: PathBuf,
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
     /// Compile components into the cache ahead of a run.
     Compile {
         /// Component files.
@@ -54,6 +62,126 @@ enum Command {
         #[command(flatten)]
         cache: CacheArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum AppsCommand {
+    /// The loaded apps, with their counters.
+    List,
+    /// Counters of every app (loaded and unloaded) and of the sampler.
+    Stats,
+    /// Start an app.
+    Load(LoadArgs),
+    /// Unload the app of this name and load the new one in its place.
+    Replace(LoadArgs),
+    /// Stop an app once it has handled the messages queued for it.
+    Unload {
+        /// The app's name.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// The component file (.wasm) [or give --component].
+    #[arg(required_unless_present = "component", conflicts_with = "component")]
+    path: Option<PathBuf>,
+    /// The content hash of a component the node already holds, instead of a file.
+    #[arg(long, value_name = "SHA256")]
+    component: Option<String>,
+    /// The routing name [default: the file name].
+    #[arg(long)]
+    name: Option<String>,
+    /// The string given to the app's init.
+    #[arg(long)]
+    config: Option<String>,
+    /// periodic-run calls; -1 runs forever [default: the node's].
+    #[arg(long, allow_negative_numbers = true)]
+    cycles: Option<i64>,
+    /// Time between calls, e.g. 500ms [default: the node's].
+    #[arg(long)]
+    period: Option<String>,
+    /// A limit, e.g. memory_mib=64 or call_deadline=200ms (repeatable; the others are
+    /// the node's defaults).
+    #[arg(long = "limit", value_name = "KEY=VALUE", value_parser = app_config)]
+    limits: Vec<(String, String)>,
+}
+
+impl LoadArgs {
+    /// The admin request, `cmd` being `load` or `replace`.
+    fn request(&self, cmd: &str) -> Result<serde_json::Value> {
+        let mut request = serde_json::json!({ "cmd": cmd });
+        let path = match &self.path {
+            Some(path) => Some(
+                std::path::absolute(path)
+                    .with_context(|| format!("cannot resolve {}", path.display()))?,
+            ),
+            None => None,
+        };
+        for (key, value) in [
+            ("path", path.map(|p| serde_json::json!(p))),
+            (
+                "component",
+                self.component.as_ref().map(|c| serde_json::json!(c)),
+            ),
+            ("name", self.name.as_ref().map(|n| serde_json::json!(n))),
+            ("config", self.config.as_ref().map(|c| serde_json::json!(c))),
+            ("cycles", self.cycles.map(|c| serde_json::json!(c))),
+            ("period", self.period.as_ref().map(|p| serde_json::json!(p))),
+        ] {
+            if let Some(value) = value {
+                request[key] = value;
+            }
+        }
+        if !self.limits.is_empty() {
+            let limits: serde_json::Map<String, serde_json::Value> = self
+                .limits
+                .iter()
+                .map(|(key, value)| {
+                    let value = value
+                        .parse::<u64>()
+                        .map(serde_json::Value::from)
+                        .unwrap_or_else(|_| serde_json::Value::from(value.clone()));
+                    (key.clone(), value)
+                })
+                .collect();
+            request["limits"] = limits.into();
+        }
+        Ok(request)
+    }
+}
+
+/// Sends one request to a node's admin socket and prints the answer.
+fn apps_command(admin: &Path, command: AppsCommand) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let request = match &command {
+        AppsCommand::List => serde_json::json!({"cmd": "list"}),
+        AppsCommand::Stats => serde_json::json!({"cmd": "stats"}),
+        AppsCommand::Load(args) => args.request("load")?,
+        AppsCommand::Replace(args) => args.request("replace")?,
+        AppsCommand::Unload { name } => serde_json::json!({"cmd": "unload", "name": name}),
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(admin).with_context(|| {
+        format!(
+            "cannot reach the node's admin socket {} (is the node running with --admin?)",
+            admin.display()
+        )
+    })?;
+    writeln!(stream, "{request}")?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let answer: serde_json::Value = serde_json::from_str(&line)
+        .with_context(|| format!("the node answered something that is not JSON: {line:?}"))?;
+    if answer["ok"] != true {
+        bail!(
+            "{}",
+            answer["error"]
+                .as_str()
+                .unwrap_or("the node refused the request")
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -365,6 +493,10 @@ struct RunArgs {
     /// Write one JSON line per sampler tick here (view, samples, messages in/out).
     #[arg(long, value_name = "FILE.jsonl")]
     sampling_out: Option<PathBuf>,
+    /// Open an admin socket here (mode 0600) for `nodemanager apps`; the node then runs
+    /// until SIGINT/SIGTERM, with or without apps.
+    #[arg(long, value_name = "PATH")]
+    admin: Option<PathBuf>,
     /// Seed for the apps' randomness (reproducible runs).
     #[arg(long)]
     seed: Option<u64>,
@@ -403,6 +535,9 @@ impl RunArgs {
         set!(context, linger, seed);
         if let Some(path) = self.sampling_out {
             config.sampling_out = Some(path);
+        }
+        if let Some(path) = self.admin {
+            config.admin = Some(path);
         }
         if let Some(path) = self.log_file {
             config.log_file = Some(path);
@@ -561,6 +696,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args).map(|()| true),
         Command::Simulate(args) => simulate(args).map(|()| true),
         Command::Topology(command) => generate_topology(command).map(|()| true),
+        Command::Apps { admin, command } => apps_command(&admin, command).map(|()| true),
         Command::Compile { paths, cache } => compile(&paths, &cache).map(|()| true),
         Command::Inspect { path, json, cache } => inspect_command(&path, json, &cache),
     };

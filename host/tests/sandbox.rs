@@ -190,16 +190,24 @@ fn no_files_no_environment_no_args() {
 #[test]
 fn compiled_components_come_from_the_cache_the_second_time() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = Runtime::new(dir.path()).unwrap();
     let path = common::guest("hostile.wasm");
-    assert!(!runtime.load_component(&path).unwrap().from_cache);
-    let again = runtime.load_component(&path).unwrap();
-    assert!(again.from_cache);
+    let first = Runtime::new(dir.path()).unwrap();
+    let compiled = first.load_component(&path).unwrap();
+    assert!(!compiled.from_cache);
+    let reused = first.load_component(&path).unwrap();
+    assert!(reused.from_cache, "the process keeps its compiled copy");
+    assert_eq!(first.prepared(&compiled.hash).unwrap().hash, compiled.hash);
+    let second = Runtime::new(dir.path()).unwrap();
+    assert!(
+        second.load_component(&path).unwrap().from_cache,
+        "from disk"
+    );
     // A corrupt cache entry is recompiled, not trusted.
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
     }
-    assert!(!runtime.load_component(&path).unwrap().from_cache);
+    let third = Runtime::new(dir.path()).unwrap();
+    assert!(!third.load_component(&path).unwrap().from_cache);
 }
 
 #[test]

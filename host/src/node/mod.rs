@@ -1,19 +1,20 @@
-//! The node: joins the swarm, the sampler and the app workers in one event loop.
+//! The node: joins the swarm, the sampler, the app registry and the admin socket in one
+//! event loop.
 //!
 //! Start-up order: compile every app (from the cache when possible), listen, wait until
 //! every listener has an address, dial the bootstrap peers, then start the apps. The
-//! node stops once every app finished its cycles and the linger passed, or on a signal.
+//! node stops once every app finished its cycles and the linger passed, or on a signal;
+//! with an admin socket, only on a signal.
 
+mod admin;
 mod sampling_data;
-mod worker;
 
+pub use admin::MAX_REQUEST as MAX_ADMIN_REQUEST;
 pub use sampling_data::SamplingStats;
-pub use worker::{AppState, AppStats};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
@@ -23,8 +24,8 @@ use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, Multiaddr, PeerId, Swarm};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{NodeConfig, ResolvedApp};
@@ -32,10 +33,13 @@ use crate::network::sampling::MAX_ADDRS_PER_PEER;
 use crate::network::{
     self, AppRequest, NetworkConfig, NodeBehaviour, NodeBehaviourEvent, SamplingEnvelope,
 };
-use crate::runtime::{AppContext, Runtime};
+use crate::runtime::registry::derive_seed;
+use crate::runtime::{
+    AppContext, AppId, AppInfo, AppRegistry, AppStats, LoadRequest, Runtime, WorkerEvent,
+};
 use crate::sampling::{self, Outgoing, PeerSampler};
+use admin::{refusal, AdminCall, AdminCommand, AdminServer};
 use sampling_data::SamplingWriter;
-use worker::{AppCommand, Worker, WorkerEvent};
 
 /// How long start-up waits for the listeners to report their addresses.
 const LISTEN_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,24 +58,17 @@ pub struct Ready {
 /// The last line `nodemanager run` prints: per-app and sampler counters.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
-    /// Counters by app name.
+    /// Counters of the apps loaded at the end, by name.
     pub apps: BTreeMap<String, AppStats>,
+    /// Apps unloaded or replaced while the node ran, in order, with their last counters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unloaded: Vec<AppInfo>,
     /// What the peer sampler did.
     pub sampling: SamplingStats,
 }
 
-struct RunningApp {
-    name: String,
-    commands: std_mpsc::Sender<AppCommand>,
-    stats: Arc<Mutex<AppStats>>,
-    inbox_depth: Arc<AtomicUsize>,
-    inbox_capacity: usize,
-    finished: bool,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
 struct PendingDelivery {
-    app: usize,
+    app: AppId,
     message_id: u64,
     deadline: Instant,
     timeout: Duration,
@@ -82,6 +79,10 @@ pub struct Node {
     swarm: Swarm<NodeBehaviour>,
     config: NodeConfig,
     apps: Vec<(ResolvedApp, crate::runtime::Prepared)>,
+    /// The network's frame limit, which no app's payload limit may exceed.
+    max_payload_bytes: u64,
+    runtime: Arc<Runtime>,
+    admin: Option<AdminServer>,
     context: AppContext,
     sampler: Box<dyn PeerSampler>,
     sampling: SamplingStats,
@@ -92,14 +93,6 @@ pub struct Node {
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     app_protocol: libp2p::StreamProtocol,
     ready: Ready,
-}
-
-fn app_seed(seed: u64, app: &str) -> u64 {
-    let digest = Sha256::new()
-        .chain_update(seed.to_le_bytes())
-        .chain_update(app.as_bytes())
-        .finalize();
-    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 impl Node {
@@ -119,6 +112,7 @@ impl Node {
         let max_payload_bytes = apps
             .iter()
             .map(|(a, _)| a.limits.max_payload_bytes)
+            .chain([config.limits.max_payload_bytes])
             .max()
             .unwrap_or(0);
         let max_timeout = Duration::from_secs(u64::from(u32::MAX / 1000) + 1);
@@ -171,7 +165,7 @@ impl Node {
         let context = AppContext::new(peer_id.to_string());
         let sampler_seed = config
             .seed
-            .map_or_else(rand::random, |seed| app_seed(seed, "\0sampler"));
+            .map_or_else(rand::random, |seed| derive_seed(seed, "\0sampler"));
         let sampler = sampling::new_sampler(&config.sampler, peer_id, sampler_seed)?;
         let sampling_out = config
             .sampling_out
@@ -182,10 +176,14 @@ impl Node {
             algorithm: config.sampler.name().into(),
             ..SamplingStats::default()
         };
+        let admin = config.admin.as_deref().map(AdminServer::bind).transpose()?;
         Ok(Node {
             swarm,
             config,
             apps,
+            max_payload_bytes,
+            runtime,
+            admin,
             context,
             sampler,
             sampling,
@@ -205,40 +203,30 @@ impl Node {
         &self.ready
     }
 
-    /// Runs the apps until they are done and the linger passed, or `shutdown` resolves.
+    /// Runs the apps until they are done and the linger passed, or `shutdown` resolves
+    /// (with an admin socket: until `shutdown`).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Summary {
         let (events_tx, mut events) = mpsc::channel(1024);
-        let mut running = Vec::new();
-        for (index, (spec, prepared)) in std::mem::take(&mut self.apps).into_iter().enumerate() {
-            let (commands_tx, commands) = std_mpsc::channel();
-            let stats = Arc::new(Mutex::new(AppStats::default()));
-            let inbox_depth = Arc::new(AtomicUsize::new(0));
-            let worker = Worker {
-                index,
-                seed: self.config.seed.map(|s| app_seed(s, &spec.name)),
-                spec: spec.clone(),
-                prepared,
-                context: self.context.clone(),
-                commands,
-                events: events_tx.clone(),
-                stats: stats.clone(),
-                inbox_depth: inbox_depth.clone(),
-            };
-            let thread = std::thread::Builder::new()
-                .name(format!("app-{}", spec.name))
-                .spawn(move || worker.run())
-                .expect("spawn an app thread");
-            running.push(RunningApp {
-                name: spec.name.clone(),
-                commands: commands_tx,
-                stats,
-                inbox_depth,
-                inbox_capacity: spec.limits.inbox_capacity,
-                finished: false,
-                thread: Some(thread),
-            });
+        let mut registry = AppRegistry::new(
+            self.context.clone(),
+            self.config.seed,
+            events_tx,
+            self.max_payload_bytes,
+        );
+        for (spec, prepared) in std::mem::take(&mut self.apps) {
+            let name = spec.name.clone();
+            if let Err(e) = registry.load(LoadRequest { spec, prepared }) {
+                tracing::error!(app = %name, "cannot start the app: {e:#}");
+            }
         }
-        drop(events_tx);
+        let (admin_tx, mut admin_calls) = mpsc::channel::<AdminCall>(16);
+        let serve_admin = self.admin.take().map(|server| {
+            let defaults = Arc::new(self.config.clone());
+            tokio::spawn(server.serve(self.runtime.clone(), defaults, admin_tx.clone()))
+        });
+        drop(admin_tx);
+        let stays_up = serve_admin.is_some();
+        let mut unloading: HashMap<AppId, oneshot::Sender<serde_json::Value>> = HashMap::new();
 
         let mut pending: HashMap<OutboundRequestId, PendingDelivery> = HashMap::new();
         let mut sweep = tokio::time::interval(DEADLINE_SWEEP);
@@ -252,11 +240,12 @@ impl Node {
         let mut lingering = false;
         loop {
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm_event(event, &mut running, &mut pending),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event, &registry, &mut pending),
                 Some(event) = events.recv() => match event {
                     WorkerEvent::Outgoing { app, messages } => {
+                        let Some(name) = registry.name_of(app).map(String::from) else { continue };
                         for message in messages {
-                            let request = AppRequest { app: running[app].name.clone(), payload: message.payload };
+                            let request = AppRequest { app: name.clone(), payload: message.payload };
                             let id = self.swarm.behaviour_mut().apps.send_request(&message.destination, request);
                             pending.insert(id, PendingDelivery {
                                 app,
@@ -266,15 +255,23 @@ impl Node {
                             });
                         }
                     }
-                    WorkerEvent::Finished { app } => running[app].finished = true,
+                    WorkerEvent::Finished { app } => registry.finished(app),
+                    WorkerEvent::Exited { app } => {
+                        if let Some(info) = registry.exited(app) {
+                            if let Some(reply) = unloading.remove(&app) {
+                                let _ = reply.send(json!({"ok": true, "app": info}));
+                            }
+                        }
+                    }
                 },
+                Some(call) = admin_calls.recv() => self.on_admin_call(call, &mut registry, &mut unloading),
                 _ = sweep.tick() => {
                     let now = Instant::now();
                     pending.retain(|_, p| {
                         if p.deadline > now {
                             return true;
                         }
-                        report(&running, p, Some(format!("timed out after {:?}", p.timeout)));
+                        registry.report(p.app, p.message_id, Some(format!("timed out after {:?}", p.timeout)));
                         false
                     });
                 }
@@ -285,33 +282,79 @@ impl Node {
                     break;
                 }
             }
-            if !lingering && running.iter().all(|a| a.finished) {
+            if !stays_up && !lingering && registry.all_finished() {
                 lingering = true;
                 tracing::info!(linger = ?self.config.linger, "every app is done; lingering");
                 linger.as_mut().reset(Instant::now() + self.config.linger);
             }
         }
+        if let Some(serve) = serve_admin {
+            serve.abort();
+        }
         for p in pending.values() {
-            report(
-                &running,
-                p,
+            registry.report(
+                p.app,
+                p.message_id,
                 Some("the node shut down before an answer came".into()),
             );
         }
         self.sampling.capture(self.sampler.as_ref());
-        let mut summary = Summary {
-            apps: BTreeMap::new(),
-            sampling: self.sampling.clone(),
-        };
-        for app in &mut running {
-            let _ = app.commands.send(AppCommand::Stop);
-            if let Some(thread) = app.thread.take() {
-                let _ = thread.join();
-            }
-            let stats = app.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            summary.apps.insert(app.name.clone(), stats);
+        let (apps, unloaded) = registry.shutdown();
+        for reply in unloading.into_values() {
+            let _ = reply.send(refusal("the node shut down while the app was unloading"));
         }
-        summary
+        Summary {
+            apps,
+            unloaded,
+            sampling: self.sampling.clone(),
+        }
+    }
+
+    /// Carries out an admin command; an unload answers once the app has drained.
+    fn on_admin_call(
+        &mut self,
+        AdminCall { command, reply }: AdminCall,
+        registry: &mut AppRegistry,
+        unloading: &mut HashMap<AppId, oneshot::Sender<serde_json::Value>>,
+    ) {
+        let answer = match command {
+            AdminCommand::List => json!({"ok": true, "apps": registry.list()}),
+            AdminCommand::Stats => {
+                self.sampling.capture(self.sampler.as_ref());
+                json!({
+                    "ok": true,
+                    "apps": registry.list(),
+                    "unloaded": registry.retired(),
+                    "sampling": self.sampling,
+                })
+            }
+            AdminCommand::Load(request) => {
+                let component = request.prepared.hash.clone();
+                match registry.load(request) {
+                    Ok(id) => {
+                        json!({"ok": true, "name": registry.name_of(id), "component": component})
+                    }
+                    Err(e) => refusal(format!("{e:#}")),
+                }
+            }
+            AdminCommand::Replace(request) => {
+                let component = request.prepared.hash.clone();
+                match registry.replace(request) {
+                    Ok((_, new)) => {
+                        json!({"ok": true, "name": registry.name_of(new), "component": component})
+                    }
+                    Err(e) => refusal(format!("{e:#}")),
+                }
+            }
+            AdminCommand::Unload(name) => match registry.unload(&name) {
+                Ok(id) => {
+                    unloading.insert(id, reply);
+                    return;
+                }
+                Err(e) => refusal(format!("{e:#}")),
+            },
+        };
+        let _ = reply.send(answer);
     }
 
     /// Runs the sampler's active part and records the tick.
@@ -394,7 +437,7 @@ impl Node {
     fn on_swarm_event(
         &mut self,
         event: SwarmEvent<NodeBehaviourEvent>,
-        running: &mut [RunningApp],
+        registry: &AppRegistry,
         pending: &mut HashMap<OutboundRequestId, PendingDelivery>,
     ) {
         match event {
@@ -437,7 +480,7 @@ impl Node {
                 self.on_sampling_event(event)
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Apps(event)) => {
-                self.on_app_event(event, running, pending)
+                self.on_app_event(event, registry, pending)
             }
             _ => {}
         }
@@ -496,7 +539,7 @@ impl Node {
     fn on_app_event(
         &mut self,
         event: request_response::Event<AppRequest, network::AppResponse>,
-        running: &mut [RunningApp],
+        registry: &AppRegistry,
         pending: &mut HashMap<OutboundRequestId, PendingDelivery>,
     ) {
         match event {
@@ -505,7 +548,7 @@ impl Node {
                     request, channel, ..
                 } => {
                     let answer = if self.sampler.admits(peer) {
-                        deliver(running, peer, request)
+                        registry.deliver(&peer.to_string(), &request.app, request.payload)
                     } else {
                         Err(format!(
                             "{peer} is not among the peers this node receives from (static topology)"
@@ -525,9 +568,9 @@ impl Node {
                     response,
                 } => {
                     if let Some(p) = pending.remove(&request_id) {
-                        report(
-                            running,
-                            &p,
+                        registry.report(
+                            p.app,
+                            p.message_id,
                             response.err().map(|r| format!("refused by {peer}: {r}")),
                         );
                     }
@@ -540,9 +583,9 @@ impl Node {
                 ..
             } => {
                 if let Some(p) = pending.remove(&request_id) {
-                    report(
-                        running,
-                        &p,
+                    registry.report(
+                        p.app,
+                        p.message_id,
                         Some(format!("could not reach {peer}: {error}")),
                     );
                 }
@@ -553,43 +596,6 @@ impl Node {
             request_response::Event::ResponseSent { .. } => {}
         }
     }
-}
-
-/// Hands a received message to its app, or says why not.
-fn deliver(running: &[RunningApp], from: PeerId, request: AppRequest) -> Result<(), String> {
-    let Some(app) = running.iter().find(|a| a.name == request.app) else {
-        return Err(format!("no app named {:?} on this node", request.app));
-    };
-    let stats = app.stats.lock().unwrap_or_else(|e| e.into_inner());
-    if stats.state == AppState::Failed {
-        return Err(format!(
-            "app {:?} has stopped: {}",
-            app.name,
-            stats.reason.as_deref().unwrap_or("failed")
-        ));
-    }
-    drop(stats);
-    if app.inbox_depth.load(Ordering::Relaxed) >= app.inbox_capacity {
-        return Err(format!(
-            "app {:?} has {} messages waiting already",
-            app.name, app.inbox_capacity
-        ));
-    }
-    app.inbox_depth.fetch_add(1, Ordering::Relaxed);
-    app.commands
-        .send(AppCommand::Message {
-            from: from.to_string(),
-            payload: request.payload,
-        })
-        .map_err(|_| format!("app {:?} has stopped", app.name))
-}
-
-/// Sends a delivery report to the app that queued the message.
-fn report(running: &[RunningApp], pending: &PendingDelivery, failure: Option<String>) {
-    let _ = running[pending.app].commands.send(AppCommand::Delivery {
-        id: pending.message_id,
-        failure,
-    });
 }
 
 /// Waits for the next sampler tick; never resolves for a sampler without ticks.

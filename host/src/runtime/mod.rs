@@ -6,13 +6,19 @@ mod cache;
 mod guest_log;
 mod host;
 mod inspect;
+pub mod registry;
+mod worker;
 
 pub use app::{AppError, LoadedApp};
 pub use cache::ComponentCache;
 pub use host::{AppContext, OutgoingMessage};
 pub use inspect::{inspect, Inspection};
+pub use registry::{AppInfo, AppRegistry, LoadRequest};
+pub use worker::{AppCommand, AppId, AppState, AppStats, WorkerEvent};
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -98,6 +104,9 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<host::HostState>,
     cache: ComponentCache,
+    /// Components prepared in this process, by content hash: loading one again (under
+    /// another name, or after an unload) reuses the compiled code.
+    prepared: Mutex<HashMap<String, Prepared>>,
 }
 
 impl Runtime {
@@ -129,6 +138,7 @@ impl Runtime {
             engine,
             linker,
             cache,
+            prepared: Mutex::new(HashMap::new()),
         })
     }
 
@@ -163,8 +173,26 @@ impl Runtime {
             .with_context(|| format!("cannot load app {}", path.display()))
     }
 
-    /// Compiles `bytes` (or takes them from the cache) and pre-links them against the world.
+    /// A component this process prepared before, by its content hash (SHA-256, hex).
+    pub fn prepared(&self, hash: &str) -> Option<Prepared> {
+        self.prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
+    }
+
+    /// Compiles `bytes` (or takes them from this process's table or the disk cache) and
+    /// pre-links them against the world.
     pub fn prepare(&self, bytes: &[u8]) -> Result<Prepared> {
+        let hash = cache::content_hash(bytes);
+        if let Some(prepared) = self.prepared(&hash) {
+            return Ok(Prepared {
+                from_cache: true,
+                compile_time: Duration::ZERO,
+                ..prepared
+            });
+        }
         let started = Instant::now();
         let (component, from_cache) = self.cache.get_or_compile(&self.engine, bytes)?;
         let compile_time = started.elapsed();
@@ -183,11 +211,17 @@ impl Runtime {
         let pre = bindings::AppPre::new(pre)
             .map_err(anyhow::Error::from)
             .context("the component does not export the app world")?;
-        Ok(Prepared {
+        let prepared = Prepared {
             pre,
+            hash: hash.clone(),
             from_cache,
             compile_time,
-        })
+        };
+        self.prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash, prepared.clone());
+        Ok(prepared)
     }
 }
 
@@ -195,7 +229,10 @@ impl Runtime {
 #[derive(Clone)]
 pub struct Prepared {
     pre: bindings::AppPre<host::HostState>,
-    /// Whether the compiled code came from the disk cache.
+    /// The component's content hash (SHA-256 of the wasm file, hex).
+    pub hash: String,
+    /// Whether the compiled code was reused (from this process, or the disk cache)
+    /// rather than compiled now.
     pub from_cache: bool,
     /// Time spent compiling or loading from the cache.
     pub compile_time: Duration,

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::mpsc::Sender;
 
+use super::{AppContext, AppError, LoadedApp, OutgoingMessage, Prepared};
 use crate::config::ResolvedApp;
-use crate::runtime::{AppContext, AppError, LoadedApp, OutgoingMessage, Prepared};
 
 /// What the node asks of an app.
 #[derive(Debug)]
@@ -21,18 +21,27 @@ pub enum AppCommand {
     Delivery { id: u64, failure: Option<String> },
     /// Stop now.
     Stop,
+    /// Handle the commands sent before this one, then stop (an unload).
+    Drain,
 }
+
+/// One loaded instance of an app: never reused, so a late event from an unloaded app
+/// cannot reach its successor under the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct AppId(pub u64);
 
 /// What a worker tells the node.
 #[derive(Debug)]
 pub enum WorkerEvent {
     /// Messages app `app` queued, to send now.
     Outgoing {
-        app: usize,
+        app: AppId,
         messages: Vec<OutgoingMessage>,
     },
     /// App `app` finished its cycles or stopped for good.
-    Finished { app: usize },
+    Finished { app: AppId },
+    /// App `app`'s thread ended (after a stop, a drain, or a failure).
+    Exited { app: AppId },
 }
 
 /// Where an app stands.
@@ -45,6 +54,8 @@ pub enum AppState {
     Done,
     /// Stopped for good; `reason` says why.
     Failed,
+    /// Unloaded (or replaced) while the node ran.
+    Unloaded,
 }
 
 /// An app's counters, as the final summary prints them.
@@ -83,8 +94,8 @@ impl Default for AppStats {
 
 /// Everything a worker thread needs.
 pub struct Worker {
-    /// The app's index in the node.
-    pub index: usize,
+    /// This instance.
+    pub id: AppId,
     /// The app's settings.
     pub spec: ResolvedApp,
     /// The compiled component.
@@ -118,11 +129,18 @@ impl Worker {
     fn finish(&self) {
         let _ = self
             .events
-            .blocking_send(WorkerEvent::Finished { app: self.index });
+            .blocking_send(WorkerEvent::Finished { app: self.id });
     }
 
-    /// Runs the app until its cycles are done and the node says stop, or it fails.
+    /// Runs the app until the node says stop (or drain), or it fails; then says so.
     pub fn run(self) {
+        self.serve();
+        let _ = self
+            .events
+            .blocking_send(WorkerEvent::Exited { app: self.id });
+    }
+
+    fn serve(&self) {
         let name = self.spec.name.clone();
         let mut app = match LoadedApp::instantiate(
             &self.prepared,
@@ -194,6 +212,11 @@ impl Worker {
                     app.delivery_report(id, failure.as_deref())
                 }
                 Some(AppCommand::Stop) => break,
+                Some(AppCommand::Drain) => {
+                    tracing::info!(app = %name, "app unloaded after its queued messages");
+                    self.stats().state = AppState::Unloaded;
+                    break;
+                }
             };
             self.stats().send_errors += app.take_refused_sends();
             match result {
@@ -230,7 +253,7 @@ impl Worker {
         let messages = app.take_outbox();
         if !messages.is_empty() {
             let _ = self.events.blocking_send(WorkerEvent::Outgoing {
-                app: self.index,
+                app: self.id,
                 messages,
             });
         }

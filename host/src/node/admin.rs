@@ -1,0 +1,242 @@
+//! The admin interface: a Unix socket (mode 0600) speaking JSON Lines. Each request is
+//! one line, at most [`MAX_REQUEST`] bytes; each answer is one line with `"ok": true`
+//! and the result, or `"ok": false` and an `"error"` naming what is wrong. Requests:
+//!
+//! - `{"cmd": "list"}` → `{"ok": true, "apps": [AppInfo...]}`
+//! - `{"cmd": "stats"}` → `{"ok": true, "apps": [...], "unloaded": [...], "sampling": {...}}`
+//! - `{"cmd": "load", "path": "app.wasm" | "component": "<sha256>", "name": "x",
+//!   "config": "", "cycles": 10, "period": "1s", "limits": {"memory_mib": 64, ...}}`
+//!   → `{"ok": true, "name": "x", "component": "<sha256>"}` (all but `path`/`component`
+//!   optional; the node's defaults apply; `name` defaults to the file name)
+//! - `{"cmd": "replace", ...as load}`: unload the app of that name, then load
+//! - `{"cmd": "unload", "name": "x"}` → `{"ok": true, "app": AppInfo}` once the app has
+//!   handled the messages queued for it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{AppSpec, NodeConfig};
+use crate::runtime::{Limits, LoadRequest, Runtime};
+
+/// The longest request line accepted.
+pub const MAX_REQUEST: usize = 1024 * 1024;
+
+/// A request as it arrives on the socket.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+enum Request {
+    List,
+    Stats,
+    Load(LoadArgs),
+    Replace(LoadArgs),
+    Unload { name: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadArgs {
+    path: Option<PathBuf>,
+    component: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    config: String,
+    cycles: Option<i64>,
+    period: Option<String>,
+    limits: Option<Limits>,
+}
+
+/// What the node's event loop is asked to do (components already compiled).
+pub enum AdminCommand {
+    /// The loaded apps.
+    List,
+    /// Counters of every app, loaded and unloaded, and of the sampler.
+    Stats,
+    /// Start an app.
+    Load(LoadRequest),
+    /// Swap an app for a new one under the same name.
+    Replace(LoadRequest),
+    /// Drain and stop an app.
+    Unload(String),
+}
+
+/// A command and where its answer goes.
+pub struct AdminCall {
+    /// The command.
+    pub command: AdminCommand,
+    /// The answer (a JSON object with `ok`).
+    pub reply: oneshot::Sender<Value>,
+}
+
+/// An error answer.
+pub fn refusal(error: impl std::fmt::Display) -> Value {
+    json!({"ok": false, "error": error.to_string()})
+}
+
+/// Listens on `path` and forwards commands to the node through `calls`.
+pub struct AdminServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl AdminServer {
+    /// Binds the socket (a stale socket file from a dead node is replaced) with mode 0600.
+    pub fn bind(path: &Path) -> Result<AdminServer> {
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!("admin socket {} is in use by another node", path.display());
+            }
+            std::fs::remove_file(path).with_context(|| {
+                format!("cannot remove the stale admin socket {}", path.display())
+            })?;
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("cannot open the admin socket {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {} to its owner", path.display()))?;
+        Ok(AdminServer {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Serves connections until the node drops `calls`' receiver.
+    pub async fn serve(
+        self,
+        runtime: Arc<Runtime>,
+        defaults: Arc<NodeConfig>,
+        calls: mpsc::Sender<AdminCall>,
+    ) {
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("admin socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (runtime, defaults, calls) = (runtime.clone(), defaults.clone(), calls.clone());
+            tokio::spawn(async move {
+                if let Err(e) = connection(stream, runtime, defaults, calls).await {
+                    tracing::info!("admin connection ended: {e:#}");
+                }
+            });
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Answers the requests of one connection, a line each.
+async fn connection(
+    stream: UnixStream,
+    runtime: Arc<Runtime>,
+    defaults: Arc<NodeConfig>,
+    calls: mpsc::Sender<AdminCall>,
+) -> Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        let read = (&mut reader)
+            .take(MAX_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if read == 0 {
+            return Ok(());
+        }
+        if line.len() > MAX_REQUEST {
+            let answer = refusal(format!("request over {MAX_REQUEST} bytes; closing"));
+            write.write_all(format!("{answer}\n").as_bytes()).await?;
+            return Ok(());
+        }
+        let answer = match answer(&line, &runtime, &defaults, &calls).await {
+            Ok(value) => value,
+            Err(e) => refusal(format!("{e:#}")),
+        };
+        write.write_all(format!("{answer}\n").as_bytes()).await?;
+    }
+}
+
+async fn answer(
+    line: &[u8],
+    runtime: &Arc<Runtime>,
+    defaults: &NodeConfig,
+    calls: &mpsc::Sender<AdminCall>,
+) -> Result<Value> {
+    let text = std::str::from_utf8(line).context("the request is not UTF-8")?;
+    if text.trim().is_empty() {
+        bail!("empty request: send one JSON object per line, e.g. {{\"cmd\": \"list\"}}");
+    }
+    let request: Request = serde_json::from_str(text).context("malformed request")?;
+    let command = match request {
+        Request::List => AdminCommand::List,
+        Request::Stats => AdminCommand::Stats,
+        Request::Unload { name } => AdminCommand::Unload(name),
+        Request::Load(args) => AdminCommand::Load(prepare(args, runtime, defaults).await?),
+        Request::Replace(args) => AdminCommand::Replace(prepare(args, runtime, defaults).await?),
+    };
+    let (reply, answer) = oneshot::channel();
+    calls
+        .send(AdminCall { command, reply })
+        .await
+        .context("the node is shutting down")?;
+    answer.await.context("the node is shutting down")
+}
+
+/// Resolves a load request against the node's defaults and compiles its component (off
+/// the event loop: a Python component takes seconds the first time).
+async fn prepare(
+    args: LoadArgs,
+    runtime: &Arc<Runtime>,
+    defaults: &NodeConfig,
+) -> Result<LoadRequest> {
+    let period = args
+        .period
+        .as_deref()
+        .map(crate::config::parse_duration)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let (path, prepared) = match (args.path, args.component) {
+        (Some(path), None) => {
+            let runtime = runtime.clone();
+            let file = path.clone();
+            let prepared =
+                tokio::task::spawn_blocking(move || runtime.load_component(&file)).await??;
+            (path, prepared)
+        }
+        (None, Some(hash)) => {
+            let prepared = runtime.prepared(&hash).with_context(|| {
+                format!("this node holds no component with hash {hash}; load it by path first")
+            })?;
+            if args.name.is_none() {
+                bail!("loading by component hash needs a name");
+            }
+            (PathBuf::from(format!("{hash}.wasm")), prepared)
+        }
+        _ => bail!("give exactly one of path (a .wasm file) or component (a content hash)"),
+    };
+    let spec = AppSpec {
+        path,
+        name: args.name,
+        config: args.config,
+        cycles: args.cycles,
+        period,
+        limits: args.limits,
+    };
+    let spec = defaults.resolve_app(&spec)?;
+    Ok(LoadRequest { spec, prepared })
+}

@@ -1,0 +1,313 @@
+//! The app registry: the apps a node runs, by name. Each app runs on its own thread
+//! ([`Worker`]) with its own store, limits, schedule and config; messages are routed by
+//! name. Apps can be loaded, unloaded and replaced while the node runs: an unloaded app
+//! first handles the messages already queued for it (nothing accepted is dropped), then
+//! its thread ends and its store is freed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::worker::Worker;
+use super::{AppCommand, AppContext, AppId, AppState, AppStats, Prepared, WorkerEvent};
+use crate::config::ResolvedApp;
+
+/// A seed for `label` derived from the node's `seed` (each app and the sampler get
+/// their own stream).
+pub fn derive_seed(seed: u64, label: &str) -> u64 {
+    let digest = Sha256::new()
+        .chain_update(seed.to_le_bytes())
+        .chain_update(label.as_bytes())
+        .finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// An app to start: its settings and its compiled component.
+pub struct LoadRequest {
+    /// Name, config, schedule and limits.
+    pub spec: ResolvedApp,
+    /// The component.
+    pub prepared: Prepared,
+}
+
+/// What `list` and `stats` tell about an app.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppInfo {
+    /// The routing name.
+    pub name: String,
+    /// The component's content hash (SHA-256, hex).
+    pub component: String,
+    /// `periodic-run` calls to make (`null`: forever).
+    pub cycles: Option<u64>,
+    /// Milliseconds between calls.
+    pub period_ms: u64,
+    /// Received messages waiting.
+    pub queued: usize,
+    /// Counters and state.
+    pub stats: AppStats,
+}
+
+struct RunningApp {
+    id: AppId,
+    spec: ResolvedApp,
+    component: String,
+    commands: std_mpsc::Sender<AppCommand>,
+    stats: Arc<Mutex<AppStats>>,
+    inbox_depth: Arc<AtomicUsize>,
+    finished: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningApp {
+    fn stats(&self) -> AppStats {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn info(&self) -> AppInfo {
+        AppInfo {
+            name: self.spec.name.clone(),
+            component: self.component.clone(),
+            cycles: self.spec.cycles,
+            period_ms: self.spec.period.as_millis() as u64,
+            queued: self.inbox_depth.load(Ordering::Relaxed),
+            stats: self.stats(),
+        }
+    }
+
+    fn join(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The apps of one node.
+pub struct AppRegistry {
+    apps: BTreeMap<String, RunningApp>,
+    /// Unloaded or replaced apps still handling their queued messages.
+    leaving: HashMap<AppId, RunningApp>,
+    /// Apps that were unloaded, with their final counters, in order.
+    retired: Vec<AppInfo>,
+    next_id: u64,
+    context: AppContext,
+    seed: Option<u64>,
+    events: mpsc::Sender<WorkerEvent>,
+    max_payload_bytes: u64,
+}
+
+impl AppRegistry {
+    /// An empty registry; apps share `context` (id, view) and send their events to
+    /// `events`; no app may send payloads over `max_payload_bytes` (the network's frame
+    /// limit).
+    pub fn new(
+        context: AppContext,
+        seed: Option<u64>,
+        events: mpsc::Sender<WorkerEvent>,
+        max_payload_bytes: u64,
+    ) -> AppRegistry {
+        AppRegistry {
+            apps: BTreeMap::new(),
+            leaving: HashMap::new(),
+            retired: Vec::new(),
+            next_id: 0,
+            context,
+            seed,
+            events,
+            max_payload_bytes,
+        }
+    }
+
+    /// Starts an app under a name no running app has.
+    pub fn load(&mut self, request: LoadRequest) -> Result<AppId> {
+        let name = request.spec.name.clone();
+        if self.apps.contains_key(&name) {
+            bail!("an app named {name:?} is already loaded (unload it, or replace it)");
+        }
+        let payload = request.spec.limits.max_payload_bytes;
+        if payload > self.max_payload_bytes {
+            bail!(
+                "limits.max_payload_bytes ({payload}) is over this node's network limit ({})",
+                self.max_payload_bytes
+            );
+        }
+        self.next_id += 1;
+        let id = AppId(self.next_id);
+        let (commands, commands_rx) = std_mpsc::channel();
+        let stats = Arc::new(Mutex::new(AppStats::default()));
+        let inbox_depth = Arc::new(AtomicUsize::new(0));
+        let worker = Worker {
+            id,
+            seed: self.seed.map(|s| derive_seed(s, &name)),
+            spec: request.spec.clone(),
+            prepared: request.prepared.clone(),
+            context: self.context.clone(),
+            commands: commands_rx,
+            events: self.events.clone(),
+            stats: stats.clone(),
+            inbox_depth: inbox_depth.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("app-{name}"))
+            .spawn(move || worker.run())?;
+        tracing::info!(app = %name, component = %request.prepared.hash, "app loaded");
+        self.apps.insert(
+            name,
+            RunningApp {
+                id,
+                spec: request.spec,
+                component: request.prepared.hash,
+                commands,
+                stats,
+                inbox_depth,
+                finished: false,
+                thread: Some(thread),
+            },
+        );
+        Ok(id)
+    }
+
+    /// Takes app `name` out of routing and lets it handle what is queued, then stop;
+    /// [`exited`](Self::exited) says when it is gone.
+    pub fn unload(&mut self, name: &str) -> Result<AppId> {
+        let Some(app) = self.apps.remove(name) else {
+            bail!("no app named {name:?} is loaded");
+        };
+        let _ = app.commands.send(AppCommand::Drain);
+        let id = app.id;
+        self.leaving.insert(id, app);
+        Ok(id)
+    }
+
+    /// Unloads the app of the request's name and loads the request in its place;
+    /// returns the old instance (leaving) and the new one.
+    pub fn replace(&mut self, request: LoadRequest) -> Result<(AppId, AppId)> {
+        let name = request.spec.name.clone();
+        if !self.apps.contains_key(&name) {
+            bail!("no app named {name:?} is loaded to replace");
+        }
+        let payload = request.spec.limits.max_payload_bytes;
+        if payload > self.max_payload_bytes {
+            bail!(
+                "limits.max_payload_bytes ({payload}) is over this node's network limit ({})",
+                self.max_payload_bytes
+            );
+        }
+        let old = self.unload(&name)?;
+        let new = self.load(request)?;
+        Ok((old, new))
+    }
+
+    /// App `id`'s thread ended: joins it; a leaving app is retired, with its final info.
+    pub fn exited(&mut self, id: AppId) -> Option<AppInfo> {
+        if let Some(mut app) = self.leaving.remove(&id) {
+            app.join();
+            let info = app.info();
+            self.retired.push(info.clone());
+            return Some(info);
+        }
+        if let Some(app) = self.apps.values_mut().find(|a| a.id == id) {
+            app.join();
+            app.finished = true;
+        }
+        None
+    }
+
+    /// App `id` finished its cycles or failed.
+    pub fn finished(&mut self, id: AppId) {
+        if let Some(app) = self.apps.values_mut().find(|a| a.id == id) {
+            app.finished = true;
+        }
+    }
+
+    /// Whether apps are loaded and every one is done.
+    pub fn all_finished(&self) -> bool {
+        !self.apps.is_empty() && self.apps.values().all(|a| a.finished)
+    }
+
+    /// The name of app instance `id`, loaded or leaving.
+    pub fn name_of(&self, id: AppId) -> Option<&str> {
+        self.apps
+            .values()
+            .chain(self.leaving.values())
+            .find(|a| a.id == id)
+            .map(|a| a.spec.name.as_str())
+    }
+
+    /// Hands a message from peer `from` to app `app`, or says why not.
+    pub fn deliver(&self, from: &str, app: &str, payload: Vec<u8>) -> Result<(), String> {
+        let Some(running) = self.apps.get(app) else {
+            return Err(format!("no app named {app:?} on this node"));
+        };
+        {
+            let stats = running.stats.lock().unwrap_or_else(|e| e.into_inner());
+            if stats.state == AppState::Failed {
+                return Err(format!(
+                    "app {app:?} has stopped: {}",
+                    stats.reason.as_deref().unwrap_or("failed")
+                ));
+            }
+        }
+        let capacity = running.spec.limits.inbox_capacity;
+        if running.inbox_depth.load(Ordering::Relaxed) >= capacity {
+            return Err(format!(
+                "app {app:?} has {capacity} messages waiting already"
+            ));
+        }
+        running.inbox_depth.fetch_add(1, Ordering::Relaxed);
+        running
+            .commands
+            .send(AppCommand::Message {
+                from: from.to_string(),
+                payload,
+            })
+            .map_err(|_| format!("app {app:?} has stopped"))
+    }
+
+    /// Tells app instance `id` how its message `message_id` ended.
+    pub fn report(&self, id: AppId, message_id: u64, failure: Option<String>) {
+        if let Some(app) = self
+            .apps
+            .values()
+            .chain(self.leaving.values())
+            .find(|a| a.id == id)
+        {
+            let _ = app.commands.send(AppCommand::Delivery {
+                id: message_id,
+                failure,
+            });
+        }
+    }
+
+    /// The loaded apps, by name.
+    pub fn list(&self) -> Vec<AppInfo> {
+        self.apps.values().map(RunningApp::info).collect()
+    }
+
+    /// Apps unloaded so far, with their final counters.
+    pub fn retired(&self) -> &[AppInfo] {
+        &self.retired
+    }
+
+    /// Stops every app, waits for their threads, and returns the final counters of every
+    /// app loaded now (by name) and of those unloaded before.
+    pub fn shutdown(mut self) -> (BTreeMap<String, AppStats>, Vec<AppInfo>) {
+        for app in self.apps.values().chain(self.leaving.values()) {
+            let _ = app.commands.send(AppCommand::Stop);
+        }
+        let mut loaded = BTreeMap::new();
+        for (name, mut app) in std::mem::take(&mut self.apps) {
+            app.join();
+            loaded.insert(name, app.stats());
+        }
+        for (_, mut app) in self.leaving.drain() {
+            app.join();
+            self.retired.push(app.info());
+        }
+        (loaded, self.retired)
+    }
+}
