@@ -1229,3 +1229,73 @@ fn admin_socket_loads_unloads_and_replaces_apps_while_another_keeps_its_schedule
         );
     }
 }
+
+#[test]
+fn apps_dir_loads_replaces_and_unloads_what_is_dropped_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let apps_dir = dir.path().join("apps");
+    std::fs::create_dir(&apps_dir).unwrap();
+    let node = RunningNode::spawn(
+        &[
+            "--context".into(),
+            "e2e-apps-dir".into(),
+            "--apps-dir".into(),
+            apps_dir.display().to_string(),
+        ],
+        dir.path().join("node.log"),
+    );
+    let log = node.log.clone();
+    let hostile = common::guest("hostile.wasm");
+    std::fs::write(
+        apps_dir.join("calm.toml"),
+        "config = \"calm\"\ncycles = -1\nperiod = \"100ms\"\n",
+    )
+    .unwrap();
+    std::fs::copy(&hostile, apps_dir.join("calm.wasm")).unwrap();
+    wait_for("calm.wasm to be loaded and run", || {
+        read(&log).contains("calm cycle 2 view=")
+    });
+    // A malformed file in between is refused with its name; the node goes on.
+    std::fs::write(apps_dir.join("broken.wasm"), b"\0asm garbage").unwrap();
+    wait_for("broken.wasm to be refused", || {
+        read(&log).contains("apps-dir: cannot load broken.wasm")
+    });
+    std::fs::write(apps_dir.join("bad.toml"), "colour = \"blue\"\n").unwrap();
+    std::fs::copy(&hostile, apps_dir.join("bad.wasm")).unwrap();
+    wait_for("bad.toml to be refused", || {
+        let text = read(&log);
+        text.contains("apps-dir: cannot load bad.wasm") && text.contains("unknown field `colour`")
+    });
+    // Replacing the file reloads the app under the same name (now with other settings).
+    std::fs::write(
+        apps_dir.join("calm.toml"),
+        "config = \"greet\"\ncycles = 3\nperiod = \"100ms\"\n",
+    )
+    .unwrap();
+    wait_for("calm to be replaced", || {
+        read(&log).contains("apps-dir: replaced calm.wasm")
+    });
+    std::fs::remove_file(apps_dir.join("calm.wasm")).unwrap();
+    wait_for("calm to be unloaded", || {
+        read(&log).contains("apps-dir: calm.wasm removed; unloaded")
+    });
+    sigterm(&node);
+    let summary = node.finish();
+    assert_eq!(summary["apps"], serde_json::json!({}), "{summary}");
+    let gone: Vec<&str> = summary["unloaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        gone,
+        ["calm", "calm"],
+        "the first version, then the second: {summary}"
+    );
+    let stderr = run_failing(&["run", "--apps-dir", "/no/such/dir"]);
+    assert!(
+        stderr.contains("apps_dir /no/such/dir is not a folder"),
+        "{stderr}"
+    );
+}

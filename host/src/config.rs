@@ -12,6 +12,7 @@
 //! log_file = "node0.log"                # optional: log here instead of stderr
 //! sampling_out = "node0.sampling.jsonl"  # optional: one JSON line per sampler tick
 //! admin = "node0.sock"                  # optional: admin socket (`nodemanager apps`)
+//! apps_dir = "apps/"                     # optional: folder watched for NAME.wasm (+ NAME.toml)
 //!
 //! [sampler]
 //! name = "connected"                    # the view: every connected peer
@@ -99,6 +100,9 @@ pub struct NodeConfig {
     /// Unix socket of the admin interface; with it the node runs until a signal, and
     /// apps can be loaded and unloaded while it runs.
     pub admin: Option<PathBuf>,
+    /// A folder watched for apps (`NAME.wasm` + optional `NAME.toml`); with it the node
+    /// runs until a signal.
+    pub apps_dir: Option<PathBuf>,
     /// Folder of compiled components; none uses the default cache folder.
     pub cache_dir: Option<PathBuf>,
     /// The peer-sampling service that makes the view.
@@ -122,6 +126,7 @@ impl Default for NodeConfig {
             log_file: None,
             sampling_out: None,
             admin: None,
+            apps_dir: None,
             cache_dir: None,
             sampler: SamplerConfig::default(),
             limits: Limits::default(),
@@ -252,11 +257,16 @@ impl NodeConfig {
                 bail!("bootstrap address {addr} has no /p2p/<peer id> part");
             }
         }
-        if self.apps.is_empty() && self.admin.is_none() {
+        if self.apps.is_empty() && self.admin.is_none() && self.apps_dir.is_none() {
             bail!(
                 "no apps to run: give --app PATH[:NAME] or [[apps]] in the config file, \
-                 or --admin PATH to load apps later"
+                 or --admin PATH / --apps-dir DIR to load apps later"
             );
+        }
+        if let Some(dir) = &self.apps_dir {
+            if !dir.is_dir() {
+                bail!("apps_dir {} is not a folder", dir.display());
+            }
         }
         let mut resolved: Vec<ResolvedApp> = Vec::new();
         for spec in &self.apps {

@@ -497,6 +497,10 @@ struct RunArgs {
     /// until SIGINT/SIGTERM, with or without apps.
     #[arg(long, value_name = "PATH")]
     admin: Option<PathBuf>,
+    /// Watch this folder for apps: NAME.wasm (+ optional NAME.toml of settings) dropped
+    /// in is loaded, replaced is reloaded, removed is unloaded; runs until a signal.
+    #[arg(long, value_name = "DIR")]
+    apps_dir: Option<PathBuf>,
     /// Seed for the apps' randomness (reproducible runs).
     #[arg(long)]
     seed: Option<u64>,
@@ -538,6 +542,9 @@ impl RunArgs {
         }
         if let Some(path) = self.admin {
             config.admin = Some(path);
+        }
+        if let Some(dir) = self.apps_dir {
+            config.apps_dir = Some(dir);
         }
         if let Some(path) = self.log_file {
             config.log_file = Some(path);

@@ -240,3 +240,16 @@ async fn prepare(
     let spec = defaults.resolve_app(&spec)?;
     Ok(LoadRequest { spec, prepared })
 }
+
+/// Resolves `spec` against the node's defaults and compiles its file off the event loop.
+pub async fn compile(
+    spec: AppSpec,
+    runtime: &Arc<Runtime>,
+    defaults: &NodeConfig,
+) -> Result<LoadRequest> {
+    let spec = defaults.resolve_app(&spec)?;
+    let runtime = runtime.clone();
+    let path = spec.path.clone();
+    let prepared = tokio::task::spawn_blocking(move || runtime.load_component(&path)).await??;
+    Ok(LoadRequest { spec, prepared })
+}

@@ -7,6 +7,7 @@
 //! with an admin socket, only on a signal.
 
 mod admin;
+mod apps_dir;
 mod sampling_data;
 
 pub use admin::MAX_REQUEST as MAX_ADMIN_REQUEST;
@@ -220,12 +221,18 @@ impl Node {
             }
         }
         let (admin_tx, mut admin_calls) = mpsc::channel::<AdminCall>(16);
-        let serve_admin = self.admin.take().map(|server| {
-            let defaults = Arc::new(self.config.clone());
-            tokio::spawn(server.serve(self.runtime.clone(), defaults, admin_tx.clone()))
-        });
+        let defaults = Arc::new(self.config.clone());
+        let mut services = Vec::new();
+        if let Some(server) = self.admin.take() {
+            let serve = server.serve(self.runtime.clone(), defaults.clone(), admin_tx.clone());
+            services.push(tokio::spawn(serve));
+        }
+        if let Some(dir) = self.config.apps_dir.clone() {
+            let watch = apps_dir::watch(dir, self.runtime.clone(), defaults, admin_tx.clone());
+            services.push(tokio::spawn(watch));
+        }
         drop(admin_tx);
-        let stays_up = serve_admin.is_some();
+        let stays_up = !services.is_empty();
         let mut unloading: HashMap<AppId, oneshot::Sender<serde_json::Value>> = HashMap::new();
 
         let mut pending: HashMap<OutboundRequestId, PendingDelivery> = HashMap::new();
@@ -288,8 +295,8 @@ impl Node {
                 linger.as_mut().reset(Instant::now() + self.config.linger);
             }
         }
-        if let Some(serve) = serve_admin {
-            serve.abort();
+        for service in services {
+            service.abort();
         }
         for p in pending.values() {
             registry.report(
