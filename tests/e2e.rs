@@ -1299,3 +1299,99 @@ fn apps_dir_loads_replaces_and_unloads_what_is_dropped_in() {
         "{stderr}"
     );
 }
+
+/// Peak resident memory of process `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn flooding_and_log_spamming_apps_are_bounded_beside_a_well_behaved_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = common::guest("hostile.wasm").display().to_string();
+    // B receives the flood (its `flood` app is calm and logs what arrives).
+    let receiver = RunningNode::spawn(
+        &[
+            "--context".into(),
+            "e2e-flood".into(),
+            "--app".into(),
+            format!("{hostile}:flood"),
+            "--app-config".into(),
+            "flood=calm".into(),
+            "--cycles".into(),
+            "-1".into(),
+        ],
+        dir.path().join("receiver.log"),
+    );
+    let app = |name: &str, mode: &str, cycles: u32| {
+        format!("[[apps]]\npath = {hostile:?}\nname = \"{name}\"\nconfig = \"{mode}\"\ncycles = {cycles}\n")
+    };
+    let config = dir.path().join("sender.toml");
+    std::fs::write(
+        &config,
+        [
+            "context = \"e2e-flood\"\nperiod = \"100ms\"\nlinger = \"500ms\"\n".to_string(),
+            app("clock", "calm", 20),
+            app("flood", "flood", 10),
+            app("logger", "log", 3),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let args = [
+        "--config".to_string(),
+        config.display().to_string(),
+        "--bootstrap".into(),
+        receiver.addr(),
+    ];
+    let sender = RunningNode::spawn(&args, dir.path().join("sender.log"));
+    let pid = sender.child.id();
+    wait_for("the sender's clock app to finish", || {
+        read(&sender.log).contains("app finished its cycles app=clock")
+    });
+    let peak = peak_rss_kib(pid);
+    let summary = sender.finish();
+    sigterm(&receiver);
+    let received = receiver.finish();
+    let apps = &summary["apps"];
+    assert_eq!(apps["clock"]["state"], "done", "{summary}");
+    assert_eq!(apps["clock"]["cycles"], 20, "{summary}");
+    let log = read(&dir.path().join("sender.log"));
+    assert!(
+        log.contains("flood queued 1024 messages"),
+        "the per-call queue bound holds"
+    );
+    assert!(
+        apps["flood"]["send_errors"].as_u64().unwrap() >= 1,
+        "{summary}"
+    );
+    assert!(
+        received["apps"]["flood"]["received"].as_u64().unwrap() > 0,
+        "{received}"
+    );
+    // The logger is cut to 256 lines of 4 KiB per call, or stopped by its CPU deadline.
+    let logger = &apps["logger"];
+    assert!(
+        log.contains("lines in one call; the rest were dropped")
+            || logger["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("CPU deadline"),
+        "{summary}"
+    );
+    assert!(
+        !log.lines().any(|l| l.len() > 8 * 1024),
+        "no log line over the cap"
+    );
+    assert!(
+        log.len() < 16 << 20,
+        "the node log stays small: {} bytes",
+        log.len()
+    );
+    assert!(
+        peak < 400 * 1024,
+        "the sender's memory stays bounded: {peak} KiB"
+    );
+}

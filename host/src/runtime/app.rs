@@ -112,7 +112,17 @@ impl LoadedApp {
         f: impl FnOnce(&App, &mut Store<HostState>) -> wasmtime::Result<Result<(), String>>,
     ) -> Result<(), AppError> {
         self.store.set_epoch_deadline(self.limits.deadline_ticks());
+        self.store.data_mut().logs_this_call = 0;
         let result = f(&self.exports, &mut self.store);
+        let dropped_logs = std::mem::take(&mut self.store.data_mut().dropped_logs);
+        if dropped_logs > 0 {
+            tracing::warn!(
+                app = %self.name,
+                dropped_logs,
+                "the app logged over {} lines in one call; the rest were dropped",
+                super::host::MAX_LOGS_PER_CALL
+            );
+        }
         let state = self.store.data();
         state.stdout.flush_partial();
         state.stderr.flush_partial();

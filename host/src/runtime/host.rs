@@ -67,6 +67,30 @@ pub struct HostState {
     next_message_id: u64,
     pub(super) stdout: GuestLog,
     pub(super) stderr: GuestLog,
+    /// `log` calls in the current call into the app.
+    pub(super) logs_this_call: u32,
+    /// `log` calls dropped in the current call (over [`MAX_LOGS_PER_CALL`]).
+    pub(super) dropped_logs: u64,
+}
+
+/// Most `log` lines one call into an app may write; the rest are counted and dropped.
+pub const MAX_LOGS_PER_CALL: u32 = 256;
+/// Longest `log` message kept; longer ones are cut, saying by how much.
+pub const MAX_LOG_BYTES: usize = 4096;
+
+/// `message` cut to at most [`MAX_LOG_BYTES`] (at a character boundary), with a note of
+/// what was cut.
+fn clip_log(mut message: String) -> String {
+    if message.len() > MAX_LOG_BYTES {
+        let mut end = MAX_LOG_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = message.len() - end;
+        message.truncate(end);
+        message.push_str(&format!("… [{cut} more bytes cut]"));
+    }
+    message
 }
 
 impl HostState {
@@ -98,6 +122,8 @@ impl HostState {
             limits,
             outbox: Vec::new(),
             refused_sends: 0,
+            logs_this_call: 0,
+            dropped_logs: 0,
             next_message_id: 1,
             stdout,
             stderr,
@@ -192,6 +218,12 @@ impl Host for HostState {
     }
 
     fn log(&mut self, level: Level, message: String) {
+        if self.logs_this_call >= MAX_LOGS_PER_CALL {
+            self.dropped_logs += 1;
+            return;
+        }
+        self.logs_this_call += 1;
+        let message = clip_log(message);
         let app = &*self.app;
         match level {
             Level::Trace => tracing::trace!(target: "guest", app, "{message}"),

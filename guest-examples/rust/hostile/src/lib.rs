@@ -9,7 +9,10 @@
 //! - `print`: write to stdout and stderr (they must land in the node log);
 //! - `calm`: behave (log each cycle with the view it was given);
 //! - `greet`: as `calm`, and send `hello` to every peer of the view each cycle, logging
-//!   what arrives (`greet got hello from <peer>`).
+//!   what arrives (`greet got hello from <peer>`);
+//! - `flood`: each cycle, queue 1 KiB messages to the first peer of the view until
+//!   `send-message` refuses (the per-call queue bound must stop it);
+//! - `log`: each cycle, log 1 MiB lines, 10,000 of them (the log caps must hold).
 
 use nodemanager_guest::{export_app, host, log_info, App};
 
@@ -21,7 +24,7 @@ struct Hostile {
 impl App for Hostile {
     fn init(config: &str) -> Result<Self, String> {
         match config {
-            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" => {
+            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "flood" | "log" => {
                 Ok(Hostile { mode: config.to_string(), cycles: 0 })
             }
             other => Err(format!("unknown hostile mode {other:?}")),
@@ -61,6 +64,25 @@ impl App for Hostile {
                 log_info(&format!("env vars={} args={}", vars.len(), args.len()));
                 if !vars.is_empty() || !args.is_empty() {
                     return Err(format!("saw env {vars:?} args {args:?}"));
+                }
+                Ok(())
+            }
+            "flood" => {
+                let Some(peer) = view.first() else {
+                    return Ok(());
+                };
+                let payload = vec![0x55u8; 1024];
+                let mut queued = 0u64;
+                while host::send_message(peer, &payload, 5_000).is_ok() {
+                    queued += 1;
+                }
+                log_info(&format!("flood queued {queued} messages"));
+                Ok(())
+            }
+            "log" => {
+                let line = "x".repeat(1 << 20);
+                for _ in 0..10_000 {
+                    log_info(&line);
                 }
                 Ok(())
             }
