@@ -1368,6 +1368,17 @@ fn flooding_and_log_spamming_apps_are_bounded_beside_a_well_behaved_one() {
         "{summary}"
     );
     assert!(
+        apps["flood"]["bytes_out"].as_u64().unwrap() >= 1024 * 1024,
+        "{summary}"
+    );
+    let clock = &apps["clock"];
+    assert!(
+        clock["calls"].as_u64().unwrap() >= 21,
+        "init and 20 cycles: {summary}"
+    );
+    assert!(clock["memory_bytes"].as_u64().unwrap() > 0, "{summary}");
+    assert!(clock["call_time_p99_us"].as_u64() >= clock["call_time_p50_us"].as_u64());
+    assert!(
         received["apps"]["flood"]["received"].as_u64().unwrap() > 0,
         "{received}"
     );

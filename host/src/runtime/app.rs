@@ -102,6 +102,11 @@ impl LoadedApp {
         std::mem::take(&mut self.store.data_mut().outbox)
     }
 
+    /// Linear memory the app holds now, in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.store.data().limiter.granted
+    }
+
     /// How many `send-message` calls were refused since the last time this was asked.
     pub fn take_refused_sends(&mut self) -> u64 {
         std::mem::take(&mut self.store.data_mut().refused_sends)

@@ -147,6 +147,8 @@ pub(super) struct MemoryLimiter {
     pub refused: Option<usize>,
     /// The cap, in bytes.
     pub cap: u64,
+    /// Linear memory granted so far, all memories together, in bytes.
+    pub granted: u64,
 }
 
 impl MemoryLimiter {
@@ -159,6 +161,7 @@ impl MemoryLimiter {
             inner,
             refused: None,
             cap,
+            granted: 0,
         }
     }
 }
@@ -171,8 +174,9 @@ impl ResourceLimiter for MemoryLimiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let verdict = self.inner.memory_growing(current, desired, maximum);
-        if !matches!(verdict, Ok(true)) {
-            self.refused = Some(desired);
+        match verdict {
+            Ok(true) => self.granted += desired.saturating_sub(current) as u64,
+            _ => self.refused = Some(desired),
         }
         verdict
     }

@@ -58,9 +58,72 @@ pub enum AppState {
     Unloaded,
 }
 
+/// Call durations in buckets of a quarter power of two of microseconds (at most ~19%
+/// wide), for percentiles without keeping every sample.
+#[derive(Clone, Debug, Default)]
+pub struct CallTimes {
+    buckets: Vec<u64>,
+    count: u64,
+}
+
+impl CallTimes {
+    fn bucket(micros: u64) -> usize {
+        if micros < 4 {
+            return micros as usize;
+        }
+        let power = 63 - micros.leading_zeros() as usize; // micros >= 2^power
+        let quarter = ((micros >> (power - 2)) & 3) as usize;
+        power * 4 + quarter - 4
+    }
+
+    /// The largest duration bucket `index` holds.
+    fn upper(index: usize) -> u64 {
+        if index < 4 {
+            return index as u64;
+        }
+        let (power, quarter) = ((index + 4) / 4, (index + 4) % 4);
+        (1u64 << power) + ((quarter as u64 + 1) << (power - 2)) - 1
+    }
+
+    /// Counts one call of `micros` microseconds.
+    pub fn record(&mut self, micros: u64) {
+        let index = Self::bucket(micros);
+        if self.buckets.len() <= index {
+            self.buckets.resize(index + 1, 0);
+        }
+        self.buckets[index] += 1;
+        self.count += 1;
+    }
+
+    /// The duration under which fraction `q` of the calls fell (bucket upper bound).
+    pub fn quantile(&self, q: f64) -> u64 {
+        let rank = ((q * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (index, &n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Self::upper(index);
+            }
+        }
+        0
+    }
+}
+
 /// An app's counters, as the final summary prints them.
 #[derive(Clone, Debug, Serialize)]
 pub struct AppStats {
+    /// Calls into the app (init, periodic-run, handle-message, delivery-report).
+    pub calls: u64,
+    /// Median call time, in microseconds (within ~19%).
+    pub call_time_p50_us: u64,
+    /// 99th-percentile call time, in microseconds (within ~19%).
+    pub call_time_p99_us: u64,
+    /// Linear memory the app holds, in bytes.
+    pub memory_bytes: u64,
+    /// Payload bytes handed to `handle-message`.
+    pub bytes_in: u64,
+    /// Payload bytes the app queued with `send-message`.
+    pub bytes_out: u64,
     /// `periodic-run` calls made.
     pub cycles: u64,
     /// Messages the destination accepted.
@@ -76,11 +139,19 @@ pub struct AppStats {
     /// Why the app failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(skip)]
+    call_times: CallTimes,
 }
 
 impl Default for AppStats {
     fn default() -> Self {
         AppStats {
+            calls: 0,
+            call_time_p50_us: 0,
+            call_time_p99_us: 0,
+            memory_bytes: 0,
+            bytes_in: 0,
+            bytes_out: 0,
             cycles: 0,
             sent: 0,
             received: 0,
@@ -88,6 +159,7 @@ impl Default for AppStats {
             call_errors: 0,
             state: AppState::Running,
             reason: None,
+            call_times: CallTimes::default(),
         }
     }
 }
@@ -152,7 +224,10 @@ impl Worker {
             Ok(app) => app,
             Err(e) => return self.stop_with(e),
         };
-        if let Err(e) = app.init(&self.spec.config) {
+        let started = Instant::now();
+        let init = app.init(&self.spec.config);
+        self.record_call(&app, started);
+        if let Err(e) = init {
             return self.stop_with(AppError::Stopped(format!("init failed: {e}")));
         }
         tracing::info!(app = %name, cycles = ?self.spec.cycles, period = ?self.spec.period, "app started");
@@ -178,6 +253,7 @@ impl Worker {
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
+            let started = Instant::now();
             let result = match command {
                 None => {
                     next_cycle = (next_cycle + self.spec.period).max(now);
@@ -195,7 +271,11 @@ impl Worker {
                 }
                 Some(AppCommand::Message { from, payload }) => {
                     self.inbox_depth.fetch_sub(1, Ordering::Relaxed);
-                    self.stats().received += 1;
+                    {
+                        let mut stats = self.stats();
+                        stats.received += 1;
+                        stats.bytes_in += payload.len() as u64;
+                    }
                     app.handle_message(&from, &payload)
                 }
                 Some(AppCommand::Delivery { id, failure }) => {
@@ -218,6 +298,7 @@ impl Worker {
                     break;
                 }
             };
+            self.record_call(&app, started);
             self.stats().send_errors += app.take_refused_sends();
             match result {
                 Ok(()) => {}
@@ -249,13 +330,54 @@ impl Worker {
         }
     }
 
+    /// Counts a call that began at `started`, and the app's memory after it.
+    fn record_call(&self, app: &LoadedApp, started: Instant) {
+        let micros = started.elapsed().as_micros() as u64;
+        let mut stats = self.stats();
+        stats.calls += 1;
+        stats.call_times.record(micros);
+        stats.call_time_p50_us = stats.call_times.quantile(0.5);
+        stats.call_time_p99_us = stats.call_times.quantile(0.99);
+        stats.memory_bytes = app.memory_bytes();
+    }
+
     fn flush(&self, app: &mut LoadedApp) {
         let messages = app.take_outbox();
         if !messages.is_empty() {
+            let bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
+            self.stats().bytes_out += bytes as u64;
             let _ = self.events.blocking_send(WorkerEvent::Outgoing {
                 app: self.id,
                 messages,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_time_buckets_cover_every_duration_and_quantiles_are_upper_bounds() {
+        for micros in [0u64, 1, 3, 4, 5, 7, 8, 100, 1_000, 123_456, 10_000_000] {
+            let index = CallTimes::bucket(micros);
+            assert!(CallTimes::upper(index) >= micros, "{micros}");
+            assert!(
+                index == 0 || CallTimes::upper(index - 1) < micros,
+                "{micros}"
+            );
+            assert!(
+                CallTimes::upper(index) as f64 <= micros as f64 * 1.25 + 1.0,
+                "{micros}"
+            );
+        }
+        let mut times = CallTimes::default();
+        (1..=100).for_each(|m| times.record(m));
+        let p50 = times.quantile(0.5);
+        assert!((50..=63).contains(&p50), "{p50}");
+        let p99 = times.quantile(0.99);
+        assert!((99..=127).contains(&p99), "{p99}");
+        assert_eq!(CallTimes::default().quantile(0.5), 0);
     }
 }
