@@ -105,6 +105,9 @@ pub struct NodeConfig {
     pub apps_dir: Option<PathBuf>,
     /// Folder of compiled components; none uses the default cache folder.
     pub cache_dir: Option<PathBuf>,
+    /// Most MiB of compiled components the cache folder keeps (least recently used
+    /// entries are evicted).
+    pub cache_max_mib: u64,
     /// The peer-sampling service that makes the view.
     pub sampler: SamplerConfig,
     /// Default limits for every app.
@@ -128,6 +131,7 @@ impl Default for NodeConfig {
             admin: None,
             apps_dir: None,
             cache_dir: None,
+            cache_max_mib: 2048,
             sampler: SamplerConfig::default(),
             limits: Limits::default(),
             apps: Vec::new(),

@@ -519,6 +519,9 @@ struct RunArgs {
     /// Folder of compiled components.
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// Most MiB the compiled-component cache keeps; least recently used entries go.
+    #[arg(long, value_name = "MIB")]
+    cache_max_mib: Option<u64>,
 }
 
 impl RunArgs {
@@ -551,6 +554,9 @@ impl RunArgs {
         }
         if let Some(dir) = self.cache_dir {
             config.cache_dir = Some(dir);
+        }
+        if let Some(mib) = self.cache_max_mib {
+            config.cache_max_mib = mib;
         }
         match (self.sampler.as_deref(), self.topology, self.topology_node) {
             (Some("static"), Some(topology), Some(node)) | (None, Some(topology), Some(node)) => {
@@ -641,7 +647,10 @@ fn run(args: RunArgs) -> Result<()> {
         .cache_dir
         .clone()
         .unwrap_or_else(Runtime::default_cache_dir);
-    let runtime = Arc::new(Runtime::new(&cache_dir)?);
+    let runtime = Arc::new(Runtime::with_cache_bound(
+        &cache_dir,
+        config.cache_max_mib.saturating_mul(1 << 20),
+    )?);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -9,11 +9,17 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-/// A folder of `<sha256 of the wasm>-<engine hash>.cwasm` files.
+/// A folder of `<sha256 of the wasm>-<engine hash>.cwasm` files, at most `max_bytes` in
+/// all: storing a new entry evicts the least recently used ones (a hit refreshes an
+/// entry's modification time).
 pub struct ComponentCache {
     dir: PathBuf,
     engine_key: String,
+    max_bytes: u64,
 }
+
+/// The default bound of the cache folder.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 2 << 30;
 
 /// The SHA-256 of `bytes`, as lowercase hex.
 pub fn content_hash(bytes: &[u8]) -> String {
@@ -39,12 +45,17 @@ pub fn check_is_component(bytes: &[u8]) -> Result<()> {
 }
 
 impl ComponentCache {
-    /// Opens (creating with mode 0700) the cache folder `dir` for `engine`'s settings.
-    pub fn new(dir: PathBuf, engine: &Engine) -> Result<ComponentCache> {
+    /// Opens (creating with mode 0700) the cache folder `dir` for `engine`'s settings,
+    /// bounded to `max_bytes`.
+    pub fn new(dir: PathBuf, engine: &Engine, max_bytes: u64) -> Result<ComponentCache> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = format!("{:016x}", hasher.finish());
-        Ok(ComponentCache { dir, engine_key })
+        Ok(ComponentCache {
+            dir,
+            engine_key,
+            max_bytes,
+        })
     }
 
     /// Where the compiled form of `bytes` lives.
@@ -66,7 +77,10 @@ impl ComponentCache {
             // the name); the folder is created private to the user. wasmtime checks the
             // header and refuses data from another engine version or configuration.
             match unsafe { Component::deserialize(engine, &compiled) } {
-                Ok(component) => return Ok((component, true)),
+                Ok(component) => {
+                    touch(&path);
+                    return Ok((component, true));
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "ignoring unusable cache entry: {e:#}")
                 }
@@ -87,7 +101,48 @@ impl ComponentCache {
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, serialized)?;
         std::fs::rename(&tmp, path)?;
+        self.evict(path);
         Ok(())
+    }
+
+    /// Removes the least recently used entries (never `keep`) until the folder holds at
+    /// most `max_bytes` of compiled components.
+    fn evict(&self, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                Some((meta.modified().ok()?, meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        files.sort();
+        for (_, len, path) in files {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path == keep {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    total -= len;
+                    tracing::info!(path = %path.display(), bytes = len, "evicted from the compiled-component cache");
+                }
+                Err(e) => tracing::warn!(path = %path.display(), "cannot evict: {e}"),
+            }
+        }
+    }
+}
+
+/// Marks a cache entry as just used.
+fn touch(path: &Path) {
+    if let Ok(file) = std::fs::File::options().write(true).open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
     }
 }
 
@@ -98,4 +153,34 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create cache folder {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn eviction_removes_the_least_recently_used_entries_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let cache = ComponentCache::new(dir.path().to_path_buf(), &engine, 250).unwrap();
+        let now = SystemTime::now();
+        for (name, age) in [("old", 30), ("mid", 20), ("new", 10)] {
+            let path = dir.path().join(format!("{name}.cwasm"));
+            std::fs::write(&path, [0u8; 100]).unwrap();
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(now - Duration::from_secs(age)).unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), [0u8; 1000]).unwrap();
+        touch(&dir.path().join("old.cwasm"));
+        cache.evict(&dir.path().join("new.cwasm"));
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["new.cwasm", "notes.txt", "old.cwasm"], "mid was least recently used");
+    }
 }

@@ -10,7 +10,7 @@ pub mod registry;
 mod worker;
 
 pub use app::{AppError, LoadedApp};
-pub use cache::ComponentCache;
+pub use cache::{ComponentCache, DEFAULT_CACHE_MAX_BYTES};
 pub use host::{AppContext, OutgoingMessage};
 pub use inspect::{inspect, Inspection};
 pub use registry::{AppInfo, AppRegistry, LoadRequest};
@@ -110,8 +110,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the engine (component model, epoch interruption) and starts its epoch ticker.
+    /// [`Runtime::with_cache_bound`] with the default bound.
     pub fn new(cache_dir: &Path) -> Result<Runtime> {
+        Runtime::with_cache_bound(cache_dir, DEFAULT_CACHE_MAX_BYTES)
+    }
+
+    /// Builds the engine (component model, epoch interruption) and starts its epoch
+    /// ticker; compiled components are cached in `cache_dir`, at most `cache_max_bytes`.
+    pub fn with_cache_bound(cache_dir: &Path, cache_max_bytes: u64) -> Result<Runtime> {
         let mut config = Config::new();
         config.wasm_component_model(true).epoch_interruption(true);
         let engine = Engine::new(&config)
@@ -121,7 +127,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
         bindings::App::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)?;
-        let cache = ComponentCache::new(cache_dir.to_path_buf(), &engine)?;
+        let cache = ComponentCache::new(cache_dir.to_path_buf(), &engine, cache_max_bytes)?;
         // The ticker lives as long as the engine: compiled components hold it too, so it
         // outlives this Runtime while any app can still run.
         let weak_engine = engine.weak();
