@@ -1003,6 +1003,15 @@ fn admin_socket_loads_unloads_and_replaces_apps_while_another_keeps_its_schedule
         for earlier in &nodes {
             args.extend(["--bootstrap".into(), earlier.addr()]);
         }
+        if i == 0 {
+            let metrics = dir.path().join("node0.metrics.jsonl").display().to_string();
+            args.extend([
+                "--metrics-out".into(),
+                metrics,
+                "--metrics-every".into(),
+                "200ms".into(),
+            ]);
+        }
         nodes.push(RunningNode::spawn(
             &args,
             dir.path().join(format!("node{i}.log")),
@@ -1213,6 +1222,26 @@ fn admin_socket_loads_unloads_and_replaces_apps_while_another_keeps_its_schedule
             .unwrap()
             > 0
     );
+
+    // Node 0 wrote its counters every 200 ms, the clock app's among them.
+    let lines: Vec<Value> = read(&dir.path().join("node0.metrics.jsonl"))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 5, "{} metrics lines", lines.len());
+    let last = lines.last().unwrap();
+    let clock = last["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "clock");
+    assert!(
+        clock.unwrap()["stats"]["calls"].as_u64().unwrap() > 1,
+        "{last}"
+    );
+    assert!(lines
+        .windows(2)
+        .all(|w| w[0]["elapsed_ms"].as_u64() < w[1]["elapsed_ms"].as_u64()));
 
     // The clock app kept its 500 ms schedule through all of the above.
     let ticks: Vec<f64> = read(&logs[0])

@@ -13,6 +13,7 @@
 //! sampling_out = "node0.sampling.jsonl"  # optional: one JSON line per sampler tick
 //! admin = "node0.sock"                  # optional: admin socket (`nodemanager apps`)
 //! apps_dir = "apps/"                     # optional: folder watched for NAME.wasm (+ NAME.toml)
+//! metrics_out = "node0.metrics.jsonl"    # optional: counters every metrics_every ("1s")
 //!
 //! [sampler]
 //! name = "connected"                    # the view: every connected peer
@@ -103,6 +104,12 @@ pub struct NodeConfig {
     /// A folder watched for apps (`NAME.wasm` + optional `NAME.toml`); with it the node
     /// runs until a signal.
     pub apps_dir: Option<PathBuf>,
+    /// Where to write the apps' and the sampler's counters as JSON Lines, every
+    /// `metrics_every`.
+    pub metrics_out: Option<PathBuf>,
+    /// Time between two `metrics_out` lines.
+    #[serde(with = "duration")]
+    pub metrics_every: Duration,
     /// Folder of compiled components; none uses the default cache folder.
     pub cache_dir: Option<PathBuf>,
     /// Most MiB of compiled components the cache folder keeps (least recently used
@@ -130,6 +137,8 @@ impl Default for NodeConfig {
             sampling_out: None,
             admin: None,
             apps_dir: None,
+            metrics_out: None,
+            metrics_every: Duration::from_secs(1),
             cache_dir: None,
             cache_max_mib: 2048,
             sampler: SamplerConfig::default(),
@@ -266,6 +275,9 @@ impl NodeConfig {
                 "no apps to run: give --app PATH[:NAME] or [[apps]] in the config file, \
                  or --admin PATH / --apps-dir DIR to load apps later"
             );
+        }
+        if self.metrics_every.is_zero() {
+            bail!("metrics_every must be greater than zero");
         }
         if let Some(dir) = &self.apps_dir {
             if !dir.is_dir() {

@@ -497,6 +497,13 @@ struct RunArgs {
     /// until SIGINT/SIGTERM, with or without apps.
     #[arg(long, value_name = "PATH")]
     admin: Option<PathBuf>,
+    /// Write every app's counters (calls, call times, memory, bytes, queue) and the
+    /// sampler's as JSON Lines here, every --metrics-every.
+    #[arg(long, value_name = "FILE.jsonl")]
+    metrics_out: Option<PathBuf>,
+    /// Time between two --metrics-out lines, e.g. 500ms.
+    #[arg(long, value_parser = parse_duration)]
+    metrics_every: Option<Duration>,
     /// Watch this folder for apps: NAME.wasm (+ optional NAME.toml of settings) dropped
     /// in is loaded, replaced is reloaded, removed is unloaded; runs until a signal.
     #[arg(long, value_name = "DIR")]
@@ -548,6 +555,12 @@ impl RunArgs {
         }
         if let Some(dir) = self.apps_dir {
             config.apps_dir = Some(dir);
+        }
+        if let Some(path) = self.metrics_out {
+            config.metrics_out = Some(path);
+        }
+        if let Some(every) = self.metrics_every {
+            config.metrics_every = every;
         }
         if let Some(path) = self.log_file {
             config.log_file = Some(path);

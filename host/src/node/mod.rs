@@ -8,6 +8,7 @@
 
 mod admin;
 mod apps_dir;
+mod jsonl;
 mod sampling_data;
 
 pub use admin::MAX_REQUEST as MAX_ADMIN_REQUEST;
@@ -40,6 +41,7 @@ use crate::runtime::{
 };
 use crate::sampling::{self, Outgoing, PeerSampler};
 use admin::{refusal, AdminCall, AdminCommand, AdminServer};
+use jsonl::JsonLines;
 use sampling_data::SamplingWriter;
 
 /// How long start-up waits for the listeners to report their addresses.
@@ -88,6 +90,7 @@ pub struct Node {
     sampler: Box<dyn PeerSampler>,
     sampling: SamplingStats,
     sampling_out: Option<SamplingWriter>,
+    metrics_out: Option<JsonLines>,
     /// This node's listen addresses (without /p2p), told to peers in sampling messages.
     own_addrs: Vec<Multiaddr>,
     /// Listen addresses of other peers, learned through identify and sampling messages.
@@ -178,6 +181,11 @@ impl Node {
             ..SamplingStats::default()
         };
         let admin = config.admin.as_deref().map(AdminServer::bind).transpose()?;
+        let metrics_out = config
+            .metrics_out
+            .as_deref()
+            .map(|path| JsonLines::create(path, "metrics output"))
+            .transpose()?;
         Ok(Node {
             swarm,
             config,
@@ -189,6 +197,7 @@ impl Node {
             sampler,
             sampling,
             sampling_out,
+            metrics_out,
             app_protocol,
             own_addrs,
             addresses: HashMap::new(),
@@ -242,6 +251,11 @@ impl Node {
             .sampler
             .period()
             .map(|period| tokio::time::interval_at(Instant::now() + period, period));
+        let started = Instant::now();
+        let mut metrics_tick = self.metrics_out.as_ref().map(|_| {
+            let every = self.config.metrics_every;
+            tokio::time::interval_at(Instant::now() + every, every)
+        });
         let linger = tokio::time::sleep(Duration::MAX / 4);
         tokio::pin!(linger, shutdown);
         let mut lingering = false;
@@ -283,6 +297,7 @@ impl Node {
                     });
                 }
                 _ = next_tick(&mut sampler_tick) => self.on_sampler_tick(),
+                _ = next_tick(&mut metrics_tick) => self.write_metrics(&registry, started),
                 _ = &mut linger => break,
                 _ = &mut shutdown => {
                     tracing::info!("shutting down on request");
@@ -314,6 +329,23 @@ impl Node {
             apps,
             unloaded,
             sampling: self.sampling.clone(),
+        }
+    }
+
+    /// Writes one `--metrics-out` line: every loaded app's info and the sampler's counters.
+    fn write_metrics(&mut self, registry: &AppRegistry, started: Instant) {
+        self.sampling.capture(self.sampler.as_ref());
+        let record = json!({
+            "elapsed_ms": started.elapsed().as_millis() as u64,
+            "apps": registry.list(),
+            "unloaded": registry.retired().len(),
+            "sampling": self.sampling,
+        });
+        if let Some(out) = &mut self.metrics_out {
+            if let Err(error) = out.write(&record) {
+                tracing::error!("{error:#}; no more metrics lines");
+                self.metrics_out = None;
+            }
         }
     }
 
@@ -605,7 +637,7 @@ impl Node {
     }
 }
 
-/// Waits for the next sampler tick; never resolves for a sampler without ticks.
+/// Waits for the next tick of `interval`; never resolves without one.
 async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
     match interval {
         Some(interval) => {

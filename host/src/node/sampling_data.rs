@@ -3,15 +3,14 @@
 //! `get_data_sampling()`).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use libp2p::PeerId;
 use serde::Serialize;
 
+use super::jsonl::JsonLines;
 use crate::sampling::PeerSampler;
 
 /// Sampler counters, in the final summary.
@@ -67,8 +66,7 @@ struct TickRecord<'a> {
 
 /// Writes one JSON line per tick, flushed, so the file is whole if the node is killed.
 pub struct SamplingWriter {
-    path: PathBuf,
-    out: BufWriter<File>,
+    out: JsonLines,
     started: Instant,
     last: SamplingStats,
 }
@@ -76,11 +74,8 @@ pub struct SamplingWriter {
 impl SamplingWriter {
     /// Creates (or truncates) `path`.
     pub fn create(path: &Path) -> Result<SamplingWriter> {
-        let file = File::create(path)
-            .with_context(|| format!("cannot create sampling output {}", path.display()))?;
         Ok(SamplingWriter {
-            path: path.to_path_buf(),
-            out: BufWriter::new(file),
+            out: JsonLines::create(path, "sampling output")?,
             started: Instant::now(),
             last: SamplingStats::default(),
         })
@@ -98,11 +93,7 @@ impl SamplingWriter {
             refused: stats.refused - self.last.refused,
             counters: &stats.counters,
         };
-        serde_json::to_writer(&mut self.out, &record)?;
-        self.out.write_all(b"\n")?;
-        self.out
-            .flush()
-            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.out.write(&record)?;
         self.last = stats.clone();
         Ok(())
     }

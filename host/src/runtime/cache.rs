@@ -181,6 +181,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["new.cwasm", "notes.txt", "old.cwasm"], "mid was least recently used");
+        assert_eq!(
+            left,
+            ["new.cwasm", "notes.txt", "old.cwasm"],
+            "mid was least recently used"
+        );
     }
 }
