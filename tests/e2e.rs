@@ -1435,3 +1435,72 @@ fn flooding_and_log_spamming_apps_are_bounded_beside_a_well_behaved_one() {
         "the sender's memory stays bounded: {peak} KiB"
     );
 }
+
+#[test]
+fn ping_pong_reports_round_trip_times_and_gossip_reaches_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let ping = common::guest("ping_pong.wasm").display().to_string();
+    let gossip = common::guest("gossip_broadcast.wasm").display().to_string();
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for i in 0..4 {
+        let mut args = vec![
+            "--context".to_string(),
+            "e2e-examples".into(),
+            "--cycles".into(),
+            "-1".into(),
+            "--period".into(),
+            "100ms".into(),
+            "--app".into(),
+            format!("{gossip}:gossip"),
+            "--app-config".into(),
+            format!(
+                "gossip={}",
+                if i == 0 {
+                    "origin,fanout=1"
+                } else {
+                    "fanout=1"
+                }
+            ),
+        ];
+        if i < 2 {
+            args.extend([
+                "--app".into(),
+                format!("{ping}:ping"),
+                "--app-config".into(),
+                "ping=5".into(),
+            ]);
+        }
+        if let Some(previous) = nodes.last() {
+            args.extend(["--bootstrap".into(), previous.addr()]);
+        }
+        nodes.push(RunningNode::spawn(
+            &args,
+            dir.path().join(format!("node{i}.log")),
+        ));
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let expected = if i == 0 {
+            "rumour started"
+        } else {
+            "infected after"
+        };
+        wait_for(&format!("node{i}: {expected}"), || {
+            read(&node.log).contains(expected)
+        });
+    }
+    for i in 0..2 {
+        wait_for(&format!("node{i}'s latency histogram"), || {
+            read(&nodes[i].log).contains("rtt n=5 p50<=")
+        });
+    }
+    let log = read(&nodes[1].log);
+    let infected = log.lines().filter(|l| l.contains("infected after")).count();
+    assert_eq!(infected, 1, "a node is infected once: {log}");
+    for node in &nodes {
+        sigterm(node);
+    }
+    for node in nodes {
+        let summary = node.finish();
+        assert_eq!(summary["apps"]["gossip"]["call_errors"], 0, "{summary}");
+    }
+}
