@@ -1488,9 +1488,9 @@ fn ping_pong_reports_round_trip_times_and_gossip_reaches_every_node() {
             read(&node.log).contains(expected)
         });
     }
-    for i in 0..2 {
+    for (i, node) in nodes.iter().take(2).enumerate() {
         wait_for(&format!("node{i}'s latency histogram"), || {
-            read(&nodes[i].log).contains("rtt n=5 p50<=")
+            read(&node.log).contains("rtt n=5 p50<=")
         });
     }
     let log = read(&nodes[1].log);
