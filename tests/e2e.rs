@@ -1143,6 +1143,45 @@ fn admin_socket_loads_unloads_and_replaces_apps_while_another_keeps_its_schedule
 
     // Unload one app, replace another with a new version (the same component in calm
     // mode), load a third copy by content hash.
+    // A stateful app replaced by a new version goes on from its snapshot.
+    let counter = [
+        "--name", "counter", "--config", "calm", "--cycles", "-1", "--period", "100ms",
+    ];
+    apps(
+        socket,
+        &[&["load", hostile.as_str()][..], &counter].concat(),
+    )
+    .unwrap();
+    wait_for("the counter to count 3 cycles", || {
+        read(&logs[0])
+            .lines()
+            .any(|l| l.contains("calm cycle 3 view=") && l.ends_with("app=\"counter\""))
+    });
+    apps(
+        socket,
+        &[&["replace", hostile.as_str()][..], &counter].concat(),
+    )
+    .unwrap();
+    wait_for("the new counter to restore and go on", || {
+        let text = read(&logs[0]);
+        let restored = text
+            .lines()
+            .find(|l| l.contains("restored at cycle") && l.contains("app=\"counter\""));
+        restored.is_some_and(|line| {
+            let at: u64 = line
+                .split("restored at cycle ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            at >= 3 && text.contains(&format!("calm cycle {} view=", at + 1))
+        })
+    });
+    apps(socket, &["unload", "counter"]).unwrap();
+
     let unloaded = apps(socket, &["unload", "greet"]).unwrap();
     assert_eq!(unloaded["app"]["stats"]["state"], "unloaded", "{unloaded}");
     let replaced = apps(
@@ -1211,7 +1250,12 @@ fn admin_socket_loads_unloads_and_replaces_apps_while_another_keeps_its_schedule
         .collect();
     assert_eq!(
         gone,
-        [("greet", "unloaded"), ("share", "unloaded")],
+        [
+            ("counter", "unloaded"),
+            ("counter", "unloaded"),
+            ("greet", "unloaded"),
+            ("share", "unloaded")
+        ],
         "{first}"
     );
     assert_eq!(first["apps"]["clock"]["state"], "running", "{first}");

@@ -60,6 +60,15 @@ class App:
     def on_message_sent(self, message_id: int, outcome: DeliveryOutcome) -> None:
         """Called with each message's outcome; failures are already recorded."""
 
+    def snapshot(self) -> bytes:
+        """The state to hand to the next version of this app when it is replaced;
+        the default (empty) hands nothing over."""
+        return b""
+
+    def restore(self, state: bytes) -> None:
+        """Takes over the state a previous version's `snapshot` returned (called
+        right after construction, only with a non-empty state)."""
+
     def view(self) -> List[str]:
         """The node's current view."""
         return host.view()
@@ -92,6 +101,15 @@ def serve(app_class: Callable[[str], App]):
                 WitWorld.app.handle_message(payload.decode(), source)
             except Exception as e:
                 raise Err(f"handle_message failed: {e!r}")
+
+        def snapshot(self) -> bytes:
+            return WitWorld.app.snapshot() if WitWorld.app is not None else b""
+
+        def restore(self, state: bytes) -> None:
+            try:
+                WitWorld.app.restore(state)
+            except Exception as e:
+                raise Err(f"restore failed: {e!r}")
 
         def delivery_report(self, message_id: int, outcome: DeliveryOutcome) -> None:
             app = WitWorld.app

@@ -43,6 +43,17 @@ class ShareVec(App):
         self.vector = [(mine + theirs) / 2 for mine, theirs in zip(self.vector, msg.data)]
         log(INFO, "AFTER vector=%s", json.dumps(self.vector))
 
+    def snapshot(self) -> bytes:
+        """The vector, so a replaced ShareVec keeps averaging from where it was."""
+        return json.dumps(self.vector).encode()
+
+    def restore(self, state: bytes) -> None:
+        vector = json.loads(state)
+        if len(vector) != len(self.vector):
+            raise ValueError(f"state has {len(vector)} numbers, not {len(self.vector)}")
+        self.vector = [float(x) for x in vector]
+        log(INFO, "RESTORED vector=%s", json.dumps(self.vector))
+
     def periodic_run(self, view: list, node_id: str) -> None:
         log(INFO, "periodic_run BEFORE vector=%s", json.dumps(self.vector))
         n = len(self.vector)

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use wasmtime::component::Instance;
 use wasmtime::Store;
 
 use super::bindings::{App, DeliveryOutcome};
@@ -31,6 +32,8 @@ pub struct LoadedApp {
     name: String,
     store: Store<HostState>,
     exports: App,
+    /// For the optional exports of the `stateful-app` world.
+    instance: Instance,
     limits: Limits,
 }
 
@@ -48,14 +51,23 @@ impl LoadedApp {
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(limits.deadline_ticks());
-        let exports = prepared.pre.instantiate(&mut store).map_err(|e| {
+        let explain = |e: wasmtime::Error, store: &Store<HostState>| {
             let limiter = &store.data().limiter;
             explain_failure(e, name, limiter.refused, limiter.cap, limits.call_deadline)
-        })?;
+        };
+        let instance = match prepared.pre.instance_pre().instantiate(&mut store) {
+            Ok(instance) => instance,
+            Err(e) => return Err(explain(e, &store)),
+        };
+        let exports = match App::new(&mut store, &instance) {
+            Ok(exports) => exports,
+            Err(e) => return Err(explain(e, &store)),
+        };
         Ok(LoadedApp {
             name: name.to_string(),
             store,
             exports,
+            instance,
             limits,
         })
     }
@@ -95,6 +107,36 @@ impl LoadedApp {
                 .call_delivery_report(store, message_id, &outcome)
                 .map(Ok)
         })
+    }
+
+    /// Calls the optional `snapshot` export: `None` when the app does not have it.
+    pub fn snapshot(&mut self) -> Result<Option<Vec<u8>>, AppError> {
+        let Some(func) = self.instance.get_func(&mut self.store, "snapshot") else {
+            return Ok(None);
+        };
+        let func = func
+            .typed::<(), (Vec<u8>,)>(&self.store)
+            .map_err(|e| AppError::Returned(format!("snapshot has the wrong type: {e}")))?;
+        let mut state = None;
+        self.call(|_, store| {
+            let (bytes,) = func.call(store, ())?;
+            state = Some(bytes);
+            Ok(Ok(()))
+        })?;
+        Ok(state)
+    }
+
+    /// Calls the optional `restore` export with `state`: `false` when the app does not
+    /// have it.
+    pub fn restore(&mut self, state: Vec<u8>) -> Result<bool, AppError> {
+        let Some(func) = self.instance.get_func(&mut self.store, "restore") else {
+            return Ok(false);
+        };
+        let func = func
+            .typed::<(Vec<u8>,), (Result<(), String>,)>(&self.store)
+            .map_err(|e| AppError::Returned(format!("restore has the wrong type: {e}")))?;
+        self.call(|_, store| func.call(store, (state,)).map(|(result,)| result))?;
+        Ok(true)
     }
 
     /// The messages queued by the calls so far, to send now.

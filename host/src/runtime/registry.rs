@@ -124,6 +124,15 @@ impl AppRegistry {
 
     /// Starts an app under a name no running app has.
     pub fn load(&mut self, request: LoadRequest) -> Result<AppId> {
+        self.start(request, None)
+    }
+
+    /// Starts an app, which first restores the state `restore_from` brings, if any.
+    fn start(
+        &mut self,
+        request: LoadRequest,
+        restore_from: Option<std_mpsc::Receiver<Vec<u8>>>,
+    ) -> Result<AppId> {
         let name = request.spec.name.clone();
         if self.apps.contains_key(&name) {
             bail!("an app named {name:?} is already loaded (unload it, or replace it)");
@@ -150,6 +159,7 @@ impl AppRegistry {
             events: self.events.clone(),
             stats: stats.clone(),
             inbox_depth: inbox_depth.clone(),
+            restore_from,
         };
         let thread = std::thread::Builder::new()
             .name(format!("app-{name}"))
@@ -183,13 +193,11 @@ impl AppRegistry {
         Ok(id)
     }
 
-    /// Unloads the app of the request's name and loads the request in its place;
-    /// returns the old instance (leaving) and the new one.
+    /// Unloads the app of the request's name and loads the request in its place, handing
+    /// it the old instance's snapshot (once the old one has handled its queued
+    /// messages); returns the old instance (leaving) and the new one.
     pub fn replace(&mut self, request: LoadRequest) -> Result<(AppId, AppId)> {
         let name = request.spec.name.clone();
-        if !self.apps.contains_key(&name) {
-            bail!("no app named {name:?} is loaded to replace");
-        }
         let payload = request.spec.limits.max_payload_bytes;
         if payload > self.max_payload_bytes {
             bail!(
@@ -197,9 +205,15 @@ impl AppRegistry {
                 self.max_payload_bytes
             );
         }
-        let old = self.unload(&name)?;
-        let new = self.load(request)?;
-        Ok((old, new))
+        let Some(old) = self.apps.remove(&name) else {
+            bail!("no app named {name:?} is loaded to replace");
+        };
+        let (state, restore_from) = std_mpsc::channel();
+        let _ = old.commands.send(AppCommand::HandOff(state));
+        let old_id = old.id;
+        self.leaving.insert(old_id, old);
+        let new = self.start(request, Some(restore_from))?;
+        Ok((old_id, new))
     }
 
     /// App `id`'s thread ended: joins it; a leaving app is retired, with its final info.

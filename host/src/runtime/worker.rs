@@ -23,7 +23,13 @@ pub enum AppCommand {
     Stop,
     /// Handle the commands sent before this one, then stop (an unload).
     Drain,
+    /// As `Drain`, then send the app's `snapshot` (empty if it has none) to its
+    /// replacement.
+    HandOff(std::sync::mpsc::Sender<Vec<u8>>),
 }
+
+/// How long a replacement waits for its predecessor's state.
+pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One loaded instance of an app: never reused, so a late event from an unloaded app
 /// cannot reach its successor under the same name.
@@ -184,6 +190,8 @@ pub struct Worker {
     pub stats: Arc<Mutex<AppStats>>,
     /// Messages waiting in `commands`.
     pub inbox_depth: Arc<AtomicUsize>,
+    /// The state of the instance this one replaces, to `restore` after `init`.
+    pub restore_from: Option<Receiver<Vec<u8>>>,
 }
 
 impl Worker {
@@ -229,6 +237,30 @@ impl Worker {
         self.record_call(&app, started);
         if let Err(e) = init {
             return self.stop_with(AppError::Stopped(format!("init failed: {e}")));
+        }
+        if let Some(state) = &self.restore_from {
+            match state.recv_timeout(HANDOFF_TIMEOUT) {
+                Ok(state) if !state.is_empty() => {
+                    let len = state.len();
+                    let started = Instant::now();
+                    let restored = app.restore(state);
+                    self.record_call(&app, started);
+                    match restored {
+                        Ok(true) => {
+                            tracing::info!(app = %name, bytes = len, "state restored from the previous version")
+                        }
+                        Ok(false) => {
+                            tracing::warn!(app = %name, bytes = len, "the previous version left state, but this one has no restore export")
+                        }
+                        Err(e @ AppError::Stopped(_)) => return self.stop_with(e),
+                        Err(e) => {
+                            tracing::warn!(app = %name, "restore failed; going on from init: {e}")
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tracing::warn!(app = %name, "no state from the previous version"),
+            }
         }
         tracing::info!(app = %name, cycles = ?self.spec.cycles, period = ?self.spec.period, "app started");
         self.flush(&mut app);
@@ -294,6 +326,22 @@ impl Worker {
                 Some(AppCommand::Stop) => break,
                 Some(AppCommand::Drain) => {
                     tracing::info!(app = %name, "app unloaded after its queued messages");
+                    self.stats().state = AppState::Unloaded;
+                    break;
+                }
+                Some(AppCommand::HandOff(next)) => {
+                    let started = Instant::now();
+                    let state = app.snapshot();
+                    self.record_call(&app, started);
+                    let state = match state {
+                        Ok(state) => state.unwrap_or_default(),
+                        Err(e) => {
+                            tracing::warn!(app = %name, "snapshot failed; the next version starts from init: {e}");
+                            Vec::new()
+                        }
+                    };
+                    tracing::info!(app = %name, bytes = state.len(), "app replaced after its queued messages");
+                    let _ = next.send(state);
                     self.stats().state = AppState::Unloaded;
                     break;
                 }

@@ -105,6 +105,18 @@ impl App for Hostile {
         }
     }
 
+    /// The cycle count, so a replaced `calm` app goes on counting.
+    fn snapshot(&self) -> Vec<u8> {
+        self.cycles.to_le_bytes().to_vec()
+    }
+
+    fn restore(&mut self, state: Vec<u8>) -> Result<(), String> {
+        let bytes: [u8; 8] = state.try_into().map_err(|s: Vec<u8>| format!("expected 8 bytes of state, got {}", s.len()))?;
+        self.cycles = u64::from_le_bytes(bytes);
+        log_info(&format!("restored at cycle {}", self.cycles));
+        Ok(())
+    }
+
     fn handle_message(&mut self, from: String, payload: Vec<u8>) -> Result<(), String> {
         log_info(&format!("greet got {} from {from}", String::from_utf8_lossy(&payload)));
         Ok(())

@@ -26,7 +26,7 @@ use std::cell::RefCell;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../../wit",
-        world: "app",
+        world: "stateful-app",
         pub_export_macro: true,
         default_bindings_module: "nodemanager_guest::bindings",
     });
@@ -55,6 +55,18 @@ pub trait App: 'static {
     /// Learns how a message queued with [`host::send_message`] ended. Failures are
     /// already recorded in [`failed_messages`]; the default does nothing more.
     fn delivery_report(&mut self, _message_id: u64, _outcome: DeliveryOutcome) {}
+
+    /// The state to hand to the next version of this app when it is replaced; the
+    /// default (empty) hands nothing over.
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Takes over the state a previous version's [`snapshot`](App::snapshot) returned
+    /// (called right after `init`, only with a non-empty state).
+    fn restore(&mut self, _state: Vec<u8>) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 thread_local! {
@@ -111,6 +123,14 @@ pub mod dispatch {
         with_app(|app| app.handle_message(from, payload))
     }
 
+    pub fn snapshot() -> Vec<u8> {
+        with_app(|app| Ok(app.snapshot())).unwrap_or_default()
+    }
+
+    pub fn restore(state: Vec<u8>) -> Result<(), String> {
+        with_app(|app| app.restore(state))
+    }
+
     pub fn delivery_report(message_id: u64, outcome: DeliveryOutcome) {
         if let DeliveryOutcome::Failed(reason) = &outcome {
             FAILURES.with(|f| {
@@ -145,6 +165,12 @@ macro_rules! export_app {
             }
             fn delivery_report(message_id: u64, outcome: $crate::DeliveryOutcome) {
                 $crate::dispatch::delivery_report(message_id, outcome)
+            }
+            fn snapshot() -> Vec<u8> {
+                $crate::dispatch::snapshot()
+            }
+            fn restore(state: Vec<u8>) -> Result<(), String> {
+                $crate::dispatch::restore(state)
             }
         }
         $crate::bindings::export!(__NodemanagerExport with_types_in $crate::bindings);
