@@ -1437,6 +1437,10 @@ fn flooding_and_log_spamming_apps_are_bounded_beside_a_well_behaved_one() {
         "the per-call queue bound holds"
     );
     assert!(
+        log.contains("send-message refused during this call"),
+        "and is logged"
+    );
+    assert!(
         apps["flood"]["send_errors"].as_u64().unwrap() >= 1,
         "{summary}"
     );

@@ -161,6 +161,9 @@ impl LoadedApp {
         self.store.set_epoch_deadline(self.limits.deadline_ticks());
         self.store.data_mut().logs_this_call = 0;
         let result = f(&self.exports, &mut self.store);
+        if let Some(refusal) = self.store.data_mut().first_refusal.take() {
+            tracing::warn!(app = %self.name, "send-message refused during this call (first refusal: {refusal:?})");
+        }
         let dropped_logs = std::mem::take(&mut self.store.data_mut().dropped_logs);
         if dropped_logs > 0 {
             tracing::warn!(

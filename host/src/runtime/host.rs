@@ -64,6 +64,8 @@ pub struct HostState {
     pub(super) outbox: Vec<OutgoingMessage>,
     /// `send-message` calls refused since last taken.
     pub(super) refused_sends: u64,
+    /// The first refusal of the current call, to log once per call.
+    pub(super) first_refusal: Option<SendError>,
     next_message_id: u64,
     pub(super) stdout: GuestLog,
     pub(super) stderr: GuestLog,
@@ -122,6 +124,7 @@ impl HostState {
             limits,
             outbox: Vec::new(),
             refused_sends: 0,
+            first_refusal: None,
             logs_this_call: 0,
             dropped_logs: 0,
             next_message_id: 1,
@@ -215,8 +218,9 @@ impl Host for HostState {
         timeout_ms: u32,
     ) -> Result<u64, SendError> {
         let queued = self.queue_message(destination, payload, timeout_ms);
-        if queued.is_err() {
+        if let Err(error) = &queued {
             self.refused_sends += 1;
+            self.first_refusal.get_or_insert_with(|| error.clone());
         }
         queued
     }
