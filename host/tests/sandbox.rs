@@ -237,3 +237,41 @@ fn components_of_another_world_and_non_components_are_refused() {
     let error = format!("{:#}", runtime().load_component(&text).err().unwrap());
     assert!(error.contains("not a WebAssembly file"), "{error}");
 }
+
+#[test]
+fn sends_are_bounded_per_call_and_per_second() {
+    let peer = libp2p::PeerId::random().to_string();
+    let mut per_call = hostile("flood", Limits::default());
+    per_call.periodic_run(std::slice::from_ref(&peer)).unwrap();
+    assert_eq!(per_call.take_outbox().len(), 1024, "max_queued_per_call");
+    assert_eq!(per_call.take_refused_sends(), 1);
+    let mut rated = hostile(
+        "flood",
+        Limits {
+            max_messages_per_sec: 100,
+            ..Limits::default()
+        },
+    );
+    rated.periodic_run(std::slice::from_ref(&peer)).unwrap();
+    assert_eq!(
+        rated.take_outbox().len(),
+        100,
+        "one second's worth of tokens"
+    );
+    rated.periodic_run(std::slice::from_ref(&peer)).unwrap();
+    assert!(
+        rated.take_outbox().len() < 10,
+        "the bucket refills at 100 per second"
+    );
+}
+
+#[test]
+fn log_lines_are_capped_per_call() {
+    // 10,000 lines of 1 MiB: 256 are kept (cut to 4 KiB), or the CPU deadline stops it.
+    let mut app = hostile("log", Limits::default());
+    match app.periodic_run(&[]) {
+        Ok(()) => {}
+        Err(AppError::Stopped(reason)) => assert!(reason.contains("CPU deadline"), "{reason}"),
+        Err(other) => panic!("{other:?}"),
+    }
+}

@@ -66,6 +66,8 @@ pub struct HostState {
     pub(super) refused_sends: u64,
     /// The first refusal of the current call, to log once per call.
     pub(super) first_refusal: Option<SendError>,
+    /// Messages the rate limit still allows now, and when it was last refilled.
+    send_tokens: (f64, std::time::Instant),
     next_message_id: u64,
     pub(super) stdout: GuestLog,
     pub(super) stderr: GuestLog,
@@ -100,6 +102,7 @@ impl HostState {
     /// log; randomness from `seed` when given (reproducible runs), else from the OS.
     pub fn new(app: &str, context: AppContext, limits: Limits, seed: Option<u64>) -> HostState {
         let (stdout, stderr) = (GuestLog::new(app, "stdout"), GuestLog::new(app, "stderr"));
+        let rate = f64::from(limits.max_messages_per_sec);
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -125,6 +128,7 @@ impl HostState {
             outbox: Vec::new(),
             refused_sends: 0,
             first_refusal: None,
+            send_tokens: (rate, std::time::Instant::now()),
             logs_this_call: 0,
             dropped_logs: 0,
             next_message_id: 1,
@@ -263,6 +267,18 @@ impl HostState {
         }
         if self.outbox.len() >= self.limits.max_queued_per_call as usize {
             return Err(SendError::QueueFull(self.limits.max_queued_per_call));
+        }
+        let rate = self.limits.max_messages_per_sec;
+        if rate > 0 {
+            let (tokens, since) = &mut self.send_tokens;
+            let now = std::time::Instant::now();
+            *tokens = (*tokens + now.duration_since(*since).as_secs_f64() * f64::from(rate))
+                .min(f64::from(rate));
+            *since = now;
+            if *tokens < 1.0 {
+                return Err(SendError::QueueFull(rate));
+            }
+            *tokens -= 1.0;
         }
         let id = self.next_message_id;
         self.next_message_id += 1;

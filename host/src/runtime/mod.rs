@@ -50,6 +50,9 @@ pub struct Limits {
     pub max_payload_bytes: u64,
     /// Most messages one call may queue with `send-message`.
     pub max_queued_per_call: u32,
+    /// Most messages per second the app may send (a token bucket holding one second's
+    /// worth); 0 means no rate limit.
+    pub max_messages_per_sec: u32,
     /// Most received messages waiting for `handle-message`; more are refused.
     pub inbox_capacity: usize,
 }
@@ -61,6 +64,7 @@ impl Default for Limits {
             call_deadline: Duration::from_secs(1),
             max_payload_bytes: 16 * 1024 * 1024,
             max_queued_per_call: 1024,
+            max_messages_per_sec: 10_000,
             inbox_capacity: 1024,
         }
     }
