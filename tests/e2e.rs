@@ -1032,7 +1032,7 @@ fn admin_socket_loads_unloads_and_replaces_apps_while_another_keeps_its_schedule
         ];
         apps(socket, &greet).unwrap();
         let clock = [
-            "load", &hostile, "--name", "clock", "--config", "calm", "--cycles", "-1", "--period",
+            "load", &hostile, "--name", "clock", "--config", "greet", "--cycles", "-1", "--period",
             "500ms",
         ];
         apps(socket, &clock).unwrap();
@@ -1052,12 +1052,15 @@ fn admin_socket_loads_unloads_and_replaces_apps_while_another_keeps_its_schedule
     let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
     for (i, log) in logs.iter().enumerate() {
         wait_for(
-            &format!("node{i} to hear every other node's greet app"),
+            &format!("node{i} to hear every other node's greet and clock apps"),
             || {
                 let text = read(log);
-                (0..3)
-                    .filter(|&j| j != i)
-                    .all(|j| text.contains(&format!("greet got hello from {}", ids[j])))
+                (0..3).filter(|&j| j != i).all(|j| {
+                    ["greet", "clock"].iter().all(|app| {
+                        let line = format!("greet got hello from {} app=\"{app}\"", ids[j]);
+                        text.contains(&line)
+                    })
+                })
             },
         );
         wait_for(&format!("node{i}'s share app to receive a vector"), || {
