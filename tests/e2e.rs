@@ -83,6 +83,17 @@ impl Drop for RunningNode {
     }
 }
 
+/// Every node's peer id and log file, in order.
+fn ids_and_logs(nodes: &[RunningNode]) -> (Vec<String>, Vec<PathBuf>) {
+    nodes
+        .iter()
+        .map(|n| {
+            let id = n.ready["peer_id"].as_str().unwrap().to_string();
+            (id, n.log.clone())
+        })
+        .unzip()
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -368,11 +379,7 @@ fn views_learn_peers_beyond_the_bootstrap_neighbours(
             dir.path().join(format!("node{i}.log")),
         ));
     }
-    let ids: Vec<String> = nodes
-        .iter()
-        .map(|n| n.ready["peer_id"].as_str().unwrap().to_string())
-        .collect();
-    let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
+    let (ids, logs) = ids_and_logs(&nodes);
     let mut samples = 0;
     for (i, node) in nodes.into_iter().enumerate() {
         let summary = node.finish();
@@ -472,12 +479,7 @@ fn sigterm_stops_a_node_cleanly_with_its_summary() {
         "50ms".into(),
     ]);
     let node = RunningNode::spawn(&args, dir.path().join("node.log"));
-    let pid = node.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    sigterm(&node);
     let summary = node.finish();
     assert_eq!(summary["apps"]["calm"]["state"], "running", "{summary}");
 }
@@ -808,11 +810,7 @@ fn static_topology_views_and_receive_permissions() {
             dir.path().join(format!("{name}.log")),
         ));
     }
-    let ids: Vec<String> = nodes
-        .iter()
-        .map(|n| n.ready["peer_id"].as_str().unwrap().to_string())
-        .collect();
-    let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
+    let (ids, logs) = ids_and_logs(&nodes);
     let summaries: Vec<Value> = nodes.into_iter().map(RunningNode::finish).collect();
     let views: Vec<Vec<Vec<String>>> = logs.iter().map(|l| logged_views(&read(l))).collect();
     let expected = [
@@ -976,6 +974,7 @@ fn log_seconds(line: &str) -> f64 {
     h * 3600.0 + m * 60.0 + s
 }
 
+/// Sends SIGTERM to `node`.
 fn sigterm(node: &RunningNode) {
     let pid = node.child.id().to_string();
     assert!(Command::new("kill")
@@ -1045,11 +1044,7 @@ fn admin_socket_loads_unloads_and_replaces_apps_while_another_keeps_its_schedule
         .unwrap();
         assert_eq!(loaded["name"], "share");
     }
-    let ids: Vec<String> = nodes
-        .iter()
-        .map(|n| n.ready["peer_id"].as_str().unwrap().to_string())
-        .collect();
-    let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
+    let (ids, logs) = ids_and_logs(&nodes);
     for (i, log) in logs.iter().enumerate() {
         wait_for(
             &format!("node{i} to hear every other node's greet and clock apps"),
