@@ -546,31 +546,19 @@ impl RunArgs {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = self.$field { config.$field = v.into(); } )* };
         }
-        set!(context, linger, seed);
-        if let Some(path) = self.sampling_out {
-            config.sampling_out = Some(path);
-        }
-        if let Some(path) = self.admin {
-            config.admin = Some(path);
-        }
-        if let Some(dir) = self.apps_dir {
-            config.apps_dir = Some(dir);
-        }
-        if let Some(path) = self.metrics_out {
-            config.metrics_out = Some(path);
-        }
-        if let Some(every) = self.metrics_every {
-            config.metrics_every = every;
-        }
-        if let Some(path) = self.log_file {
-            config.log_file = Some(path);
-        }
-        if let Some(dir) = self.cache_dir {
-            config.cache_dir = Some(dir);
-        }
-        if let Some(mib) = self.cache_max_mib {
-            config.cache_max_mib = mib;
-        }
+        set!(
+            context,
+            linger,
+            seed,
+            sampling_out,
+            admin,
+            apps_dir,
+            metrics_out,
+            metrics_every,
+            log_file,
+            cache_dir,
+            cache_max_mib
+        );
         match (self.sampler.as_deref(), self.topology, self.topology_node) {
             (Some("static"), Some(topology), Some(node)) | (None, Some(topology), Some(node)) => {
                 config.sampler = SamplerConfig::Static(StaticConfig {

@@ -300,7 +300,7 @@ impl SamplerConfig {
         }
         let value: serde_json::Value = serde_json::from_str(text)?;
         let has = |key: &str| value.get(key).is_some();
-        if has("sampler_size") {
+        let config = if has("sampler_size") {
             #[derive(Deserialize)]
             #[serde(deny_unknown_fields)]
             struct SeedBrahms {
@@ -311,17 +311,14 @@ impl SamplerConfig {
                 beta: f64,
             }
             let seed: SeedBrahms = serde_json::from_value(value)?;
-            let config = SamplerConfig::Brahms(BrahmsConfig {
+            SamplerConfig::Brahms(BrahmsConfig {
                 view_size: seed.view_size,
                 sampler_size: seed.sampler_size,
                 alpha: seed.alpha,
                 beta: seed.beta,
                 period: seconds(seed.time)?,
-            });
-            config.validate()?;
-            return Ok(config);
-        }
-        if has("refresh") {
+            })
+        } else if has("refresh") {
             #[derive(Deserialize)]
             #[serde(deny_unknown_fields)]
             struct SeedBasalt {
@@ -333,28 +330,26 @@ impl SamplerConfig {
                 reset_interval: u64,
             }
             let seed: SeedBasalt = serde_json::from_value(value)?;
-            let config = SamplerConfig::Basalt(BasaltConfig {
+            SamplerConfig::Basalt(BasaltConfig {
                 view_size: seed.view_size,
                 refresh: seed.refresh,
                 reset_interval: seed.reset_interval,
                 period: seconds(seed.time)?,
-            });
-            config.validate()?;
-            return Ok(config);
-        }
-        if !has("heal") {
+            })
+        } else if has("heal") {
+            let seed: SeedGbps = serde_json::from_value(value)?;
+            SamplerConfig::Gbps(GbpsConfig {
+                view_size: seed.view_size,
+                heal: seed.heal,
+                swap: seed.swap,
+                selection_policy: seed.selection_policy,
+                propagation_policy: seed.propagation_policy,
+                age: seed.age,
+                period: seconds(seed.time)?,
+            })
+        } else {
             bail!("not a sampler config the seed writes (expected the fields of Gbps, Brahams or Basalt)");
-        }
-        let seed: SeedGbps = serde_json::from_value(value)?;
-        let config = SamplerConfig::Gbps(GbpsConfig {
-            view_size: seed.view_size,
-            heal: seed.heal,
-            swap: seed.swap,
-            selection_policy: seed.selection_policy,
-            propagation_policy: seed.propagation_policy,
-            age: seed.age,
-            period: seconds(seed.time)?,
-        });
+        };
         config.validate()?;
         Ok(config)
     }
