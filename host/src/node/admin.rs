@@ -204,41 +204,55 @@ async fn prepare(
     runtime: &Arc<Runtime>,
     defaults: &NodeConfig,
 ) -> Result<LoadRequest> {
-    let period = args
-        .period
-        .as_deref()
-        .map(crate::config::parse_duration)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let (path, prepared) = match (args.path, args.component) {
-        (Some(path), None) => {
-            let runtime = runtime.clone();
-            let file = path.clone();
-            let prepared =
-                tokio::task::spawn_blocking(move || runtime.load_component(&file)).await??;
-            (path, prepared)
-        }
+    let settings = |path| {
+        app_spec(
+            path,
+            args.name.clone(),
+            args.config.clone(),
+            args.cycles,
+            args.period.as_deref(),
+            args.limits.clone(),
+        )
+    };
+    match (&args.path, &args.component) {
+        (Some(path), None) => compile(settings(path.clone())?, runtime, defaults).await,
         (None, Some(hash)) => {
-            let prepared = runtime.prepared(&hash).with_context(|| {
-                format!("this node holds no component with hash {hash}; load it by path first")
-            })?;
             if args.name.is_none() {
                 bail!("loading by component hash needs a name");
             }
-            (PathBuf::from(format!("{hash}.wasm")), prepared)
+            let spec = defaults.resolve_app(&settings(PathBuf::from(format!("{hash}.wasm")))?)?;
+            let prepared = runtime.prepared(hash).with_context(|| {
+                format!("this node holds no component with hash {hash}; load it by path first")
+            })?;
+            Ok(LoadRequest { spec, prepared })
         }
         _ => bail!("give exactly one of path (a .wasm file) or component (a content hash)"),
-    };
-    let spec = AppSpec {
+    }
+}
+
+/// An app's settings as the admin protocol and `--apps-dir` give them (`period` as
+/// text such as `"500ms"`).
+pub fn app_spec(
+    path: PathBuf,
+    name: Option<String>,
+    config: String,
+    cycles: Option<i64>,
+    period: Option<&str>,
+    limits: Option<Limits>,
+) -> Result<AppSpec> {
+    let period = period
+        .map(crate::config::parse_duration)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("period")?;
+    Ok(AppSpec {
         path,
-        name: args.name,
-        config: args.config,
-        cycles: args.cycles,
+        name,
+        config,
+        cycles,
         period,
-        limits: args.limits,
-    };
-    let spec = defaults.resolve_app(&spec)?;
-    Ok(LoadRequest { spec, prepared })
+        limits,
+    })
 }
 
 /// Resolves `spec` against the node's defaults and compiles its file off the event loop.

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::admin::{compile, AdminCall, AdminCommand};
+use super::admin::{app_spec, compile, AdminCall, AdminCommand};
 use crate::config::{AppSpec, NodeConfig};
 use crate::runtime::{Limits, Runtime};
 
@@ -71,21 +71,15 @@ fn spec_for(dir: &Path, name: &str) -> Result<AppSpec> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => DirAppSettings::default(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", toml_path.display())),
     };
-    let period = settings
-        .period
-        .as_deref()
-        .map(crate::config::parse_duration)
-        .transpose()
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("{}: period", toml_path.display()))?;
-    Ok(AppSpec {
-        path: wasm,
-        name: Some(name.to_string()),
-        config: settings.config,
-        cycles: settings.cycles,
-        period,
-        limits: settings.limits,
-    })
+    app_spec(
+        wasm,
+        Some(name.to_string()),
+        settings.config,
+        settings.cycles,
+        settings.period.as_deref(),
+        settings.limits,
+    )
+    .with_context(|| format!("{}", toml_path.display()))
 }
 
 /// Watches `dir` until the node drops `calls`' receiver.

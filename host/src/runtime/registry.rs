@@ -137,13 +137,7 @@ impl AppRegistry {
         if self.apps.contains_key(&name) {
             bail!("an app named {name:?} is already loaded (unload it, or replace it)");
         }
-        let payload = request.spec.limits.max_payload_bytes;
-        if payload > self.max_payload_bytes {
-            bail!(
-                "limits.max_payload_bytes ({payload}) is over this node's network limit ({})",
-                self.max_payload_bytes
-            );
-        }
+        self.check_payload_limit(&request.spec)?;
         self.next_id += 1;
         let id = AppId(self.next_id);
         let (commands, commands_rx) = std_mpsc::channel();
@@ -181,13 +175,25 @@ impl AppRegistry {
         Ok(id)
     }
 
+    /// Refuses an app whose payload limit exceeds the network's frame limit.
+    fn check_payload_limit(&self, spec: &ResolvedApp) -> Result<()> {
+        let payload = spec.limits.max_payload_bytes;
+        if payload > self.max_payload_bytes {
+            bail!(
+                "limits.max_payload_bytes ({payload}) is over this node's network limit ({})",
+                self.max_payload_bytes
+            );
+        }
+        Ok(())
+    }
+
     /// Takes app `name` out of routing and lets it handle what is queued, then stop;
     /// [`exited`](Self::exited) says when it is gone.
     pub fn unload(&mut self, name: &str) -> Result<AppId> {
         let Some(app) = self.apps.remove(name) else {
             bail!("no app named {name:?} is loaded");
         };
-        let _ = app.commands.send(AppCommand::Drain);
+        let _ = app.commands.send(AppCommand::Drain(None));
         let id = app.id;
         self.leaving.insert(id, app);
         Ok(id)
@@ -198,18 +204,12 @@ impl AppRegistry {
     /// messages); returns the old instance (leaving) and the new one.
     pub fn replace(&mut self, request: LoadRequest) -> Result<(AppId, AppId)> {
         let name = request.spec.name.clone();
-        let payload = request.spec.limits.max_payload_bytes;
-        if payload > self.max_payload_bytes {
-            bail!(
-                "limits.max_payload_bytes ({payload}) is over this node's network limit ({})",
-                self.max_payload_bytes
-            );
-        }
+        self.check_payload_limit(&request.spec)?;
         let Some(old) = self.apps.remove(&name) else {
             bail!("no app named {name:?} is loaded to replace");
         };
         let (state, restore_from) = std_mpsc::channel();
-        let _ = old.commands.send(AppCommand::HandOff(state));
+        let _ = old.commands.send(AppCommand::Drain(Some(state)));
         let old_id = old.id;
         self.leaving.insert(old_id, old);
         let new = self.start(request, Some(restore_from))?;

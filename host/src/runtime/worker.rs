@@ -21,11 +21,9 @@ pub enum AppCommand {
     Delivery { id: u64, failure: Option<String> },
     /// Stop now.
     Stop,
-    /// Handle the commands sent before this one, then stop (an unload).
-    Drain,
-    /// As `Drain`, then send the app's `snapshot` (empty if it has none) to its
-    /// replacement.
-    HandOff(std::sync::mpsc::Sender<Vec<u8>>),
+    /// Handle the commands sent before this one, then stop (an unload); for a replace,
+    /// send the app's `snapshot` (empty if it has none) to its successor first.
+    Drain(Option<std::sync::mpsc::Sender<Vec<u8>>>),
 }
 
 /// How long a replacement waits for its predecessor's state.
@@ -324,24 +322,17 @@ impl Worker {
                     app.delivery_report(id, failure.as_deref())
                 }
                 Some(AppCommand::Stop) => break,
-                Some(AppCommand::Drain) => {
-                    tracing::info!(app = %name, "app unloaded after its queued messages");
-                    self.stats().state = AppState::Unloaded;
-                    break;
-                }
-                Some(AppCommand::HandOff(next)) => {
-                    let started = Instant::now();
-                    let state = app.snapshot();
-                    self.record_call(&app, started);
-                    let state = match state {
-                        Ok(state) => state.unwrap_or_default(),
-                        Err(e) => {
-                            tracing::warn!(app = %name, "snapshot failed; the next version starts from init: {e}");
-                            Vec::new()
+                Some(AppCommand::Drain(successor)) => {
+                    match successor {
+                        None => {
+                            tracing::info!(app = %name, "app unloaded after its queued messages")
                         }
-                    };
-                    tracing::info!(app = %name, bytes = state.len(), "app replaced after its queued messages");
-                    let _ = next.send(state);
+                        Some(next) => {
+                            let state = self.snapshot(&mut app);
+                            tracing::info!(app = %name, bytes = state.len(), "app replaced after its queued messages");
+                            let _ = next.send(state);
+                        }
+                    }
                     self.stats().state = AppState::Unloaded;
                     break;
                 }
@@ -376,6 +367,18 @@ impl Worker {
         if !already_finished {
             self.finish();
         }
+    }
+
+    /// The app's `snapshot` (empty when it has none, or it failed).
+    fn snapshot(&self, app: &mut LoadedApp) -> Vec<u8> {
+        let started = Instant::now();
+        let state = app.snapshot();
+        self.record_call(app, started);
+        state.unwrap_or_else(|e| {
+            tracing::warn!(app = %self.spec.name, "snapshot failed; the next version starts from init: {e}");
+            None
+        })
+        .unwrap_or_default()
     }
 
     /// Counts a call that began at `started`, and the app's memory after it.
