@@ -58,17 +58,22 @@ impl ComponentCache {
         })
     }
 
-    /// Where the compiled form of `bytes` lives.
-    pub fn path_for(&self, bytes: &[u8]) -> PathBuf {
-        self.dir
-            .join(format!("{}-{}.cwasm", content_hash(bytes), self.engine_key))
+    /// Where the compiled form of the wasm with content hash `hash` lives.
+    pub fn path_for(&self, hash: &str) -> PathBuf {
+        self.dir.join(format!("{hash}-{}.cwasm", self.engine_key))
     }
 
-    /// The compiled component for `bytes`, from the cache or freshly compiled (and then
-    /// stored); the flag says whether it came from the cache.
-    pub fn get_or_compile(&self, engine: &Engine, bytes: &[u8]) -> Result<(Component, bool)> {
+    /// The compiled component for `bytes` (whose [`content_hash`] is `hash`), from the
+    /// cache or freshly compiled (and then stored); the flag says whether it came from
+    /// the cache.
+    pub fn get_or_compile(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        hash: &str,
+    ) -> Result<(Component, bool)> {
         check_is_component(bytes)?;
-        let path = self.path_for(bytes);
+        let path = self.path_for(hash);
         // Read into memory rather than map the file: a cache file truncated or rewritten
         // by another process while mapped would crash the node (SIGBUS).
         if let Ok(compiled) = std::fs::read(&path) {

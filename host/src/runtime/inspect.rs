@@ -113,6 +113,9 @@ pub fn inspect(runtime: &Runtime, path: &Path) -> Result<Inspection> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     check_is_component(&bytes)
         .with_context(|| format!("{} cannot be inspected", path.display()))?;
-    let (component, _) = runtime.cache.get_or_compile(runtime.engine(), &bytes)?;
+    let hash = super::cache::content_hash(&bytes);
+    let (component, _) = runtime
+        .cache
+        .get_or_compile(runtime.engine(), &bytes, &hash)?;
     Ok(check_component(runtime.engine(), &component))
 }

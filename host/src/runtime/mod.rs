@@ -204,7 +204,7 @@ impl Runtime {
             });
         }
         let started = Instant::now();
-        let (component, from_cache) = self.cache.get_or_compile(&self.engine, bytes)?;
+        let (component, from_cache) = self.cache.get_or_compile(&self.engine, bytes, &hash)?;
         let compile_time = started.elapsed();
         let inspection = inspect::check_component(&self.engine, &component);
         if !inspection.fits() {
