@@ -3,100 +3,13 @@
 
 mod common;
 
+use common::node::{ids_and_logs, logged_views, nodemanager, read, sigterm, wait_for, RunningNode};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_json::Value;
-
-fn nodemanager() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_nodemanager"));
-    command
-        .env("NODEMANAGER_CACHE_DIR", common::test_cache_dir())
-        .env_remove("RUST_LOG");
-    command
-}
-
-/// A running node: its process, its stdout, and what its first line said.
-struct RunningNode {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-    ready: Value,
-    log: PathBuf,
-}
-
-impl RunningNode {
-    fn spawn(args: &[String], log: PathBuf) -> RunningNode {
-        let mut child = nodemanager()
-            .arg("run")
-            .args(args)
-            .arg("--log-file")
-            .arg(&log)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn nodemanager");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read the ready line");
-        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-            panic!(
-                "first line is not JSON ({e}): {line:?}; log:\n{}",
-                read(&log)
-            )
-        });
-        RunningNode {
-            child,
-            stdout,
-            ready,
-            log,
-        }
-    }
-
-    fn addr(&self) -> String {
-        self.ready["listen_addrs"][0]
-            .as_str()
-            .expect("a listen address")
-            .to_string()
-    }
-
-    /// Waits for exit; returns the summary line.
-    fn finish(mut self) -> Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "node exited with {status}; log:\n{}",
-            read(&self.log)
-        );
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("summary is not JSON ({e}): {line:?}"))
-    }
-}
-
-/// A test that fails midway must not leave its nodes running.
-impl Drop for RunningNode {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Every node's peer id and log file, in order.
-fn ids_and_logs(nodes: &[RunningNode]) -> (Vec<String>, Vec<PathBuf>) {
-    nodes
-        .iter()
-        .map(|n| {
-            let id = n.ready["peer_id"].as_str().unwrap().to_string();
-            (id, n.log.clone())
-        })
-        .unzip()
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
 
 /// `--app` arguments for the hostile guest in `calm` mode.
 fn calm_app() -> Vec<String> {
@@ -317,23 +230,7 @@ fn nodes_of_different_contexts_never_exchange_messages() {
         );
     }
     let log = read(&blue_log);
-    assert!(log.contains("peer speaks another context"), "{log}");
-}
-
-/// Every view a `calm` hostile app logged, as peer-id lists.
-fn logged_views(log: &str) -> Vec<Vec<String>> {
-    log.lines()
-        .filter_map(|line| line.split(" view=").nth(1))
-        .map(|rest| {
-            rest.split(' ')
-                .next()
-                .unwrap_or("")
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .collect()
+    assert!(log.contains("speaks another context"), "{log}");
 }
 
 /// Five nodes in a bootstrap chain (each knows only the one before it) run `sampler`
@@ -953,18 +850,6 @@ fn apps(socket: &Path, args: &[&str]) -> Result<Value, String> {
     }
 }
 
-/// Polls `condition` (e.g. a log line appeared) until it holds or `what` times out.
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !condition() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 /// Seconds since midnight of a log line's RFC 3339 timestamp.
 fn log_seconds(line: &str) -> f64 {
     let time = &line[11..26]; // HH:MM:SS.ffffff
@@ -972,16 +857,6 @@ fn log_seconds(line: &str) -> f64 {
     let m: f64 = time[3..5].parse().unwrap();
     let s: f64 = time[6..].parse().unwrap();
     h * 3600.0 + m * 60.0 + s
-}
-
-/// Sends SIGTERM to `node`.
-fn sigterm(node: &RunningNode) {
-    let pid = node.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
 }
 
 #[test]
@@ -1105,7 +980,7 @@ fn admin_socket_loads_unloads_and_replaces_apps_while_another_keeps_its_schedule
         ),
         (
             vec!["load", &hostile, "--name", "y", "--limit", huge_limit],
-            "over this node's network limit",
+            "is over network.request_response.max_requests_size",
         ),
         (
             vec!["load", "--component", "00ff", "--name", "z"],

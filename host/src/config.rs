@@ -4,12 +4,16 @@
 //! ```toml
 //! context = "demo"                      # nodes of different contexts never talk
 //! listen = ["/ip4/127.0.0.1/tcp/0"]     # multiaddrs; port 0 picks a free port
+//!                                       # (default: loopback, per network.transport)
+//! identity = "node0.key"                # optional: persistent ed25519 key (made on first run)
 //! bootstrap = []                        # full multiaddrs (ending in /p2p/<id>) to dial
 //! cycles = 5                            # default for every app; -1 runs forever
 //! period = "1s"                         # default for every app
 //! linger = "2s"                         # how long to stay up after every app is done
 //! seed = 7                              # optional: reproducible randomness for apps
 //! log_file = "node0.log"                # optional: log here instead of stderr
+//! log_format = "text"                   # or "json" (one JSON object per line)
+//! log_collector = "http://127.0.0.1:8080/log"  # optional: POST log records there
 //! sampling_out = "node0.sampling.jsonl"  # optional: one JSON line per sampler tick
 //! admin = "node0.sock"                  # optional: admin socket (`nodemanager apps`)
 //! apps_dir = "apps/"                     # optional: folder watched for NAME.wasm (+ NAME.toml)
@@ -19,6 +23,10 @@
 //! name = "connected"                    # the view: every connected peer
 //! # or: name = "gbps", view_size = 8, heal = 1, swap = 3, selection_policy = "rand",
 //! #     propagation_policy = "pushpull", age = 1, period = "2s"
+//!
+//! [network]                             # the seed's NetworkSettings (README: every field)
+//! transport = "tcp"                     # tcp, quic or both
+//! enable_kad = true
 //!
 //! [limits]                              # defaults for every app
 //! memory_mib = 256
@@ -38,8 +46,20 @@ use anyhow::{bail, Context as _, Result};
 use libp2p::Multiaddr;
 use serde::Deserialize;
 
+pub use crate::network::{NetworkSettings, Transport};
 use crate::runtime::Limits;
 pub use crate::sampling::SamplerConfig;
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Reading durations written as `"500ms"`, `"2s"`, `"1m 30s"`.
 pub mod duration {
@@ -80,8 +100,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub struct NodeConfig {
     /// Nodes only exchange messages with nodes of the same context.
     pub context: String,
-    /// Listen multiaddrs.
+    /// Listen multiaddrs; none listens on loopback with the chosen transports.
     pub listen: Vec<Multiaddr>,
+    /// File holding the node's ed25519 key, created (mode 0600) when missing; none
+    /// makes a fresh identity for the run.
+    pub identity: Option<PathBuf>,
     /// Peers to dial on start (full multiaddrs ending in `/p2p/<peer id>`).
     pub bootstrap: Vec<Multiaddr>,
     /// Default number of `periodic-run` calls per app; -1 runs forever.
@@ -96,6 +119,10 @@ pub struct NodeConfig {
     pub seed: Option<u64>,
     /// Log file; none logs to stderr.
     pub log_file: Option<PathBuf>,
+    /// Log lines as text or JSON.
+    pub log_format: LogFormat,
+    /// HTTP URL that log records are POSTed to, in JSON batches.
+    pub log_collector: Option<String>,
     /// Where to write one JSON line per sampler tick (view, samples, messages).
     pub sampling_out: Option<PathBuf>,
     /// Unix socket of the admin interface; with it the node runs until a signal, and
@@ -115,6 +142,8 @@ pub struct NodeConfig {
     /// Most MiB of compiled components the cache folder keeps (least recently used
     /// entries are evicted).
     pub cache_max_mib: u64,
+    /// The libp2p layer.
+    pub network: NetworkSettings,
     /// The peer-sampling service that makes the view.
     pub sampler: SamplerConfig,
     /// Default limits for every app.
@@ -127,13 +156,16 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             context: "default".into(),
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
+            listen: Vec::new(),
+            identity: None,
             bootstrap: Vec::new(),
             cycles: 5,
             period: Duration::from_secs(1),
             linger: Duration::from_secs(2),
             seed: None,
             log_file: None,
+            log_format: LogFormat::Text,
+            log_collector: None,
             sampling_out: None,
             admin: None,
             apps_dir: None,
@@ -141,6 +173,7 @@ impl Default for NodeConfig {
             metrics_every: Duration::from_secs(1),
             cache_dir: None,
             cache_max_mib: 2048,
+            network: NetworkSettings::default(),
             sampler: SamplerConfig::default(),
             limits: Limits::default(),
             apps: Vec::new(),
@@ -253,16 +286,30 @@ impl NodeConfig {
         Ok(config)
     }
 
+    /// The listen addresses: the configured ones, or loopback for each transport.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        if self.listen.is_empty() {
+            self.network.transport.default_listen()
+        } else {
+            self.listen.clone()
+        }
+    }
+
     /// Checks everything that can be checked before starting, and applies defaults to
     /// the apps.
     pub fn resolve_apps(&self) -> Result<Vec<ResolvedApp>> {
         validate_name("context", &self.context)?;
         self.sampler.validate()?;
         self.limits.validate()?;
-        if self.listen.is_empty() {
-            bail!("no listen address: give at least one, e.g. --listen /ip4/127.0.0.1/tcp/0");
+        self.network.validate()?;
+        for addr in &self.listen {
+            self.network.transport.check("listen address", addr)?;
+        }
+        if let Some(url) = &self.log_collector {
+            crate::logging::check_collector_url(url)?;
         }
         for addr in &self.bootstrap {
+            self.network.transport.check("bootstrap address", addr)?;
             if !addr
                 .iter()
                 .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
@@ -313,6 +360,13 @@ impl NodeConfig {
         }
         let limits = spec.limits.clone().unwrap_or_else(|| self.limits.clone());
         limits.validate().with_context(|| format!("app {name}"))?;
+        let frame_limit = self.network.request_response.max_requests_size;
+        if limits.max_payload_bytes > frame_limit {
+            bail!(
+                "app {name}: limits.max_payload_bytes ({}) is over network.request_response.max_requests_size ({frame_limit})",
+                limits.max_payload_bytes
+            );
+        }
         Ok(ResolvedApp {
             name,
             path: spec.path.clone(),

@@ -5,6 +5,7 @@
 //! messages to the same-named app on other nodes.
 
 pub mod config;
+pub mod logging;
 pub mod network;
 pub mod node;
 pub mod runtime;

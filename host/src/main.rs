@@ -3,18 +3,21 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
-use nodemanager::config::{parse_duration, AppSpec, NodeConfig, SamplerConfig};
+use nodemanager::config::{
+    parse_duration, AppSpec, LogFormat, NodeConfig, SamplerConfig, Transport,
+};
 use nodemanager::node::Node;
 use nodemanager::runtime::{inspect, Runtime};
 use nodemanager::sampling::{StaticConfig, Topology, TopologyKind};
 use nodemanager::sim::{Engine, LinkLatency, NetworkModel, SimConfig, Simulation};
+use nodemanager::{logging, network};
 
 /// Host for peer-to-peer apps written as sandboxed WebAssembly components.
 #[derive(Parser)]
@@ -487,9 +490,29 @@ struct RunArgs {
     /// How long to stay up after every app is done, e.g. 2s.
     #[arg(long, value_parser = parse_duration)]
     linger: Option<Duration>,
-    /// Log to this file instead of stderr.
+    /// Log to this file instead of stderr (filter with RUST_LOG, e.g. info,nodemanager=debug).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Log lines as human-readable text or as one JSON object per line.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Also POST log records, as JSON batches, to this collector (http://HOST:PORT/PATH);
+    /// records are dropped and counted, never waited for, when it is slow or down.
+    #[arg(long, value_name = "URL")]
+    log_collector: Option<String>,
+    /// Keep the node's ed25519 key in this file (created with mode 0600 on first run), so
+    /// a restarted node keeps its peer id [default: a new identity every run].
+    #[arg(long, value_name = "PATH")]
+    identity: Option<PathBuf>,
+    /// Transports to listen and dial on; sets the default listen addresses.
+    #[arg(long, value_enum)]
+    transport: Option<Transport>,
+    /// Find peers through Kademlia (`--enable-kad false` turns it off).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    enable_kad: Option<bool>,
+    /// Find peers on the local network through mDNS (`--enable-mdns false` turns it off).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    enable_mdns: Option<bool>,
     /// Write one JSON line per sampler tick here (view, samples, messages in/out).
     #[arg(long, value_name = "FILE.jsonl")]
     sampling_out: Option<PathBuf>,
@@ -556,9 +579,21 @@ impl RunArgs {
             metrics_out,
             metrics_every,
             log_file,
+            log_format,
+            log_collector,
+            identity,
             cache_dir,
             cache_max_mib
         );
+        if let Some(transport) = self.transport {
+            config.network.transport = transport;
+        }
+        if let Some(on) = self.enable_kad {
+            config.network.enable_kad = on;
+        }
+        if let Some(on) = self.enable_mdns {
+            config.network.enable_mdns = on;
+        }
         match (self.sampler.as_deref(), self.topology, self.topology_node) {
             (Some("static"), Some(topology), Some(node)) | (None, Some(topology), Some(node)) => {
                 config.sampler = SamplerConfig::Static(StaticConfig {
@@ -600,24 +635,6 @@ impl RunArgs {
     }
 }
 
-fn init_logging(log_file: Option<&Path>) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libp2p=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match log_file {
-        Some(path) => {
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("cannot create log file {}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(Mutex::new(file))
-                .init();
-        }
-        None => builder.with_writer(std::io::stderr).init(),
-    }
-    Ok(())
-}
-
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, value)?;
@@ -643,7 +660,17 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 fn run(args: RunArgs) -> Result<()> {
     let config = args.into_config()?;
     config.resolve_apps()?;
-    init_logging(config.log_file.as_deref())?;
+    let key = match &config.identity {
+        Some(path) => network::identity::load_or_create(path)?,
+        None => libp2p::identity::Keypair::generate_ed25519(),
+    };
+    let peer_id = key.public().to_peer_id().to_string();
+    let mut collector = logging::init(
+        config.log_format,
+        config.log_file.as_deref(),
+        config.log_collector.as_deref(),
+        &peer_id,
+    )?;
     let cache_dir = config
         .cache_dir
         .clone()
@@ -658,9 +685,13 @@ fn run(args: RunArgs) -> Result<()> {
         .build()?;
     tokio.block_on(async {
         let shutdown = shutdown_signal()?;
-        let node = Node::start(config, runtime).await?;
+        let node = Node::start(config, runtime, key).await?;
         print_json(node.ready())?;
         let summary = node.run(shutdown).await;
+        let mut summary = serde_json::to_value(&summary)?;
+        if let Some(collector) = &mut collector {
+            summary["log_collector"] = serde_json::to_value(collector.flush())?;
+        }
         print_json(&summary)
     })
 }

@@ -27,3 +27,6 @@ pub fn guest(file: &str) -> PathBuf {
 pub fn test_cache_dir() -> PathBuf {
     repo_root().join("target/test-component-cache")
 }
+
+/// Helpers for tests that run `nodemanager` processes.
+pub mod node;

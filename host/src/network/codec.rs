@@ -26,6 +26,29 @@ pub struct AppRequest {
 /// The receiver's answer: accepted for the app, or refused with a reason.
 pub type AppResponse = Result<(), String>;
 
+/// What a codec read from a peer: the request, or why the frame is not one (malformed,
+/// truncated, oversized, another wire version). libp2p drops failed reads without a
+/// word, so the verdict travels as a value: the node counts it and answers it.
+pub type Inbound<T> = Result<T, String>;
+
+/// Turns a decoding failure (`InvalidData`) into a verdict; other I/O errors (a reset
+/// stream) stay errors.
+pub(crate) fn verdict<T>(read: io::Result<T>) -> io::Result<Inbound<T>> {
+    match read {
+        Ok(request) => Ok(Ok(request)),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Err(e.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
+/// The error for writing a verdict: only decoded requests go on the wire.
+pub(crate) fn not_a_request() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "only a decoded request can be sent",
+    )
+}
+
 /// Encodes a request frame.
 pub fn encode_request(request: &AppRequest) -> io::Result<Vec<u8>> {
     let name = request.app.as_bytes();
@@ -123,24 +146,27 @@ pub(crate) async fn read_bounded<T: AsyncRead + Unpin + Send>(
     Ok(frame)
 }
 
-/// The request-response codec; `max_request_bytes` bounds what a peer may send us.
+/// The request-response codec; the two limits bound what a peer may send us.
 #[derive(Clone, Debug)]
 pub struct AppCodec {
     /// Largest request frame accepted.
     pub max_request_bytes: u64,
+    /// Largest response frame accepted.
+    pub max_response_bytes: u64,
 }
 
 impl libp2p::request_response::Codec for AppCodec {
     type Protocol = StreamProtocol;
-    type Request = AppRequest;
+    type Request = Inbound<AppRequest>;
     type Response = AppResponse;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<AppRequest> {
-        decode_request(&read_bounded(io, self.max_request_bytes, "app request").await?)
+    ) -> io::Result<Inbound<AppRequest>> {
+        let frame = read_bounded(io, self.max_request_bytes, "app request").await;
+        verdict(frame.and_then(|frame| decode_request(&frame)))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -148,15 +174,16 @@ impl libp2p::request_response::Codec for AppCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<AppResponse> {
-        decode_response(&read_bounded(io, 2 + MAX_REASON as u64, "app response").await?)
+        decode_response(&read_bounded(io, self.max_response_bytes, "app response").await?)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        request: AppRequest,
+        request: Inbound<AppRequest>,
     ) -> io::Result<()> {
+        let request = request.map_err(|_| not_a_request())?;
         io.write_all(&encode_request(&request)?).await?;
         io.close().await
     }
@@ -226,6 +253,7 @@ mod tests {
     fn oversized_frames_are_refused() {
         let mut codec = AppCodec {
             max_request_bytes: 8,
+            max_response_bytes: 8,
         };
         let big = encode_request(&AppRequest {
             app: "a".into(),
@@ -238,10 +266,12 @@ mod tests {
             &protocol,
             &mut futures::io::Cursor::new(big),
         ))
+        .expect("a verdict, not an I/O error")
         .unwrap_err();
-        assert!(error
-            .to_string()
-            .contains("larger than the limit of 8 bytes"));
+        assert!(
+            error.contains("larger than the limit of 8 bytes"),
+            "{error}"
+        );
     }
 
     proptest::proptest! {

@@ -1,17 +1,26 @@
-//! The libp2p side: a swarm on tokio with TCP + noise + yamux, identify, and the app
-//! protocol that carries (app name, payload) to the same-named app on another node.
+//! The libp2p side: a swarm on tokio with TCP (noise + yamux) and QUIC, connection
+//! limits, identify, Kademlia and mDNS discovery, and the app and sampling protocols.
 
 pub mod codec;
+pub mod identity;
 pub mod sampling;
+pub mod settings;
 
+use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use libp2p::identity::Keypair;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{identify, noise, request_response, tcp, yamux, StreamProtocol, Swarm};
+use libp2p::{
+    connection_limits, identify, kad, mdns, noise, request_response, tcp, yamux, StreamProtocol,
+    Swarm,
+};
 
-pub use codec::{AppCodec, AppRequest, AppResponse};
+pub use codec::{AppCodec, AppRequest, AppResponse, Inbound};
 pub use sampling::{SamplingCodec, SamplingEnvelope};
+pub use settings::{NetworkSettings, Transport};
 
 /// How long a sampling message may take to be acknowledged before its peer counts as
 /// unreachable.
@@ -23,12 +32,18 @@ pub const REQUEST_OVERHEAD: u64 = 2 + 255;
 /// The node's libp2p behaviour.
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
+    /// Refuses connections over the configured limits (total, per peer, pending).
+    pub limits: connection_limits::Behaviour,
     /// Exchanges listen addresses and protocols with peers.
     pub identify: identify::Behaviour,
     /// Carries app messages.
     pub apps: request_response::Behaviour<AppCodec>,
     /// Carries the peer samplers' messages.
     pub sampling: request_response::Behaviour<SamplingCodec>,
+    /// Finds peers of the same context through a DHT, when enabled.
+    pub kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+    /// Finds peers on the local network, when enabled.
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 /// Protocol names for a context: the context is part of every name, so nodes of
@@ -42,60 +57,128 @@ pub fn sampling_protocol(context: &str) -> Result<StreamProtocol> {
     protocol(context, "sampling")
 }
 
+/// The Kademlia protocol's name for a context.
+pub fn kad_protocol(context: &str) -> Result<StreamProtocol> {
+    protocol(context, "kad")
+}
+
 fn protocol(context: &str, what: &str) -> Result<StreamProtocol> {
     StreamProtocol::try_from_owned(format!("/nodemanager/{context}/{what}/1"))
         .with_context(|| format!("context {context:?} cannot be part of a protocol name"))
 }
 
-/// Settings of the swarm.
-#[derive(Clone, Debug)]
-pub struct NetworkConfig {
-    /// The context string.
-    pub context: String,
-    /// Largest app payload accepted from peers.
-    pub max_payload_bytes: u64,
-    /// Longest the app protocol waits for any answer (per-message timeouts are shorter).
-    pub request_timeout: Duration,
-    /// Idle connections close after this.
-    pub idle_connection_timeout: Duration,
-}
-
-/// Builds the swarm with a fresh ed25519 identity.
-pub fn build_swarm(config: &NetworkConfig) -> Result<Swarm<NodeBehaviour>> {
-    let protocol = app_protocol(&config.context)?;
-    let identify_protocol = format!("/nodemanager/{}/id/1", config.context);
+/// Builds the swarm for `context` with the identity `key` and the `[network]` settings.
+pub fn build_swarm(
+    key: Keypair,
+    context: &str,
+    settings: &NetworkSettings,
+) -> Result<Swarm<NodeBehaviour>> {
+    let rr = &settings.request_response;
     let codec = AppCodec {
-        max_request_bytes: config.max_payload_bytes + REQUEST_OVERHEAD,
+        max_request_bytes: rr.max_requests_size + REQUEST_OVERHEAD,
+        max_response_bytes: rr.max_responses_size,
     };
-    let sampling = sampling_protocol(&config.context)?;
-    let rr_config =
-        request_response::Config::default().with_request_timeout(config.request_timeout);
-    let swarm = libp2p::SwarmBuilder::with_new_identity()
+    let app_config = request_response::Config::default()
+        .with_request_timeout(settings.request_timeout())
+        .with_max_concurrent_streams(rr.max_concurrent_streams);
+    let sampling_config = request_response::Config::default()
+        .with_request_timeout(SAMPLING_TIMEOUT)
+        .with_max_concurrent_streams(rr.max_concurrent_streams);
+    let mut yamux_config = yamux::Config::default();
+    // Over this, yamux aborts the process: validation refuses it, this keeps it so.
+    yamux_config.set_max_num_streams(
+        settings
+            .yamux
+            .max_num_streams
+            .min(settings::MAX_YAMUX_STREAMS),
+    );
+    let yamux = &settings.yamux;
+    let to_u32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(settings.max_connections))
+        .with_max_established_per_peer(Some(settings.max_connections_per_peer))
+        .with_max_pending_incoming(Some(settings.max_pending_incoming));
+    let identify_protocol = format!("/nodemanager/{context}/id/1");
+    let protocols = (
+        app_protocol(context)?,
+        sampling_protocol(context)?,
+        kad_protocol(context)?,
+    );
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux::Config::default,
+            move || yamux_config.clone(),
         )
         .context("cannot set up TCP + noise + yamux")?
-        .with_behaviour(|key| NodeBehaviour {
-            identify: identify::Behaviour::new(identify::Config::new(
-                identify_protocol,
-                key.public(),
-            )),
-            apps: request_response::Behaviour::with_codec(
-                codec,
-                [(protocol, request_response::ProtocolSupport::Full)],
-                rr_config,
-            ),
-            sampling: request_response::Behaviour::with_codec(
-                SamplingCodec,
-                [(sampling, request_response::ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(SAMPLING_TIMEOUT),
-            ),
+        .with_quic_config(|mut quic| {
+            quic.max_stream_data = to_u32(yamux.receive_window);
+            quic.max_connection_data = to_u32(yamux.max_buffer_size);
+            quic.max_concurrent_stream_limit = to_u32(yamux.max_num_streams as u64);
+            quic
         })
-        .context("cannot build the network behaviour")?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
+        .with_behaviour(
+            |key| -> Result<NodeBehaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let peer_id = key.public().to_peer_id();
+                let kad = settings.enable_kad.then(|| {
+                    let mut config = kad::Config::new(protocols.2.clone());
+                    config.set_query_timeout(Duration::from_secs(
+                        settings.kademlia.query_timeout_secs,
+                    ));
+                    if let Some(size) = NonZeroUsize::new(settings.kademlia.kbucket_size) {
+                        config.set_kbucket_size(size);
+                    }
+                    let mut kad = kad::Behaviour::with_config(
+                        peer_id,
+                        kad::store::MemoryStore::new(peer_id),
+                        config,
+                    );
+                    // Loopback and LAN addresses are never "confirmed external": without
+                    // this the node would stay a client and nobody would learn of it.
+                    kad.set_mode(Some(kad::Mode::Server));
+                    kad
+                });
+                let mdns = if settings.enable_mdns {
+                    let config = mdns::Config {
+                        ttl: Duration::from_secs(settings.mdns.ttl_secs),
+                        query_interval: Duration::from_secs(settings.mdns.query_interval_secs),
+                        enable_ipv6: false,
+                    };
+                    Some(mdns::tokio::Behaviour::new(config, peer_id)?)
+                } else {
+                    None
+                };
+                Ok(NodeBehaviour {
+                    limits: connection_limits::Behaviour::new(limits),
+                    identify: identify::Behaviour::new(identify::Config::new(
+                        identify_protocol,
+                        key.public(),
+                    )),
+                    apps: request_response::Behaviour::with_codec(
+                        codec,
+                        [(protocols.0.clone(), request_response::ProtocolSupport::Full)],
+                        app_config,
+                    ),
+                    sampling: request_response::Behaviour::with_codec(
+                        SamplingCodec,
+                        [(protocols.1.clone(), request_response::ProtocolSupport::Full)],
+                        sampling_config,
+                    ),
+                    kad: kad.into(),
+                    mdns: mdns.into(),
+                })
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("cannot build the network behaviour: {e}"))?
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(settings.idle_connection_timeout())
+                .with_max_negotiating_inbound_streams(settings.max_negotiating_inbound_streams)
+                .with_per_connection_event_buffer_size(settings.per_connection_event_buffer_size)
+                .with_dial_concurrency_factor(
+                    NonZeroU8::new(settings.dial_concurrency_factor).unwrap_or(NonZeroU8::MIN),
+                )
+        })
         .build();
     Ok(swarm)
 }

@@ -9,7 +9,7 @@ use futures::prelude::*;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
-use super::codec::read_bounded;
+use super::codec::{not_a_request, read_bounded, verdict, Inbound};
 use crate::sampling::SamplingMessage;
 
 /// The envelope version this build speaks.
@@ -82,15 +82,16 @@ pub struct SamplingCodec;
 
 impl libp2p::request_response::Codec for SamplingCodec {
     type Protocol = StreamProtocol;
-    type Request = SamplingEnvelope;
+    type Request = Inbound<SamplingEnvelope>;
     type Response = ();
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<SamplingEnvelope> {
-        decode_envelope(&read_bounded(io, MAX_SAMPLING_BYTES, "sampling message").await?)
+    ) -> io::Result<Inbound<SamplingEnvelope>> {
+        let frame = read_bounded(io, MAX_SAMPLING_BYTES, "sampling message").await;
+        verdict(frame.and_then(|frame| decode_envelope(&frame)))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -110,8 +111,9 @@ impl libp2p::request_response::Codec for SamplingCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        envelope: SamplingEnvelope,
+        envelope: Inbound<SamplingEnvelope>,
     ) -> io::Result<()> {
+        let envelope = envelope.map_err(|_| not_a_request())?;
         io.write_all(&encode_envelope(&envelope)?).await?;
         io.close().await
     }

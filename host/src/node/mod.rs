@@ -9,9 +9,11 @@
 mod admin;
 mod apps_dir;
 mod jsonl;
+mod network_stats;
 mod sampling_data;
 
 pub use admin::MAX_REQUEST as MAX_ADMIN_REQUEST;
+pub use network_stats::NetworkStats;
 pub use sampling_data::SamplingStats;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,10 +23,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use futures::StreamExt;
+use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, Multiaddr, PeerId, Swarm};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ListenError, SwarmEvent};
+use libp2p::{identify, kad, mdns, Multiaddr, PeerId, Swarm};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
@@ -33,9 +37,9 @@ use tokio::time::Instant;
 use crate::config::{NodeConfig, ResolvedApp};
 use crate::network::sampling::MAX_ADDRS_PER_PEER;
 use crate::network::{
-    self, AppRequest, NetworkConfig, NodeBehaviour, NodeBehaviourEvent, SamplingEnvelope,
+    self, AppRequest, Inbound, NodeBehaviour, NodeBehaviourEvent, SamplingEnvelope,
 };
-use crate::runtime::registry::derive_seed;
+use crate::runtime::registry::{derive_seed, Refused};
 use crate::runtime::{
     AppContext, AppId, AppInfo, AppRegistry, AppStats, LoadRequest, Runtime, WorkerEvent,
 };
@@ -68,6 +72,8 @@ pub struct Summary {
     pub unloaded: Vec<AppInfo>,
     /// What the peer sampler did.
     pub sampling: SamplingStats,
+    /// What the network layer saw.
+    pub network: NetworkStats,
 }
 
 struct PendingDelivery {
@@ -96,12 +102,18 @@ pub struct Node {
     /// Listen addresses of other peers, learned through identify and sampling messages.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     app_protocol: libp2p::StreamProtocol,
+    network: NetworkStats,
+    /// When mDNS last found a new peer (for `idle_discovery_timeout_secs`).
+    mdns_last_new: Instant,
+    /// Whether the node still acts on mDNS discoveries.
+    mdns_active: bool,
     ready: Ready,
 }
 
 impl Node {
-    /// Checks the config, compiles the apps, listens and dials the bootstrap peers.
-    pub async fn start(config: NodeConfig, runtime: Arc<Runtime>) -> Result<Node> {
+    /// Checks the config, compiles the apps, listens and dials the bootstrap peers; the
+    /// node's identity is `key`.
+    pub async fn start(config: NodeConfig, runtime: Arc<Runtime>, key: Keypair) -> Result<Node> {
         let resolved = config.resolve_apps()?;
         let mut apps = Vec::new();
         for app in resolved {
@@ -113,21 +125,10 @@ impl Node {
             tracing::info!(app = %app.name, from_cache = prepared.from_cache, compile_time = ?prepared.compile_time, "component ready");
             apps.push((app, prepared));
         }
-        let max_payload_bytes = apps
-            .iter()
-            .map(|(a, _)| a.limits.max_payload_bytes)
-            .chain([config.limits.max_payload_bytes])
-            .max()
-            .unwrap_or(0);
-        let max_timeout = Duration::from_secs(u64::from(u32::MAX / 1000) + 1);
-        let mut swarm = network::build_swarm(&NetworkConfig {
-            context: config.context.clone(),
-            max_payload_bytes,
-            request_timeout: max_timeout,
-            idle_connection_timeout: Duration::from_secs(60),
-        })?;
+        let max_payload_bytes = config.network.request_response.max_requests_size;
+        let mut swarm = network::build_swarm(key, &config.context, &config.network)?;
         let mut listeners = HashSet::new();
-        for addr in &config.listen {
+        for addr in &config.listen_addrs() {
             let id = swarm
                 .listen_on(addr.clone())
                 .with_context(|| format!("cannot listen on {addr}"))?;
@@ -161,8 +162,17 @@ impl Node {
             .await
             .context("the listen addresses did not come up in time")??;
         for addr in &config.bootstrap {
+            if let (Some(Protocol::P2p(peer)), Some(kad)) =
+                (addr.iter().last(), swarm.behaviour_mut().kad.as_mut())
+            {
+                kad.add_address(&peer, addr.clone());
+            }
+            let opts = DialOpts::unknown_peer_id()
+                .address(addr.clone())
+                .allocate_new_port()
+                .build();
             swarm
-                .dial(addr.clone())
+                .dial(opts)
                 .with_context(|| format!("cannot dial bootstrap address {addr}"))?;
         }
         let app_protocol = network::app_protocol(&config.context)?;
@@ -201,6 +211,9 @@ impl Node {
             app_protocol,
             own_addrs,
             addresses: HashMap::new(),
+            network: NetworkStats::default(),
+            mdns_last_new: Instant::now(),
+            mdns_active: true,
             ready: Ready {
                 peer_id: peer_id.to_string(),
                 listen_addrs,
@@ -267,7 +280,7 @@ impl Node {
                         let Some(name) = registry.name_of(app).map(String::from) else { continue };
                         for message in messages {
                             let request = AppRequest { app: name.clone(), payload: message.payload };
-                            let id = self.swarm.behaviour_mut().apps.send_request(&message.destination, request);
+                            let id = self.swarm.behaviour_mut().apps.send_request(&message.destination, Ok(request));
                             pending.insert(id, PendingDelivery {
                                 app,
                                 message_id: message.id,
@@ -329,6 +342,7 @@ impl Node {
             apps,
             unloaded,
             sampling: self.sampling.clone(),
+            network: self.network.clone(),
         }
     }
 
@@ -340,6 +354,7 @@ impl Node {
             "apps": registry.list(),
             "unloaded": registry.retired().len(),
             "sampling": self.sampling,
+            "network": self.network,
         });
         if let Some(out) = &mut self.metrics_out {
             if let Err(error) = out.write(&record) {
@@ -365,6 +380,7 @@ impl Node {
                     "apps": registry.list(),
                     "unloaded": registry.retired(),
                     "sampling": self.sampling,
+                    "network": self.network,
                 })
             }
             AdminCommand::Load(request) => {
@@ -437,7 +453,7 @@ impl Node {
             self.swarm
                 .behaviour_mut()
                 .sampling
-                .send_request(&to, envelope);
+                .send_request(&to, Ok(envelope));
         }
     }
 
@@ -461,7 +477,11 @@ impl Node {
         *self.context.view.write().unwrap_or_else(|e| e.into_inner()) = view;
     }
 
-    fn add_known_peer(&self, peer: PeerId) {
+    /// Records `peer` as a peer of this context the node knows of.
+    fn add_known_peer(&mut self, peer: PeerId) {
+        if !self.network.discovered(peer) {
+            return;
+        }
         let peer = peer.to_string();
         let mut known = self
             .context
@@ -483,21 +503,40 @@ impl Node {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
+                self.network.connection_opened();
                 tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                num_established,
                 cause,
                 ..
             } => {
-                tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "disconnected");
-                self.sampler.handle_peer_unreachable(peer_id);
-                self.publish_view();
+                self.network.connection_closed();
+                if num_established == 0 {
+                    tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "disconnected");
+                    self.sampler.handle_peer_unreachable(peer_id);
+                    self.publish_view();
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                let reason = match error {
+                    ListenError::Denied { .. } => "connection_limit",
+                    _ => "handshake",
+                };
+                self.network.refuse(
+                    reason,
+                    format_args!("inbound connection from {send_back_addr}: {error}"),
+                );
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::warn!(peer = ?peer_id, "dial failed: {error}");
-                if let Some(peer) = peer_id {
+                // A dial that lost the race to a connection the peer opened is no news.
+                if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
                     self.sampler.handle_peer_unreachable(peer);
                     self.publish_view();
                 }
@@ -508,12 +547,32 @@ impl Node {
                 ..
             })) => {
                 if info.protocols.contains(&self.app_protocol) {
+                    if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                        for addr in &info.listen_addrs {
+                            kad.add_address(&peer_id, addr.clone());
+                        }
+                    }
                     self.learn_addresses(peer_id, info.listen_addrs);
                     self.sampler.handle_peer_connected(peer_id);
                     self.publish_view();
                 } else {
-                    tracing::info!(peer = %peer_id, "peer speaks another context; not adding it to the view");
+                    self.network.refuse(
+                        "other_context",
+                        format_args!("{peer_id} speaks another context; not adding it to the view"),
+                    );
                 }
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer,
+                addresses,
+                ..
+            })) => {
+                // Kademlia's protocol name carries the context: these are our peers.
+                self.learn_addresses(peer, addresses.into_vec());
+                self.dial_if_new(peer);
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                self.on_mdns_discovered(found);
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Sampling(event)) => {
                 self.on_sampling_event(event)
@@ -525,13 +584,70 @@ impl Node {
         }
     }
 
-    fn on_sampling_event(&mut self, event: request_response::Event<SamplingEnvelope, ()>) {
+    /// Dials `peer` at the addresses the swarm knows, unless already connected.
+    fn dial_if_new(&mut self, peer: PeerId) {
+        if self.swarm.is_connected(&peer) || peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        // A new port: two peers that find each other at the same instant (mDNS) would
+        // otherwise dial from their listen ports into a TCP simultaneous open, where
+        // both sides start the noise handshake as initiator and both fail.
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .allocate_new_port()
+            .build();
+        if let Err(error) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, "not dialling a discovered peer: {error}");
+        }
+    }
+
+    /// Dials peers mDNS found, until `idle_discovery_timeout_secs` passes without a new
+    /// one. Their context is checked by identify once connected.
+    fn on_mdns_discovered(&mut self, found: Vec<(PeerId, Multiaddr)>) {
+        if !self.mdns_active {
+            return;
+        }
+        let idle = self.config.network.mdns.idle_discovery_timeout();
+        if idle.is_some_and(|idle| self.mdns_last_new.elapsed() > idle) {
+            tracing::info!(after = ?idle, "mDNS found no new peer in time; no longer acting on it");
+            self.mdns_active = false;
+            return;
+        }
+        for (peer, addr) in found {
+            if !self.swarm.is_connected(&peer) {
+                self.mdns_last_new = Instant::now();
+                tracing::info!(%peer, %addr, "mDNS found a peer");
+                self.swarm.add_peer_address(peer, addr);
+                self.dial_if_new(peer);
+            }
+        }
+    }
+
+    fn on_sampling_event(&mut self, event: request_response::Event<Inbound<SamplingEnvelope>, ()>) {
         match event {
             request_response::Event::Message {
                 peer,
                 message:
                     request_response::Message::Request {
-                        request, channel, ..
+                        request: Err(reason),
+                        ..
+                    },
+                ..
+            } => {
+                // Malformed, oversized or another wire version: no ack.
+                self.network.refuse(
+                    "bad_sampling_frame",
+                    format_args!("sampling message from {peer}: {reason}"),
+                );
+                self.sampling.refused += 1;
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request: Ok(request),
+                        channel,
+                        ..
                     },
                 ..
             } => {
@@ -559,15 +675,6 @@ impl Node {
                 self.sampler.handle_peer_unreachable(peer);
                 self.publish_view();
             }
-            request_response::Event::InboundFailure {
-                peer,
-                error: request_response::InboundFailure::Io(error),
-                ..
-            } => {
-                // The codec's verdict: malformed, oversized or another wire version.
-                tracing::warn!(peer = %peer, "refused an inbound sampling message: {error}");
-                self.sampling.refused += 1;
-            }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::info!(peer = %peer, "inbound sampling exchange failed: {error}");
             }
@@ -577,7 +684,7 @@ impl Node {
 
     fn on_app_event(
         &mut self,
-        event: request_response::Event<AppRequest, network::AppResponse>,
+        event: request_response::Event<Inbound<AppRequest>, network::AppResponse>,
         registry: &AppRegistry,
         pending: &mut HashMap<OutboundRequestId, PendingDelivery>,
     ) {
@@ -586,16 +693,28 @@ impl Node {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    let answer = if self.sampler.admits(peer) {
-                        registry.deliver(&peer.to_string(), &request.app, request.payload)
-                    } else {
-                        Err(format!(
-                            "{peer} is not among the peers this node receives from (static topology)"
-                        ))
+                    let answer = match request {
+                        Err(reason) => Err(Refused {
+                            reason: "bad_app_frame",
+                            message: reason,
+                        }),
+                        Ok(request) if self.sampler.admits(peer) => {
+                            registry.deliver(&peer.to_string(), &request.app, request.payload)
+                        }
+                        Ok(_) => Err(Refused {
+                            reason: "not_admitted",
+                            message: format!(
+                                "{peer} is not among the peers this node receives from (static topology)"
+                            ),
+                        }),
                     };
-                    if let Err(reason) = &answer {
-                        tracing::warn!(peer = %peer, "refused a message: {reason}");
-                    }
+                    let answer = answer.map_err(|refused| {
+                        self.network.refuse(
+                            refused.reason,
+                            format_args!("message from {peer}: {refused}"),
+                        );
+                        refused.message
+                    });
                     let _ = self
                         .swarm
                         .behaviour_mut()
@@ -630,7 +749,7 @@ impl Node {
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::warn!(peer = %peer, "bad inbound app message: {error}");
+                tracing::info!(peer = %peer, "inbound app exchange failed: {error}");
             }
             request_response::Event::ResponseSent { .. } => {}
         }

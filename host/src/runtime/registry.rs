@@ -100,6 +100,27 @@ pub struct AppRegistry {
     max_payload_bytes: u64,
 }
 
+/// Why a message from a peer was not handed to an app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// A short key for counters: `unknown_app`, `app_stopped`, `inbox_full`.
+    pub reason: &'static str,
+    /// What the sender is told.
+    pub message: String,
+}
+
+impl Refused {
+    fn new(reason: &'static str, message: String) -> Refused {
+        Refused { reason, message }
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl AppRegistry {
     /// An empty registry; apps share `context` (id, view) and send their events to
     /// `events`; no app may send payloads over `max_payload_bytes` (the network's frame
@@ -253,23 +274,30 @@ impl AppRegistry {
     }
 
     /// Hands a message from peer `from` to app `app`, or says why not.
-    pub fn deliver(&self, from: &str, app: &str, payload: Vec<u8>) -> Result<(), String> {
+    pub fn deliver(&self, from: &str, app: &str, payload: Vec<u8>) -> Result<(), Refused> {
         let Some(running) = self.apps.get(app) else {
-            return Err(format!("no app named {app:?} on this node"));
+            return Err(Refused::new(
+                "unknown_app",
+                format!("no app named {app:?} on this node"),
+            ));
         };
         {
             let stats = running.stats.lock().unwrap_or_else(|e| e.into_inner());
             if stats.state == AppState::Failed {
-                return Err(format!(
-                    "app {app:?} has stopped: {}",
-                    stats.reason.as_deref().unwrap_or("failed")
+                return Err(Refused::new(
+                    "app_stopped",
+                    format!(
+                        "app {app:?} has stopped: {}",
+                        stats.reason.as_deref().unwrap_or("failed")
+                    ),
                 ));
             }
         }
         let capacity = running.spec.limits.inbox_capacity;
         if running.inbox_depth.load(Ordering::Relaxed) >= capacity {
-            return Err(format!(
-                "app {app:?} has {capacity} messages waiting already"
+            return Err(Refused::new(
+                "inbox_full",
+                format!("app {app:?} has {capacity} messages waiting already"),
             ));
         }
         running.inbox_depth.fetch_add(1, Ordering::Relaxed);
@@ -279,7 +307,7 @@ impl AppRegistry {
                 from: from.to_string(),
                 payload,
             })
-            .map_err(|_| format!("app {app:?} has stopped"))
+            .map_err(|_| Refused::new("app_stopped", format!("app {app:?} has stopped")))
     }
 
     /// Tells app instance `id` how its message `message_id` ended.

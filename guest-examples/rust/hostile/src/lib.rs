@@ -10,6 +10,8 @@
 //! - `calm`: behave (log each cycle with the view it was given);
 //! - `greet`: as `calm`, and send `hello` to every peer of the view each cycle, logging
 //!   what arrives (`greet got hello from <peer>`);
+//! - `greet_known`: as `greet`, to every peer the node ever knew of, dead ones included;
+//! - `echo`: send every message back to its sender, unlogged (the network bench);
 //! - `flood`: each cycle, queue 1 KiB messages to the first peer of the view until
 //!   `send-message` refuses (the per-call queue bound must stop it);
 //! - `log`: each cycle, log 1 MiB lines, 10,000 of them (the log caps must hold).
@@ -24,7 +26,7 @@ struct Hostile {
 impl App for Hostile {
     fn init(config: &str) -> Result<Self, String> {
         match config {
-            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "flood" | "log" => {
+            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "greet_known" | "echo" | "flood" | "log" => {
                 Ok(Hostile { mode: config.to_string(), cycles: 0 })
             }
             other => Err(format!("unknown hostile mode {other:?}")),
@@ -94,11 +96,16 @@ impl App for Hostile {
             }
             mode => {
                 log_info(&format!("calm cycle {} view={}", self.cycles, view.join(",")));
-                if mode == "greet" {
-                    for peer in &view {
-                        host::send_message(peer, b"hello", 5_000)
-                            .map_err(|e| format!("send to {peer} failed: {e:?}"))?;
-                    }
+                // greet: every peer in the view; greet_known: every peer ever known,
+                // reachable or not (delivery failures then come back as reports).
+                let peers = match mode {
+                    "greet" => view,
+                    "greet_known" => host::known_peers(),
+                    _ => Vec::new(),
+                };
+                for peer in &peers {
+                    host::send_message(peer, b"hello", 2_000)
+                        .map_err(|e| format!("send to {peer} failed: {e:?}"))?;
                 }
                 Ok(())
             }
@@ -118,6 +125,11 @@ impl App for Hostile {
     }
 
     fn handle_message(&mut self, from: String, payload: Vec<u8>) -> Result<(), String> {
+        if self.mode == "echo" {
+            return host::send_message(&from, &payload, 5_000)
+                .map(drop)
+                .map_err(|e| format!("echo to {from} failed: {e:?}"));
+        }
         log_info(&format!("greet got {} from {from}", String::from_utf8_lossy(&payload)));
         Ok(())
     }

@@ -1,0 +1,266 @@
+//! App messages between two nodes on loopback, 1 KiB payloads: round-trip latency
+//! (p50/p99) and throughput, through a real node and its WASM app, beside a plain
+//! rust-libp2p request-response pair (same TCP + noise + yamux, same codec, no node, no
+//! WASM) in the same run.
+//!
+//! A client swarm sends a message to the app `echo` on the other side, which acks it and
+//! sends the payload back as a message of its own; the client acks that and counts one
+//! round trip. The node side is the real `Node` (swarm, sampler, registry) running the
+//! hostile guest in `echo` mode, so every echo crosses the WASM boundary twice (in
+//! through `handle-message`, out through `send-message`); the plain side does the same
+//! in Rust. Throughput keeps 64 messages in flight.
+//!
+//! Run: `cargo bench --bench network` (after scripts/build-guests). Besides criterion's
+//! report it prints one line per side with p50/p99 of 2,000 round trips and the ratio.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use futures::StreamExt;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use nodemanager::config::{AppSpec, NodeConfig};
+use nodemanager::network::{app_protocol, AppCodec, AppRequest};
+use nodemanager::node::Node;
+use nodemanager::runtime::{Limits, Runtime};
+
+const CONTEXT: &str = "bench";
+const PAYLOAD: usize = 1024;
+const IN_FLIGHT: usize = 64;
+
+type Rr = request_response::Behaviour<AppCodec>;
+
+fn rr_behaviour() -> Rr {
+    request_response::Behaviour::with_codec(
+        AppCodec {
+            max_request_bytes: 1 << 20,
+            max_response_bytes: 4096,
+        },
+        [(app_protocol(CONTEXT).unwrap(), ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(30))
+            .with_max_concurrent_streams(1000),
+    )
+}
+
+fn swarm() -> Swarm<Rr> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| rr_behaviour())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
+        .build()
+}
+
+/// The plain echo side: acks each message and sends it back, in Rust.
+async fn plain_echo_server() -> Multiaddr {
+    let mut server = swarm();
+    server
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+            break address;
+        }
+    };
+    let addr = addr.with(libp2p::multiaddr::Protocol::P2p(*server.local_peer_id()));
+    tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) = server.select_next_some().await
+            {
+                let _ = server.behaviour_mut().send_response(channel, Ok(()));
+                server.behaviour_mut().send_request(&peer, request);
+            }
+        }
+    });
+    addr
+}
+
+/// The node side: a real node whose app `echo` sends every message back.
+async fn node_echo_server(runtime: Arc<Runtime>) -> Multiaddr {
+    let mut spec =
+        AppSpec::from_arg(&format!("{}:echo", common::guest("hostile.wasm").display())).unwrap();
+    spec.config = "echo".into();
+    let mut config = NodeConfig {
+        context: CONTEXT.into(),
+        cycles: -1,
+        period: Duration::from_secs(3600),
+        limits: Limits {
+            max_messages_per_sec: 0,
+            inbox_capacity: 1 << 16,
+            ..Limits::default()
+        },
+        apps: vec![spec],
+        ..NodeConfig::default()
+    };
+    config.network.enable_kad = false;
+    config.network.request_response.max_concurrent_streams = 1000;
+    let node = Node::start(
+        config,
+        runtime,
+        libp2p::identity::Keypair::generate_ed25519(),
+    )
+    .await
+    .unwrap();
+    let addr = node.ready().listen_addrs[0].parse().unwrap();
+    tokio::spawn(node.run(std::future::pending()));
+    addr
+}
+
+/// The measuring side.
+struct Client {
+    swarm: Swarm<Rr>,
+    server: PeerId,
+}
+
+impl Client {
+    async fn connect(addr: Multiaddr) -> Client {
+        let mut swarm = swarm();
+        swarm.dial(addr).unwrap();
+        let server = loop {
+            if let SwarmEvent::ConnectionEstablished { peer_id, .. } =
+                swarm.select_next_some().await
+            {
+                break peer_id;
+            }
+        };
+        Client { swarm, server }
+    }
+
+    /// Sends `n` messages with at most `window` in flight; returns when `n` echoes came
+    /// back, with the time of each round trip when `window` is 1.
+    async fn round_trips(&mut self, n: usize, window: usize) -> Vec<Duration> {
+        let payload = vec![0x42u8; PAYLOAD];
+        let (mut sent, mut echoed) = (0, 0);
+        let mut times = Vec::new();
+        let mut started = Instant::now();
+        while echoed < n {
+            while sent < n && sent - echoed < window {
+                started = Instant::now();
+                let request = AppRequest {
+                    app: "echo".into(),
+                    payload: payload.clone(),
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .send_request(&self.server, Ok(request));
+                sent += 1;
+            }
+            match self.swarm.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Request { channel, .. },
+                    ..
+                }) => {
+                    let _ = self.swarm.behaviour_mut().send_response(channel, Ok(()));
+                    echoed += 1;
+                    if window == 1 {
+                        times.push(started.elapsed());
+                    }
+                }
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => panic!("a message failed: {error}"),
+                _ => {}
+            }
+        }
+        times
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn network_benches(c: &mut Criterion) {
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Arc::new(Runtime::new(cache.path()).unwrap());
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut clients = tokio.block_on(async {
+        let plain = Client::connect(plain_echo_server().await).await;
+        let node = Client::connect(node_echo_server(runtime).await).await;
+        [("plain_libp2p", plain), ("node_wasm", node)]
+    });
+    // Warm up both paths (connections, yamux windows, the app's first calls).
+    for (_, client) in &mut clients {
+        tokio.block_on(client.round_trips(500, IN_FLIGHT));
+    }
+
+    let mut group = c.benchmark_group("network_rtt_1KiB");
+    group.measurement_time(Duration::from_secs(5));
+    for (name, client) in &mut clients {
+        group.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                tokio
+                    .block_on(client.round_trips(iters as usize, 1))
+                    .iter()
+                    .sum()
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("network_throughput_1KiB");
+    group.measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(1000));
+    for (name, client) in &mut clients {
+        group.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    tokio.block_on(client.round_trips(1000, IN_FLIGHT));
+                }
+                started.elapsed()
+            })
+        });
+    }
+    group.finish();
+
+    // p50/p99 of 2,000 sequential round trips per side, interleaved in blocks of 200 so
+    // both sides see the same machine load.
+    let mut samples: [Vec<Duration>; 2] = Default::default();
+    for _ in 0..10 {
+        for (i, (_, client)) in clients.iter_mut().enumerate() {
+            samples[i].extend(tokio.block_on(client.round_trips(200, 1)));
+        }
+    }
+    let mut medians = Vec::new();
+    for (i, (name, _)) in clients.iter().enumerate() {
+        let sorted = &mut samples[i];
+        sorted.sort();
+        let (p50, p99) = (percentile(sorted, 0.5), percentile(sorted, 0.99));
+        medians.push(p50);
+        println!(
+            "round trip 1 KiB {name}: p50 {p50:?} p99 {p99:?} (n={})",
+            sorted.len()
+        );
+    }
+    println!(
+        "round trip p50 ratio node_wasm / plain_libp2p: {:.2}",
+        medians[1].as_secs_f64() / medians[0].as_secs_f64()
+    );
+}
+
+criterion_group!(benches, network_benches);
+criterion_main!(benches);

@@ -1,0 +1,93 @@
+//! The node's ed25519 identity: kept in a file (`--identity PATH`) so that a restarted
+//! node keeps its peer id, or made fresh for each run.
+
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+use libp2p::identity::Keypair;
+
+/// Reads the key in `path`, or creates the file (mode 0600) with a new key when it does
+/// not exist. A file readable by others, or one that holds no ed25519 key, is refused.
+pub fn load_or_create(path: &Path) -> Result<Keypair> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                bail!(
+                    "identity file {} can be read by others (mode {mode:o}): run chmod 600 on it",
+                    path.display()
+                );
+            }
+            let key = Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "identity file {} does not hold a libp2p private key ({e})",
+                    path.display()
+                )
+            })?;
+            if key.clone().try_into_ed25519().is_err() {
+                bail!(
+                    "identity file {} holds a {:?} key; nodemanager uses ed25519",
+                    path.display(),
+                    key.key_type()
+                );
+            }
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .context("cannot encode the new key")?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create identity file {}", path.display()))?;
+            file.write_all(&bytes)
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write identity file {}", path.display()))?;
+            tracing::info!(path = %path.display(), peer = %key.public().to_peer_id(), "created a new identity");
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read identity file {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_created_identity_is_private_and_reloads_to_the_same_peer_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let first = load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = load_or_create(&path).unwrap();
+        assert_eq!(first.public().to_peer_id(), again.public().to_peer_id());
+    }
+
+    #[test]
+    fn bad_identity_files_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        std::fs::write(&path, b"not a key").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = format!("{:#}", load_or_create(&path).unwrap_err());
+        assert!(e.contains("does not hold a libp2p private key"), "{e}");
+
+        let key = Keypair::generate_ed25519().to_protobuf_encoding().unwrap();
+        std::fs::write(&path, key).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = format!("{:#}", load_or_create(&path).unwrap_err());
+        assert!(e.contains("chmod 600"), "{e}");
+
+        let missing_dir = dir.path().join("no/such/dir/node.key");
+        let e = format!("{:#}", load_or_create(&missing_dir).unwrap_err());
+        assert!(e.contains("cannot create identity file"), "{e}");
+    }
+}

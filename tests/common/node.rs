@@ -1,0 +1,136 @@
+//! Running `nodemanager` processes from tests: spawn, wait for the ready line, read the
+//! summary, signal.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+use serde_json::Value;
+
+/// `nodemanager` from this build, with the shared component cache and no RUST_LOG.
+pub fn nodemanager() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nodemanager"));
+    command
+        .env("NODEMANAGER_CACHE_DIR", super::test_cache_dir())
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// A running node: its process, its stdout, and what its first line said.
+pub struct RunningNode {
+    pub child: Child,
+    pub stdout: BufReader<ChildStdout>,
+    pub ready: Value,
+    pub log: PathBuf,
+}
+
+impl RunningNode {
+    pub fn spawn(args: &[String], log: PathBuf) -> RunningNode {
+        let mut child = nodemanager()
+            .arg("run")
+            .args(args)
+            .arg("--log-file")
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn nodemanager");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read the ready line");
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!(
+                "first line is not JSON ({e}): {line:?}; log:\n{}",
+                read(&log)
+            )
+        });
+        RunningNode {
+            child,
+            stdout,
+            ready,
+            log,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        self.ready["listen_addrs"][0]
+            .as_str()
+            .expect("a listen address")
+            .to_string()
+    }
+
+    /// Waits for exit; returns the summary line.
+    pub fn finish(mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "node exited with {status}; log:\n{}",
+            read(&self.log)
+        );
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("summary is not JSON ({e}): {line:?}"))
+    }
+}
+
+/// A test that fails midway must not leave its nodes running.
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every node's peer id and log file, in order.
+pub fn ids_and_logs(nodes: &[RunningNode]) -> (Vec<String>, Vec<PathBuf>) {
+    nodes
+        .iter()
+        .map(|n| {
+            let id = n.ready["peer_id"].as_str().unwrap().to_string();
+            (id, n.log.clone())
+        })
+        .unzip()
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Polls `condition` (e.g. a log line appeared) until it holds or `what` times out.
+pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM to `node`.
+pub fn sigterm(node: &RunningNode) {
+    let pid = node.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Every view a `calm` hostile app logged, as peer-id lists.
+pub fn logged_views(log: &str) -> Vec<Vec<String>> {
+    log.lines()
+        .filter_map(|line| line.split(" view=").nth(1))
+        .map(|rest| {
+            rest.split(' ')
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .collect()
+}

@@ -1,0 +1,867 @@
+//! The network layer across real processes: discovery (Kademlia over TCP and QUIC,
+//! mDNS in network namespaces), identities that survive a restart, a peer killed with
+//! SIGKILL, hostile peers, and the log collector.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::node::{logged_views, nodemanager, read, sigterm, wait_for, RunningNode};
+use serde_json::Value;
+
+/// `--app` arguments for the hostile guest in `mode` (calm, greet, greet_known), named
+/// `hello`, running `cycles` cycles (-1: until stopped) every `period`.
+fn hostile_app(mode: &str, period: &str, cycles: i64) -> Vec<String> {
+    vec![
+        "--app".into(),
+        format!("{}:hello", common::guest("hostile.wasm").display()),
+        "--app-config".into(),
+        format!("hello={mode}"),
+        "--cycles".into(),
+        cycles.to_string(),
+        "--period".into(),
+        period.into(),
+    ]
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// The node's counters through its admin socket.
+fn stats(socket: &Path) -> Value {
+    let output = nodemanager()
+        .arg("apps")
+        .arg("--admin")
+        .arg(socket)
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "stats failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// SIGTERM, then the summary; the node must exit 0.
+fn stop(node: RunningNode) -> Value {
+    sigterm(&node);
+    node.finish()
+}
+
+/// Starts `n` nodes with admin sockets; every node but the first bootstraps from the
+/// first. Returns the nodes and their sockets.
+fn start_network(dir: &Path, n: usize, extra: &[String]) -> (Vec<RunningNode>, Vec<PathBuf>) {
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    let mut sockets = Vec::new();
+    for i in 0..n {
+        let socket = dir.join(format!("n{i}.sock"));
+        let mut a = args(&["--admin", socket.to_str().unwrap()]);
+        a.extend(extra.iter().cloned());
+        if let Some(first) = nodes.first() {
+            a.extend(["--bootstrap".into(), first.addr()]);
+        }
+        nodes.push(RunningNode::spawn(&a, dir.join(format!("n{i}.log"))));
+        sockets.push(socket);
+    }
+    (nodes, sockets)
+}
+
+fn kademlia_finds_peers_beyond_the_bootstrap(transport: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, sockets) = start_network(dir.path(), 10, &args(&["--transport", transport]));
+    for (i, socket) in sockets.iter().enumerate() {
+        wait_for(
+            &format!("node {i} to learn 5 peers over {transport}"),
+            || {
+                stats(socket)["network"]["peers_discovered"]
+                    .as_u64()
+                    .unwrap()
+                    >= 5
+            },
+        );
+    }
+    for node in nodes {
+        let addr = node.addr();
+        let expected = if transport == "quic" {
+            "/quic-v1/"
+        } else {
+            "/tcp/"
+        };
+        assert!(addr.contains(expected), "{addr}");
+        let summary = stop(node);
+        let network = &summary["network"];
+        assert!(
+            network["peers_discovered"].as_u64().unwrap() >= 5,
+            "{summary}"
+        );
+        assert!(
+            network["connections_peak"].as_u64().unwrap() >= 5,
+            "{summary}"
+        );
+    }
+}
+
+#[test]
+fn ten_nodes_find_each_other_through_kademlia_over_tcp() {
+    kademlia_finds_peers_beyond_the_bootstrap("tcp");
+}
+
+#[test]
+fn ten_nodes_find_each_other_through_kademlia_over_quic() {
+    kademlia_finds_peers_beyond_the_bootstrap("quic");
+}
+
+#[test]
+fn ipv6_and_both_transports_listen_and_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = args(&[
+        "--transport",
+        "both",
+        "--listen",
+        "/ip6/::1/tcp/0",
+        "--listen",
+        "/ip6/::1/udp/0/quic-v1",
+    ]);
+    let (nodes, sockets) = start_network(dir.path(), 2, &listen);
+    let addrs = nodes[0].ready["listen_addrs"].to_string();
+    assert!(
+        addrs.contains("/ip6/::1/tcp/") && addrs.contains("/quic-v1/"),
+        "{addrs}"
+    );
+    wait_for("the IPv6 peers to connect", || {
+        stats(&sockets[1])["network"]["peers_discovered"] == 1
+    });
+    for node in nodes {
+        stop(node);
+    }
+}
+
+/// The peer ids in the last `view=` line a hostile app logged.
+fn last_view(log: &str) -> Option<Vec<String>> {
+    logged_views(log).pop()
+}
+
+#[test]
+fn a_killed_peer_is_dropped_reported_to_senders_and_rejoins_with_its_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra = hostile_app("greet_known", "300ms", -1);
+    extra.extend(args(&["--sampler", "connected"]));
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    let mut sockets = Vec::new();
+    for i in 0..5 {
+        let socket = dir.path().join(format!("n{i}.sock"));
+        let key = dir.path().join(format!("n{i}.key"));
+        let mut a = args(&[
+            "--admin",
+            socket.to_str().unwrap(),
+            "--identity",
+            key.to_str().unwrap(),
+        ]);
+        a.extend(extra.iter().cloned());
+        if let Some(first) = nodes.first() {
+            a.extend(["--bootstrap".into(), first.addr()]);
+        }
+        nodes.push(RunningNode::spawn(&a, dir.path().join(format!("n{i}.log"))));
+        sockets.push(socket);
+    }
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| n.ready["peer_id"].as_str().unwrap().to_string())
+        .collect();
+    let logs: Vec<PathBuf> = nodes.iter().map(|n| n.log.clone()).collect();
+    for (i, log) in logs.iter().enumerate() {
+        wait_for(&format!("node {i} to see the 4 others"), || {
+            last_view(&read(log)).is_some_and(|v| v.len() == 4)
+        });
+    }
+
+    // SIGKILL node 4: no goodbye on the wire.
+    let victim = nodes.pop().unwrap();
+    let victim_addr = victim.addr();
+    let victim_listen = victim_addr.rsplit_once("/p2p/").unwrap().0.to_string();
+    let mut victim = victim;
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let dead = &ids[4];
+    for (i, log) in logs[..4].iter().enumerate() {
+        wait_for(
+            &format!("node {i} to drop the dead peer and report failed sends"),
+            || {
+                let text = read(log);
+                let reported = text
+                    .lines()
+                    .any(|l| l.contains("message not delivered") && l.contains(dead.as_str()));
+                reported && last_view(&text).is_some_and(|v| v.len() == 3 && !v.contains(dead))
+            },
+        );
+    }
+    let cycles_before: Vec<usize> = logs[..4]
+        .iter()
+        .map(|l| read(l).matches("calm cycle").count())
+        .collect();
+
+    // Restart it with the same identity on the same address: the others take it back.
+    let mut a = args(&[
+        "--admin",
+        sockets[4].to_str().unwrap(),
+        "--identity",
+        dir.path().join("n4.key").to_str().unwrap(),
+        "--listen",
+        &victim_listen,
+        "--bootstrap",
+        &nodes[0].addr(),
+    ]);
+    a.extend(extra.iter().cloned());
+    let reborn = RunningNode::spawn(&a, dir.path().join("n4-again.log"));
+    assert_eq!(
+        reborn.ready["peer_id"].as_str().unwrap(),
+        dead.as_str(),
+        "same identity, same peer id"
+    );
+    let reborn_log = reborn.log.clone();
+    wait_for("the restarted node to see every other node", || {
+        last_view(&read(&reborn_log)).is_some_and(|v| v.len() == 4)
+    });
+    for (i, log) in logs[..4].iter().enumerate() {
+        wait_for(&format!("node {i} to take the restarted peer back"), || {
+            last_view(&read(log)).is_some_and(|v| v.len() == 4 && v.contains(dead))
+        });
+    }
+    wait_for("greetings to reach the restarted node", || {
+        read(&reborn_log).contains("greet got hello from")
+    });
+    nodes.push(reborn);
+    for (i, node) in nodes.into_iter().enumerate() {
+        let summary = stop(node);
+        let app = &summary["apps"]["hello"];
+        assert_eq!(app["call_errors"], 0, "node {i}: {summary}");
+        if i < 4 {
+            // The others kept cycling through all of it.
+            let cycles = read(&logs[i]).matches("calm cycle").count();
+            assert!(cycles > cycles_before[i], "node {i} stopped cycling");
+            assert!(
+                app["send_errors"].as_u64().unwrap() >= 1,
+                "node {i}: {summary}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- hostile peers
+
+/// A libp2p peer that writes raw bytes on the node's protocols.
+mod raw_peer {
+    use std::io;
+
+    use futures::prelude::*;
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+
+    /// Writes the request bytes as they are; reads the answer to the end.
+    #[derive(Clone, Default)]
+    pub struct RawCodec;
+
+    impl request_response::Codec for RawCodec {
+        type Protocol = StreamProtocol;
+        type Request = Vec<u8>;
+        type Response = Vec<u8>;
+
+        async fn read_request<T: AsyncRead + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+        ) -> io::Result<Vec<u8>> {
+            let mut buf = Vec::new();
+            io.take(1 << 20).read_to_end(&mut buf).await?;
+            Ok(buf)
+        }
+        async fn read_response<T: AsyncRead + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+        ) -> io::Result<Vec<u8>> {
+            let mut buf = Vec::new();
+            io.take(1 << 20).read_to_end(&mut buf).await?;
+            if buf.is_empty() {
+                let eof = io::ErrorKind::UnexpectedEof;
+                return Err(io::Error::new(eof, "closed without an answer"));
+            }
+            Ok(buf)
+        }
+        async fn write_request<T: AsyncWrite + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            req: Vec<u8>,
+        ) -> io::Result<()> {
+            io.write_all(&req).await?;
+            io.close().await
+        }
+        async fn write_response<T: AsyncWrite + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            res: Vec<u8>,
+        ) -> io::Result<()> {
+            io.write_all(&res).await?;
+            io.close().await
+        }
+    }
+
+    #[derive(libp2p::swarm::NetworkBehaviour)]
+    pub struct Behaviour {
+        pub identify: identify::Behaviour,
+        pub app: request_response::Behaviour<RawCodec>,
+        pub sampling: request_response::Behaviour<RawCodec>,
+    }
+
+    fn raw(context: &str, what: &str) -> request_response::Behaviour<RawCodec> {
+        let protocol =
+            StreamProtocol::try_from_owned(format!("/nodemanager/{context}/{what}/1")).unwrap();
+        request_response::Behaviour::with_codec(
+            RawCodec,
+            [(protocol, ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(std::time::Duration::from_secs(20))
+                .with_max_concurrent_streams(10_000),
+        )
+    }
+
+    /// A peer of `context` (its identify advertises that context's protocols).
+    pub fn swarm(context: &str) -> Swarm<Behaviour> {
+        libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|key| Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    format!("/nodemanager/{context}/id/1"),
+                    key.public(),
+                )),
+                app: raw(context, "app"),
+                sampling: raw(context, "sampling"),
+            })
+            .unwrap()
+            .with_swarm_config(|c| {
+                c.with_idle_connection_timeout(std::time::Duration::from_secs(60))
+            })
+            .build()
+    }
+
+    /// Connects to `addr` and waits until the connection is up; returns the peer id.
+    pub async fn connect(swarm: &mut Swarm<Behaviour>, addr: &str) -> PeerId {
+        let addr: Multiaddr = addr.parse().unwrap();
+        swarm.dial(addr).unwrap();
+        loop {
+            if let SwarmEvent::ConnectionEstablished { peer_id, .. } =
+                swarm.select_next_some().await
+            {
+                return peer_id;
+            }
+        }
+    }
+
+    /// Sends each frame on the app protocol (or the sampling protocol) and returns, per
+    /// frame, the answer or the failure text.
+    pub async fn send_all(
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        sampling: bool,
+        frames: Vec<Vec<u8>>,
+    ) -> Vec<Result<Vec<u8>, String>> {
+        let mut ids = Vec::new();
+        for frame in frames {
+            let behaviour = if sampling {
+                &mut swarm.behaviour_mut().sampling
+            } else {
+                &mut swarm.behaviour_mut().app
+            };
+            ids.push(behaviour.send_request(&peer, frame));
+        }
+        let mut answers: std::collections::HashMap<_, Result<Vec<u8>, String>> = Default::default();
+        while answers.len() < ids.len() {
+            let event = match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(BehaviourEvent::App(e) | BehaviourEvent::Sampling(e)) => e,
+                _ => continue,
+            };
+            match event {
+                request_response::Event::Message {
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                } => {
+                    answers.insert(request_id, Ok(response));
+                }
+                request_response::Event::OutboundFailure {
+                    request_id, error, ..
+                } => {
+                    answers.insert(request_id, Err(error.to_string()));
+                }
+                _ => {}
+            }
+        }
+        ids.into_iter()
+            .map(|id| answers.remove(&id).unwrap())
+            .collect()
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// An app request frame: version 1, the name, the payload.
+fn frame(app: &str, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![1, app.len() as u8];
+    f.extend_from_slice(app.as_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[network.request_response]\nmax_requests_size = 65536\n[limits]\nmax_payload_bytes = 65536\ninbox_capacity = 64\n",
+    )
+    .unwrap();
+    let socket = dir.path().join("n.sock");
+    let mut a = args(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--admin",
+        socket.to_str().unwrap(),
+    ]);
+    a.extend(hostile_app("calm", "200ms", -1));
+    let node = RunningNode::spawn(&a, dir.path().join("n.log"));
+    let addr = node.addr();
+    let port: u16 = addr.split('/').nth(4).unwrap().parse().unwrap();
+
+    // Garbage on the listening port: no libp2p handshake at all.
+    for i in 0..20u32 {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let garbage: Vec<u8> = (0..4096u32)
+            .map(|j| (j.wrapping_mul(2654435761).wrapping_add(i) >> 7) as u8)
+            .collect();
+        let _ = stream.write_all(&garbage);
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (answers, sampling, flood) = runtime.block_on(async {
+        let mut peer = raw_peer::swarm("default");
+        let node_id = raw_peer::connect(&mut peer, &addr).await;
+        let mut oversized = frame("hello", &[]);
+        oversized.resize(200_000, 7);
+        let answers = raw_peer::send_all(
+            &mut peer,
+            node_id,
+            false,
+            vec![
+                vec![1],                                  // ends before the app name
+                vec![1, 10, b'h'],                        // ends inside the app name
+                Vec::new(),                               // empty
+                vec![9, 5, b'h', b'e', b'l', b'l', b'o'], // another wire version
+                oversized,
+                frame("nope", b"x"),   // no such app
+                frame("hello", b"hi"), // fine
+            ],
+        )
+        .await;
+        let sampling = raw_peer::send_all(
+            &mut peer,
+            node_id,
+            true,
+            vec![b"{not json".to_vec(), vec![0xff; 100_000]],
+        )
+        .await;
+        let flood = raw_peer::send_all(
+            &mut peer,
+            node_id,
+            false,
+            (0..3000).map(|_| frame("hello", &[0x55; 1024])).collect(),
+        )
+        .await;
+        (answers, sampling, flood)
+    });
+    // Every bad frame is answered with a refusal that says what is wrong with it.
+    let reasons = [
+        "ends before the app name",
+        "bad app name length 10",
+        "empty app request",
+        "unsupported app wire version 9",
+        "larger than the limit",
+        "no app named \"nope\"",
+    ];
+    for (answer, reason) in answers.iter().zip(reasons) {
+        let answer = answer
+            .as_ref()
+            .unwrap_or_else(|e| panic!("no answer ({e}) for {reason}"));
+        assert_eq!(&answer[..2], &[1, 1], "a refusal for {reason}");
+        let text = String::from_utf8_lossy(&answer[2..]);
+        assert!(text.contains(reason), "{text:?} should say {reason:?}");
+    }
+    assert_eq!(
+        answers[6].as_deref(),
+        Ok(&[1u8, 0][..]),
+        "the good frame is accepted"
+    );
+    assert!(sampling.iter().all(|a| a.is_err()), "{sampling:?}");
+    let accepted = flood
+        .iter()
+        .filter(|a| a.as_deref() == Ok(&[1u8, 0][..]))
+        .count();
+    let refused_full = flood
+        .iter()
+        .filter(|a| {
+            a.as_ref().is_ok_and(|r| {
+                r.starts_with(&[1, 1]) && String::from_utf8_lossy(r).contains("messages waiting")
+            })
+        })
+        .count();
+    // Past `max_concurrent_streams` libp2p drops the extra streams (and logs it at warn):
+    // those sends fail on the flooding side.
+    let dropped = flood.iter().filter(|a| a.is_err()).count();
+    assert_eq!(accepted + refused_full + dropped, 3000);
+    assert!(
+        refused_full + dropped > 0,
+        "a flood of 3000 was not pushed back at all"
+    );
+
+    // A peer of another context: connected, never admitted.
+    runtime.block_on(async {
+        let mut stranger = raw_peer::swarm("elsewhere");
+        let node_id = raw_peer::connect(&mut stranger, &addr).await;
+        let answers =
+            raw_peer::send_all(&mut stranger, node_id, false, vec![frame("hello", b"hi")]).await;
+        assert!(answers[0].is_err(), "{answers:?}");
+    });
+
+    wait_for("every refusal to be counted", || {
+        let refused = &stats(&socket)["network"]["refused"];
+        refused["handshake"].as_u64() >= Some(20)
+            && refused["bad_app_frame"].as_u64() >= Some(5)
+            && refused["unknown_app"] == 1
+            && refused["bad_sampling_frame"].as_u64() >= Some(2)
+            && refused["other_context"].as_u64() >= Some(1)
+            && refused["inbox_full"].as_u64().unwrap_or(0) == refused_full as u64
+    });
+    let rss_mib = peak_rss_kib(node.child.id()) / 1024;
+    assert!(rss_mib < 400, "peak RSS {rss_mib} MiB");
+    let log = read(&node.log);
+    for reason in [
+        "larger than the limit",
+        "unsupported app wire version 9",
+        "no app named",
+        "speaks another context",
+    ] {
+        assert!(log.contains(reason), "no log line about {reason:?}");
+    }
+    let summary = stop(node);
+    let app = &summary["apps"]["hello"];
+    assert_eq!(app["call_errors"], 0, "{summary}");
+    assert_eq!(
+        app["received"].as_u64().unwrap(),
+        1 + accepted as u64,
+        "{summary}"
+    );
+    assert!(app["cycles"].as_u64().unwrap() >= 1, "{summary}");
+}
+
+// ------------------------------------------------------------------------- logs
+
+/// A tiny HTTP collector on 127.0.0.1: stores every JSON body POSTed to it.
+fn start_collector() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/log", listener.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let store = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let store = store.clone();
+            std::thread::spawn(move || serve(stream, &store));
+        }
+    });
+    (url, bodies)
+}
+
+/// Answers the HTTP/1.1 requests of one connection.
+fn serve(stream: std::net::TcpStream, store: &Mutex<Vec<Value>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        store
+            .lock()
+            .unwrap()
+            .push(serde_json::from_slice(&body).expect("a JSON body"));
+        writer
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+    }
+}
+
+#[test]
+fn logs_go_to_a_json_file_and_to_the_collector_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, bodies) = start_collector();
+    let mut a = args(&[
+        "--log-format",
+        "json",
+        "--log-collector",
+        &url,
+        "--linger",
+        "100ms",
+    ]);
+    a.extend(hostile_app("calm", "100ms", 5));
+    let node = RunningNode::spawn(&a, dir.path().join("n.log"));
+    let id = node.ready["peer_id"].as_str().unwrap().to_string();
+    let log_file = node.log.clone();
+    let summary = node.finish();
+    let collected = &summary["log_collector"];
+    assert_eq!(collected["dropped"], 0, "{summary}");
+    let shipped = collected["shipped"].as_u64().unwrap();
+    assert!(shipped >= 5, "{summary}");
+
+    // The file: one JSON object per line, the app's lines among them.
+    let text = read(&log_file);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("calm cycle 5"))),
+        "{text}"
+    );
+
+    // The collector: batches (arrays) of records tagged with the node's id; every
+    // record shipped arrived, the app's five cycles among them.
+    let bodies = bodies.lock().unwrap();
+    let records: Vec<&Value> = bodies
+        .iter()
+        .flat_map(|b| b.as_array().expect("a batch").iter())
+        .collect();
+    assert_eq!(records.len() as u64, shipped);
+    assert!(bodies.len() < records.len(), "records are batched");
+    assert!(records.iter().all(|r| r["identifier"] == id.as_str()
+        && r["level"].is_string()
+        && r["time"].is_string()));
+    let cycles = records
+        .iter()
+        .filter(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("calm cycle"))
+        })
+        .count();
+    assert_eq!(cycles, 5);
+}
+
+#[test]
+fn a_collector_that_is_down_costs_records_not_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/log", closed.local_addr().unwrap());
+    drop(closed);
+    let mut a = args(&["--log-collector", &url, "--linger", "100ms"]);
+    a.extend(hostile_app("calm", "100ms", 5));
+    let started = std::time::Instant::now();
+    let node = RunningNode::spawn(&a, dir.path().join("n.log"));
+    let summary = node.finish();
+    assert_eq!(summary["apps"]["hello"]["cycles"], 5, "{summary}");
+    let collected = &summary["log_collector"];
+    assert_eq!(collected["shipped"], 0, "{summary}");
+    assert!(collected["dropped"].as_u64().unwrap() >= 5, "{summary}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+// ------------------------------------------------------------------------- mDNS
+
+/// Runs `ip` with `args`; false when it fails (no permission for namespaces).
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Two network namespaces joined by a veth pair, removed on drop.
+struct NamespacePair {
+    names: [String; 2],
+}
+
+impl NamespacePair {
+    fn create() -> Result<NamespacePair, String> {
+        let tag = std::process::id() % 100_000;
+        let names = [format!("nm-a-{tag}"), format!("nm-b-{tag}")];
+        let pair = NamespacePair {
+            names: names.clone(),
+        };
+        let (a, b) = (&names[0], &names[1]);
+        let (va, vb) = (format!("nma{tag}"), format!("nmb{tag}"));
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", a],
+            vec!["netns", "add", b],
+            vec![
+                "link", "add", &va, "netns", a, "type", "veth", "peer", "name", &vb, "netns", b,
+            ],
+            vec!["-n", a, "addr", "add", "10.231.0.1/24", "dev", &va],
+            vec!["-n", b, "addr", "add", "10.231.0.2/24", "dev", &vb],
+            vec!["-n", a, "link", "set", &va, "up", "multicast", "on"],
+            vec!["-n", b, "link", "set", &vb, "up", "multicast", "on"],
+            vec!["-n", a, "link", "set", "lo", "up"],
+            vec!["-n", b, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            if !ip(&step) {
+                return Err(format!("`ip {}` failed", step.join(" ")));
+            }
+        }
+        Ok(pair)
+    }
+}
+
+impl Drop for NamespacePair {
+    fn drop(&mut self) {
+        for name in &self.names {
+            ip(&["netns", "delete", name]);
+        }
+    }
+}
+
+/// Processes killed when the test ends, passed or not.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn mdns_finds_a_peer_without_bootstrap_in_network_namespaces() {
+    let pair = match NamespacePair::create() {
+        Ok(pair) => pair,
+        Err(reason) => {
+            eprintln!("SKIPPED mdns test: cannot create network namespaces here ({reason})");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_nodemanager");
+    // Query every second, so a lost first query costs a second, not five minutes.
+    let config = dir.path().join("mdns.toml");
+    std::fs::write(&config, "[network.mdns]\nquery_interval_secs = 1\n").unwrap();
+    let mut children = Children(Vec::new());
+    let mut sockets = Vec::new();
+    for (i, (ns, ip)) in [
+        (&pair.names[0], "10.231.0.1"),
+        (&pair.names[1], "10.231.0.2"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let socket = dir.path().join(format!("n{i}.sock"));
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                exe,
+                "run",
+                "--enable-mdns",
+                "--enable-kad",
+                "false",
+            ])
+            .args(["--listen", &format!("/ip4/{ip}/tcp/0")])
+            .arg("--config")
+            .arg(&config)
+            .arg("--admin")
+            .arg(&socket)
+            .arg("--log-file")
+            .arg(dir.path().join(format!("n{i}.log")))
+            .env("NODEMANAGER_CACHE_DIR", common::test_cache_dir())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.0.push(child);
+        sockets.push(socket);
+    }
+    let mut readers: Vec<_> = children
+        .0
+        .iter_mut()
+        .map(|c| BufReader::new(c.stdout.take().unwrap()))
+        .collect();
+    for reader in &mut readers {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.contains("peer_id"), "{line}");
+    }
+    for (i, socket) in sockets.iter().enumerate() {
+        wait_for(&format!("node {i} to find the other through mDNS"), || {
+            stats(socket)["network"]["peers_discovered"] == 1
+        });
+    }
+    for (child, reader) in children.0.iter_mut().zip(&mut readers) {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let mut summary = String::new();
+        reader.read_line(&mut summary).unwrap();
+        assert!(child.wait().unwrap().success());
+        let summary: Value = serde_json::from_str(&summary).unwrap();
+        assert_eq!(summary["network"]["peers_discovered"], 1, "{summary}");
+    }
+}
