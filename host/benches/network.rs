@@ -8,7 +8,12 @@
 //! round trip. The node side is the real `Node` (swarm, sampler, registry) running the
 //! hostile guest in `echo` mode, so every echo crosses the WASM boundary twice (in
 //! through `handle-message`, out through `send-message`); the plain side does the same
-//! in Rust. Throughput keeps 64 messages in flight.
+//! in Rust. Round-trip throughput keeps 256 messages in flight.
+//!
+//! One-way throughput: the client sends to the app `sink` (which takes each message
+//! silently) and counts acks, 256 in flight; the plain side only acks. The node acks
+//! once the message is queued for the app; the app's own cost per 1 KiB message is
+//! measured by `cargo bench --bench runtime` (handle 1 KiB).
 //!
 //! Run: `cargo bench --bench network` (after scripts/build-guests). Besides criterion's
 //! report it prints one line per side with p50/p99 of 2,000 round trips and the ratio.
@@ -31,7 +36,7 @@ use nodemanager::runtime::{Limits, Runtime};
 
 const CONTEXT: &str = "bench";
 const PAYLOAD: usize = 1024;
-const IN_FLIGHT: usize = 64;
+const IN_FLIGHT: usize = 256;
 
 type Rr = request_response::Behaviour<AppCodec>;
 
@@ -63,7 +68,7 @@ fn swarm() -> Swarm<Rr> {
         .build()
 }
 
-/// The plain echo side: acks each message and sends it back, in Rust.
+/// The plain side: acks each message and, for the app `echo`, sends it back.
 async fn plain_echo_server() -> Multiaddr {
     let mut server = swarm();
     server
@@ -87,18 +92,24 @@ async fn plain_echo_server() -> Multiaddr {
             }) = server.select_next_some().await
             {
                 let _ = server.behaviour_mut().send_response(channel, Ok(()));
-                server.behaviour_mut().send_request(&peer, request);
+                if request.as_ref().is_ok_and(|r| r.app == "echo") {
+                    server.behaviour_mut().send_request(&peer, request);
+                }
             }
         }
     });
     addr
 }
 
-/// The node side: a real node whose app `echo` sends every message back.
+/// The node side: a real node whose app `echo` sends every message back and whose app
+/// `sink` takes them.
 async fn node_echo_server(runtime: Arc<Runtime>) -> Multiaddr {
-    let mut spec =
-        AppSpec::from_arg(&format!("{}:echo", common::guest("hostile.wasm").display())).unwrap();
-    spec.config = "echo".into();
+    let apps = ["echo", "sink"].map(|mode| {
+        let guest = common::guest("hostile.wasm");
+        let mut spec = AppSpec::from_arg(&format!("{}:{mode}", guest.display())).unwrap();
+        spec.config = mode.into();
+        spec
+    });
     let mut config = NodeConfig {
         context: CONTEXT.into(),
         cycles: -1,
@@ -108,7 +119,7 @@ async fn node_echo_server(runtime: Arc<Runtime>) -> Multiaddr {
             inbox_capacity: 1 << 16,
             ..Limits::default()
         },
-        apps: vec![spec],
+        apps: apps.to_vec(),
         ..NodeConfig::default()
     };
     config.network.enable_kad = false;
@@ -143,6 +154,37 @@ impl Client {
             }
         };
         Client { swarm, server }
+    }
+
+    /// Sends `n` messages to `sink` with at most `window` unacknowledged.
+    async fn one_way(&mut self, n: usize, window: usize) {
+        let payload = vec![0x42u8; PAYLOAD];
+        let (mut sent, mut acked) = (0, 0);
+        while acked < n {
+            while sent < n && sent - acked < window {
+                let request = AppRequest {
+                    app: "sink".into(),
+                    payload: payload.clone(),
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .send_request(&self.server, Ok(request));
+                sent += 1;
+            }
+            match self.swarm.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => {
+                    response.expect("the sink takes every message");
+                    acked += 1;
+                }
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => panic!("a message failed: {error}"),
+                _ => {}
+            }
+        }
     }
 
     /// Sends `n` messages with at most `window` in flight; returns when `n` echoes came
@@ -221,8 +263,26 @@ fn network_benches(c: &mut Criterion) {
     }
     group.finish();
 
-    let mut group = c.benchmark_group("network_throughput_1KiB");
+    let mut group = c.benchmark_group("network_one_way_1KiB");
     group.measurement_time(Duration::from_secs(5));
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(2000));
+    for (name, client) in &mut clients {
+        group.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    tokio.block_on(client.one_way(2000, IN_FLIGHT));
+                }
+                started.elapsed()
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("network_round_trips_1KiB");
+    group.measurement_time(Duration::from_secs(5));
+    group.sample_size(20);
     group.throughput(Throughput::Elements(1000));
     for (name, client) in &mut clients {
         group.bench_function(*name, |b| {

@@ -12,6 +12,7 @@
 //!   what arrives (`greet got hello from <peer>`);
 //! - `greet_known`: as `greet`, to every peer the node ever knew of, dead ones included;
 //! - `echo`: send every message back to its sender, unlogged (the network bench);
+//! - `sink`: take every message, silently (the network bench);
 //! - `flood`: each cycle, queue 1 KiB messages to the first peer of the view until
 //!   `send-message` refuses (the per-call queue bound must stop it);
 //! - `log`: each cycle, log 1 MiB lines, 10,000 of them (the log caps must hold).
@@ -26,7 +27,7 @@ struct Hostile {
 impl App for Hostile {
     fn init(config: &str) -> Result<Self, String> {
         match config {
-            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "greet_known" | "echo" | "flood" | "log" => {
+            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "greet_known" | "echo" | "sink" | "flood" | "log" => {
                 Ok(Hostile { mode: config.to_string(), cycles: 0 })
             }
             other => Err(format!("unknown hostile mode {other:?}")),
@@ -125,6 +126,9 @@ impl App for Hostile {
     }
 
     fn handle_message(&mut self, from: String, payload: Vec<u8>) -> Result<(), String> {
+        if self.mode == "sink" {
+            return Ok(());
+        }
         if self.mode == "echo" {
             return host::send_message(&from, &payload, 5_000)
                 .map(drop)
