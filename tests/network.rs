@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::node::{logged_views, nodemanager, read, sigterm, wait_for, RunningNode};
+use nodemanager::network::{codec, AppRequest};
 use serde_json::Value;
 
 /// `--app` arguments for the hostile guest in `mode` (calm, greet, greet_known), named
@@ -430,10 +431,16 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 /// An app request frame: version 1, the name, the payload.
 fn frame(app: &str, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![1, app.len() as u8];
-    f.extend_from_slice(app.as_bytes());
-    f.extend_from_slice(payload);
-    f
+    let message = AppRequest {
+        app: app.into(),
+        payload: payload.to_vec(),
+    };
+    codec::encode_request(&[message]).unwrap()
+}
+
+/// The node's answers in a response frame: one per message.
+fn answers(response: &[u8]) -> Vec<Result<(), String>> {
+    codec::decode_response(response).expect("a well-formed response")
 }
 
 #[test]
@@ -478,20 +485,29 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
     let (answers, sampling, flood) = runtime.block_on(async {
         let mut peer = raw_peer::swarm("default");
         let node_id = raw_peer::connect(&mut peer, &addr).await;
-        let mut oversized = frame("hello", &[]);
-        oversized.resize(200_000, 7);
+        let oversized = frame("hello", &[7; 200_000]);
+        let both = codec::encode_request(&[
+            AppRequest {
+                app: "nope".into(),
+                payload: b"x".to_vec(),
+            },
+            AppRequest {
+                app: "hello".into(),
+                payload: b"hi".to_vec(),
+            },
+        ])
+        .unwrap();
         let answers = raw_peer::send_all(
             &mut peer,
             node_id,
             false,
             vec![
-                vec![1],                                  // ends before the app name
-                vec![1, 10, b'h'],                        // ends inside the app name
-                Vec::new(),                               // empty
-                vec![9, 5, b'h', b'e', b'l', b'l', b'o'], // another wire version
+                vec![2],                            // ends inside the message count
+                vec![2, 0, 1, 10, b'h'],            // ends inside the app name
+                Vec::new(),                         // empty
+                vec![9, 0, 1, 1, b'h', 0, 0, 0, 0], // another wire version
                 oversized,
-                frame("nope", b"x"),   // no such app
-                frame("hello", b"hi"), // fine
+                both, // one for no such app, one fine
             ],
         )
         .await;
@@ -513,37 +529,47 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
     });
     // Every bad frame is answered with a refusal that says what is wrong with it.
     let reasons = [
-        "ends before the app name",
-        "bad app name length 10",
+        "ends inside the message count",
+        "ends inside an app name",
         "empty app request",
         "unsupported app wire version 9",
         "larger than the limit",
-        "no app named \"nope\"",
     ];
-    for (answer, reason) in answers.iter().zip(reasons) {
-        let answer = answer
+    let replies: Vec<_> = answers
+        .iter()
+        .map(|a| a.as_ref().map(|r| self::answers(r)))
+        .collect();
+    for (reply, reason) in replies.iter().zip(reasons) {
+        let reply = reply
             .as_ref()
             .unwrap_or_else(|e| panic!("no answer ({e}) for {reason}"));
-        assert_eq!(&answer[..2], &[1, 1], "a refusal for {reason}");
-        let text = String::from_utf8_lossy(&answer[2..]);
+        let text = reply[0].as_ref().expect_err("a refusal");
         assert!(text.contains(reason), "{text:?} should say {reason:?}");
     }
-    assert_eq!(
-        answers[6].as_deref(),
-        Ok(&[1u8, 0][..]),
-        "the good frame is accepted"
+    // A batch is answered message by message.
+    let both = replies[5].as_ref().unwrap();
+    assert!(
+        both[0]
+            .as_ref()
+            .unwrap_err()
+            .contains("no app named \"nope\""),
+        "{both:?}"
     );
+    assert_eq!(both[1], Ok(()), "the good message is accepted");
     assert!(sampling.iter().all(|a| a.is_err()), "{sampling:?}");
+    let flood: Vec<_> = flood
+        .iter()
+        .map(|a| a.as_ref().map(|r| self::answers(r)))
+        .collect();
     let accepted = flood
         .iter()
-        .filter(|a| a.as_deref() == Ok(&[1u8, 0][..]))
+        .filter(|a| a.as_ref().is_ok_and(|r| r[0].is_ok()))
         .count();
     let refused_full = flood
         .iter()
         .filter(|a| {
-            a.as_ref().is_ok_and(|r| {
-                r.starts_with(&[1, 1]) && String::from_utf8_lossy(r).contains("messages waiting")
-            })
+            a.as_ref()
+                .is_ok_and(|r| r[0].as_ref().is_err_and(|e| e.contains("messages waiting")))
         })
         .count();
     // Past `max_concurrent_streams` libp2p drops the extra streams (and logs it at warn):

@@ -11,7 +11,9 @@
 //! in Rust. Round-trip throughput keeps 256 messages in flight.
 //!
 //! One-way throughput: the client sends to the app `sink` (which takes each message
-//! silently) and counts acks, 256 in flight; the plain side only acks. The node acks
+//! silently) and counts acks, 256 in flight; the plain side only acks. Once with one
+//! message per request, once with 16 (what a node sends when an app call queued 16
+//! messages for one peer: it batches them into one request). The node acks
 //! once the message is queued for the app; the app's own cost per 1 KiB message is
 //! measured by `cargo bench --bench runtime` (handle 1 KiB).
 //!
@@ -43,7 +45,7 @@ type Rr = request_response::Behaviour<AppCodec>;
 fn rr_behaviour() -> Rr {
     request_response::Behaviour::with_codec(
         AppCodec {
-            max_request_bytes: 1 << 20,
+            max_payload_bytes: 1 << 20,
             max_response_bytes: 4096,
         },
         [(app_protocol(CONTEXT).unwrap(), ProtocolSupport::Full)],
@@ -91,9 +93,11 @@ async fn plain_echo_server() -> Multiaddr {
                 ..
             }) = server.select_next_some().await
             {
-                let _ = server.behaviour_mut().send_response(channel, Ok(()));
-                if request.as_ref().is_ok_and(|r| r.app == "echo") {
-                    server.behaviour_mut().send_request(&peer, request);
+                let batch = request.expect("a well-formed request");
+                let acks = vec![Ok(()); batch.len()];
+                let _ = server.behaviour_mut().send_response(channel, acks);
+                if batch[0].app == "echo" {
+                    server.behaviour_mut().send_request(&peer, Ok(batch));
                 }
             }
         }
@@ -156,8 +160,9 @@ impl Client {
         Client { swarm, server }
     }
 
-    /// Sends `n` messages to `sink` with at most `window` unacknowledged.
-    async fn one_way(&mut self, n: usize, window: usize) {
+    /// Sends `n` messages to `sink`, `batch` per request (as a node sends what one app
+    /// call queued for one peer), with at most `window` unacknowledged.
+    async fn one_way(&mut self, n: usize, batch: usize, window: usize) {
         let payload = vec![0x42u8; PAYLOAD];
         let (mut sent, mut acked) = (0, 0);
         while acked < n {
@@ -168,16 +173,19 @@ impl Client {
                 };
                 self.swarm
                     .behaviour_mut()
-                    .send_request(&self.server, Ok(request));
-                sent += 1;
+                    .send_request(&self.server, Ok(vec![request; batch]));
+                sent += batch;
             }
             match self.swarm.select_next_some().await {
                 SwarmEvent::Behaviour(request_response::Event::Message {
                     message: request_response::Message::Response { response, .. },
                     ..
                 }) => {
-                    response.expect("the sink takes every message");
-                    acked += 1;
+                    assert!(
+                        response.iter().all(Result::is_ok),
+                        "the sink takes every message"
+                    );
+                    acked += response.len();
                 }
                 SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
                     error, ..
@@ -203,7 +211,7 @@ impl Client {
                 };
                 self.swarm
                     .behaviour_mut()
-                    .send_request(&self.server, Ok(request));
+                    .send_request(&self.server, Ok(vec![request]));
                 sent += 1;
             }
             match self.swarm.select_next_some().await {
@@ -211,7 +219,10 @@ impl Client {
                     message: request_response::Message::Request { channel, .. },
                     ..
                 }) => {
-                    let _ = self.swarm.behaviour_mut().send_response(channel, Ok(()));
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .send_response(channel, vec![Ok(())]);
                     echoed += 1;
                     if window == 1 {
                         times.push(started.elapsed());
@@ -266,17 +277,19 @@ fn network_benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("network_one_way_1KiB");
     group.measurement_time(Duration::from_secs(5));
     group.sample_size(20);
-    group.throughput(Throughput::Elements(2000));
-    for (name, client) in &mut clients {
-        group.bench_function(*name, |b| {
-            b.iter_custom(|iters| {
-                let started = Instant::now();
-                for _ in 0..iters {
-                    tokio.block_on(client.one_way(2000, IN_FLIGHT));
-                }
-                started.elapsed()
-            })
-        });
+    group.throughput(Throughput::Elements(2048));
+    for batch in [1, 16] {
+        for (name, client) in &mut clients {
+            group.bench_function(format!("{name}/batch_{batch}"), |b| {
+                b.iter_custom(|iters| {
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        tokio.block_on(client.one_way(2048, batch, IN_FLIGHT));
+                    }
+                    started.elapsed()
+                })
+            });
+        }
     }
     group.finish();
 

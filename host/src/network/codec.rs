@@ -1,7 +1,12 @@
-//! Wire format of the app protocol: versioned, size-bounded request and response frames.
+//! Wire format of the app protocol: versioned, size-bounded request and response
+//! frames. One request carries a batch of messages for one peer (all the messages an
+//! app call queued for it), so a burst costs one stream, not one per message.
 //!
-//! Request: `[version = 1][app name length: u8][app name][payload...]` (to the end of the stream).
-//! Response: `[version = 1][status: 0 accepted | 1 refused][reason, UTF-8, when refused]`.
+//! Request: `[version = 2][count: u16]`, then per message
+//! `[app name length: u8][app name][payload length: u32][payload]`; nothing after.
+//! Response: `[version = 2][count: u16]`, then per message `[status: 0 accepted]` or
+//! `[status: 1 refused][reason length: u16][reason, UTF-8]`.
+//! Numbers are big-endian.
 
 use std::io;
 
@@ -9,7 +14,14 @@ use futures::prelude::*;
 use libp2p::StreamProtocol;
 
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
+
+/// Most messages in one request frame.
+pub const MAX_BATCH: usize = 1024;
+
+/// Bytes a request frame adds around the payloads: the header, and per message the
+/// longest name with its two lengths.
+pub const REQUEST_OVERHEAD: u64 = 3 + MAX_BATCH as u64 * (1 + 255 + 4);
 
 /// Longest refusal reason sent back.
 const MAX_REASON: usize = 1024;
@@ -23,7 +35,7 @@ pub struct AppRequest {
     pub payload: Vec<u8>,
 }
 
-/// The receiver's answer: accepted for the app, or refused with a reason.
+/// The receiver's answer to one message: accepted for the app, or refused with a reason.
 pub type AppResponse = Result<(), String>;
 
 /// What a codec read from a peer: the request, or why the frame is not one (malformed,
@@ -49,72 +61,169 @@ pub(crate) fn not_a_request() -> io::Error {
     )
 }
 
-/// Encodes a request frame.
-pub fn encode_request(request: &AppRequest) -> io::Result<Vec<u8>> {
-    let name = request.app.as_bytes();
-    if name.is_empty() || name.len() > 255 {
+/// Encodes a request frame of 1 to `MAX_BATCH` messages.
+pub fn encode_request(batch: &[AppRequest]) -> io::Result<Vec<u8>> {
+    if batch.is_empty() || batch.len() > MAX_BATCH {
         return Err(invalid(format!(
-            "app name must be 1 to 255 bytes, not {}",
-            name.len()
+            "an app request carries 1 to {MAX_BATCH} messages, not {}",
+            batch.len()
         )));
     }
-    let mut frame = Vec::with_capacity(2 + name.len() + request.payload.len());
+    let size: usize = batch
+        .iter()
+        .map(|m| 5 + m.app.len() + m.payload.len())
+        .sum();
+    let mut frame = Vec::with_capacity(3 + size);
     frame.push(WIRE_VERSION);
-    frame.push(name.len() as u8);
-    frame.extend_from_slice(name);
-    frame.extend_from_slice(&request.payload);
+    frame.extend_from_slice(&(batch.len() as u16).to_be_bytes());
+    for message in batch {
+        let name = message.app.as_bytes();
+        if name.is_empty() || name.len() > 255 {
+            return Err(invalid(format!(
+                "app name must be 1 to 255 bytes, not {}",
+                name.len()
+            )));
+        }
+        let len = u32::try_from(message.payload.len())
+            .map_err(|_| invalid("payload over 4 GiB".into()))?;
+        frame.push(name.len() as u8);
+        frame.extend_from_slice(name);
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&message.payload);
+    }
     Ok(frame)
 }
 
-/// Decodes a request frame, naming what is wrong with a bad one.
-pub fn decode_request(frame: &[u8]) -> io::Result<AppRequest> {
-    let (&version, rest) = frame
-        .split_first()
-        .ok_or_else(|| invalid("empty app request".into()))?;
-    check_version(version)?;
-    let (&len, rest) = rest
-        .split_first()
-        .ok_or_else(|| invalid("app request ends before the app name".into()))?;
-    let len = len as usize;
-    if len == 0 || rest.len() < len {
-        return Err(invalid(format!(
-            "app request has a bad app name length {len}"
-        )));
-    }
-    let app =
-        std::str::from_utf8(&rest[..len]).map_err(|_| invalid("app name is not UTF-8".into()))?;
-    Ok(AppRequest {
-        app: app.to_string(),
-        payload: rest[len..].to_vec(),
-    })
+/// Reads frames front to back, naming what is missing when one ends early.
+struct Reader<'a> {
+    rest: &'a [u8],
+    what: &'static str,
 }
 
-/// Encodes a response frame.
-pub fn encode_response(response: &AppResponse) -> Vec<u8> {
-    match response {
-        Ok(()) => vec![WIRE_VERSION, 0],
-        Err(reason) => {
-            let reason = &reason[..reason.floor_char_boundary(MAX_REASON)];
-            let mut frame = vec![WIRE_VERSION, 1];
-            frame.extend_from_slice(reason.as_bytes());
-            frame
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &str) -> io::Result<&'a [u8]> {
+        if self.rest.len() < n {
+            return Err(invalid(format!(
+                "{} ends inside {field} ({n} bytes wanted, {} left)",
+                self.what,
+                self.rest.len()
+            )));
+        }
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self, field: &str) -> io::Result<u8> {
+        Ok(self.take(1, field)?[0])
+    }
+
+    fn u16(&mut self, field: &str) -> io::Result<u16> {
+        let b = self.take(2, field)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self, field: &str) -> io::Result<u32> {
+        let b = self.take(4, field)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// The version and message count of a frame.
+    fn header(&mut self) -> io::Result<usize> {
+        if self.rest.is_empty() {
+            return Err(invalid(format!("empty {}", self.what)));
+        }
+        check_version(self.u8("the version")?)?;
+        let count = self.u16("the message count")? as usize;
+        if count == 0 || count > MAX_BATCH {
+            return Err(invalid(format!(
+                "{} carries {count} messages (1 to {MAX_BATCH} allowed)",
+                self.what
+            )));
+        }
+        Ok(count)
+    }
+
+    fn finish(self) -> io::Result<()> {
+        if !self.rest.is_empty() {
+            return Err(invalid(format!(
+                "{} has {} bytes after its last message",
+                self.what,
+                self.rest.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a request frame, naming what is wrong with a bad one.
+pub fn decode_request(frame: &[u8]) -> io::Result<Vec<AppRequest>> {
+    let mut r = Reader {
+        rest: frame,
+        what: "app request",
+    };
+    let count = r.header()?;
+    let mut batch = Vec::with_capacity(count.min(64));
+    for i in 0..count {
+        let len = r.u8("an app name length")? as usize;
+        if len == 0 {
+            return Err(invalid(format!("message {i} has an empty app name")));
+        }
+        let name = std::str::from_utf8(r.take(len, "an app name")?)
+            .map_err(|_| invalid(format!("message {i}: app name is not UTF-8")))?;
+        let payload_len = r.u32("a payload length")? as usize;
+        let payload = r.take(payload_len, "a payload")?;
+        batch.push(AppRequest {
+            app: name.to_string(),
+            payload: payload.to_vec(),
+        });
+    }
+    r.finish()?;
+    Ok(batch)
+}
+
+/// Encodes a response frame, one answer per message of the request.
+pub fn encode_response(answers: &[AppResponse]) -> Vec<u8> {
+    let mut frame = vec![WIRE_VERSION];
+    frame.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+    for answer in answers {
+        match answer {
+            Ok(()) => frame.push(0),
+            Err(reason) => {
+                let reason = &reason[..reason.floor_char_boundary(MAX_REASON)];
+                frame.push(1);
+                frame.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+                frame.extend_from_slice(reason.as_bytes());
+            }
         }
     }
+    frame
 }
 
 /// Decodes a response frame.
-pub fn decode_response(frame: &[u8]) -> io::Result<AppResponse> {
-    match frame {
-        [version, rest @ ..] => {
-            check_version(*version)?;
-            match rest {
-                [0] => Ok(Ok(())),
-                [1, reason @ ..] => Ok(Err(String::from_utf8_lossy(reason).into_owned())),
-                _ => Err(invalid("app response has an unknown status".into())),
+pub fn decode_response(frame: &[u8]) -> io::Result<Vec<AppResponse>> {
+    let mut r = Reader {
+        rest: frame,
+        what: "app response",
+    };
+    let count = r.header()?;
+    let mut answers = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        answers.push(match r.u8("a status")? {
+            0 => Ok(()),
+            1 => {
+                let len = r.u16("a reason length")? as usize;
+                Err(String::from_utf8_lossy(r.take(len, "a reason")?).into_owned())
             }
-        }
-        [] => Err(invalid("empty app response".into())),
+            other => {
+                return Err(invalid(format!(
+                    "app response has an unknown status {other}"
+                )))
+            }
+        });
     }
+    r.finish()?;
+    Ok(answers)
 }
 
 fn check_version(version: u8) -> io::Result<()> {
@@ -149,31 +258,43 @@ pub(crate) async fn read_bounded<T: AsyncRead + Unpin + Send>(
 /// The request-response codec; the two limits bound what a peer may send us.
 #[derive(Clone, Debug)]
 pub struct AppCodec {
-    /// Largest request frame accepted.
-    pub max_request_bytes: u64,
+    /// Most payload bytes in one request (all its messages together); the frame may add
+    /// `REQUEST_OVERHEAD`.
+    pub max_payload_bytes: u64,
     /// Largest response frame accepted.
     pub max_response_bytes: u64,
 }
 
 impl libp2p::request_response::Codec for AppCodec {
     type Protocol = StreamProtocol;
-    type Request = Inbound<AppRequest>;
-    type Response = AppResponse;
+    type Request = Inbound<Vec<AppRequest>>;
+    type Response = Vec<AppResponse>;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<Inbound<AppRequest>> {
-        let frame = read_bounded(io, self.max_request_bytes, "app request").await;
-        verdict(frame.and_then(|frame| decode_request(&frame)))
+    ) -> io::Result<Inbound<Vec<AppRequest>>> {
+        let limit = self.max_payload_bytes + REQUEST_OVERHEAD;
+        let frame = read_bounded(io, limit, "app request").await;
+        verdict(frame.and_then(|frame| {
+            let batch = decode_request(&frame)?;
+            let payload: u64 = batch.iter().map(|m| m.payload.len() as u64).sum();
+            if payload > self.max_payload_bytes {
+                return Err(invalid(format!(
+                    "app request carries {payload} payload bytes, larger than the limit of {}",
+                    self.max_payload_bytes
+                )));
+            }
+            Ok(batch)
+        }))
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<AppResponse> {
+    ) -> io::Result<Vec<AppResponse>> {
         decode_response(&read_bounded(io, self.max_response_bytes, "app response").await?)
     }
 
@@ -181,7 +302,7 @@ impl libp2p::request_response::Codec for AppCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        request: Inbound<AppRequest>,
+        request: Inbound<Vec<AppRequest>>,
     ) -> io::Result<()> {
         let request = request.map_err(|_| not_a_request())?;
         io.write_all(&encode_request(&request)?).await?;
@@ -192,7 +313,7 @@ impl libp2p::request_response::Codec for AppCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        response: AppResponse,
+        response: Vec<AppResponse>,
     ) -> io::Result<()> {
         io.write_all(&encode_response(&response)).await?;
         io.close().await
@@ -202,64 +323,68 @@ impl libp2p::request_response::Codec for AppCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    #[test]
-    fn request_round_trips() {
-        let request = AppRequest {
-            app: "share_vec".into(),
-            payload: vec![1, 2, 3],
-        };
-        assert_eq!(
-            decode_request(&encode_request(&request).unwrap()).unwrap(),
-            request
-        );
-        let empty = AppRequest {
-            app: "a".into(),
-            payload: vec![],
-        };
-        assert_eq!(
-            decode_request(&encode_request(&empty).unwrap()).unwrap(),
-            empty
-        );
-    }
-
-    #[test]
-    fn response_round_trips() {
-        for response in [Ok(()), Err("no app named x".to_string())] {
-            assert_eq!(
-                decode_response(&encode_response(&response)).unwrap(),
-                response
-            );
+    fn message(app: &str, payload: &[u8]) -> AppRequest {
+        AppRequest {
+            app: app.into(),
+            payload: payload.to_vec(),
         }
     }
 
     #[test]
+    fn requests_and_responses_round_trip() {
+        let batch = vec![message("share_vec", &[1, 2, 3]), message("a", &[])];
+        assert_eq!(
+            decode_request(&encode_request(&batch).unwrap()).unwrap(),
+            batch
+        );
+        let answers = vec![Ok(()), Err("no app named x".to_string()), Ok(())];
+        assert_eq!(
+            decode_response(&encode_response(&answers)).unwrap(),
+            answers
+        );
+    }
+
+    #[test]
+    fn bad_batches_are_not_encoded() {
+        assert!(encode_request(&[]).is_err());
+        assert!(encode_request(&vec![message("a", b"x"); MAX_BATCH + 1]).is_err());
+        assert!(encode_request(&[message("", b"x")]).is_err());
+        assert!(encode_request(&[message(&"n".repeat(256), b"x")]).is_err());
+    }
+
+    #[test]
     fn bad_frames_are_refused_with_a_reason() {
-        let cases: [(&[u8], &str); 5] = [
-            (&[], "empty"),
-            (&[2, 1, b'a'], "unsupported app wire version 2"),
-            (&[1], "before the app name"),
-            (&[1, 5, b'a'], "bad app name length 5"),
-            (&[1, 1, 0xff], "not UTF-8"),
+        let cases: [(&[u8], &str); 9] = [
+            (&[], "empty app request"),
+            (&[1, 0, 1, 1, b'a'], "unsupported app wire version 1"),
+            (&[2], "ends inside the message count"),
+            (&[2, 0, 0], "carries 0 messages"),
+            (&[2, 0, 1], "ends inside an app name length"),
+            (&[2, 0, 1, 5, b'a'], "ends inside an app name"),
+            (&[2, 0, 1, 1, 0xff, 0, 0, 0, 0], "not UTF-8"),
+            (&[2, 0, 1, 1, b'a', 0, 0, 0, 9, 1], "ends inside a payload"),
+            (
+                &[2, 0, 1, 1, b'a', 0, 0, 0, 0, 7],
+                "1 bytes after its last message",
+            ),
         ];
         for (frame, expected) in cases {
             let error = decode_request(frame).unwrap_err().to_string();
             assert!(error.contains(expected), "{frame:?}: {error}");
         }
-        assert!(decode_response(&[1, 7]).is_err());
+        assert!(decode_response(&[2, 0, 1, 7]).is_err());
+        assert!(decode_response(&[2, 0, 2, 0]).is_err());
     }
 
     #[test]
     fn oversized_frames_are_refused() {
         let mut codec = AppCodec {
-            max_request_bytes: 8,
+            max_payload_bytes: 8,
             max_response_bytes: 8,
         };
-        let big = encode_request(&AppRequest {
-            app: "a".into(),
-            payload: vec![0; 100],
-        })
-        .unwrap();
+        let big = encode_request(&[message("a", &[0; 100])]).unwrap();
         let protocol = StreamProtocol::new("/t");
         let error = futures::executor::block_on(libp2p::request_response::Codec::read_request(
             &mut codec,
@@ -268,17 +393,40 @@ mod tests {
         ))
         .expect("a verdict, not an I/O error")
         .unwrap_err();
-        assert!(
-            error.contains("larger than the limit of 8 bytes"),
-            "{error}"
-        );
+        assert!(error.contains("larger than the limit of 8"), "{error}");
     }
 
-    proptest::proptest! {
+    fn batches() -> impl Strategy<Value = Vec<AppRequest>> {
+        let one = (
+            "[a-z_]{1,40}",
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(app, payload)| AppRequest { app, payload });
+        proptest::collection::vec(one, 1..20)
+    }
+
+    proptest! {
         #[test]
-        fn decoders_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_request(&bytes);
             let _ = decode_response(&bytes);
+        }
+
+        #[test]
+        fn every_batch_round_trips(batch in batches()) {
+            prop_assert_eq!(decode_request(&encode_request(&batch).unwrap()).unwrap(), batch);
+        }
+
+        /// A valid frame cut anywhere, or with a byte changed, is refused or decodes to
+        /// something; it never panics, and a cut one never decodes.
+        #[test]
+        fn damaged_frames_never_panic(batch in batches(), cut in any::<prop::sample::Index>(), flip in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let frame = encode_request(&batch).unwrap();
+            let at = cut.index(frame.len());
+            prop_assert!(decode_request(&frame[..at]).is_err());
+            let mut changed = frame.clone();
+            changed[flip.index(frame.len())] = byte;
+            let _ = decode_request(&changed);
         }
     }
 }

@@ -18,16 +18,13 @@ use libp2p::{
     Swarm,
 };
 
-pub use codec::{AppCodec, AppRequest, AppResponse, Inbound};
+pub use codec::{AppCodec, AppRequest, AppResponse, Inbound, MAX_BATCH};
 pub use sampling::{SamplingCodec, SamplingEnvelope};
 pub use settings::{NetworkSettings, Transport};
 
 /// How long a sampling message may take to be acknowledged before its peer counts as
 /// unreachable.
 pub const SAMPLING_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Bytes a request frame adds around the payload (version, name length, name).
-pub const REQUEST_OVERHEAD: u64 = 2 + 255;
 
 /// The node's libp2p behaviour.
 #[derive(NetworkBehaviour)]
@@ -75,7 +72,7 @@ pub fn build_swarm(
 ) -> Result<Swarm<NodeBehaviour>> {
     let rr = &settings.request_response;
     let codec = AppCodec {
-        max_request_bytes: rr.max_requests_size + REQUEST_OVERHEAD,
+        max_payload_bytes: rr.max_requests_size,
         max_response_bytes: rr.max_responses_size,
     };
     let app_config = request_response::Config::default()

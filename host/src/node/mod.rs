@@ -8,6 +8,7 @@
 
 mod admin;
 mod apps_dir;
+mod deliveries;
 mod jsonl;
 mod network_stats;
 mod sampling_data;
@@ -25,7 +26,7 @@ use anyhow::{bail, Context as _, Result};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::request_response;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ListenError, SwarmEvent};
 use libp2p::{identify, kad, mdns, Multiaddr, PeerId, Swarm};
@@ -45,6 +46,7 @@ use crate::runtime::{
 };
 use crate::sampling::{self, Outgoing, PeerSampler};
 use admin::{refusal, AdminCall, AdminCommand, AdminServer};
+use deliveries::Deliveries;
 use jsonl::JsonLines;
 use sampling_data::SamplingWriter;
 
@@ -74,13 +76,6 @@ pub struct Summary {
     pub sampling: SamplingStats,
     /// What the network layer saw.
     pub network: NetworkStats,
-}
-
-struct PendingDelivery {
-    app: AppId,
-    message_id: u64,
-    deadline: Instant,
-    timeout: Duration,
 }
 
 /// A started node: listening, bootstrapped, apps compiled.
@@ -257,7 +252,7 @@ impl Node {
         let stays_up = !services.is_empty();
         let mut unloading: HashMap<AppId, oneshot::Sender<serde_json::Value>> = HashMap::new();
 
-        let mut pending: HashMap<OutboundRequestId, PendingDelivery> = HashMap::new();
+        let mut pending = Deliveries::default();
         let mut sweep = tokio::time::interval(DEADLINE_SWEEP);
         let mut sampler_tick = self
             .config
@@ -278,15 +273,9 @@ impl Node {
                 Some(event) = events.recv() => match event {
                     WorkerEvent::Outgoing { app, messages } => {
                         let Some(name) = registry.name_of(app).map(String::from) else { continue };
-                        for message in messages {
-                            let request = AppRequest { app: name.clone(), payload: message.payload };
-                            let id = self.swarm.behaviour_mut().apps.send_request(&message.destination, Ok(request));
-                            pending.insert(id, PendingDelivery {
-                                app,
-                                message_id: message.id,
-                                deadline: Instant::now() + message.timeout,
-                                timeout: message.timeout,
-                            });
+                        for batch in pending.batch(app, &name, messages, self.max_payload_bytes, &registry) {
+                            let id = self.swarm.behaviour_mut().apps.send_request(&batch.peer, Ok(batch.requests.clone()));
+                            pending.sent(id, batch);
                         }
                     }
                     WorkerEvent::Finished { app } => registry.finished(app),
@@ -299,16 +288,7 @@ impl Node {
                     }
                 },
                 Some(call) = admin_calls.recv() => self.on_admin_call(call, &mut registry, &mut unloading),
-                _ = sweep.tick() => {
-                    let now = Instant::now();
-                    pending.retain(|_, p| {
-                        if p.deadline > now {
-                            return true;
-                        }
-                        registry.report(p.app, p.message_id, Some(format!("timed out after {:?}", p.timeout)));
-                        false
-                    });
-                }
+                _ = sweep.tick() => pending.expire(Instant::now(), &registry),
                 _ = next_tick(&mut sampler_tick) => self.on_sampler_tick(),
                 _ = next_tick(&mut metrics_tick) => self.write_metrics(&registry, started),
                 _ = &mut linger => break,
@@ -326,13 +306,7 @@ impl Node {
         for service in services {
             service.abort();
         }
-        for p in pending.values() {
-            registry.report(
-                p.app,
-                p.message_id,
-                Some("the node shut down before an answer came".into()),
-            );
-        }
+        pending.shutdown(&registry);
         self.sampling.capture(self.sampler.as_ref());
         let (apps, unloaded) = registry.shutdown();
         for reply in unloading.into_values() {
@@ -497,7 +471,7 @@ impl Node {
         &mut self,
         event: SwarmEvent<NodeBehaviourEvent>,
         registry: &AppRegistry,
-        pending: &mut HashMap<OutboundRequestId, PendingDelivery>,
+        pending: &mut Deliveries,
     ) {
         match event {
             SwarmEvent::ConnectionEstablished {
@@ -684,37 +658,49 @@ impl Node {
 
     fn on_app_event(
         &mut self,
-        event: request_response::Event<Inbound<AppRequest>, network::AppResponse>,
+        event: request_response::Event<Inbound<Vec<AppRequest>>, Vec<network::AppResponse>>,
         registry: &AppRegistry,
-        pending: &mut HashMap<OutboundRequestId, PendingDelivery>,
+        pending: &mut Deliveries,
     ) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    let answer = match request {
-                        Err(reason) => Err(Refused {
+                    let admitted = self.sampler.admits(peer);
+                    let outcomes: Vec<Result<(), Refused>> = match request {
+                        // One refusal that says what is wrong with the frame.
+                        Err(reason) => vec![Err(Refused {
                             reason: "bad_app_frame",
                             message: reason,
-                        }),
-                        Ok(request) if self.sampler.admits(peer) => {
-                            registry.deliver(&peer.to_string(), &request.app, request.payload)
-                        }
-                        Ok(_) => Err(Refused {
-                            reason: "not_admitted",
-                            message: format!(
-                                "{peer} is not among the peers this node receives from (static topology)"
-                            ),
-                        }),
+                        })],
+                        Ok(batch) => batch
+                            .into_iter()
+                            .map(|request| {
+                                if !admitted {
+                                    return Err(Refused {
+                                        reason: "not_admitted",
+                                        message: format!(
+                                            "{peer} is not among the peers this node receives from (static topology)"
+                                        ),
+                                    });
+                                }
+                                registry.deliver(&peer.to_string(), &request.app, request.payload)
+                            })
+                            .collect(),
                     };
-                    let answer = answer.map_err(|refused| {
-                        self.network.refuse(
-                            refused.reason,
-                            format_args!("message from {peer}: {refused}"),
-                        );
-                        refused.message
-                    });
+                    let answer = outcomes
+                        .into_iter()
+                        .map(|outcome| {
+                            outcome.map_err(|refused| {
+                                self.network.refuse(
+                                    refused.reason,
+                                    format_args!("message from {peer}: {refused}"),
+                                );
+                                refused.message
+                            })
+                        })
+                        .collect();
                     let _ = self
                         .swarm
                         .behaviour_mut()
@@ -725,13 +711,7 @@ impl Node {
                     request_id,
                     response,
                 } => {
-                    if let Some(p) = pending.remove(&request_id) {
-                        registry.report(
-                            p.app,
-                            p.message_id,
-                            response.err().map(|r| format!("refused by {peer}: {r}")),
-                        );
-                    }
+                    pending.answered(request_id, peer, response, registry);
                 }
             },
             request_response::Event::OutboundFailure {
@@ -740,13 +720,11 @@ impl Node {
                 error,
                 ..
             } => {
-                if let Some(p) = pending.remove(&request_id) {
-                    registry.report(
-                        p.app,
-                        p.message_id,
-                        Some(format!("could not reach {peer}: {error}")),
-                    );
-                }
+                pending.failed(
+                    request_id,
+                    &format!("could not reach {peer}: {error}"),
+                    registry,
+                );
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::info!(peer = %peer, "inbound app exchange failed: {error}");
