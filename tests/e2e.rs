@@ -210,6 +210,8 @@ fn nodes_of_different_contexts_never_exchange_messages() {
             "200ms".into(),
             "--linger".into(),
             "500ms".into(),
+            "--sampler".into(),
+            "gbps".into(),
         ]
     };
     let red = RunningNode::spawn(&common_args("red"), dir.path().join("red.log"));
@@ -227,6 +229,20 @@ fn nodes_of_different_contexts_never_exchange_messages() {
         assert_eq!(
             counters["send_errors"], 0,
             "no message was even attempted: {summary}"
+        );
+        // Each node is alone in its context: any sampling message would have crossed.
+        let sampling = &summary["sampling"];
+        assert_eq!(
+            (
+                sampling["messages_in"].as_u64(),
+                sampling["view"].as_array().map(Vec::len)
+            ),
+            (Some(0), Some(0)),
+            "{summary}"
+        );
+        assert!(
+            summary["network"]["refused"]["other_context"].as_u64() >= Some(1),
+            "{summary}"
         );
     }
     let log = read(&blue_log);
