@@ -891,3 +891,51 @@ fn mdns_finds_a_peer_without_bootstrap_in_network_namespaces() {
         assert_eq!(summary["network"]["peers_discovered"], 1, "{summary}");
     }
 }
+
+#[test]
+fn connections_over_the_limit_are_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[network]\nmax_connections = 2\nmax_connections_per_peer = 1\n",
+    )
+    .unwrap();
+    let socket = dir.path().join("n.sock");
+    let a = args(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--admin",
+        socket.to_str().unwrap(),
+    ]);
+    let node = RunningNode::spawn(&a, dir.path().join("n.log"));
+    let addr = node.addr();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Two peers fit; the third is turned away once its handshake is done.
+        let mut peers: Vec<_> = (0..3).map(|_| raw_peer::swarm("default")).collect();
+        for peer in &mut peers[..2] {
+            raw_peer::connect(peer, &addr).await;
+        }
+        let third = &mut peers[2];
+        third
+            .dial(addr.parse::<libp2p::Multiaddr>().unwrap())
+            .unwrap();
+        loop {
+            use futures::StreamExt;
+            match third.select_next_some().await {
+                libp2p::swarm::SwarmEvent::ConnectionClosed { .. }
+                | libp2p::swarm::SwarmEvent::OutgoingConnectionError { .. } => break,
+                _ => {}
+            }
+        }
+    });
+    wait_for("the refused connection to be counted", || {
+        stats(&socket)["network"]["refused"]["connection_limit"] == 1
+    });
+    let summary = stop(node);
+    assert_eq!(summary["network"]["connections_peak"], 2, "{summary}");
+}
