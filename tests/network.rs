@@ -228,6 +228,10 @@ fn a_killed_peer_is_dropped_reported_to_senders_and_rejoins_with_its_identity() 
         "same identity, same peer id"
     );
     let reborn_log = reborn.log.clone();
+    assert!(
+        read(&reborn_log).contains("identity read"),
+        "the key file was reused"
+    );
     wait_for("the restarted node to see every other node", || {
         last_view(&read(&reborn_log)).is_some_and(|v| v.len() == 4)
     });

@@ -660,6 +660,7 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 fn run(args: RunArgs) -> Result<()> {
     let config = args.into_config()?;
     config.resolve_apps()?;
+    let existed = config.identity.as_deref().is_some_and(Path::exists);
     let key = match &config.identity {
         Some(path) => network::identity::load_or_create(path)?,
         None => libp2p::identity::Keypair::generate_ed25519(),
@@ -671,6 +672,11 @@ fn run(args: RunArgs) -> Result<()> {
         config.log_collector.as_deref(),
         &peer_id,
     )?;
+    match &config.identity {
+        Some(path) if existed => tracing::info!(%peer_id, path = %path.display(), "identity read"),
+        Some(path) => tracing::info!(%peer_id, path = %path.display(), "identity created"),
+        None => tracing::info!(%peer_id, "fresh identity for this run"),
+    }
     let cache_dir = config
         .cache_dir
         .clone()

@@ -9,7 +9,8 @@ use anyhow::{bail, Context as _, Result};
 use libp2p::identity::Keypair;
 
 /// Reads the key in `path`, or creates the file (mode 0600) with a new key when it does
-/// not exist. A file readable by others, or one that holds no ed25519 key, is refused.
+/// not exist (before logging is set up: the caller logs which). A file readable by
+/// others, or one that holds no ed25519 key, is refused.
 pub fn load_or_create(path: &Path) -> Result<Keypair> {
     match std::fs::read(path) {
         Ok(bytes) => {
@@ -49,7 +50,6 @@ pub fn load_or_create(path: &Path) -> Result<Keypair> {
             file.write_all(&bytes)
                 .and_then(|()| file.sync_all())
                 .with_context(|| format!("cannot write identity file {}", path.display()))?;
-            tracing::info!(path = %path.display(), peer = %key.public().to_peer_id(), "created a new identity");
             Ok(key)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read identity file {}", path.display())),
