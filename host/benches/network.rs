@@ -45,6 +45,7 @@ type Rr = request_response::Behaviour<AppCodec>;
 fn rr_behaviour() -> Rr {
     request_response::Behaviour::with_codec(
         AppCodec {
+            budget: nodemanager::network::ReadBudget::new(1 << 30),
             max_payload_bytes: 1 << 20,
             max_response_bytes: 4096,
         },

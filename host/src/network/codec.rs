@@ -10,6 +10,9 @@
 
 use std::io;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use futures::prelude::*;
 use libp2p::StreamProtocol;
 
@@ -255,9 +258,75 @@ pub(crate) async fn read_bounded<T: AsyncRead + Unpin + Send>(
     Ok(frame)
 }
 
-/// The request-response codec; the two limits bound what a peer may send us.
+/// Bytes of app frames being read from all peers at once, node-wide: a bound on what
+/// hostile peers can make the node hold before a frame is even decoded.
+#[derive(Clone, Debug)]
+pub struct ReadBudget {
+    reading: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl ReadBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> ReadBudget {
+        ReadBudget {
+            reading: Arc::new(AtomicU64::new(0)),
+            limit,
+        }
+    }
+
+    /// Bytes being read now.
+    pub fn reading(&self) -> u64 {
+        self.reading.load(Ordering::Relaxed)
+    }
+
+    /// Reads a whole frame of at most `limit` bytes, holding its bytes against the
+    /// budget while it reads; refuses it (`InvalidData`) when the budget runs out.
+    async fn read<T: AsyncRead + Unpin + Send>(
+        &self,
+        io: &mut T,
+        limit: u64,
+        what: &str,
+    ) -> io::Result<Vec<u8>> {
+        struct Held<'a>(&'a AtomicU64, u64);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(self.1, Ordering::Relaxed);
+            }
+        }
+        let mut held = Held(&self.reading, 0);
+        let mut frame = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut io = io.take(limit + 1);
+        loop {
+            let n = io.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            let before = self.reading.fetch_add(n as u64, Ordering::Relaxed);
+            held.1 += n as u64;
+            if before + n as u64 > self.limit {
+                return Err(invalid(format!(
+                    "the node is reading {} bytes of app messages from peers already (limit {}): try later",
+                    before, self.limit
+                )));
+            }
+            frame.extend_from_slice(&chunk[..n]);
+        }
+        if frame.len() as u64 > limit {
+            return Err(invalid(format!(
+                "{what} larger than the limit of {limit} bytes"
+            )));
+        }
+        Ok(frame)
+    }
+}
+
+/// The request-response codec; the limits bound what peers may send us.
 #[derive(Clone, Debug)]
 pub struct AppCodec {
+    /// Bytes being read from all peers at once.
+    pub budget: ReadBudget,
     /// Most payload bytes in one request (all its messages together); the frame may add
     /// `REQUEST_OVERHEAD`.
     pub max_payload_bytes: u64,
@@ -276,7 +345,7 @@ impl libp2p::request_response::Codec for AppCodec {
         io: &mut T,
     ) -> io::Result<Inbound<Vec<AppRequest>>> {
         let limit = self.max_payload_bytes + REQUEST_OVERHEAD;
-        let frame = read_bounded(io, limit, "app request").await;
+        let frame = self.budget.read(io, limit, "app request").await;
         verdict(frame.and_then(|frame| {
             let batch = decode_request(&frame)?;
             let payload: u64 = batch.iter().map(|m| m.payload.len() as u64).sum();
@@ -381,6 +450,7 @@ mod tests {
     #[test]
     fn oversized_frames_are_refused() {
         let mut codec = AppCodec {
+            budget: ReadBudget::new(1 << 20),
             max_payload_bytes: 8,
             max_response_bytes: 8,
         };
@@ -394,6 +464,33 @@ mod tests {
         .expect("a verdict, not an I/O error")
         .unwrap_err();
         assert!(error.contains("larger than the limit of 8"), "{error}");
+    }
+
+    #[test]
+    fn frames_past_the_node_wide_budget_are_refused_and_the_budget_is_returned() {
+        let budget = ReadBudget::new(1000);
+        let frame = encode_request(&[message("a", &[0; 600])]).unwrap();
+        let read = |budget: &ReadBudget| {
+            futures::executor::block_on(budget.read(
+                &mut futures::io::Cursor::new(frame.clone()),
+                1 << 20,
+                "app request",
+            ))
+        };
+        assert_eq!(read(&budget).unwrap(), frame);
+        assert_eq!(budget.reading(), 0, "returned after the read");
+        // Another peer's 600 bytes are being read: this one does not fit now.
+        budget.reading.fetch_add(600, Ordering::Relaxed);
+        let error = read(&budget).unwrap_err().to_string();
+        assert!(
+            error.contains("reading 600 bytes of app messages"),
+            "{error}"
+        );
+        assert_eq!(
+            budget.reading(),
+            600,
+            "the refused read gave its bytes back"
+        );
     }
 
     fn batches() -> impl Strategy<Value = Vec<AppRequest>> {

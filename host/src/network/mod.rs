@@ -18,9 +18,15 @@ use libp2p::{
     Swarm,
 };
 
-pub use codec::{AppCodec, AppRequest, AppResponse, Inbound, MAX_BATCH};
+pub use codec::{
+    AppCodec, AppRequest, AppResponse, Inbound, ReadBudget, MAX_BATCH, REQUEST_OVERHEAD,
+};
 pub use sampling::{SamplingCodec, SamplingEnvelope};
 pub use settings::{NetworkSettings, Transport};
+
+/// Bytes of app frames the node reads from all peers at once, at least (four of the
+/// largest frames if that is more).
+pub const MIN_READ_BUDGET: u64 = 256 << 20;
 
 /// How long a sampling message may take to be acknowledged before its peer counts as
 /// unreachable.
@@ -72,6 +78,7 @@ pub fn build_swarm(
 ) -> Result<Swarm<NodeBehaviour>> {
     let rr = &settings.request_response;
     let codec = AppCodec {
+        budget: ReadBudget::new(MIN_READ_BUDGET.max(4 * (rr.max_requests_size + REQUEST_OVERHEAD))),
         max_payload_bytes: rr.max_requests_size,
         max_response_bytes: rr.max_responses_size,
     };

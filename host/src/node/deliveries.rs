@@ -248,6 +248,7 @@ mod tests {
         use crate::network::AppCodec;
         use libp2p::request_response::{Behaviour, Config, ProtocolSupport};
         let codec = AppCodec {
+            budget: crate::network::ReadBudget::new(1),
             max_payload_bytes: 1,
             max_response_bytes: 1,
         };

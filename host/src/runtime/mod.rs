@@ -55,6 +55,9 @@ pub struct Limits {
     pub max_messages_per_sec: u32,
     /// Most received messages waiting for `handle-message`; more are refused.
     pub inbox_capacity: usize,
+    /// Most MiB of received payloads waiting for `handle-message`; a message that would
+    /// go over is refused (unless the inbox is empty: one message always fits).
+    pub inbox_max_mib: u64,
 }
 
 impl Default for Limits {
@@ -66,6 +69,7 @@ impl Default for Limits {
             max_queued_per_call: 1024,
             max_messages_per_sec: 10_000,
             inbox_capacity: 1024,
+            inbox_max_mib: 64,
         }
     }
 }
@@ -86,8 +90,8 @@ impl Limits {
                 self.call_deadline
             );
         }
-        if self.max_queued_per_call == 0 || self.inbox_capacity == 0 {
-            bail!("limits.max_queued_per_call and limits.inbox_capacity must be at least 1");
+        if self.max_queued_per_call == 0 || self.inbox_capacity == 0 || self.inbox_max_mib == 0 {
+            bail!("limits.max_queued_per_call, limits.inbox_capacity and limits.inbox_max_mib must be at least 1");
         }
         Ok(())
     }

@@ -5,7 +5,6 @@
 //! its thread ends and its store is freed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 
 use anyhow::{bail, Result};
@@ -13,7 +12,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::worker::Worker;
+use super::worker::{InboxLevel, Worker};
 use super::{AppCommand, AppContext, AppId, AppState, AppStats, Prepared, WorkerEvent};
 use crate::config::ResolvedApp;
 
@@ -58,7 +57,7 @@ struct RunningApp {
     component: String,
     commands: std_mpsc::Sender<AppCommand>,
     stats: Arc<Mutex<AppStats>>,
-    inbox_depth: Arc<AtomicUsize>,
+    inbox: Arc<InboxLevel>,
     finished: bool,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -74,7 +73,7 @@ impl RunningApp {
             component: self.component.clone(),
             cycles: self.spec.cycles,
             period_ms: self.spec.period.as_millis() as u64,
-            queued: self.inbox_depth.load(Ordering::Relaxed),
+            queued: self.inbox.messages(),
             stats: self.stats(),
         }
     }
@@ -163,7 +162,7 @@ impl AppRegistry {
         let id = AppId(self.next_id);
         let (commands, commands_rx) = std_mpsc::channel();
         let stats = Arc::new(Mutex::new(AppStats::default()));
-        let inbox_depth = Arc::new(AtomicUsize::new(0));
+        let inbox = Arc::new(InboxLevel::default());
         let worker = Worker {
             id,
             seed: self.seed.map(|s| derive_seed(s, &name)),
@@ -173,7 +172,7 @@ impl AppRegistry {
             commands: commands_rx,
             events: self.events.clone(),
             stats: stats.clone(),
-            inbox_depth: inbox_depth.clone(),
+            inbox: inbox.clone(),
             restore_from,
         };
         let thread = std::thread::Builder::new()
@@ -188,7 +187,7 @@ impl AppRegistry {
                 component: request.prepared.hash,
                 commands,
                 stats,
-                inbox_depth,
+                inbox,
                 finished: false,
                 thread: Some(thread),
             },
@@ -293,14 +292,12 @@ impl AppRegistry {
                 ));
             }
         }
-        let capacity = running.spec.limits.inbox_capacity;
-        if running.inbox_depth.load(Ordering::Relaxed) >= capacity {
-            return Err(Refused::new(
-                "inbox_full",
-                format!("app {app:?} has {capacity} messages waiting already"),
-            ));
-        }
-        running.inbox_depth.fetch_add(1, Ordering::Relaxed);
+        let limits = &running.spec.limits;
+        let max_bytes = usize::try_from(limits.inbox_max_mib << 20).unwrap_or(usize::MAX);
+        running
+            .inbox
+            .admit(payload.len(), limits.inbox_capacity, max_bytes)
+            .map_err(|why| Refused::new("inbox_full", format!("app {app:?} has {why}")))?;
         running
             .commands
             .send(AppCommand::Message {

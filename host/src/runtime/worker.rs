@@ -34,6 +34,44 @@ pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct AppId(pub u64);
 
+/// What waits in an app's inbox: messages and payload bytes.
+#[derive(Debug, Default)]
+pub struct InboxLevel {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl InboxLevel {
+    /// Messages waiting.
+    pub fn messages(&self) -> usize {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    /// Counts a message in, unless `capacity` messages or `max_bytes` bytes would be
+    /// exceeded (one message always fits an empty inbox); the refusal says which.
+    pub fn admit(&self, len: usize, capacity: usize, max_bytes: usize) -> Result<(), String> {
+        let messages = self.messages();
+        if messages >= capacity {
+            return Err(format!("{capacity} messages waiting already"));
+        }
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        if messages > 0 && bytes + len > max_bytes {
+            return Err(format!(
+                "{bytes} bytes waiting already; {len} more would pass the inbox limit of {max_bytes}"
+            ));
+        }
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counts a message of `len` bytes out.
+    pub fn taken(&self, len: usize) {
+        self.messages.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+}
+
 /// What a worker tells the node.
 #[derive(Debug)]
 pub enum WorkerEvent {
@@ -186,8 +224,8 @@ pub struct Worker {
     pub events: Sender<WorkerEvent>,
     /// Counters, read by the node.
     pub stats: Arc<Mutex<AppStats>>,
-    /// Messages waiting in `commands`.
-    pub inbox_depth: Arc<AtomicUsize>,
+    /// Messages and bytes waiting in `commands`.
+    pub inbox: Arc<InboxLevel>,
     /// The state of the instance this one replaces, to `restore` after `init`.
     pub restore_from: Option<Receiver<Vec<u8>>>,
 }
@@ -300,7 +338,7 @@ impl Worker {
                     result
                 }
                 Some(AppCommand::Message { from, payload }) => {
-                    self.inbox_depth.fetch_sub(1, Ordering::Relaxed);
+                    self.inbox.taken(payload.len());
                     {
                         let mut stats = self.stats();
                         stats.received += 1;
@@ -430,5 +468,22 @@ mod tests {
         let p99 = times.quantile(0.99);
         assert!((99..=127).contains(&p99), "{p99}");
         assert_eq!(CallTimes::default().quantile(0.5), 0);
+    }
+
+    #[test]
+    fn the_inbox_is_bounded_in_messages_and_bytes_and_one_message_always_fits() {
+        let inbox = InboxLevel::default();
+        inbox
+            .admit(5000, 10, 1000)
+            .expect("an empty inbox takes even a large message");
+        let e = inbox.admit(1, 10, 1000).unwrap_err();
+        assert!(e.contains("5000 bytes waiting"), "{e}");
+        inbox.taken(5000);
+        for _ in 0..10 {
+            inbox.admit(10, 10, 1000).unwrap();
+        }
+        let e = inbox.admit(10, 10, 1000).unwrap_err();
+        assert!(e.contains("10 messages waiting"), "{e}");
+        assert_eq!(inbox.messages(), 10);
     }
 }
