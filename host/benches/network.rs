@@ -217,14 +217,19 @@ impl Client {
             }
             match self.swarm.select_next_some().await {
                 SwarmEvent::Behaviour(request_response::Event::Message {
-                    message: request_response::Message::Request { channel, .. },
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
                     ..
                 }) => {
+                    // The node sends echoes that queued up meanwhile in one request.
+                    let echoes = request.expect("a well-formed echo").len();
                     let _ = self
                         .swarm
                         .behaviour_mut()
-                        .send_response(channel, vec![Ok(())]);
-                    echoed += 1;
+                        .send_response(channel, vec![Ok(()); echoes]);
+                    echoed += echoes;
                     if window == 1 {
                         times.push(started.elapsed());
                     }

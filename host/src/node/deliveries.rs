@@ -10,7 +10,7 @@ use libp2p::PeerId;
 use tokio::time::Instant;
 
 use crate::network::{AppRequest, AppResponse, MAX_BATCH};
-use crate::runtime::{AppId, AppRegistry, OutgoingMessage};
+use crate::runtime::{AppId, AppRegistry, OutgoingMessage, WorkerEvent};
 
 /// Most messages waiting for an answer on one node.
 pub const MAX_IN_FLIGHT: usize = 65_536;
@@ -20,6 +20,25 @@ struct Pending {
     message_id: u64,
     deadline: Instant,
     timeout: Duration,
+}
+
+/// Merges consecutive `Outgoing` events of the same app (messages of calls that ran
+/// while the node was busy), keeping every event's order.
+pub fn coalesce(events: Vec<WorkerEvent>) -> Vec<WorkerEvent> {
+    let mut merged: Vec<WorkerEvent> = Vec::with_capacity(events.len());
+    for event in events {
+        match (merged.last_mut(), event) {
+            (
+                Some(WorkerEvent::Outgoing { app, messages }),
+                WorkerEvent::Outgoing {
+                    app: next,
+                    messages: more,
+                },
+            ) if *app == next => messages.extend(more),
+            (_, event) => merged.push(event),
+        }
+    }
+    merged
 }
 
 /// One request's worth of messages for one peer.
@@ -220,6 +239,41 @@ mod tests {
         let batches = Deliveries::default().batch(AppId(1), "x", many, 1 << 20, &registry());
         let sizes: Vec<usize> = batches.iter().map(|b| b.requests.len()).collect();
         assert_eq!(sizes, vec![MAX_BATCH, 1]);
+    }
+
+    #[test]
+    fn consecutive_messages_of_one_app_are_merged_in_order() {
+        let peer = PeerId::random();
+        let out = |app, ids: &[u64]| WorkerEvent::Outgoing {
+            app: AppId(app),
+            messages: ids.iter().map(|&id| message(id, peer, 1)).collect(),
+        };
+        let merged = coalesce(vec![
+            out(1, &[1, 2]),
+            out(1, &[3]),
+            out(2, &[4]),
+            WorkerEvent::Finished { app: AppId(2) },
+            out(2, &[5]),
+            out(2, &[6]),
+        ]);
+        let shape: Vec<(u64, Vec<u64>)> = merged
+            .iter()
+            .map(|e| match e {
+                WorkerEvent::Outgoing { app, messages } => {
+                    (app.0, messages.iter().map(|m| m.id).collect())
+                }
+                _ => (0, Vec::new()),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (1, vec![1, 2, 3]),
+                (2, vec![4]),
+                (0, vec![]),
+                (2, vec![5, 6])
+            ]
+        );
     }
 
     #[tokio::test]

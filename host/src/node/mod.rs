@@ -52,6 +52,8 @@ use sampling_data::SamplingWriter;
 
 /// How long start-up waits for the listeners to report their addresses.
 const LISTEN_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most app events handled per wake-up of the event loop.
+const MAX_EVENTS_PER_WAKE: usize = 256;
 /// How often message deadlines are checked.
 const DEADLINE_SWEEP: Duration = Duration::from_millis(50);
 
@@ -270,23 +272,20 @@ impl Node {
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event, &registry, &mut pending),
-                Some(event) = events.recv() => match event {
-                    WorkerEvent::Outgoing { app, messages } => {
-                        let Some(name) = registry.name_of(app).map(String::from) else { continue };
-                        for batch in pending.batch(app, &name, messages, self.max_payload_bytes, &registry) {
-                            let id = self.swarm.behaviour_mut().apps.send_request(&batch.peer, Ok(batch.requests.clone()));
-                            pending.sent(id, batch);
+                Some(first) = events.recv() => {
+                    // Take what else the apps queued meanwhile, so that messages of
+                    // consecutive calls of one app travel in one request per peer.
+                    let mut queued = vec![first];
+                    while queued.len() < MAX_EVENTS_PER_WAKE {
+                        match events.try_recv() {
+                            Ok(event) => queued.push(event),
+                            Err(_) => break,
                         }
                     }
-                    WorkerEvent::Finished { app } => registry.finished(app),
-                    WorkerEvent::Exited { app } => {
-                        if let Some(info) = registry.exited(app) {
-                            if let Some(reply) = unloading.remove(&app) {
-                                let _ = reply.send(json!({"ok": true, "app": info}));
-                            }
-                        }
+                    for event in deliveries::coalesce(queued) {
+                        self.on_worker_event(event, &mut registry, &mut pending, &mut unloading);
                     }
-                },
+                }
                 Some(call) = admin_calls.recv() => self.on_admin_call(call, &mut registry, &mut unloading),
                 _ = sweep.tick() => pending.expire(Instant::now(), &registry),
                 _ = next_tick(&mut sampler_tick) => self.on_sampler_tick(),
@@ -317,6 +316,40 @@ impl Node {
             unloaded,
             sampling: self.sampling.clone(),
             network: self.network.clone(),
+        }
+    }
+
+    /// Sends an app's messages, or records that it finished or exited.
+    fn on_worker_event(
+        &mut self,
+        event: WorkerEvent,
+        registry: &mut AppRegistry,
+        pending: &mut Deliveries,
+        unloading: &mut HashMap<AppId, oneshot::Sender<serde_json::Value>>,
+    ) {
+        match event {
+            WorkerEvent::Outgoing { app, messages } => {
+                let Some(name) = registry.name_of(app).map(String::from) else {
+                    return;
+                };
+                for batch in pending.batch(app, &name, messages, self.max_payload_bytes, registry) {
+                    let requests = Ok(batch.requests.clone());
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .apps
+                        .send_request(&batch.peer, requests);
+                    pending.sent(id, batch);
+                }
+            }
+            WorkerEvent::Finished { app } => registry.finished(app),
+            WorkerEvent::Exited { app } => {
+                if let Some(info) = registry.exited(app) {
+                    if let Some(reply) = unloading.remove(&app) {
+                        let _ = reply.send(json!({"ok": true, "app": info}));
+                    }
+                }
+            }
         }
     }
 
