@@ -57,15 +57,19 @@ fn stop(node: RunningNode) -> Value {
     node.finish()
 }
 
-/// Starts `n` nodes with admin sockets; every node but the first bootstraps from the
-/// first. Returns the nodes and their sockets.
-fn start_network(dir: &Path, n: usize, extra: &[String]) -> (Vec<RunningNode>, Vec<PathBuf>) {
+/// Starts `n` nodes with admin sockets, node `i` with the flags `extra(i)`; every node
+/// but the first bootstraps from the first. Returns the nodes and their sockets.
+fn start_network(
+    dir: &Path,
+    n: usize,
+    extra: impl Fn(usize) -> Vec<String>,
+) -> (Vec<RunningNode>, Vec<PathBuf>) {
     let mut nodes: Vec<RunningNode> = Vec::new();
     let mut sockets = Vec::new();
     for i in 0..n {
         let socket = dir.join(format!("n{i}.sock"));
         let mut a = args(&["--admin", socket.to_str().unwrap()]);
-        a.extend(extra.iter().cloned());
+        a.extend(extra(i));
         if let Some(first) = nodes.first() {
             a.extend(["--bootstrap".into(), first.addr()]);
         }
@@ -75,9 +79,19 @@ fn start_network(dir: &Path, n: usize, extra: &[String]) -> (Vec<RunningNode>, V
     (nodes, sockets)
 }
 
+/// One node with an admin socket and the config file `toml`, plus the flags `extra`.
+fn start_configured(dir: &Path, toml: &str, extra: Vec<String>) -> (RunningNode, PathBuf) {
+    let config = dir.join("node.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut a = args(&["--config", config.to_str().unwrap()]);
+    a.extend(extra);
+    let (mut nodes, mut sockets) = start_network(dir, 1, |_| a.clone());
+    (nodes.remove(0), sockets.remove(0))
+}
+
 fn kademlia_finds_peers_beyond_the_bootstrap(transport: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (nodes, sockets) = start_network(dir.path(), 10, &args(&["--transport", transport]));
+    let (nodes, sockets) = start_network(dir.path(), 10, |_| args(&["--transport", transport]));
     for (i, socket) in sockets.iter().enumerate() {
         wait_for(
             &format!("node {i} to learn 5 peers over {transport}"),
@@ -131,7 +145,7 @@ fn ipv6_and_both_transports_listen_and_connect() {
         "--listen",
         "/ip6/::1/udp/0/quic-v1",
     ]);
-    let (nodes, sockets) = start_network(dir.path(), 2, &listen);
+    let (nodes, sockets) = start_network(dir.path(), 2, |_| listen.clone());
     let addrs = nodes[0].ready["listen_addrs"].to_string();
     assert!(
         addrs.contains("/ip6/::1/tcp/") && addrs.contains("/quic-v1/"),
@@ -155,24 +169,12 @@ fn a_killed_peer_is_dropped_reported_to_senders_and_rejoins_with_its_identity() 
     let dir = tempfile::tempdir().unwrap();
     let mut extra = hostile_app("greet_known", "300ms", -1);
     extra.extend(args(&["--sampler", "connected"]));
-    let mut nodes: Vec<RunningNode> = Vec::new();
-    let mut sockets = Vec::new();
-    for i in 0..5 {
-        let socket = dir.path().join(format!("n{i}.sock"));
-        let key = dir.path().join(format!("n{i}.key"));
-        let mut a = args(&[
-            "--admin",
-            socket.to_str().unwrap(),
-            "--identity",
-            key.to_str().unwrap(),
-        ]);
+    let key = |i: usize| dir.path().join(format!("n{i}.key"));
+    let (mut nodes, sockets) = start_network(dir.path(), 5, |i| {
+        let mut a = args(&["--identity", key(i).to_str().unwrap()]);
         a.extend(extra.iter().cloned());
-        if let Some(first) = nodes.first() {
-            a.extend(["--bootstrap".into(), first.addr()]);
-        }
-        nodes.push(RunningNode::spawn(&a, dir.path().join(format!("n{i}.log"))));
-        sockets.push(socket);
-    }
+        a
+    });
     let ids: Vec<String> = nodes
         .iter()
         .map(|n| n.ready["peer_id"].as_str().unwrap().to_string())
@@ -214,7 +216,7 @@ fn a_killed_peer_is_dropped_reported_to_senders_and_rejoins_with_its_identity() 
         "--admin",
         sockets[4].to_str().unwrap(),
         "--identity",
-        dir.path().join("n4.key").to_str().unwrap(),
+        key(4).to_str().unwrap(),
         "--listen",
         &victim_listen,
         "--bootstrap",
@@ -450,21 +452,11 @@ fn answers(response: &[u8]) -> Vec<Result<(), String>> {
 #[test]
 fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
+    let (node, socket) = start_configured(
+        dir.path(),
         "[network.request_response]\nmax_requests_size = 65536\n[limits]\nmax_payload_bytes = 65536\ninbox_capacity = 64\n",
-    )
-    .unwrap();
-    let socket = dir.path().join("n.sock");
-    let mut a = args(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--admin",
-        socket.to_str().unwrap(),
-    ]);
-    a.extend(hostile_app("calm", "200ms", -1));
-    let node = RunningNode::spawn(&a, dir.path().join("n.log"));
+        hostile_app("calm", "200ms", -1),
+    );
     let addr = node.addr();
     let port: u16 = addr.split('/').nth(4).unwrap().parse().unwrap();
 
@@ -899,20 +891,11 @@ fn mdns_finds_a_peer_without_bootstrap_in_network_namespaces() {
 #[test]
 fn connections_over_the_limit_are_refused_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
+    let (node, socket) = start_configured(
+        dir.path(),
         "[network]\nmax_connections = 2\nmax_connections_per_peer = 1\n",
-    )
-    .unwrap();
-    let socket = dir.path().join("n.sock");
-    let a = args(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--admin",
-        socket.to_str().unwrap(),
-    ]);
-    let node = RunningNode::spawn(&a, dir.path().join("n.log"));
+        Vec::new(),
+    );
     let addr = node.addr();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

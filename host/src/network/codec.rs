@@ -242,22 +242,6 @@ fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-/// Reads a whole frame (to the end of the stream), refusing one over `limit` bytes.
-pub(crate) async fn read_bounded<T: AsyncRead + Unpin + Send>(
-    io: &mut T,
-    limit: u64,
-    what: &str,
-) -> io::Result<Vec<u8>> {
-    let mut frame = Vec::new();
-    io.take(limit + 1).read_to_end(&mut frame).await?;
-    if frame.len() as u64 > limit {
-        return Err(invalid(format!(
-            "{what} larger than the limit of {limit} bytes"
-        )));
-    }
-    Ok(frame)
-}
-
 /// Bytes of app frames being read from all peers at once, node-wide: a bound on what
 /// hostile peers can make the node hold before a frame is even decoded.
 #[derive(Clone, Debug)]
@@ -279,47 +263,53 @@ impl ReadBudget {
     pub fn reading(&self) -> u64 {
         self.reading.load(Ordering::Relaxed)
     }
+}
 
-    /// Reads a whole frame of at most `limit` bytes, holding its bytes against the
-    /// budget while it reads; refuses it (`InvalidData`) when the budget runs out.
-    async fn read<T: AsyncRead + Unpin + Send>(
-        &self,
-        io: &mut T,
-        limit: u64,
-        what: &str,
-    ) -> io::Result<Vec<u8>> {
-        struct Held<'a>(&'a AtomicU64, u64);
-        impl Drop for Held<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(self.1, Ordering::Relaxed);
+/// Reads a whole frame (to the end of the stream), refusing one over `limit` bytes;
+/// with a `budget`, its bytes count against it while it is read and the frame is
+/// refused (`InvalidData`) when the budget runs out.
+pub(crate) async fn read_bounded<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    limit: u64,
+    what: &str,
+    budget: Option<&ReadBudget>,
+) -> io::Result<Vec<u8>> {
+    /// Gives the bytes read back to the budget, however the read ends.
+    struct Held<'a>(Option<&'a ReadBudget>, u64);
+    impl Drop for Held<'_> {
+        fn drop(&mut self) {
+            if let Some(budget) = self.0 {
+                budget.reading.fetch_sub(self.1, Ordering::Relaxed);
             }
         }
-        let mut held = Held(&self.reading, 0);
-        let mut frame = Vec::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut io = io.take(limit + 1);
-        loop {
-            let n = io.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            let before = self.reading.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    let mut held = Held(budget, 0);
+    let mut frame = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut io = io.take(limit + 1);
+    loop {
+        let n = io.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        if let Some(budget) = budget {
+            let before = budget.reading.fetch_add(n as u64, Ordering::Relaxed);
             held.1 += n as u64;
-            if before + n as u64 > self.limit {
+            if before + n as u64 > budget.limit {
                 return Err(invalid(format!(
-                    "the node is reading {} bytes of app messages from peers already (limit {}): try later",
-                    before, self.limit
+                    "the node is reading {before} bytes of app messages from peers already (limit {}): try later",
+                    budget.limit
                 )));
             }
-            frame.extend_from_slice(&chunk[..n]);
         }
-        if frame.len() as u64 > limit {
-            return Err(invalid(format!(
-                "{what} larger than the limit of {limit} bytes"
-            )));
-        }
-        Ok(frame)
+        frame.extend_from_slice(&chunk[..n]);
     }
+    if frame.len() as u64 > limit {
+        return Err(invalid(format!(
+            "{what} larger than the limit of {limit} bytes"
+        )));
+    }
+    Ok(frame)
 }
 
 /// The request-response codec; the limits bound what peers may send us.
@@ -345,7 +335,7 @@ impl libp2p::request_response::Codec for AppCodec {
         io: &mut T,
     ) -> io::Result<Inbound<Vec<AppRequest>>> {
         let limit = self.max_payload_bytes + REQUEST_OVERHEAD;
-        let frame = self.budget.read(io, limit, "app request").await;
+        let frame = read_bounded(io, limit, "app request", Some(&self.budget)).await;
         verdict(frame.and_then(|frame| {
             let batch = decode_request(&frame)?;
             let payload: u64 = batch.iter().map(|m| m.payload.len() as u64).sum();
@@ -364,7 +354,7 @@ impl libp2p::request_response::Codec for AppCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Vec<AppResponse>> {
-        decode_response(&read_bounded(io, self.max_response_bytes, "app response").await?)
+        decode_response(&read_bounded(io, self.max_response_bytes, "app response", None).await?)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -471,10 +461,11 @@ mod tests {
         let budget = ReadBudget::new(1000);
         let frame = encode_request(&[message("a", &[0; 600])]).unwrap();
         let read = |budget: &ReadBudget| {
-            futures::executor::block_on(budget.read(
+            futures::executor::block_on(read_bounded(
                 &mut futures::io::Cursor::new(frame.clone()),
                 1 << 20,
                 "app request",
+                Some(budget),
             ))
         };
         assert_eq!(read(&budget).unwrap(), frame);

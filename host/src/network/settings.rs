@@ -232,86 +232,58 @@ impl MdnsSettings {
 impl NetworkSettings {
     /// Checks every value, naming the field of a bad one.
     pub fn validate(&self) -> Result<()> {
-        let positive = [
+        // Seconds become durations added to instants: more than zero, at most a year.
+        let seconds = [
             (
-                "network.idle_connection_timeout_secs",
+                "idle_connection_timeout_secs",
                 self.idle_connection_timeout_secs,
             ),
             (
-                "network.max_negotiating_inbound_streams",
+                "request_response.request_timeout_secs",
+                self.request_response.request_timeout_secs,
+            ),
+            (
+                "kademlia.query_timeout_secs",
+                self.kademlia.query_timeout_secs,
+            ),
+            ("mdns.query_interval_secs", self.mdns.query_interval_secs),
+            ("mdns.ttl_secs", self.mdns.ttl_secs),
+        ];
+        const YEAR: u64 = 365 * 86_400;
+        for (field, value) in seconds {
+            if value > YEAR {
+                bail!("network.{field} = {value} is more than a year");
+            }
+        }
+        let counts = [
+            (
+                "max_negotiating_inbound_streams",
                 self.max_negotiating_inbound_streams as u64,
             ),
             (
-                "network.dial_concurrency_factor",
+                "dial_concurrency_factor",
                 u64::from(self.dial_concurrency_factor),
             ),
-            ("network.max_connections", u64::from(self.max_connections)),
+            ("max_connections", u64::from(self.max_connections)),
             (
-                "network.max_connections_per_peer",
+                "max_connections_per_peer",
                 u64::from(self.max_connections_per_peer),
             ),
+            ("max_pending_incoming", u64::from(self.max_pending_incoming)),
             (
-                "network.max_pending_incoming",
-                u64::from(self.max_pending_incoming),
-            ),
-            (
-                "network.request_response.request_timeout_secs",
-                self.request_response.request_timeout_secs,
-            ),
-            (
-                "network.request_response.max_concurrent_streams",
+                "request_response.max_concurrent_streams",
                 self.request_response.max_concurrent_streams as u64,
             ),
             (
-                "network.request_response.max_requests_size",
+                "request_response.max_requests_size",
                 self.request_response.max_requests_size,
             ),
-            (
-                "network.yamux.max_num_streams",
-                self.yamux.max_num_streams as u64,
-            ),
-            (
-                "network.kademlia.query_timeout_secs",
-                self.kademlia.query_timeout_secs,
-            ),
-            (
-                "network.kademlia.kbucket_size",
-                self.kademlia.kbucket_size as u64,
-            ),
-            (
-                "network.mdns.query_interval_secs",
-                self.mdns.query_interval_secs,
-            ),
-            ("network.mdns.ttl_secs", self.mdns.ttl_secs),
+            ("yamux.max_num_streams", self.yamux.max_num_streams as u64),
+            ("kademlia.kbucket_size", self.kademlia.kbucket_size as u64),
         ];
-        for (field, value) in positive {
+        for (field, value) in seconds.into_iter().chain(counts) {
             if value == 0 {
-                bail!("{field} must be greater than zero");
-            }
-        }
-        // Seconds are turned into durations and added to instants: keep them sane.
-        const DAY: u64 = 86_400;
-        for (field, value) in [
-            (
-                "network.idle_connection_timeout_secs",
-                self.idle_connection_timeout_secs,
-            ),
-            (
-                "network.request_response.request_timeout_secs",
-                self.request_response.request_timeout_secs,
-            ),
-            (
-                "network.kademlia.query_timeout_secs",
-                self.kademlia.query_timeout_secs,
-            ),
-            (
-                "network.mdns.query_interval_secs",
-                self.mdns.query_interval_secs,
-            ),
-            ("network.mdns.ttl_secs", self.mdns.ttl_secs),
-        ] {
-            if value > 365 * DAY {
-                bail!("{field} = {value} is more than a year");
+                bail!("network.{field} must be greater than zero");
             }
         }
         if self.mdns.idle_discovery_timeout_secs < -1 {

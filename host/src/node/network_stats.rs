@@ -13,24 +13,25 @@ const LOG_EVERY: u64 = 1000;
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct NetworkStats {
     /// Distinct peers of this context the node learned of (bootstrap, identify,
-    /// Kademlia, mDNS, sampling messages).
-    pub peers_discovered: usize,
+    /// Kademlia, mDNS, sampling messages); serialized as their number.
+    #[serde(rename = "peers_discovered", serialize_with = "count")]
+    discovered: HashSet<PeerId>,
     /// Connections open now.
     pub connections: usize,
     /// Most connections open at once.
     pub connections_peak: usize,
     /// Inbound connections, frames and messages refused, by reason.
     pub refused: BTreeMap<&'static str, u64>,
-    #[serde(skip)]
-    discovered: HashSet<PeerId>,
+}
+
+fn count<S: serde::Serializer>(set: &HashSet<PeerId>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(set.len() as u64)
 }
 
 impl NetworkStats {
     /// Records a peer learned of; true the first time.
     pub fn discovered(&mut self, peer: PeerId) -> bool {
-        let new = self.discovered.insert(peer);
-        self.peers_discovered = self.discovered.len();
-        new
+        self.discovered.insert(peer)
     }
 
     /// Records a connection opened.
@@ -66,7 +67,7 @@ mod tests {
         assert!(stats.discovered(peer));
         assert!(!stats.discovered(peer));
         stats.discovered(PeerId::random());
-        assert_eq!(stats.peers_discovered, 2);
+        assert_eq!(serde_json::to_value(&stats).unwrap()["peers_discovered"], 2);
         stats.connection_opened();
         stats.connection_opened();
         stats.connection_closed();
