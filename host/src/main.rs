@@ -660,10 +660,9 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 fn run(args: RunArgs) -> Result<()> {
     let config = args.into_config()?;
     config.resolve_apps()?;
-    let existed = config.identity.as_deref().is_some_and(Path::exists);
-    let key = match &config.identity {
+    let (key, created) = match &config.identity {
         Some(path) => network::identity::load_or_create(path)?,
-        None => libp2p::identity::Keypair::generate_ed25519(),
+        None => (libp2p::identity::Keypair::generate_ed25519(), true),
     };
     let peer_id = key.public().to_peer_id().to_string();
     let mut collector = logging::init(
@@ -673,8 +672,10 @@ fn run(args: RunArgs) -> Result<()> {
         &peer_id,
     )?;
     match &config.identity {
-        Some(path) if existed => tracing::info!(%peer_id, path = %path.display(), "identity read"),
-        Some(path) => tracing::info!(%peer_id, path = %path.display(), "identity created"),
+        Some(path) if created => {
+            tracing::info!(%peer_id, path = %path.display(), "identity created")
+        }
+        Some(path) => tracing::info!(%peer_id, path = %path.display(), "identity read"),
         None => tracing::info!(%peer_id, "fresh identity for this run"),
     }
     let cache_dir = config

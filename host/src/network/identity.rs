@@ -9,9 +9,10 @@ use anyhow::{bail, Context as _, Result};
 use libp2p::identity::Keypair;
 
 /// Reads the key in `path`, or creates the file (mode 0600) with a new key when it does
-/// not exist (before logging is set up: the caller logs which). A file readable by
-/// others, or one that holds no ed25519 key, is refused.
-pub fn load_or_create(path: &Path) -> Result<Keypair> {
+/// not exist; the flag says it was created (this runs before logging is set up, so the
+/// caller logs which). A file readable by others, or one that holds no ed25519 key, is
+/// refused.
+pub fn load_or_create(path: &Path) -> Result<(Keypair, bool)> {
     match std::fs::read(path) {
         Ok(bytes) => {
             let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
@@ -34,7 +35,7 @@ pub fn load_or_create(path: &Path) -> Result<Keypair> {
                     key.key_type()
                 );
             }
-            Ok(key)
+            Ok((key, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
@@ -50,7 +51,7 @@ pub fn load_or_create(path: &Path) -> Result<Keypair> {
             file.write_all(&bytes)
                 .and_then(|()| file.sync_all())
                 .with_context(|| format!("cannot write identity file {}", path.display()))?;
-            Ok(key)
+            Ok((key, true))
         }
         Err(e) => Err(e).with_context(|| format!("cannot read identity file {}", path.display())),
     }
@@ -64,10 +65,12 @@ mod tests {
     fn a_created_identity_is_private_and_reloads_to_the_same_peer_id() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.key");
-        let first = load_or_create(&path).unwrap();
+        let (first, created) = load_or_create(&path).unwrap();
+        assert!(created);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let again = load_or_create(&path).unwrap();
+        let (again, created) = load_or_create(&path).unwrap();
+        assert!(!created);
         assert_eq!(first.public().to_peer_id(), again.public().to_peer_id());
     }
 
