@@ -368,6 +368,18 @@ mod raw_peer {
             .build()
     }
 
+    /// Runs the swarm until it has answered the node's identify request.
+    pub async fn answer_identify(swarm: &mut Swarm<Behaviour>) {
+        loop {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Sent {
+                ..
+            })) = swarm.select_next_some().await
+            {
+                return;
+            }
+        }
+    }
+
     /// Connects to `addr` and waits until the connection is up; returns the peer id.
     pub async fn connect(swarm: &mut Swarm<Behaviour>, addr: &str) -> PeerId {
         let addr: Multiaddr = addr.parse().unwrap();
@@ -581,6 +593,8 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
     runtime.block_on(async {
         let mut stranger = raw_peer::swarm("elsewhere");
         let node_id = raw_peer::connect(&mut stranger, &addr).await;
+        // The node judges a peer's context by its identify answer: give it.
+        raw_peer::answer_identify(&mut stranger).await;
         let answers =
             raw_peer::send_all(&mut stranger, node_id, false, vec![frame("hello", b"hi")]).await;
         assert!(answers[0].is_err(), "{answers:?}");
