@@ -600,15 +600,21 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
         assert!(answers[0].is_err(), "{answers:?}");
     });
 
-    wait_for("every refusal to be counted", || {
-        let refused = &stats(&socket)["network"]["refused"];
-        refused["handshake"].as_u64() >= Some(20)
-            && refused["bad_app_frame"].as_u64() >= Some(5)
-            && refused["unknown_app"] == 1
-            && refused["bad_sampling_frame"].as_u64() >= Some(2)
-            && refused["other_context"].as_u64() >= Some(1)
-            && refused["inbox_full"].as_u64().unwrap_or(0) == refused_full as u64
-    });
+    wait_for(
+        "every refusal to be counted and the app to run a cycle",
+        || {
+            let stats = stats(&socket);
+            let cycles = stats["apps"][0]["stats"]["cycles"].as_u64();
+            let refused = &stats["network"]["refused"];
+            cycles >= Some(1)
+                && refused["handshake"].as_u64() >= Some(20)
+                && refused["bad_app_frame"].as_u64() >= Some(5)
+                && refused["unknown_app"] == 1
+                && refused["bad_sampling_frame"].as_u64() >= Some(2)
+                && refused["other_context"].as_u64() >= Some(1)
+                && refused["inbox_full"].as_u64().unwrap_or(0) == refused_full as u64
+        },
+    );
     let rss_mib = peak_rss_kib(node.child.id()) / 1024;
     assert!(rss_mib < 400, "peak RSS {rss_mib} MiB");
     let log = read(&node.log);
@@ -749,14 +755,12 @@ fn a_collector_that_is_down_costs_records_not_the_node() {
     drop(closed);
     let mut a = args(&["--log-collector", &url, "--linger", "100ms"]);
     a.extend(hostile_app("calm", "100ms", 5));
-    let started = std::time::Instant::now();
     let node = RunningNode::spawn(&a, dir.path().join("n.log"));
     let summary = node.finish();
     assert_eq!(summary["apps"]["hello"]["cycles"], 5, "{summary}");
     let collected = &summary["log_collector"];
     assert_eq!(collected["shipped"], 0, "{summary}");
     assert!(collected["dropped"].as_u64().unwrap() >= 5, "{summary}");
-    assert!(started.elapsed() < Duration::from_secs(20));
 }
 
 // ------------------------------------------------------------------------- mDNS
@@ -827,13 +831,13 @@ impl Drop for Children {
 
 #[test]
 fn mdns_finds_a_peer_without_bootstrap_in_network_namespaces() {
-    let pair = match NamespacePair::create() {
-        Ok(pair) => pair,
-        Err(reason) => {
-            eprintln!("SKIPPED mdns test: cannot create network namespaces here ({reason})");
-            return;
-        }
-    };
+    // Not a silent pass where namespaces are missing: skipping is the runner's choice.
+    let pair = NamespacePair::create().unwrap_or_else(|reason| {
+        panic!(
+            "cannot create network namespaces here ({reason}): run as root with iproute2 \
+             (scripts/setup installs it), or leave this test out with `-- --skip mdns`"
+        )
+    });
     let dir = tempfile::tempdir().unwrap();
     let exe = env!("CARGO_BIN_EXE_nodemanager");
     // Query every second, so a lost first query costs a second, not five minutes.

@@ -299,26 +299,23 @@ mod tests {
     }
 
     #[test]
-    fn a_down_collector_drops_and_counts_without_blocking() {
+    fn a_down_collector_drops_and_counts_every_record() {
         // Nothing listens on this port: every POST fails fast.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/log", listener.local_addr().unwrap());
         drop(listener);
         let (layer, mut collector) = start_collector(url, "n".into());
-        let started = Instant::now();
-        for i in 0..(COLLECTOR_BUFFER * 3) {
-            if layer.sender.try_send(json!({"i": i})).is_err() {
-                layer.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        let records = COLLECTOR_BUFFER * 3;
+        let subscriber = tracing_subscriber::registry().with(layer);
+        // try_send never waits: more records than the buffer holds are dropped, not queued.
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..records {
+                tracing::info!(i, "record");
             }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "sending blocked"
-        );
-        drop(layer);
+        });
         let stats = collector.flush();
         assert_eq!(stats.shipped, 0);
-        assert_eq!(stats.dropped, (COLLECTOR_BUFFER * 3) as u64, "{stats:?}");
+        assert_eq!(stats.dropped, records as u64, "{stats:?}");
         assert!(stats.failed_posts > 0);
     }
 }

@@ -41,9 +41,9 @@ enum Command {
     Topology(TopologyCommand),
     /// Load, unload, replace and list the apps of a running node (its --admin socket).
     Apps {
-        /// The node's admin socket.
-        #[arg(long, value_name = "PATH")]
-        admin: PathBuf,
+        /// The node's admin socket (required; before or after the subcommand).
+        #[arg(long, value_name = "PATH", global = true)]
+        admin: Option<PathBuf>,
         #[command(subcommand)]
         command: AppsCommand,
     },
@@ -751,7 +751,10 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args).map(|()| true),
         Command::Simulate(args) => simulate(args).map(|()| true),
         Command::Topology(command) => generate_topology(command).map(|()| true),
-        Command::Apps { admin, command } => apps_command(&admin, command).map(|()| true),
+        Command::Apps { admin, command } => admin
+            .context("which node? give its admin socket with --admin PATH (e.g. `nodemanager apps list --admin node.sock`)")
+            .and_then(|admin| apps_command(&admin, command))
+            .map(|()| true),
         Command::Compile { paths, cache } => compile(&paths, &cache).map(|()| true),
         Command::Inspect { path, json, cache } => inspect_command(&path, json, &cache),
     };

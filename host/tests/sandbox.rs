@@ -7,7 +7,7 @@ mod common;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use nodemanager::runtime::{AppContext, AppError, Limits, LoadedApp, Prepared, Runtime};
+use nodemanager::runtime::{AppContext, AppError, Clock, Limits, LoadedApp, Prepared, Runtime};
 
 fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -137,10 +137,8 @@ fn infinite_loop_is_stopped_at_the_deadline_and_others_go_on() {
         reason.contains("ran past its CPU deadline of 200ms"),
         "{reason}"
     );
-    assert!(
-        took >= deadline && took < deadline * 5,
-        "stopped after {took:?}"
-    );
+    // At least its deadline (how much later depends on the machine: not asserted).
+    assert!(took >= deadline, "stopped after {took:?}");
     calm.periodic_run(&[]).expect("the other app keeps running");
     calm.periodic_run(&[]).expect("and again");
 }
@@ -245,33 +243,45 @@ fn sends_are_bounded_per_call_and_per_second() {
     per_call.periodic_run(std::slice::from_ref(&peer)).unwrap();
     assert_eq!(per_call.take_outbox().len(), 1024, "max_queued_per_call");
     assert_eq!(per_call.take_refused_sends(), 1);
-    let mut rated = hostile(
-        "flood",
-        Limits {
-            max_messages_per_sec: 100,
-            ..Limits::default()
-        },
-    );
-    rated.periodic_run(std::slice::from_ref(&peer)).unwrap();
-    assert_eq!(
-        rated.take_outbox().len(),
-        100,
-        "one second's worth of tokens"
-    );
-    rated.periodic_run(std::slice::from_ref(&peer)).unwrap();
-    assert!(
-        rated.take_outbox().len() < 10,
-        "the bucket refills at 100 per second"
-    );
+    // The bucket counts in the context's clock: a manual one makes the refill exact.
+    let context = context();
+    let clock = Clock::manual();
+    let context = AppContext {
+        clock: clock.clone(),
+        ..context
+    };
+    let limits = Limits {
+        max_messages_per_sec: 100,
+        ..Limits::default()
+    };
+    let mut rated =
+        LoadedApp::instantiate(&prepared("hostile.wasm"), "flood", limits, context, Some(1))
+            .unwrap();
+    rated.init("flood").unwrap();
+    let mut sends_per_call = Vec::new();
+    for advance_ms in [0, 0, 50, 1000, 5000] {
+        clock.advance(Duration::from_millis(advance_ms));
+        rated.periodic_run(std::slice::from_ref(&peer)).unwrap();
+        sends_per_call.push(rated.take_outbox().len());
+    }
+    // One second's worth, then none, 5 tokens after 50 ms, then full again (never more).
+    assert_eq!(sends_per_call, [100, 0, 5, 100, 100]);
 }
 
 #[test]
 fn log_lines_are_capped_per_call() {
-    // 10,000 lines of 1 MiB: 256 are kept (cut to 4 KiB), or the CPU deadline stops it.
-    let mut app = hostile("log", Limits::default());
-    match app.periodic_run(&[]) {
-        Ok(()) => {}
-        Err(AppError::Stopped(reason)) => assert!(reason.contains("CPU deadline"), "{reason}"),
-        Err(other) => panic!("{other:?}"),
-    }
+    // 1,000 lines of 1 MiB in one call: 256 are kept (cut to 4 KiB), the rest dropped.
+    // A deadline no machine reaches, so that the cap is what is checked.
+    let mut app = hostile(
+        "log",
+        Limits {
+            call_deadline: Duration::from_secs(600),
+            ..Limits::default()
+        },
+    );
+    app.periodic_run(&[])
+        .expect("the cap drops lines, it does not stop the app");
+    assert_eq!(app.logs_dropped(), 1_000 - 256);
+    app.periodic_run(&[]).unwrap();
+    assert_eq!(app.logs_dropped(), 2 * (1_000 - 256), "the cap is per call");
 }

@@ -26,7 +26,16 @@ pub struct RunningNode {
 
 impl RunningNode {
     pub fn spawn(args: &[String], log: PathBuf) -> RunningNode {
-        let mut child = nodemanager()
+        RunningNode::spawn_logging(args, log, None)
+    }
+
+    /// [`RunningNode::spawn`] with `RUST_LOG` set to `filter` when given.
+    pub fn spawn_logging(args: &[String], log: PathBuf, filter: Option<&str>) -> RunningNode {
+        let mut command = nodemanager();
+        if let Some(filter) = filter {
+            command.env("RUST_LOG", filter);
+        }
+        let mut child = command
             .arg("run")
             .args(args)
             .arg("--log-file")
@@ -97,9 +106,14 @@ pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// How long a test waits for a condition before it fails: generous, so that a busy
+/// or slow machine passes; the condition is checked every 50 ms, so a fast one does
+/// not wait longer than it takes.
+pub const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// Polls `condition` (e.g. a log line appeared) until it holds or `what` times out.
 pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + WAIT_LIMIT;
     while !condition() {
         assert!(
             std::time::Instant::now() < deadline,
@@ -107,6 +121,12 @@ pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// SIGTERM to every node, then their summaries, in order.
+pub fn stop_all(nodes: Vec<RunningNode>) -> Vec<Value> {
+    nodes.iter().for_each(sigterm);
+    nodes.into_iter().map(RunningNode::finish).collect()
 }
 
 /// Sends SIGTERM to `node`.

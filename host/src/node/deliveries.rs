@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use libp2p::request_response::OutboundRequestId;
+use libp2p::request_response::{OutboundFailure, OutboundRequestId};
 use libp2p::PeerId;
 use tokio::time::Instant;
 
 use crate::network::{AppRequest, AppResponse, MAX_BATCH};
-use crate::runtime::{AppId, AppRegistry, OutgoingMessage, WorkerEvent};
+use crate::runtime::{AppId, Outcome, OutgoingMessage, Report, WorkerEvent};
 
 /// Most messages waiting for an answer on one node.
 pub const MAX_IN_FLIGHT: usize = 65_536;
@@ -51,13 +51,45 @@ pub struct Batch {
 }
 
 /// The messages in flight, by request; `None` once a message's outcome is reported.
+///
+/// Sans-IO: every method returns the [`Report`]s it settles, and the node hands them
+/// to the apps.
 #[derive(Default)]
 pub struct Deliveries {
     requests: HashMap<OutboundRequestId, Vec<Option<Pending>>>,
     in_flight: usize,
 }
 
+fn report(p: Pending, outcome: Outcome) -> Report {
+    Report {
+        app: p.app,
+        message_id: p.message_id,
+        outcome,
+    }
+}
+
+/// What a request that failed as a whole means for its messages: never sent (the
+/// peer could not be reached or does not speak the protocol) is a failure; sent but
+/// unanswered (timeout, connection closed, I/O error) is an unknown outcome, since
+/// the peer may have accepted them.
+pub fn outcome_of_failure(peer: PeerId, error: &OutboundFailure) -> Outcome {
+    let reason = format!("could not reach {peer}: {error}");
+    match error {
+        OutboundFailure::DialFailure | OutboundFailure::UnsupportedProtocols => {
+            Outcome::Failed(reason)
+        }
+        OutboundFailure::Timeout | OutboundFailure::ConnectionClosed | OutboundFailure::Io(_) => {
+            Outcome::Unknown(format!("no answer from {peer}: {error}"))
+        }
+    }
+}
+
 impl Deliveries {
+    /// Messages waiting for an answer.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
     /// Groups `messages` of app `app` (routed as `name`) into batches: per destination,
     /// in order, at most `MAX_BATCH` messages and `max_bytes` of payload each (a single
     /// larger message goes alone). Messages over the in-flight bound fail at once.
@@ -67,20 +99,20 @@ impl Deliveries {
         name: &str,
         messages: Vec<OutgoingMessage>,
         max_bytes: u64,
-        registry: &AppRegistry,
-    ) -> Vec<Batch> {
+    ) -> (Vec<Batch>, Vec<Report>) {
         let mut batches: Vec<Batch> = Vec::new();
+        let mut refused = Vec::new();
         let mut open: HashMap<PeerId, (usize, u64)> = HashMap::new();
         let mut room = MAX_IN_FLIGHT.saturating_sub(self.in_flight);
         for message in messages {
             if room == 0 {
-                registry.report(
+                refused.push(Report {
                     app,
-                    message.id,
-                    Some(format!(
+                    message_id: message.id,
+                    outcome: Outcome::Failed(format!(
                         "{MAX_IN_FLIGHT} messages are already waiting for an answer: sending faster than the network carries them"
                     )),
-                );
+                });
                 continue;
             }
             room -= 1;
@@ -115,7 +147,7 @@ impl Deliveries {
                 timeout: message.timeout,
             });
         }
-        batches
+        (batches, refused)
     }
 
     /// Tracks a batch sent as request `id`.
@@ -125,21 +157,21 @@ impl Deliveries {
             .insert(id, batch.pending.into_iter().map(Some).collect());
     }
 
-    /// Reports every message whose deadline passed.
-    pub fn expire(&mut self, now: Instant, registry: &AppRegistry) {
-        let mut reported = 0;
+    /// Settles every message whose deadline passed: its outcome is unknown.
+    pub fn expire(&mut self, now: Instant) -> Vec<Report> {
+        let mut reports = Vec::new();
         self.requests.retain(|_, batch| {
             for slot in batch.iter_mut() {
                 if slot.as_ref().is_some_and(|p| p.deadline <= now) {
                     let p = slot.take().expect("checked above");
-                    let reason = format!("timed out after {:?}", p.timeout);
-                    registry.report(p.app, p.message_id, Some(reason));
-                    reported += 1;
+                    let reason = format!("timed out after {:?} without an answer", p.timeout);
+                    reports.push(report(p, Outcome::Unknown(reason)));
                 }
             }
             batch.iter().any(Option::is_some)
         });
-        self.in_flight -= reported;
+        self.in_flight -= reports.len();
+        reports
     }
 
     /// The peer answered request `id`: one answer per message.
@@ -148,77 +180,113 @@ impl Deliveries {
         id: OutboundRequestId,
         peer: PeerId,
         answers: Vec<AppResponse>,
-        registry: &AppRegistry,
-    ) {
+    ) -> Vec<Report> {
         let Some(batch) = self.requests.remove(&id) else {
-            return;
+            return Vec::new();
         };
         let count = batch.len();
         let mut answers = answers.into_iter();
-        for p in batch.into_iter().flatten() {
+        let mut reports = Vec::new();
+        for slot in batch {
+            // Keep answers aligned with messages whose deadline already passed.
+            let answer = answers.next();
+            let Some(p) = slot else { continue };
             self.in_flight -= 1;
-            let failure = match answers.next() {
-                Some(Ok(())) => None,
-                Some(Err(reason)) => Some(format!("refused by {peer}: {reason}")),
-                None => Some(format!(
+            let outcome = match answer {
+                Some(Ok(())) => Outcome::Delivered,
+                Some(Err(reason)) => Outcome::Failed(format!("refused by {peer}: {reason}")),
+                None => Outcome::Unknown(format!(
                     "{peer} answered fewer messages than the {count} it was sent"
                 )),
             };
-            registry.report(p.app, p.message_id, failure);
+            reports.push(report(p, outcome));
         }
+        reports
     }
 
-    /// Request `id` failed as a whole.
-    pub fn failed(&mut self, id: OutboundRequestId, reason: &str, registry: &AppRegistry) {
-        if let Some(batch) = self.requests.remove(&id) {
-            for p in batch.into_iter().flatten() {
-                self.in_flight -= 1;
-                registry.report(p.app, p.message_id, Some(reason.to_string()));
-            }
-        }
+    /// Request `id` failed as a whole: every message still waiting gets `outcome`.
+    pub fn failed(&mut self, id: OutboundRequestId, outcome: Outcome) -> Vec<Report> {
+        let waiting: Vec<Pending> = self
+            .requests
+            .remove(&id)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        self.in_flight -= waiting.len();
+        waiting
+            .into_iter()
+            .map(|p| report(p, outcome.clone()))
+            .collect()
     }
 
-    /// Reports every message still waiting as lost to the shutdown.
-    pub fn shutdown(&mut self, registry: &AppRegistry) {
-        for (_, batch) in self.requests.drain() {
-            for p in batch.into_iter().flatten() {
-                registry.report(
-                    p.app,
-                    p.message_id,
-                    Some("the node shut down before an answer came".into()),
-                );
-            }
-        }
+    /// Settles every message still waiting at shutdown: its outcome is unknown.
+    pub fn shutdown(&mut self) -> Vec<Report> {
         self.in_flight = 0;
+        self.requests
+            .drain()
+            .flat_map(|(_, batch)| batch.into_iter().flatten())
+            .map(|p| {
+                report(
+                    p,
+                    Outcome::Unknown("the node shut down before an answer came".into()),
+                )
+            })
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::AppContext;
 
     fn message(id: u64, to: PeerId, bytes: usize) -> OutgoingMessage {
+        message_within(id, to, bytes, Duration::from_secs(5))
+    }
+
+    fn message_within(id: u64, to: PeerId, bytes: usize, timeout: Duration) -> OutgoingMessage {
         OutgoingMessage {
             id,
             destination: to,
             payload: vec![0; bytes],
-            timeout: Duration::from_secs(5),
+            timeout,
         }
     }
 
-    fn registry() -> AppRegistry {
-        let (events, _) = tokio::sync::mpsc::channel(1);
-        AppRegistry::new(AppContext::new("me".into()), None, events, 1 << 20)
+    fn peers() -> (PeerId, PeerId) {
+        let p = crate::sampling::seeded_peers(2);
+        (p[0], p[1])
     }
 
-    #[tokio::test]
-    async fn messages_are_batched_per_peer_in_order_within_count_and_bytes() {
-        let (a, b) = (PeerId::random(), PeerId::random());
+    /// `(message id, outcome)` of each report, for app 1.
+    fn outcomes(reports: Vec<Report>) -> Vec<(u64, Outcome)> {
+        reports
+            .into_iter()
+            .map(|r| {
+                assert_eq!(r.app, AppId(1));
+                (r.message_id, r.outcome)
+            })
+            .collect()
+    }
+
+    /// Sends `messages` of app 1 as one request; returns its id.
+    fn send(deliveries: &mut Deliveries, messages: Vec<OutgoingMessage>) -> OutboundRequestId {
+        let (batches, refused) = deliveries.batch(AppId(1), "x", messages, 1 << 20);
+        assert!(refused.is_empty());
+        assert_eq!(batches.len(), 1);
+        let id = outbound_request_id();
+        deliveries.sent(id, batches.into_iter().next().unwrap());
+        id
+    }
+
+    #[test]
+    fn messages_are_batched_per_peer_in_order_within_count_and_bytes() {
+        let (a, b) = peers();
         let mut messages = vec![message(0, a, 10), message(1, b, 10), message(2, a, 10)];
         // Three of 40 bytes for b: after 10 + 40 + 40 bytes, the third no longer fits in 100.
         messages.extend((3..6).map(|id| message(id, b, 40)));
-        let batches = Deliveries::default().batch(AppId(1), "x", messages, 100, &registry());
+        let (batches, refused) = Deliveries::default().batch(AppId(1), "x", messages, 100);
+        assert!(refused.is_empty());
         let shape: Vec<(PeerId, Vec<u64>)> = batches
             .iter()
             .map(|batch| {
@@ -236,14 +304,14 @@ mod tests {
         let many = (0..(MAX_BATCH as u64 + 1))
             .map(|id| message(id, a, 1))
             .collect();
-        let batches = Deliveries::default().batch(AppId(1), "x", many, 1 << 20, &registry());
+        let (batches, _) = Deliveries::default().batch(AppId(1), "x", many, 1 << 20);
         let sizes: Vec<usize> = batches.iter().map(|b| b.requests.len()).collect();
         assert_eq!(sizes, vec![MAX_BATCH, 1]);
     }
 
     #[test]
     fn consecutive_messages_of_one_app_are_merged_in_order() {
-        let peer = PeerId::random();
+        let (peer, _) = peers();
         let out = |app, ids: &[u64]| WorkerEvent::Outgoing {
             app: AppId(app),
             messages: ids.iter().map(|&id| message(id, peer, 1)).collect(),
@@ -277,24 +345,122 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn answers_expiry_and_the_in_flight_bound_are_accounted() {
-        let registry = registry();
-        let peer = PeerId::random();
-        let mut deliveries = Deliveries {
+    async fn messages_over_the_in_flight_bound_fail_at_once_with_the_reason() {
+        let (peer, _) = peers();
+        let deliveries = Deliveries {
             in_flight: MAX_IN_FLIGHT - 2,
             ..Deliveries::default()
         };
         let messages = (0..5).map(|id| message(id, peer, 1)).collect();
-        let batches = deliveries.batch(AppId(1), "x", messages, 1 << 20, &registry);
+        let (batches, refused) = deliveries.batch(AppId(1), "x", messages, 1 << 20);
         assert_eq!(batches.len(), 1);
         assert_eq!(batches[0].requests.len(), 2, "only two fit under the bound");
-        deliveries.in_flight = 0;
-        let id = outbound_request_id();
-        deliveries.sent(id, batches.into_iter().next().unwrap());
-        assert_eq!(deliveries.in_flight, 2);
-        deliveries.expire(Instant::now() + Duration::from_secs(6), &registry);
-        assert_eq!(deliveries.in_flight, 0);
-        assert!(deliveries.requests.is_empty());
+        let refused = outcomes(refused);
+        assert_eq!(
+            refused.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            [2, 3, 4]
+        );
+        for (_, outcome) in refused {
+            let Outcome::Failed(reason) = outcome else {
+                panic!("{outcome:?}")
+            };
+            assert!(
+                reason.contains("65536 messages are already waiting"),
+                "{reason}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_are_matched_to_messages_even_after_some_expired() {
+        let (peer, _) = peers();
+        let mut deliveries = Deliveries::default();
+        let short = Duration::from_millis(10);
+        let id = send(
+            &mut deliveries,
+            vec![
+                message(1, peer, 1),
+                message_within(2, peer, 1, short),
+                message(3, peer, 1),
+                message(4, peer, 1),
+            ],
+        );
+        assert_eq!(deliveries.in_flight(), 4);
+        let expired = outcomes(deliveries.expire(Instant::now() + Duration::from_secs(1)));
+        assert_eq!(
+            expired,
+            [(
+                2,
+                Outcome::Unknown("timed out after 10ms without an answer".into())
+            )]
+        );
+        assert_eq!(deliveries.in_flight(), 3);
+        // The peer answers all four (it accepted the expired one too), minus the last.
+        let answers = vec![Ok(()), Ok(()), Err("inbox full".to_string())];
+        let answered = outcomes(deliveries.answered(id, peer, answers));
+        assert_eq!(
+            answered,
+            [
+                (1, Outcome::Delivered),
+                (3, Outcome::Failed(format!("refused by {peer}: inbox full"))),
+                (
+                    4,
+                    Outcome::Unknown(format!(
+                        "{peer} answered fewer messages than the 4 it was sent"
+                    ))
+                ),
+            ]
+        );
+        assert_eq!(deliveries.in_flight(), 0);
+        assert!(
+            deliveries.answered(id, peer, Vec::new()).is_empty(),
+            "settled once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_never_sent_fails_and_one_left_unanswered_is_unknown() {
+        let (peer, _) = peers();
+        assert!(matches!(
+            outcome_of_failure(peer, &OutboundFailure::DialFailure),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            outcome_of_failure(peer, &OutboundFailure::UnsupportedProtocols),
+            Outcome::Failed(_)
+        ));
+        for error in [OutboundFailure::ConnectionClosed, OutboundFailure::Timeout] {
+            assert!(matches!(
+                outcome_of_failure(peer, &error),
+                Outcome::Unknown(_)
+            ));
+        }
+
+        let mut deliveries = Deliveries::default();
+        let id = send(
+            &mut deliveries,
+            vec![message(1, peer, 1), message(2, peer, 1)],
+        );
+        let failed = outcomes(deliveries.failed(id, Outcome::Failed("down".into())));
+        assert_eq!(
+            failed,
+            [
+                (1, Outcome::Failed("down".into())),
+                (2, Outcome::Failed("down".into()))
+            ]
+        );
+        assert_eq!(deliveries.in_flight(), 0);
+
+        send(&mut deliveries, vec![message(3, peer, 1)]);
+        let at_shutdown = outcomes(deliveries.shutdown());
+        assert_eq!(
+            at_shutdown,
+            [(
+                3,
+                Outcome::Unknown("the node shut down before an answer came".into())
+            )]
+        );
+        assert_eq!(deliveries.in_flight(), 0);
     }
 
     /// A request id, which libp2p only hands out when sending: send one to nobody.

@@ -42,7 +42,8 @@ use crate::network::{
 };
 use crate::runtime::registry::{derive_seed, Refused};
 use crate::runtime::{
-    AppContext, AppId, AppInfo, AppRegistry, AppStats, LoadRequest, Runtime, WorkerEvent,
+    AppContext, AppId, AppInfo, AppRegistry, AppStats, LoadRequest, Outcome, Report, Runtime,
+    WorkerEvent,
 };
 use crate::sampling::{self, Outgoing, PeerSampler};
 use admin::{refusal, AdminCall, AdminCommand, AdminServer};
@@ -104,6 +105,10 @@ pub struct Node {
     mdns_last_new: Instant,
     /// Whether the node still acts on mDNS discoveries.
     mdns_active: bool,
+    /// Stopping: inbound app messages are refused and apps' new messages not sent.
+    closing: bool,
+    /// Inbound app requests answered but whose answer is not yet on the wire.
+    answers_owed: HashSet<request_response::InboundRequestId>,
     ready: Ready,
 }
 
@@ -211,6 +216,8 @@ impl Node {
             network: NetworkStats::default(),
             mdns_last_new: Instant::now(),
             mdns_active: true,
+            closing: false,
+            answers_owed: HashSet::new(),
             ready: Ready {
                 peer_id: peer_id.to_string(),
                 listen_addrs,
@@ -287,7 +294,7 @@ impl Node {
                     }
                 }
                 Some(call) = admin_calls.recv() => self.on_admin_call(call, &mut registry, &mut unloading),
-                _ = sweep.tick() => pending.expire(Instant::now(), &registry),
+                _ = sweep.tick() => report_all(&registry, pending.expire(Instant::now())),
                 _ = next_tick(&mut sampler_tick) => self.on_sampler_tick(),
                 _ = next_tick(&mut metrics_tick) => self.write_metrics(&registry, started),
                 _ = &mut linger => break,
@@ -305,7 +312,9 @@ impl Node {
         for service in services {
             service.abort();
         }
-        pending.shutdown(&registry);
+        self.close(&mut events, &mut registry, &mut pending, &mut unloading)
+            .await;
+        report_all(&registry, pending.shutdown());
         self.sampling.capture(self.sampler.as_ref());
         let (apps, unloaded) = registry.shutdown();
         for reply in unloading.into_values() {
@@ -316,6 +325,42 @@ impl Node {
             unloaded,
             sampling: self.sampling.clone(),
             network: self.network.clone(),
+        }
+    }
+
+    /// Stops taking messages, then waits (at most the linger) until every message this
+    /// node sent has its answer and every answer it owes is sent, so that the outcomes
+    /// the apps are told stay true when many nodes stop at once.
+    async fn close(
+        &mut self,
+        events: &mut mpsc::Receiver<WorkerEvent>,
+        registry: &mut AppRegistry,
+        pending: &mut Deliveries,
+        unloading: &mut HashMap<AppId, oneshot::Sender<serde_json::Value>>,
+    ) {
+        self.closing = true;
+        let drained = |node: &Node, pending: &Deliveries| {
+            pending.in_flight() == 0 && node.answers_owed.is_empty()
+        };
+        if drained(self, pending) {
+            return;
+        }
+        tracing::info!(
+            in_flight = pending.in_flight(),
+            answers_owed = self.answers_owed.len(),
+            limit = ?self.config.linger,
+            "stopping: waiting for the answers in flight"
+        );
+        let until = tokio::time::sleep(self.config.linger);
+        tokio::pin!(until);
+        let mut sweep = tokio::time::interval(DEADLINE_SWEEP);
+        while !drained(self, pending) {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event, registry, pending),
+                Some(event) = events.recv() => self.on_worker_event(event, registry, pending, unloading),
+                _ = sweep.tick() => report_all(registry, pending.expire(Instant::now())),
+                _ = &mut until => break,
+            }
         }
     }
 
@@ -332,7 +377,20 @@ impl Node {
                 let Some(name) = registry.name_of(app).map(String::from) else {
                     return;
                 };
-                for batch in pending.batch(app, &name, messages, self.max_payload_bytes, registry) {
+                if self.closing {
+                    for message in messages {
+                        registry.report(Report {
+                            app,
+                            message_id: message.id,
+                            outcome: Outcome::Failed("not sent: the node is shutting down".into()),
+                        });
+                    }
+                    return;
+                }
+                let (batches, refused) =
+                    pending.batch(app, &name, messages, self.max_payload_bytes);
+                report_all(registry, refused);
+                for batch in batches {
                     let requests = Ok(batch.requests.clone());
                     let id = self
                         .swarm
@@ -698,9 +756,12 @@ impl Node {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
+                    request,
+                    channel,
+                    request_id,
                 } => {
                     let admitted = self.sampler.admits(peer);
+                    let closing = self.closing;
                     let outcomes: Vec<Result<(), Refused>> = match request {
                         // One refusal that says what is wrong with the frame.
                         Err(reason) => vec![Err(Refused {
@@ -710,6 +771,12 @@ impl Node {
                         Ok(batch) => batch
                             .into_iter()
                             .map(|request| {
+                                if closing {
+                                    return Err(Refused {
+                                        reason: "shutting_down",
+                                        message: "the node is shutting down".into(),
+                                    });
+                                }
                                 if !admitted {
                                     return Err(Refused {
                                         reason: "not_admitted",
@@ -734,17 +801,20 @@ impl Node {
                             })
                         })
                         .collect();
-                    let _ = self
+                    let sent = self
                         .swarm
                         .behaviour_mut()
                         .apps
                         .send_response(channel, answer);
+                    if sent.is_ok() {
+                        self.answers_owed.insert(request_id);
+                    }
                 }
                 request_response::Message::Response {
                     request_id,
                     response,
                 } => {
-                    pending.answered(request_id, peer, response, registry);
+                    report_all(registry, pending.answered(request_id, peer, response));
                 }
             },
             request_response::Event::OutboundFailure {
@@ -753,17 +823,29 @@ impl Node {
                 error,
                 ..
             } => {
-                pending.failed(
-                    request_id,
-                    &format!("could not reach {peer}: {error}"),
-                    registry,
-                );
+                let outcome = deliveries::outcome_of_failure(peer, &error);
+                report_all(registry, pending.failed(request_id, outcome));
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
+            request_response::Event::InboundFailure {
+                peer,
+                error,
+                request_id,
+                ..
+            } => {
+                self.answers_owed.remove(&request_id);
                 tracing::info!(peer = %peer, "inbound app exchange failed: {error}");
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent { request_id, .. } => {
+                self.answers_owed.remove(&request_id);
+            }
         }
+    }
+}
+
+/// Hands each settled message's outcome to its app.
+fn report_all(registry: &AppRegistry, reports: Vec<Report>) {
+    for report in reports {
+        registry.report(report);
     }
 }
 

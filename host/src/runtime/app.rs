@@ -7,7 +7,11 @@ use wasmtime::Store;
 
 use super::bindings::{App, DeliveryOutcome};
 use super::host::{AppContext, HostState, OutgoingMessage};
+use super::worker::Outcome;
 use super::{Limits, Prepared};
+
+/// How a `failed` delivery report begins when the message may have arrived after all.
+pub const UNKNOWN_OUTCOME_PREFIX: &str = "outcome unknown: ";
 
 /// Why a call into an app did not succeed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -35,6 +39,8 @@ pub struct LoadedApp {
     /// For the optional exports of the `stateful-app` world.
     instance: Instance,
     limits: Limits,
+    /// `log` lines dropped over the per-call cap, all calls together.
+    logs_dropped: u64,
 }
 
 impl LoadedApp {
@@ -69,6 +75,7 @@ impl LoadedApp {
             exports,
             instance,
             limits,
+            logs_dropped: 0,
         })
     }
 
@@ -92,15 +99,16 @@ impl LoadedApp {
         self.call(|exports, store| exports.call_handle_message(store, from, payload))
     }
 
-    /// Calls `delivery-report(message_id, outcome)`; `None` means delivered.
-    pub fn delivery_report(
-        &mut self,
-        message_id: u64,
-        failure: Option<&str>,
-    ) -> Result<(), AppError> {
-        let outcome = match failure {
-            None => DeliveryOutcome::Delivered,
-            Some(reason) => DeliveryOutcome::Failed(reason.to_string()),
+    /// Calls `delivery-report(message_id, outcome)`. The world has no variant for an
+    /// unknown outcome: the app is told `failed` with a text that begins
+    /// [`UNKNOWN_OUTCOME_PREFIX`].
+    pub fn delivery_report(&mut self, message_id: u64, outcome: &Outcome) -> Result<(), AppError> {
+        let outcome = match outcome {
+            Outcome::Delivered => DeliveryOutcome::Delivered,
+            Outcome::Failed(reason) => DeliveryOutcome::Failed(reason.clone()),
+            Outcome::Unknown(reason) => {
+                DeliveryOutcome::Failed(format!("{UNKNOWN_OUTCOME_PREFIX}{reason}"))
+            }
         };
         self.call(|exports, store| {
             exports
@@ -149,6 +157,11 @@ impl LoadedApp {
         self.store.data().limiter.granted
     }
 
+    /// How many `log` lines were dropped over the per-call cap so far.
+    pub fn logs_dropped(&self) -> u64 {
+        self.logs_dropped
+    }
+
     /// How many `send-message` calls were refused since the last time this was asked.
     pub fn take_refused_sends(&mut self) -> u64 {
         std::mem::take(&mut self.store.data_mut().refused_sends)
@@ -165,6 +178,7 @@ impl LoadedApp {
             tracing::warn!(app = %self.name, "send-message refused during this call (first refusal: {refusal:?})");
         }
         let dropped_logs = std::mem::take(&mut self.store.data_mut().dropped_logs);
+        self.logs_dropped += dropped_logs;
         if dropped_logs > 0 {
             tracing::warn!(
                 app = %self.name,

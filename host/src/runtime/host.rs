@@ -2,8 +2,9 @@
 //! context (nothing granted), its limits and the messages it queued.
 
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use wasmtime::component::ResourceTable;
@@ -14,6 +15,44 @@ use super::bindings::nodemanager::app::host::{Host, Level, SendError};
 use super::guest_log::GuestLog;
 use super::Limits;
 
+/// Where the apps' time comes from: the machine's monotonic clock, or a manual clock
+/// that moves only when told to (tests, and simulated time).
+#[derive(Clone, Debug, Default)]
+pub enum Clock {
+    /// Real time.
+    #[default]
+    System,
+    /// Nanoseconds set by [`Clock::advance`].
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// A manual clock at zero.
+    pub fn manual() -> Clock {
+        Clock::Manual(Arc::default())
+    }
+
+    /// Time since the clock's origin (for the system clock: the first use in this
+    /// process).
+    pub fn now(&self) -> Duration {
+        match self {
+            Clock::System => {
+                static ORIGIN: OnceLock<Instant> = OnceLock::new();
+                ORIGIN.get_or_init(Instant::now).elapsed()
+            }
+            Clock::Manual(nanos) => Duration::from_nanos(nanos.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Moves a manual clock forward by `by`; the system clock moves by itself.
+    pub fn advance(&self, by: Duration) {
+        if let Clock::Manual(nanos) = self {
+            let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+            nanos.fetch_add(by, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What the node shares with every app it runs.
 #[derive(Clone, Debug, Default)]
 pub struct AppContext {
@@ -23,6 +62,8 @@ pub struct AppContext {
     pub view: Arc<RwLock<Vec<String>>>,
     /// Every peer this node has met.
     pub known_peers: Arc<RwLock<Vec<String>>>,
+    /// The time the send-rate limit counts in.
+    pub clock: Clock,
 }
 
 impl AppContext {
@@ -67,7 +108,7 @@ pub struct HostState {
     /// The first refusal of the current call, to log once per call.
     pub(super) first_refusal: Option<SendError>,
     /// Messages the rate limit still allows now, and when it was last refilled.
-    send_tokens: (f64, std::time::Instant),
+    send_tokens: (f64, Duration),
     next_message_id: u64,
     pub(super) stdout: GuestLog,
     pub(super) stderr: GuestLog,
@@ -103,6 +144,7 @@ impl HostState {
     pub fn new(app: &str, context: AppContext, limits: Limits, seed: Option<u64>) -> HostState {
         let (stdout, stderr) = (GuestLog::new(app, "stdout"), GuestLog::new(app, "stderr"));
         let rate = f64::from(limits.max_messages_per_sec);
+        let now = context.clock.now();
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -128,7 +170,7 @@ impl HostState {
             outbox: Vec::new(),
             refused_sends: 0,
             first_refusal: None,
-            send_tokens: (rate, std::time::Instant::now()),
+            send_tokens: (rate, now),
             logs_this_call: 0,
             dropped_logs: 0,
             next_message_id: 1,
@@ -271,8 +313,8 @@ impl HostState {
         let rate = self.limits.max_messages_per_sec;
         if rate > 0 {
             let (tokens, since) = &mut self.send_tokens;
-            let now = std::time::Instant::now();
-            *tokens = (*tokens + now.duration_since(*since).as_secs_f64() * f64::from(rate))
+            let now = self.context.clock.now();
+            *tokens = (*tokens + now.saturating_sub(*since).as_secs_f64() * f64::from(rate))
                 .min(f64::from(rate));
             *since = now;
             if *tokens < 1.0 {

@@ -9,12 +9,12 @@ mod inspect;
 pub mod registry;
 mod worker;
 
-pub use app::{AppError, LoadedApp};
+pub use app::{AppError, LoadedApp, UNKNOWN_OUTCOME_PREFIX};
 pub use cache::{ComponentCache, DEFAULT_CACHE_MAX_BYTES};
-pub use host::{AppContext, OutgoingMessage};
+pub use host::{AppContext, Clock, OutgoingMessage};
 pub use inspect::{inspect, Inspection};
-pub use registry::{AppInfo, AppRegistry, LoadRequest};
-pub use worker::{AppCommand, AppId, AppState, AppStats, WorkerEvent};
+pub use registry::{AppInfo, AppRegistry, LoadRequest, Report};
+pub use worker::{AppCommand, AppId, AppState, AppStats, Outcome, WorkerEvent};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::worker::{InboxLevel, Worker};
-use super::{AppCommand, AppContext, AppId, AppState, AppStats, Prepared, WorkerEvent};
+use super::{AppCommand, AppContext, AppId, AppState, AppStats, Outcome, Prepared, WorkerEvent};
 use crate::config::ResolvedApp;
 
 /// A seed for `label` derived from the node's `seed` (each app and the sampler get
@@ -24,6 +24,17 @@ pub fn derive_seed(seed: u64, label: &str) -> u64 {
         .chain_update(label.as_bytes())
         .finalize();
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// The outcome of one message, for the app instance that queued it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The instance that sent it (a successor under the same name never gets it).
+    pub app: AppId,
+    /// The id `send-message` returned.
+    pub message_id: u64,
+    /// How it ended.
+    pub outcome: Outcome,
 }
 
 /// An app to start: its settings and its compiled component.
@@ -97,6 +108,7 @@ pub struct AppRegistry {
     seed: Option<u64>,
     events: mpsc::Sender<WorkerEvent>,
     max_payload_bytes: u64,
+    handoff_timeout: std::time::Duration,
 }
 
 /// Why a message from a peer was not handed to an app.
@@ -139,7 +151,15 @@ impl AppRegistry {
             seed,
             events,
             max_payload_bytes,
+            handoff_timeout: super::worker::HANDOFF_TIMEOUT,
         }
+    }
+
+    /// How long a replacement waits for its predecessor's state before it goes on from
+    /// `init` (30 s unless set).
+    pub fn with_handoff_timeout(mut self, timeout: std::time::Duration) -> AppRegistry {
+        self.handoff_timeout = timeout;
+        self
     }
 
     /// Starts an app under a name no running app has.
@@ -174,6 +194,7 @@ impl AppRegistry {
             stats: stats.clone(),
             inbox: inbox.clone(),
             restore_from,
+            handoff_timeout: self.handoff_timeout,
         };
         let thread = std::thread::Builder::new()
             .name(format!("app-{name}"))
@@ -308,7 +329,12 @@ impl AppRegistry {
     }
 
     /// Tells app instance `id` how its message `message_id` ended.
-    pub fn report(&self, id: AppId, message_id: u64, failure: Option<String>) {
+    pub fn report(&self, report: Report) {
+        let Report {
+            app: id,
+            message_id,
+            outcome,
+        } = report;
         if let Some(app) = self
             .apps
             .values()
@@ -317,7 +343,7 @@ impl AppRegistry {
         {
             let _ = app.commands.send(AppCommand::Delivery {
                 id: message_id,
-                failure,
+                outcome,
             });
         }
     }

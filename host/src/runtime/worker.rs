@@ -17,8 +17,8 @@ use crate::config::ResolvedApp;
 pub enum AppCommand {
     /// Deliver a message from peer `from`.
     Message { from: String, payload: Vec<u8> },
-    /// Report how message `id` ended (`None`: delivered).
-    Delivery { id: u64, failure: Option<String> },
+    /// Report how message `id` ended.
+    Delivery { id: u64, outcome: Outcome },
     /// Stop now.
     Stop,
     /// Handle the commands sent before this one, then stop (an unload); for a replace,
@@ -26,7 +26,20 @@ pub enum AppCommand {
     Drain(Option<std::sync::mpsc::Sender<Vec<u8>>>),
 }
 
-/// How long a replacement waits for its predecessor's state.
+/// How a message an app queued ended, as far as this node can know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The destination accepted it for its app.
+    Delivered,
+    /// It certainly did not reach the destination's app (refused, unreachable, never
+    /// sent); the text says why.
+    Failed(String),
+    /// No answer came (timed out, the connection closed or the node shut down while
+    /// waiting): the destination may or may not have accepted it; the text says why.
+    Unknown(String),
+}
+
+/// How long a replacement waits for its predecessor's state, unless the registry says.
 pub const HANDOFF_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One loaded instance of an app: never reused, so a late event from an unloaded app
@@ -172,8 +185,11 @@ pub struct AppStats {
     pub sent: u64,
     /// Messages handed to `handle-message`.
     pub received: u64,
-    /// Messages refused by `send-message` or not delivered.
+    /// Messages refused by `send-message`, or certainly not delivered.
     pub send_errors: u64,
+    /// Messages whose fate is unknown: no answer came (timeout, connection lost, or
+    /// the node shut down while waiting); the destination may have accepted them.
+    pub send_unknown: u64,
     /// Calls that returned an error (the app went on).
     pub call_errors: u64,
     /// Where the app stands.
@@ -198,11 +214,49 @@ impl Default for AppStats {
             sent: 0,
             received: 0,
             send_errors: 0,
+            send_unknown: 0,
             call_errors: 0,
             state: AppState::Running,
             reason: None,
             call_times: CallTimes::default(),
         }
+    }
+}
+
+/// When an app's cycles are due: on a fixed grid, `period` apart from the start, so a
+/// late call never shifts the ones after it. A call more than a whole period late
+/// skips the slots it missed (the count of cycles is kept; only their times move).
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    start: Instant,
+    period: Duration,
+    /// The next slot, counted in periods from `start`.
+    slot: u32,
+}
+
+impl Schedule {
+    /// The first cycle is due one `period` after `start`.
+    pub fn new(start: Instant, period: Duration) -> Schedule {
+        Schedule {
+            start,
+            period,
+            slot: 1,
+        }
+    }
+
+    /// When the next cycle is due.
+    pub fn due(&self) -> Instant {
+        self.start + self.period * self.slot
+    }
+
+    /// Takes the due cycle at `now`: returns its offset from the start and how many
+    /// later slots had already passed (skipped).
+    pub fn advance(&mut self, now: Instant) -> (Duration, u32) {
+        let due = self.period * self.slot;
+        let late = now.saturating_duration_since(self.due());
+        let skipped = (late.as_nanos() / self.period.as_nanos().max(1)) as u32;
+        self.slot += 1 + skipped;
+        (due, skipped)
     }
 }
 
@@ -228,6 +282,8 @@ pub struct Worker {
     pub inbox: Arc<InboxLevel>,
     /// The state of the instance this one replaces, to `restore` after `init`.
     pub restore_from: Option<Receiver<Vec<u8>>>,
+    /// How long to wait for that state before going on from `init`.
+    pub handoff_timeout: Duration,
 }
 
 impl Worker {
@@ -275,7 +331,7 @@ impl Worker {
             return self.stop_with(AppError::Stopped(format!("init failed: {e}")));
         }
         if let Some(state) = &self.restore_from {
-            match state.recv_timeout(HANDOFF_TIMEOUT) {
+            match state.recv_timeout(self.handoff_timeout) {
                 Ok(state) if !state.is_empty() => {
                     let len = state.len();
                     let started = Instant::now();
@@ -295,25 +351,33 @@ impl Worker {
                     }
                 }
                 Ok(_) => {}
-                Err(_) => tracing::warn!(app = %name, "no state from the previous version"),
+                Err(RecvTimeoutError::Timeout) => tracing::warn!(
+                    app = %name,
+                    "the previous version did not hand over its state within {:?}; going on from init",
+                    self.handoff_timeout
+                ),
+                Err(RecvTimeoutError::Disconnected) => tracing::warn!(
+                    app = %name,
+                    "the previous version stopped without handing over state; going on from init"
+                ),
             }
         }
         tracing::info!(app = %name, cycles = ?self.spec.cycles, period = ?self.spec.period, "app started");
         self.flush(&mut app);
-        let mut next_cycle = Instant::now() + self.spec.period;
+        let mut schedule = Schedule::new(Instant::now(), self.spec.period);
         let mut finished = self.cycles_done(0);
         if finished {
             self.finish_cycles();
         }
         loop {
             let now = Instant::now();
-            let command = if !finished && now >= next_cycle {
+            let command = if !finished && now >= schedule.due() {
                 None
             } else {
                 let wait = if finished {
                     Duration::from_secs(3600)
                 } else {
-                    next_cycle - now
+                    schedule.due() - now
                 };
                 match self.commands.recv_timeout(wait) {
                     Ok(command) => Some(command),
@@ -324,13 +388,15 @@ impl Worker {
             let started = Instant::now();
             let result = match command {
                 None => {
-                    next_cycle = (next_cycle + self.spec.period).max(now);
+                    let (due, skipped) = schedule.advance(now);
+                    let cycle = self.stats().cycles + 1;
+                    if skipped > 0 {
+                        tracing::warn!(app = %name, cycle, skipped, "the app fell behind its schedule: skipped to the next slot");
+                    }
+                    tracing::debug!(app = %name, cycle, due_ms = due.as_millis() as u64, "periodic-run");
                     let result = app.periodic_run(&self.context.view());
-                    let cycles = {
-                        let mut stats = self.stats();
-                        stats.cycles += 1;
-                        stats.cycles
-                    };
+                    self.stats().cycles = cycle;
+                    let cycles = cycle;
                     if self.cycles_done(cycles) {
                         finished = true;
                         self.finish_cycles();
@@ -346,18 +412,22 @@ impl Worker {
                     }
                     app.handle_message(&from, &payload)
                 }
-                Some(AppCommand::Delivery { id, failure }) => {
+                Some(AppCommand::Delivery { id, outcome }) => {
                     {
                         let mut stats = self.stats();
-                        match &failure {
-                            None => stats.sent += 1,
-                            Some(reason) => {
+                        match &outcome {
+                            Outcome::Delivered => stats.sent += 1,
+                            Outcome::Failed(reason) => {
                                 stats.send_errors += 1;
                                 tracing::warn!(app = %name, message_id = id, "message not delivered: {reason}");
                             }
+                            Outcome::Unknown(reason) => {
+                                stats.send_unknown += 1;
+                                tracing::warn!(app = %name, message_id = id, "message outcome unknown: {reason}");
+                            }
                         }
                     }
-                    app.delivery_report(id, failure.as_deref())
+                    app.delivery_report(id, &outcome)
                 }
                 Some(AppCommand::Stop) => break,
                 Some(AppCommand::Drain(successor)) => {
@@ -468,6 +538,21 @@ mod tests {
         let p99 = times.quantile(0.99);
         assert!((99..=127).contains(&p99), "{p99}");
         assert_eq!(CallTimes::default().quantile(0.5), 0);
+    }
+
+    #[test]
+    fn the_schedule_stays_on_its_grid_when_a_call_is_late() {
+        let ms = Duration::from_millis;
+        let start = Instant::now();
+        let mut schedule = Schedule::new(start, ms(100));
+        assert_eq!(schedule.due(), start + ms(100));
+        assert_eq!(schedule.advance(start + ms(100)), (ms(100), 0));
+        // 30 ms late: the next cycle keeps its slot.
+        assert_eq!(schedule.advance(start + ms(230)), (ms(200), 0));
+        assert_eq!(schedule.due(), start + ms(300));
+        // 250 ms late: the slots at 400 and 500 ms passed already.
+        assert_eq!(schedule.advance(start + ms(550)), (ms(300), 2));
+        assert_eq!(schedule.due(), start + ms(600));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! lowest-ranked id it has seen (the "stubborn chaotic search"), so an attacker cannot
 //! flood a slot without knowing its seed. Each round the node pulls from the slot peer
 //! with the fewest hits and pushes its view to the next such peer. Every τ rounds the k
-//! next slots (round-robin) get fresh seeds and re-rank the ids known now. The ids a
+//! next slots (round-robin) get fresh seeds and re-rank the ids known now; each node
+//! starts at a random phase of the τ cycle, so the nodes of a network reset in turn. The ids a
 //! node hears of are those in received views plus the senders of pulls and views.
 //!
 //! Samples: the peers of the k slots a reset empties (the paper's output stream).
@@ -65,11 +66,14 @@ impl<I: NodeId> Basalt<I> {
                 hits: 0,
             })
             .collect();
+        // Nodes reset at different rounds of the τ cycle, as in the authors' simulator
+        // (a whole network resetting in the same round would empty slots all at once).
+        let round = rng.random_range(0..config.reset_interval.max(1));
         Basalt {
             me,
             config,
             slots,
-            round: 0,
+            round,
             next_reset: 0,
             emitted: Vec::new(),
             rng,
@@ -258,7 +262,7 @@ mod tests {
     }
 
     fn ids(n: usize) -> Vec<PeerId> {
-        (0..n).map(|_| PeerId::random()).collect()
+        crate::sampling::seeded_peers(n)
     }
 
     #[test]
@@ -323,6 +327,7 @@ mod tests {
     fn resets_give_k_slots_new_seeds_round_robin() {
         let p = ids(30);
         let mut node = Basalt::new(p[0], config(6, 2, 3), 11);
+        node.round = 0; // at the start of its τ cycle
         node.update(&p[1..]);
         let seeds = |n: &Basalt| n.slots.iter().map(|s| s.seed).collect::<Vec<_>>();
         let before = seeds(&node);
@@ -348,6 +353,26 @@ mod tests {
             node.slots.iter().all(|s| s.peer.is_some()),
             "reset slots refill from the view"
         );
+    }
+
+    #[test]
+    fn each_node_resets_once_per_tau_rounds_at_its_own_phase() {
+        let p = ids(30);
+        let mut first_resets = HashSet::new();
+        for seed in 0..20 {
+            let mut node = Basalt::new(p[0], config(6, 1, 5), seed);
+            node.update(&p[1..]);
+            let resets: Vec<usize> = (1..=10)
+                .filter(|_| {
+                    node.handle_tick();
+                    !node.take_samples().is_empty()
+                })
+                .collect();
+            assert_eq!(resets.len(), 2, "seed {seed}: {resets:?}");
+            assert_eq!(resets[1] - resets[0], 5, "seed {seed}: {resets:?}");
+            first_resets.insert(resets[0]);
+        }
+        assert!(first_resets.len() > 1, "every node in phase: {first_resets:?}");
     }
 
     #[test]

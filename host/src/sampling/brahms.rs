@@ -278,7 +278,7 @@ mod tests {
     }
 
     fn ids(n: usize) -> Vec<PeerId> {
-        (0..n).map(|_| PeerId::random()).collect()
+        crate::sampling::seeded_peers(n)
     }
 
     fn message(m: BrahmsMessage) -> SamplingMessage {

@@ -82,23 +82,49 @@ impl BrahmsConfig {
 }
 
 /// Basalt parameters, in the paper's terms: v slots, k slots reset every τ rounds.
+///
+/// The seed documents its one `refresh` as both "frequency of refresh" and "number of
+/// refreshes": `refresh` sets k, and τ too unless `reset_interval` is given.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "BasaltFields")]
 pub struct BasaltConfig {
     /// v: slots in the view.
     pub view_size: usize,
     /// k: slots given fresh seeds at each reset (the seed's `refresh`).
     pub refresh: usize,
-    /// τ: rounds between resets.
-    #[serde(default = "one_round")]
+    /// τ: rounds between resets (default: `refresh`, as the seed means it; at least 1).
     pub reset_interval: u64,
     /// Time between rounds (the seed's `delay`, stored as `time`).
-    #[serde(with = "crate::config::duration", default = "two_seconds")]
     pub period: Duration,
 }
 
-fn one_round() -> u64 {
-    1
+/// [`BasaltConfig`] as written in a config, `reset_interval` optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BasaltFields {
+    view_size: usize,
+    refresh: usize,
+    reset_interval: Option<u64>,
+    #[serde(with = "crate::config::duration", default = "two_seconds")]
+    period: Duration,
+}
+
+impl From<BasaltFields> for BasaltConfig {
+    fn from(fields: BasaltFields) -> BasaltConfig {
+        BasaltConfig {
+            view_size: fields.view_size,
+            refresh: fields.refresh,
+            reset_interval: fields
+                .reset_interval
+                .unwrap_or_else(|| default_reset_interval(fields.refresh)),
+            period: fields.period,
+        }
+    }
+}
+
+/// τ when only `refresh` is given: every `refresh` rounds (every round when it is 0).
+fn default_reset_interval(refresh: usize) -> u64 {
+    refresh.max(1) as u64
 }
 
 impl BasaltConfig {
@@ -231,7 +257,7 @@ impl SamplerConfig {
             "basalt" => Ok(SamplerConfig::Basalt(BasaltConfig {
                 view_size: 8,
                 refresh: 2,
-                reset_interval: 1,
+                reset_interval: default_reset_interval(2),
                 period: two_seconds(),
             })),
             other => bail!(
@@ -325,15 +351,16 @@ impl SamplerConfig {
                 view_size: usize,
                 time: f64,
                 refresh: usize,
-                /// Not written by the seed (its Basalt has no τ): our extension.
-                #[serde(default = "one_round")]
-                reset_interval: u64,
+                /// Not written by the seed (its `refresh` is k and τ): our override.
+                reset_interval: Option<u64>,
             }
             let seed: SeedBasalt = serde_json::from_value(value)?;
             SamplerConfig::Basalt(BasaltConfig {
                 view_size: seed.view_size,
                 refresh: seed.refresh,
-                reset_interval: seed.reset_interval,
+                reset_interval: seed
+                    .reset_interval
+                    .unwrap_or_else(|| default_reset_interval(seed.refresh)),
                 period: seconds(seed.time)?,
             })
         } else if has("heal") {
@@ -382,7 +409,7 @@ mod tests {
         let expected = BasaltConfig {
             view_size: 8,
             refresh: 2,
-            reset_interval: 1,
+            reset_interval: 2,
             period: Duration::from_secs(2),
         };
         assert_eq!(config, SamplerConfig::Basalt(expected));

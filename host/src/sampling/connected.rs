@@ -54,7 +54,8 @@ mod tests {
 
     #[test]
     fn view_follows_connections() {
-        let (a, b) = (PeerId::random(), PeerId::random());
+        let peers = crate::sampling::seeded_peers(2);
+        let (a, b) = (peers[0], peers[1]);
         let mut sampler = Connected::default();
         sampler.handle_peer_connected(a);
         sampler.handle_peer_connected(b);

@@ -277,7 +277,7 @@ mod tests {
     }
 
     fn ids(n: usize) -> Vec<PeerId> {
-        (0..n).map(|_| PeerId::random()).collect()
+        crate::sampling::seeded_peers(n)
     }
 
     fn with_view(me: PeerId, c: GbpsConfig, view: &[(PeerId, u32)]) -> Gbps {

@@ -188,3 +188,19 @@ fn check_view<I: NodeId>(
     }
     Ok(())
 }
+
+/// `n` distinct peer ids, the same in every run (keys from fixed secrets), so that a
+/// failing property test can be replayed from its seed.
+#[cfg(test)]
+pub(crate) fn seeded_peers(n: usize) -> Vec<libp2p::PeerId> {
+    (0..n)
+        .map(|i| {
+            let mut secret = [0u8; 32];
+            secret[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            libp2p::identity::Keypair::ed25519_from_bytes(secret)
+                .expect("32 bytes make an ed25519 key")
+                .public()
+                .to_peer_id()
+        })
+        .collect()
+}

@@ -15,9 +15,10 @@
 //! - `sink`: take every message, silently (the network bench);
 //! - `flood`: each cycle, queue 1 KiB messages to the first peer of the view until
 //!   `send-message` refuses (the per-call queue bound must stop it);
-//! - `log`: each cycle, log 1 MiB lines, 10,000 of them (the log caps must hold).
+//! - `log`: each cycle, log 1 MiB lines, 1,000 of them (the log caps must hold);
+//! - `dice`: each cycle, log a random number (`--seed` must make the run reproducible).
 
-use nodemanager_guest::{export_app, host, log_info, App};
+use nodemanager_guest::{export_app, host, log_info, random_u64, App};
 
 struct Hostile {
     mode: String,
@@ -27,7 +28,7 @@ struct Hostile {
 impl App for Hostile {
     fn init(config: &str) -> Result<Self, String> {
         match config {
-            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "greet_known" | "echo" | "sink" | "flood" | "log" => {
+            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "greet_known" | "echo" | "sink" | "flood" | "log" | "dice" => {
                 Ok(Hostile { mode: config.to_string(), cycles: 0 })
             }
             other => Err(format!("unknown hostile mode {other:?}")),
@@ -37,12 +38,7 @@ impl App for Hostile {
     fn periodic_run(&mut self, view: Vec<String>) -> Result<(), String> {
         self.cycles += 1;
         match self.mode.as_str() {
-            "spin" => {
-                let mut x: u64 = 0;
-                loop {
-                    x = std::hint::black_box(x.wrapping_add(1));
-                }
-            }
+            "spin" => spin(),
             "alloc" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
@@ -84,9 +80,13 @@ impl App for Hostile {
             }
             "log" => {
                 let line = "x".repeat(1 << 20);
-                for _ in 0..10_000 {
+                for _ in 0..1_000 {
                     log_info(&line);
                 }
+                Ok(())
+            }
+            "dice" => {
+                log_info(&format!("dice cycle {} rolled {}", self.cycles, random_u64()));
                 Ok(())
             }
             "print" => {
@@ -126,6 +126,9 @@ impl App for Hostile {
     }
 
     fn handle_message(&mut self, from: String, payload: Vec<u8>) -> Result<(), String> {
+        if self.mode == "spin" {
+            spin();
+        }
         if self.mode == "sink" {
             return Ok(());
         }
@@ -136,6 +139,14 @@ impl App for Hostile {
         }
         log_info(&format!("greet got {} from {from}", String::from_utf8_lossy(&payload)));
         Ok(())
+    }
+}
+
+/// Loops until the node stops the call.
+fn spin() -> ! {
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
     }
 }
 
