@@ -1589,6 +1589,10 @@ fn a_hundred_nodes_stopping_at_once_report_true_delivery_outcomes() {
             .sum()
     };
     let (delivered, received, unknown) = (total("sent"), total("received"), total("send_unknown"));
+    eprintln!(
+        "100 nodes: delivered {delivered}, received {received}, unknown {unknown}, failed {}",
+        total("send_errors")
+    );
     assert!(delivered > 0);
     assert!(
         delivered <= received && received <= delivered + unknown,
