@@ -372,7 +372,10 @@ mod tests {
             assert_eq!(resets[1] - resets[0], 5, "seed {seed}: {resets:?}");
             first_resets.insert(resets[0]);
         }
-        assert!(first_resets.len() > 1, "every node in phase: {first_resets:?}");
+        assert!(
+            first_resets.len() > 1,
+            "every node in phase: {first_resets:?}"
+        );
     }
 
     #[test]
