@@ -68,7 +68,11 @@ impl<I: NodeId> Basalt<I> {
             .collect();
         // Nodes reset at different rounds of the τ cycle, as in the authors' simulator
         // (a whole network resetting in the same round would empty slots all at once).
-        let round = rng.random_range(0..config.reset_interval.max(1));
+        // (No draw when τ = 1: every round resets, and the random stream stays as it was.)
+        let round = match config.reset_interval {
+            0 | 1 => 0,
+            tau => rng.random_range(0..tau),
+        };
         Basalt {
             me,
             config,
