@@ -963,7 +963,7 @@ fn admin_socket_loads_unloads_and_replaces_apps_while_another_keeps_its_schedule
             ]);
         }
         // Node 0 logs when each cycle was due, to check the clock app's schedule.
-        let filter = (i == 0).then_some("info,libp2p=warn,nodemanager::runtime::worker=debug");
+        let filter = (i == 0).then_some("info,libp2p=warn,nodemanager::runtime::instance=debug");
         nodes.push(RunningNode::spawn_logging(
             &args,
             dir.path().join(format!("node{i}.log")),

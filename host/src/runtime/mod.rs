@@ -6,6 +6,7 @@ mod cache;
 mod guest_log;
 mod host;
 mod inspect;
+mod instance;
 pub mod registry;
 mod worker;
 
@@ -13,6 +14,7 @@ pub use app::{AppError, LoadedApp, UNKNOWN_OUTCOME_PREFIX};
 pub use cache::{ComponentCache, DEFAULT_CACHE_MAX_BYTES};
 pub use host::{AppContext, Clock, OutgoingMessage};
 pub use inspect::{inspect, Inspection};
+pub use instance::{AppInstance, Effects, Input, Schedule};
 pub use registry::{AppInfo, AppRegistry, LoadRequest, Report};
 pub use worker::{AppCommand, AppId, AppState, AppStats, Outcome, WorkerEvent};
 

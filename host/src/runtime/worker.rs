@@ -1,15 +1,17 @@
-//! One app's worker: a thread that owns the app's store, runs its schedule, handles its
-//! messages in order and hands what it queued to the node. A slow app delays no other.
+//! One app's worker: a thread that drives the app's [`AppInstance`] in real time —
+//! runs its cycles when due, hands it the node's commands in order and passes what it
+//! queued to the node. A slow app delays no other.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::mpsc::Sender;
 
-use super::{AppContext, AppError, LoadedApp, OutgoingMessage, Prepared};
+use super::instance::{AppInstance, Effects, Input};
+use super::{AppContext, OutgoingMessage, Prepared};
 use crate::config::ResolvedApp;
 
 /// What the node asks of an app.
@@ -201,6 +203,16 @@ pub struct AppStats {
     call_times: CallTimes,
 }
 
+impl AppStats {
+    /// Counts one call of `micros` microseconds.
+    pub(super) fn record_call(&mut self, micros: u64) {
+        self.calls += 1;
+        self.call_times.record(micros);
+        self.call_time_p50_us = self.call_times.quantile(0.5);
+        self.call_time_p99_us = self.call_times.quantile(0.99);
+    }
+}
+
 impl Default for AppStats {
     fn default() -> Self {
         AppStats {
@@ -220,43 +232,6 @@ impl Default for AppStats {
             reason: None,
             call_times: CallTimes::default(),
         }
-    }
-}
-
-/// When an app's cycles are due: on a fixed grid, `period` apart from the start, so a
-/// late call never shifts the ones after it. A call more than a whole period late
-/// skips the slots it missed (the count of cycles is kept; only their times move).
-#[derive(Clone, Copy, Debug)]
-pub struct Schedule {
-    start: Instant,
-    period: Duration,
-    /// The next slot, counted in periods from `start`.
-    slot: u32,
-}
-
-impl Schedule {
-    /// The first cycle is due one `period` after `start`.
-    pub fn new(start: Instant, period: Duration) -> Schedule {
-        Schedule {
-            start,
-            period,
-            slot: 1,
-        }
-    }
-
-    /// When the next cycle is due.
-    pub fn due(&self) -> Instant {
-        self.start + self.period * self.slot
-    }
-
-    /// Takes the due cycle at `now`: returns its offset from the start and how many
-    /// later slots had already passed (skipped).
-    pub fn advance(&mut self, now: Instant) -> (Duration, u32) {
-        let due = self.period * self.slot;
-        let late = now.saturating_duration_since(self.due());
-        let skipped = (late.as_nanos() / self.period.as_nanos().max(1)) as u32;
-        self.slot += 1 + skipped;
-        (due, skipped)
     }
 }
 
@@ -287,23 +262,6 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn stats(&self) -> std::sync::MutexGuard<'_, AppStats> {
-        self.stats.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn fail(&self, reason: String) {
-        tracing::error!(app = %self.spec.name, "app stopped: {reason}");
-        let mut stats = self.stats();
-        stats.state = AppState::Failed;
-        stats.reason = Some(reason);
-    }
-
-    fn finish(&self) {
-        let _ = self
-            .events
-            .blocking_send(WorkerEvent::Finished { app: self.id });
-    }
-
     /// Runs the app until the node says stop (or drain), or it fails; then says so.
     pub fn run(self) {
         self.serve();
@@ -312,44 +270,26 @@ impl Worker {
             .blocking_send(WorkerEvent::Exited { app: self.id });
     }
 
+    /// Drives the app's [`AppInstance`] in real time: its cycles when due, the node's
+    /// commands in order.
     fn serve(&self) {
-        let name = self.spec.name.clone();
-        let mut app = match LoadedApp::instantiate(
+        let name = &self.spec.name;
+        let clock = &self.context.clock;
+        let (instance, effects) = AppInstance::start(
             &self.prepared,
-            &name,
-            self.spec.limits.clone(),
+            &self.spec,
             self.context.clone(),
             self.seed,
-        ) {
-            Ok(app) => app,
-            Err(e) => return self.stop_with(e),
+            self.stats.clone(),
+            clock.now(),
+        );
+        self.emit(effects);
+        let Some(mut instance) = instance.filter(|i| !i.stopped()) else {
+            return;
         };
-        let started = Instant::now();
-        let init = app.init(&self.spec.config);
-        self.record_call(&app, started);
-        if let Err(e) = init {
-            return self.stop_with(AppError::Stopped(format!("init failed: {e}")));
-        }
         if let Some(state) = &self.restore_from {
             match state.recv_timeout(self.handoff_timeout) {
-                Ok(state) if !state.is_empty() => {
-                    let len = state.len();
-                    let started = Instant::now();
-                    let restored = app.restore(state);
-                    self.record_call(&app, started);
-                    match restored {
-                        Ok(true) => {
-                            tracing::info!(app = %name, bytes = len, "state restored from the previous version")
-                        }
-                        Ok(false) => {
-                            tracing::warn!(app = %name, bytes = len, "the previous version left state, but this one has no restore export")
-                        }
-                        Err(e @ AppError::Stopped(_)) => return self.stop_with(e),
-                        Err(e) => {
-                            tracing::warn!(app = %name, "restore failed; going on from init: {e}")
-                        }
-                    }
-                }
+                Ok(state) if !state.is_empty() => self.emit(instance.restore(state)),
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => tracing::warn!(
                     app = %name,
@@ -363,71 +303,27 @@ impl Worker {
             }
         }
         tracing::info!(app = %name, cycles = ?self.spec.cycles, period = ?self.spec.period, "app started");
-        self.flush(&mut app);
-        let mut schedule = Schedule::new(Instant::now(), self.spec.period);
-        let mut finished = self.cycles_done(0);
-        if finished {
-            self.finish_cycles();
-        }
-        loop {
-            let now = Instant::now();
-            let command = if !finished && now >= schedule.due() {
-                None
-            } else {
-                let wait = if finished {
-                    Duration::from_secs(3600)
-                } else {
-                    schedule.due() - now
-                };
-                match self.commands.recv_timeout(wait) {
-                    Ok(command) => Some(command),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => break,
+        while !instance.stopped() {
+            let now = clock.now();
+            let command = match instance.poll_timeout() {
+                Some(due) if now >= due => None,
+                due => {
+                    let wait = due.map_or(IDLE_WAIT, |due| due - now);
+                    match self.commands.recv_timeout(wait) {
+                        Ok(command) => Some(command),
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
                 }
             };
-            let started = Instant::now();
-            let result = match command {
-                None => {
-                    let (due, skipped) = schedule.advance(now);
-                    let cycle = self.stats().cycles + 1;
-                    if skipped > 0 {
-                        tracing::warn!(app = %name, cycle, skipped, "the app fell behind its schedule: skipped to the next slot");
-                    }
-                    tracing::debug!(app = %name, cycle, due_ms = due.as_millis() as u64, "periodic-run");
-                    let result = app.periodic_run(&self.context.view());
-                    self.stats().cycles = cycle;
-                    let cycles = cycle;
-                    if self.cycles_done(cycles) {
-                        finished = true;
-                        self.finish_cycles();
-                    }
-                    result
-                }
+            let effects = match command {
+                None => instance.handle_timeout(now),
                 Some(AppCommand::Message { from, payload }) => {
                     self.inbox.taken(payload.len());
-                    {
-                        let mut stats = self.stats();
-                        stats.received += 1;
-                        stats.bytes_in += payload.len() as u64;
-                    }
-                    app.handle_message(&from, &payload)
+                    instance.handle(Input::Message { from, payload })
                 }
                 Some(AppCommand::Delivery { id, outcome }) => {
-                    {
-                        let mut stats = self.stats();
-                        match &outcome {
-                            Outcome::Delivered => stats.sent += 1,
-                            Outcome::Failed(reason) => {
-                                stats.send_errors += 1;
-                                tracing::warn!(app = %name, message_id = id, "message not delivered: {reason}");
-                            }
-                            Outcome::Unknown(reason) => {
-                                stats.send_unknown += 1;
-                                tracing::warn!(app = %name, message_id = id, "message outcome unknown: {reason}");
-                            }
-                        }
-                    }
-                    app.delivery_report(id, &outcome)
+                    instance.handle(Input::Delivery { id, outcome })
                 }
                 Some(AppCommand::Stop) => break,
                 Some(AppCommand::Drain(successor)) => {
@@ -436,82 +332,38 @@ impl Worker {
                             tracing::info!(app = %name, "app unloaded after its queued messages")
                         }
                         Some(next) => {
-                            let state = self.snapshot(&mut app);
+                            let state = instance.snapshot();
                             tracing::info!(app = %name, bytes = state.len(), "app replaced after its queued messages");
                             let _ = next.send(state);
                         }
                     }
-                    self.stats().state = AppState::Unloaded;
+                    instance.unload();
                     break;
                 }
             };
-            self.record_call(&app, started);
-            self.stats().send_errors += app.take_refused_sends();
-            match result {
-                Ok(()) => {}
-                Err(AppError::Returned(message)) => {
-                    tracing::warn!(app = %name, "call returned an error: {message}");
-                    self.stats().call_errors += 1;
-                }
-                Err(e @ AppError::Stopped(_)) => return self.stop_with(e),
-            }
-            self.flush(&mut app);
+            self.emit(effects);
         }
     }
 
-    fn cycles_done(&self, cycles: u64) -> bool {
-        self.spec.cycles.is_some_and(|limit| cycles >= limit)
-    }
-
-    fn finish_cycles(&self) {
-        tracing::info!(app = %self.spec.name, "app finished its cycles");
-        self.stats().state = AppState::Done;
-        self.finish();
-    }
-
-    fn stop_with(&self, error: AppError) {
-        let already_finished = self.stats().state == AppState::Done;
-        self.fail(error.to_string());
-        if !already_finished {
-            self.finish();
-        }
-    }
-
-    /// The app's `snapshot` (empty when it has none, or it failed).
-    fn snapshot(&self, app: &mut LoadedApp) -> Vec<u8> {
-        let started = Instant::now();
-        let state = app.snapshot();
-        self.record_call(app, started);
-        state.unwrap_or_else(|e| {
-            tracing::warn!(app = %self.spec.name, "snapshot failed; the next version starts from init: {e}");
-            None
-        })
-        .unwrap_or_default()
-    }
-
-    /// Counts a call that began at `started`, and the app's memory after it.
-    fn record_call(&self, app: &LoadedApp, started: Instant) {
-        let micros = started.elapsed().as_micros() as u64;
-        let mut stats = self.stats();
-        stats.calls += 1;
-        stats.call_times.record(micros);
-        stats.call_time_p50_us = stats.call_times.quantile(0.5);
-        stats.call_time_p99_us = stats.call_times.quantile(0.99);
-        stats.memory_bytes = app.memory_bytes();
-    }
-
-    fn flush(&self, app: &mut LoadedApp) {
-        let messages = app.take_outbox();
-        if !messages.is_empty() {
-            let bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
-            self.stats().bytes_out += bytes as u64;
+    /// Hands what a step produced to the node: messages to send, then whether the app
+    /// finished.
+    fn emit(&self, effects: Effects) {
+        if !effects.messages.is_empty() {
             let _ = self.events.blocking_send(WorkerEvent::Outgoing {
                 app: self.id,
-                messages,
+                messages: effects.messages,
             });
+        }
+        if effects.finished {
+            let _ = self
+                .events
+                .blocking_send(WorkerEvent::Finished { app: self.id });
         }
     }
 }
+
+/// How long a worker with no cycle due waits for a command before looking again.
+const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
 #[cfg(test)]
 mod tests {
@@ -538,21 +390,6 @@ mod tests {
         let p99 = times.quantile(0.99);
         assert!((99..=127).contains(&p99), "{p99}");
         assert_eq!(CallTimes::default().quantile(0.5), 0);
-    }
-
-    #[test]
-    fn the_schedule_stays_on_its_grid_when_a_call_is_late() {
-        let ms = Duration::from_millis;
-        let start = Instant::now();
-        let mut schedule = Schedule::new(start, ms(100));
-        assert_eq!(schedule.due(), start + ms(100));
-        assert_eq!(schedule.advance(start + ms(100)), (ms(100), 0));
-        // 30 ms late: the next cycle keeps its slot.
-        assert_eq!(schedule.advance(start + ms(230)), (ms(200), 0));
-        assert_eq!(schedule.due(), start + ms(300));
-        // 250 ms late: the slots at 400 and 500 ms passed already.
-        assert_eq!(schedule.advance(start + ms(550)), (ms(300), 2));
-        assert_eq!(schedule.due(), start + ms(600));
     }
 
     #[test]
