@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use nodemanager::config::ResolvedApp;
 use nodemanager::runtime::{
-    AppContext, AppInstance, AppState, AppStats, Input, Limits, Outcome, Runtime,
+    AppContext, AppInstance, AppState, AppStats, Clock, Input, Limits, Outcome, Runtime,
+    MANUAL_WALL_ORIGIN,
 };
 
 fn runtime() -> &'static Runtime {
@@ -25,6 +26,16 @@ fn ms(millis: u64) -> Duration {
 /// The hostile guest in `mode`, `cycles` cycles of 100 ms, seeing one peer; started at
 /// time zero.
 fn start(mode: &str, cycles: u64, limits: Limits) -> (AppInstance, Arc<Mutex<AppStats>>, String) {
+    start_with_clock(mode, cycles, limits, Clock::System)
+}
+
+/// [`start`] with the apps' time from `clock`.
+fn start_with_clock(
+    mode: &str,
+    cycles: u64,
+    limits: Limits,
+    clock: Clock,
+) -> (AppInstance, Arc<Mutex<AppStats>>, String) {
     let path = common::guest("hostile.wasm");
     let prepared = runtime().load_component(&path).expect("component loads");
     let spec = ResolvedApp {
@@ -36,7 +47,10 @@ fn start(mode: &str, cycles: u64, limits: Limits) -> (AppInstance, Arc<Mutex<App
         limits,
     };
     let peer = libp2p::PeerId::random().to_string();
-    let context = AppContext::new(libp2p::PeerId::random().to_string());
+    let context = AppContext {
+        clock,
+        ..AppContext::new(libp2p::PeerId::random().to_string())
+    };
     *context.view.write().unwrap() = vec![peer.clone()];
     let stats = Arc::new(Mutex::new(AppStats::default()));
     let (instance, effects) =
@@ -115,5 +129,27 @@ fn a_fatal_call_stops_the_instance_and_is_reported_once() {
             .as_deref()
             .is_some_and(|r| r.contains("CPU deadline of 100ms")),
         "{stats:?}"
+    );
+}
+
+#[test]
+fn a_guest_reads_the_time_of_a_manual_clock_not_the_machines() {
+    let clock = Clock::manual();
+    let (mut instance, _, _) = start_with_clock("time", 5, Limits::default(), clock.clone());
+    let mut reports = Vec::new();
+    for advance in [100, 150, 1_000] {
+        clock.advance(ms(advance));
+        let effects = instance.handle_timeout(clock.now());
+        let payload = String::from_utf8(effects.messages[0].payload.clone()).unwrap();
+        reports.push(payload);
+    }
+    let origin = MANUAL_WALL_ORIGIN.as_millis();
+    assert_eq!(
+        reports,
+        [
+            format!("{},100", origin + 100),
+            format!("{},250", origin + 250),
+            format!("{},1250", origin + 1250),
+        ]
     );
 }

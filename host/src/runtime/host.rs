@@ -16,7 +16,8 @@ use super::guest_log::GuestLog;
 use super::Limits;
 
 /// Where the apps' time comes from: the machine's monotonic clock, or a manual clock
-/// that moves only when told to (tests, and simulated time).
+/// that moves only when told to (tests, and simulated time). With a manual clock the
+/// guests' WASI wall and monotonic clocks follow it too.
 #[derive(Clone, Debug, Default)]
 pub enum Clock {
     /// Real time.
@@ -50,6 +51,35 @@ impl Clock {
             let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
             nanos.fetch_add(by, Ordering::Relaxed);
         }
+    }
+}
+
+/// The wall-clock time a manual clock's zero stands for: 2000-01-01T00:00:00Z.
+pub const MANUAL_WALL_ORIGIN: Duration = Duration::from_secs(946_684_800);
+
+/// WASI's wall clock for a manual clock: [`MANUAL_WALL_ORIGIN`] plus its time.
+struct ManualWallClock(Clock);
+
+impl wasmtime_wasi::HostWallClock for ManualWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+
+    fn now(&self) -> Duration {
+        MANUAL_WALL_ORIGIN + self.0.now()
+    }
+}
+
+/// WASI's monotonic clock for a manual clock: its time, in nanoseconds.
+struct ManualMonotonicClock(Clock);
+
+impl wasmtime_wasi::HostMonotonicClock for ManualMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.now().as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
@@ -152,6 +182,10 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
+        if let Clock::Manual(_) = context.clock {
+            wasi.wall_clock(ManualWallClock(context.clock.clone()))
+                .monotonic_clock(ManualMonotonicClock(context.clock.clone()));
+        }
         if let Some(seed) = seed {
             use rand::SeedableRng;
             wasi.secure_random(rand::rngs::StdRng::seed_from_u64(seed))

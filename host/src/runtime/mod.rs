@@ -12,7 +12,7 @@ mod worker;
 
 pub use app::{AppError, LoadedApp, UNKNOWN_OUTCOME_PREFIX};
 pub use cache::{ComponentCache, DEFAULT_CACHE_MAX_BYTES};
-pub use host::{AppContext, Clock, OutgoingMessage};
+pub use host::{AppContext, Clock, OutgoingMessage, MANUAL_WALL_ORIGIN};
 pub use inspect::{inspect, Inspection};
 pub use instance::{AppInstance, Effects, Input, Schedule};
 pub use registry::{AppInfo, AppRegistry, LoadRequest, Report};

@@ -16,20 +16,24 @@
 //! - `flood`: each cycle, queue 1 KiB messages to the first peer of the view until
 //!   `send-message` refuses (the per-call queue bound must stop it);
 //! - `log`: each cycle, log 1 MiB lines, 1,000 of them (the log caps must hold);
-//! - `dice`: each cycle, log a random number (`--seed` must make the run reproducible).
+//! - `dice`: each cycle, log a random number (`--seed` must make the run reproducible);
+//! - `time`: each cycle, send the first peer of the view `WALL_MS,MS_SINCE_INIT` as the
+//!   WASI wall and monotonic clocks tell them (they must follow the node's clock).
 
 use nodemanager_guest::{export_app, host, log_info, random_u64, App};
 
 struct Hostile {
     mode: String,
     cycles: u64,
+    /// When `init` ran, by the monotonic clock.
+    started: std::time::Instant,
 }
 
 impl App for Hostile {
     fn init(config: &str) -> Result<Self, String> {
         match config {
-            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "greet_known" | "echo" | "sink" | "flood" | "log" | "dice" => {
-                Ok(Hostile { mode: config.to_string(), cycles: 0 })
+            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "greet_known" | "echo" | "sink" | "flood" | "log" | "dice" | "time" => {
+                Ok(Hostile { mode: config.to_string(), cycles: 0, started: std::time::Instant::now() })
             }
             other => Err(format!("unknown hostile mode {other:?}")),
         }
@@ -82,6 +86,17 @@ impl App for Hostile {
                 let line = "x".repeat(1 << 20);
                 for _ in 0..1_000 {
                     log_info(&line);
+                }
+                Ok(())
+            }
+            "time" => {
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_err(|e| e.to_string())?;
+                let since_init = self.started.elapsed();
+                let report = format!("{},{}", wall.as_millis(), since_init.as_millis());
+                if let Some(peer) = view.first() {
+                    host::send_message(peer, report.as_bytes(), 1_000).map_err(|e| format!("{e:?}"))?;
                 }
                 Ok(())
             }
