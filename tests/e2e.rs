@@ -167,7 +167,8 @@ fn a_hostile_app_is_stopped_and_its_neighbours_finish() {
     args.extend(["--config".into(), config.display().to_string()]);
     let node = RunningNode::spawn(&args, dir.path().join("node.log"));
     let log = node.log.clone();
-    let summary = node.finish();
+    let (status, summary) = node.finish_with_status();
+    assert_eq!(status.code(), Some(3), "apps failed: exit code 3");
     let apps = &summary["apps"];
     let reason = |name: &str| {
         apps[name]["reason"]
@@ -726,6 +727,26 @@ fn inspect_lists_imports_and_exports() {
     );
     let report: Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(report["fits"], true);
+    assert_eq!(report["carries_state"], true, "{report}");
+    let text = run_ok(
+        nodemanager()
+            .arg("inspect")
+            .arg(common::guest("share_vec_rust.wasm")),
+    );
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("carries its state across `apps replace`"),
+        "{text}"
+    );
+
+    // A component that does not fit: said, and the exit code says it too.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, wat::parse_str("(component)").unwrap()).unwrap();
+    let output = nodemanager().arg("inspect").arg(&empty).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("does NOT fit the world"), "{text}");
     let imports = report["imports"].to_string();
     assert!(imports.contains("nodemanager:app/host@0.1.0"), "{imports}");
     for export in ["init", "periodic-run", "handle-message", "delivery-report"] {
@@ -1142,6 +1163,19 @@ fn admin_socket_loads_unloads_and_replaces_apps_while_another_keeps_its_schedule
     )
     .unwrap();
     let hash = replaced["component"].as_str().unwrap().to_string();
+    // Replaced without --cycles/--period/--limit, it keeps the running version's.
+    let list = apps(socket, &["list"]).unwrap();
+    let share = list["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "share")
+        .unwrap();
+    assert_eq!(
+        (&share["cycles"], &share["period_ms"]),
+        (&serde_json::json!(-1), &serde_json::json!(200)),
+        "{share}"
+    );
     apps(
         socket,
         &[

@@ -657,7 +657,8 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn run(args: RunArgs) -> Result<()> {
+/// Runs a node; returns the apps that ended `failed`, with their reasons.
+fn run(args: RunArgs) -> Result<Vec<(String, String)>> {
     let config = args.into_config()?;
     config.resolve_apps()?;
     let (key, created) = match &config.identity {
@@ -695,13 +696,18 @@ fn run(args: RunArgs) -> Result<()> {
         let node = Node::start(config, runtime, key).await?;
         print_json(node.ready())?;
         let summary = node.run(shutdown).await;
+        let failed = summary.failed_apps();
         let mut summary = serde_json::to_value(&summary)?;
         if let Some(collector) = &mut collector {
             summary["log_collector"] = serde_json::to_value(collector.flush())?;
         }
-        print_json(&summary)
+        print_json(&summary)?;
+        Ok(failed)
     })
 }
+
+/// The exit code of a run in which apps failed (the summary is printed all the same).
+const APPS_FAILED: u8 = 3;
 
 fn compile(paths: &[PathBuf], cache: &CacheArgs) -> Result<()> {
     let runtime = Runtime::new(&cache.dir())?;
@@ -725,7 +731,7 @@ fn inspect_command(path: &Path, json: bool, cache: &CacheArgs) -> Result<bool> {
         print_json(&serde_json::json!({
             "imports": report.imports, "exports": report.exports,
             "missing_exports": report.missing_exports, "unsupported_imports": report.unsupported_imports,
-            "fits": report.fits(),
+            "fits": report.fits(), "carries_state": report.carries_state(),
         }))?;
     } else {
         println!("{}", path.display());
@@ -735,6 +741,11 @@ fn inspect_command(path: &Path, json: bool, cache: &CacheArgs) -> Result<bool> {
         report.exports.iter().for_each(|e| println!("  {e}"));
         if report.fits() {
             println!("fits the world nodemanager:app/app@0.1.0");
+            if report.carries_state() {
+                println!("carries its state across `apps replace` (exports snapshot and restore)");
+            } else {
+                println!("starts from init on `apps replace` (no snapshot/restore exports: build it for the stateful-app world to carry state)");
+            }
         } else {
             println!(
                 "does NOT fit the world nodemanager:app/app@0.1.0:\n{}",
@@ -748,7 +759,15 @@ fn inspect_command(path: &Path, json: bool, cache: &CacheArgs) -> Result<bool> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(*args).map(|()| true),
+        Command::Run(args) => match run(*args) {
+            Ok(failed) if !failed.is_empty() => {
+                for (name, reason) in failed {
+                    eprintln!("app {name} failed: {reason}");
+                }
+                return ExitCode::from(APPS_FAILED);
+            }
+            other => other.map(|_| true),
+        },
         Command::Simulate(args) => simulate(args).map(|()| true),
         Command::Topology(command) => generate_topology(command).map(|()| true),
         Command::Apps { admin, command } => admin

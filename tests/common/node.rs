@@ -68,18 +68,26 @@ impl RunningNode {
             .to_string()
     }
 
-    /// Waits for exit; returns the summary line.
-    pub fn finish(mut self) -> Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let status = self.child.wait().unwrap();
+    /// Waits for exit, which must be a success; returns the summary line.
+    pub fn finish(self) -> Value {
+        let log = self.log.clone();
+        let (status, summary) = self.finish_with_status();
         assert!(
             status.success(),
             "node exited with {status}; log:\n{}",
-            read(&self.log)
+            read(&log)
         );
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("summary is not JSON ({e}): {line:?}"))
+        summary
+    }
+
+    /// Waits for exit; returns how it exited and the summary line.
+    pub fn finish_with_status(mut self) -> (std::process::ExitStatus, Value) {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let status = self.child.wait().unwrap();
+        let summary = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("summary is not JSON ({e}): {line:?}"));
+        (status, summary)
     }
 }
 

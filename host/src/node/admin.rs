@@ -23,7 +23,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{AppSpec, NodeConfig};
+use crate::config::{AppSpec, NodeConfig, ResolvedApp};
 use crate::runtime::{Limits, LoadRequest, Runtime};
 
 /// The longest request line accepted.
@@ -62,9 +62,51 @@ pub enum AdminCommand {
     /// Start an app.
     Load(LoadRequest),
     /// Swap an app for a new one under the same name.
-    Replace(LoadRequest),
+    Replace(Replacement),
     /// Drain and stop an app.
     Unload(String),
+}
+
+/// A new version of a loaded app, and which of its settings were left unsaid (those
+/// the running version keeps).
+pub struct Replacement {
+    /// The new version, its unsaid settings resolved against the node's defaults.
+    pub request: LoadRequest,
+    /// Keep the running version's cycles.
+    pub keep_cycles: bool,
+    /// Keep the running version's period.
+    pub keep_period: bool,
+    /// Keep the running version's limits.
+    pub keep_limits: bool,
+}
+
+impl Replacement {
+    /// A replacement whose settings are all given (e.g. by an apps-dir `.toml`).
+    pub fn as_given(request: LoadRequest) -> Replacement {
+        Replacement {
+            request,
+            keep_cycles: false,
+            keep_period: false,
+            keep_limits: false,
+        }
+    }
+
+    /// The request, with the settings left unsaid taken from `running`.
+    pub fn keeping(self, running: Option<&ResolvedApp>) -> LoadRequest {
+        let mut request = self.request;
+        if let Some(running) = running {
+            if self.keep_cycles {
+                request.spec.cycles = running.cycles;
+            }
+            if self.keep_period {
+                request.spec.period = running.period;
+            }
+            if self.keep_limits {
+                request.spec.limits = running.limits.clone();
+            }
+        }
+        request
+    }
 }
 
 /// A command and where its answer goes.
@@ -187,7 +229,19 @@ async fn answer(
         Request::Stats => AdminCommand::Stats,
         Request::Unload { name } => AdminCommand::Unload(name),
         Request::Load(args) => AdminCommand::Load(prepare(args, runtime, defaults).await?),
-        Request::Replace(args) => AdminCommand::Replace(prepare(args, runtime, defaults).await?),
+        Request::Replace(args) => {
+            let (keep_cycles, keep_period, keep_limits) = (
+                args.cycles.is_none(),
+                args.period.is_none(),
+                args.limits.is_none(),
+            );
+            AdminCommand::Replace(Replacement {
+                request: prepare(args, runtime, defaults).await?,
+                keep_cycles,
+                keep_period,
+                keep_limits,
+            })
+        }
     };
     let (reply, answer) = oneshot::channel();
     calls

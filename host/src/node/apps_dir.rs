@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::admin::{app_spec, compile, AdminCall, AdminCommand};
+use super::admin::{app_spec, compile, AdminCall, AdminCommand, Replacement};
 use crate::config::{AppSpec, NodeConfig};
 use crate::runtime::{Limits, Runtime};
 
@@ -109,7 +109,7 @@ pub async fn watch(
                 Err(e) => Err(e),
             };
             let command = match request {
-                Ok(request) if was_loaded => AdminCommand::Replace(request),
+                Ok(request) if was_loaded => AdminCommand::Replace(Replacement::as_given(request)),
                 Ok(request) => AdminCommand::Load(request),
                 Err(e) => {
                     tracing::error!(app = %name, dir = %dir.display(), "apps-dir: cannot load {name}.wasm: {e:#}");

@@ -81,6 +81,22 @@ pub struct Summary {
     pub network: NetworkStats,
 }
 
+impl Summary {
+    /// Every app that ended `failed`, loaded or unloaded, with its reason.
+    pub fn failed_apps(&self) -> Vec<(String, String)> {
+        let loaded = self.apps.iter();
+        let unloaded = self.unloaded.iter().map(|info| (&info.name, &info.stats));
+        loaded
+            .chain(unloaded)
+            .filter(|(_, stats)| stats.state == crate::runtime::AppState::Failed)
+            .map(|(name, stats)| {
+                let reason = stats.reason.clone().unwrap_or_else(|| "failed".into());
+                (name.clone(), reason)
+            })
+            .collect()
+    }
+}
+
 /// A started node: listening, bootstrapped, apps compiled.
 pub struct Node {
     swarm: Swarm<NodeBehaviour>,
@@ -457,7 +473,9 @@ impl Node {
                     Err(e) => refusal(format!("{e:#}")),
                 }
             }
-            AdminCommand::Replace(request) => {
+            AdminCommand::Replace(replacement) => {
+                let running = registry.spec_of(&replacement.request.spec.name);
+                let request = replacement.keeping(running);
                 let component = request.prepared.hash.clone();
                 match registry.replace(request) {
                     Ok((_, new)) => {

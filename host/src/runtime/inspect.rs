@@ -38,6 +38,14 @@ impl Inspection {
         self.missing_exports.is_empty() && self.unsupported_imports.is_empty()
     }
 
+    /// Whether the component exports `snapshot` and `restore` (the `stateful-app`
+    /// world), so its state is carried across `apps replace`.
+    pub fn carries_state(&self) -> bool {
+        ["func snapshot", "func restore"]
+            .iter()
+            .all(|export| self.exports.iter().any(|e| e == export))
+    }
+
     /// One line per problem.
     pub fn problems(&self) -> String {
         let mut out = String::new();

@@ -52,7 +52,8 @@ pub struct AppInfo {
     pub name: String,
     /// The component's content hash (SHA-256, hex).
     pub component: String,
-    /// `periodic-run` calls to make (`null`: forever).
+    /// `periodic-run` calls to make (`None`, written -1 as on the command line: forever).
+    #[serde(serialize_with = "cycles_as_written")]
     pub cycles: Option<u64>,
     /// Milliseconds between calls.
     pub period_ms: u64,
@@ -60,6 +61,14 @@ pub struct AppInfo {
     pub queued: usize,
     /// Counters and state.
     pub stats: AppStats,
+}
+
+/// Writes `None` (forever) as -1, as `--cycles` takes it.
+fn cycles_as_written<S: serde::Serializer>(cycles: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match cycles {
+        Some(n) => s.serialize_u64(*n),
+        None => s.serialize_i64(-1),
+    }
 }
 
 struct RunningApp {
@@ -282,6 +291,11 @@ impl AppRegistry {
     /// Whether apps are loaded and every one is done.
     pub fn all_finished(&self) -> bool {
         !self.apps.is_empty() && self.apps.values().all(|a| a.finished)
+    }
+
+    /// The settings of the loaded app `name`.
+    pub fn spec_of(&self, name: &str) -> Option<&ResolvedApp> {
+        self.apps.get(name).map(|app| &app.spec)
     }
 
     /// The name of app instance `id`, loaded or leaving.
