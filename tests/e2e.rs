@@ -635,6 +635,12 @@ fn bad_input_is_refused_with_a_message_naming_it() {
     let path = |name: &str| dir.path().join(name).display().to_string();
     let rust = common::guest("share_vec_rust.wasm").display().to_string();
 
+    let stderr = run_failing(&["run", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"]);
+    assert!(
+        stderr.contains("is a QUIC address but the transport is tcp: use --transport quic or both"),
+        "{stderr}"
+    );
+
     let stderr = run_failing(&["apps", "list"]);
     assert!(
         stderr.contains("give its admin socket with --admin PATH"),
@@ -1085,6 +1091,10 @@ fn admin_socket_loads_unloads_and_replaces_apps_while_another_keeps_its_schedule
         (
             vec!["load", "--component", "00ff", "--name", "z"],
             "no component with hash 00ff",
+        ),
+        (
+            vec!["load", &hostile, "--name", "z2", "--limit", "memroy_mib=9"],
+            "unknown limit `memroy_mib`: the limits are memory_mib",
         ),
         (
             vec!["unload", "nosuch"],

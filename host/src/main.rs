@@ -14,7 +14,7 @@ use nodemanager::config::{
     parse_duration, AppSpec, LogFormat, NodeConfig, SamplerConfig, Transport,
 };
 use nodemanager::node::Node;
-use nodemanager::runtime::{inspect, Runtime};
+use nodemanager::runtime::{inspect, Limits, Runtime};
 use nodemanager::sampling::{StaticConfig, Topology, TopologyKind};
 use nodemanager::sim::{Engine, LinkLatency, NetworkModel, SimConfig, Simulation};
 use nodemanager::{logging, network};
@@ -135,6 +135,9 @@ impl LoadArgs {
             if let Some(value) = value {
                 request[key] = value;
             }
+        }
+        for (key, _) in &self.limits {
+            Limits::check_name(key)?;
         }
         if !self.limits.is_empty() {
             let limits: serde_json::Map<String, serde_json::Value> = self

@@ -22,6 +22,16 @@ pub enum Transport {
     Both,
 }
 
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+            Transport::Both => "both",
+        })
+    }
+}
+
 impl Transport {
     fn allows_tcp(self) -> bool {
         matches!(self, Transport::Tcp | Transport::Both)
@@ -54,10 +64,10 @@ impl Transport {
             .any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic));
         let tcp = addr.iter().any(|p| matches!(p, Protocol::Tcp(_)));
         if quic && !self.allows_quic() {
-            bail!("{what} {addr} is a QUIC address but the transport is {self:?}: use --transport quic or both");
+            bail!("{what} {addr} is a QUIC address but the transport is {self}: use --transport quic or both");
         }
         if tcp && !self.allows_tcp() {
-            bail!("{what} {addr} is a TCP address but the transport is {self:?}: use --transport tcp or both");
+            bail!("{what} {addr} is a TCP address but the transport is {self}: use --transport tcp or both");
         }
         if !tcp && !quic {
             bail!("{what} {addr} names no transport: end it in /tcp/PORT or /udp/PORT/quic-v1");

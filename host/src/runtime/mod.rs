@@ -77,6 +77,28 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The names of the limits, as configs and `--limit` write them.
+    pub const NAMES: [&'static str; 7] = [
+        "memory_mib",
+        "call_deadline",
+        "max_payload_bytes",
+        "max_queued_per_call",
+        "max_messages_per_sec",
+        "inbox_capacity",
+        "inbox_max_mib",
+    ];
+
+    /// Checks that `name` is one of the limits, saying which exist if not.
+    pub fn check_name(name: &str) -> Result<()> {
+        if !Limits::NAMES.contains(&name) {
+            bail!(
+                "unknown limit `{name}`: the limits are {}",
+                Limits::NAMES.join(", ")
+            );
+        }
+        Ok(())
+    }
+
     /// Checks the limits are usable, naming the first bad field.
     pub fn validate(&self) -> Result<()> {
         if self.memory_mib == 0 || self.memory_mib > 4096 {
@@ -252,4 +274,27 @@ pub struct Prepared {
     pub from_cache: bool,
     /// Time spent compiling or loading from the cache.
     pub compile_time: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_limit_name_is_a_field_and_others_are_refused_by_name() {
+        for name in Limits::NAMES {
+            let error = serde_json::from_value::<Limits>(serde_json::json!({ name: 1 }))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!error.contains("unknown field"), "{name}: {error}");
+        }
+        let error = Limits::check_name("memroy_mib").unwrap_err().to_string();
+        assert!(
+            error.starts_with(
+                "unknown limit `memroy_mib`: the limits are memory_mib, call_deadline"
+            ),
+            "{error}"
+        );
+    }
 }
