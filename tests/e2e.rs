@@ -1689,3 +1689,32 @@ fn the_same_seed_gives_an_app_the_same_randomness() {
     assert_ne!(dice_rolls(dir.path(), "c", Some("8")), first);
     assert_ne!(dice_rolls(dir.path(), "d", None), first);
 }
+
+#[test]
+fn a_python_exception_is_reported_with_its_traceback_and_the_run_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<String> = [
+        "--app",
+        &format!("{}:share_vec", common::guest("share_vec_py.wasm").display()),
+        "--app-config",
+        "share_vec=not json",
+        "--linger",
+        "0s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let node = RunningNode::spawn(&args, dir.path().join("node.log"));
+    let log = node.log.clone();
+    let (status, summary) = node.finish_with_status();
+    assert_eq!(status.code(), Some(3), "{summary}");
+    let app = &summary["apps"]["share_vec"];
+    assert_eq!(app["state"], "failed", "{summary}");
+    let reason = app["reason"].as_str().unwrap();
+    assert!(reason.contains("init failed: JSONDecodeError"), "{reason}");
+    assert!(
+        reason.contains("Traceback (most recent call last)")
+            && reason.contains("File \"app.py\", line 25, in __init__"),
+        "the reason points at the app's line: {reason}"
+    );
+    assert!(read(&log).contains("app.py\\\", line 25") || read(&log).contains("app.py\", line 25"));
+}

@@ -6,6 +6,8 @@ Subclass `App`, implement `periodic_run(view, node_id)` and
 """
 
 import random
+import re
+import traceback
 from typing import Callable, Dict, List
 
 from componentize_py_types import Err
@@ -78,6 +80,16 @@ class App:
         return host.known_peers()
 
 
+def _failure(call: str, error: Exception) -> Err:
+    """The error a failed call returns to the node: the exception and its traceback
+    (file and line of each frame; the component holds no source text), so the node's
+    log and the app's `reason` point at the line that raised. componentize-py files
+    each source folder under `/N/`: that prefix is dropped (`app.py`, not `/1/app.py`)."""
+    trace = "".join(traceback.format_exception(error)).rstrip()
+    trace = re.sub(r'File "/\d+/', 'File "', trace)
+    return Err(f"{call} failed: {error!r}\n{trace}")
+
+
 def serve(app_class: Callable[[str], App]):
     """Returns the `WitWorld` class that exports `app_class` to the node."""
 
@@ -88,19 +100,19 @@ def serve(app_class: Callable[[str], App]):
             try:
                 WitWorld.app = app_class(config)
             except Exception as e:
-                raise Err(f"init failed: {e!r}")
+                raise _failure("init", e) from None
 
         def periodic_run(self, view: List[str]) -> None:
             try:
                 WitWorld.app.periodic_run(view, WitWorld.app.id)
             except Exception as e:
-                raise Err(f"periodic_run failed: {e!r}")
+                raise _failure("periodic_run", e) from None
 
         def handle_message(self, source: str, payload: bytes) -> None:
             try:
                 WitWorld.app.handle_message(payload.decode(), source)
             except Exception as e:
-                raise Err(f"handle_message failed: {e!r}")
+                raise _failure("handle_message", e) from None
 
         def snapshot(self) -> bytes:
             return WitWorld.app.snapshot() if WitWorld.app is not None else b""
@@ -109,7 +121,7 @@ def serve(app_class: Callable[[str], App]):
             try:
                 WitWorld.app.restore(state)
             except Exception as e:
-                raise Err(f"restore failed: {e!r}")
+                raise _failure("restore", e) from None
 
         def delivery_report(self, message_id: int, outcome: DeliveryOutcome) -> None:
             app = WitWorld.app
