@@ -1718,3 +1718,123 @@ fn a_python_exception_is_reported_with_its_traceback_and_the_run_exits_3() {
     );
     assert!(read(&log).contains("app.py\\\", line 25") || read(&log).contains("app.py\", line 25"));
 }
+
+/// `simulate --app` with `args`: its summary (last stdout line) and its CSV.
+fn simulate_apps(dir: &Path, run: &str, args: &[&str]) -> (Value, String) {
+    let csv = dir.join(format!("{run}.csv"));
+    let stdout = run_ok(
+        nodemanager()
+            .args(["simulate", "--out"])
+            .arg(&csv)
+            .args(args),
+    );
+    let stdout = String::from_utf8(stdout).unwrap();
+    let summary = serde_json::from_str(stdout.lines().last().expect("a summary line")).unwrap();
+    (summary, std::fs::read_to_string(&csv).unwrap())
+}
+
+#[test]
+fn simulated_nodes_run_the_same_app_components_in_virtual_time_reproducibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = format!(
+        "{}:share_vec",
+        common::guest("share_vec_rust.wasm").display()
+    );
+    let args = |seed: &'static str| {
+        vec![
+            "--nodes",
+            "40",
+            "--cycles",
+            "12",
+            "--latency",
+            "5ms",
+            "--jitter",
+            "2ms",
+            "--app",
+            app.as_str(),
+            "--seed",
+            seed,
+        ]
+    };
+    let (summary, csv) = simulate_apps(dir.path(), "a", &args("3"));
+    let totals = &summary["apps"]["share_vec"];
+    let count = |field: &str| totals[field].as_u64().unwrap();
+    assert_eq!(count("nodes"), 40, "{summary}");
+    assert!(
+        count("cycles") >= 40 * 10,
+        "every node cycles each period: {summary}"
+    );
+    assert_eq!((count("failed"), count("send_errors")), (0, 0), "{summary}");
+    // Each delivered report follows a handled message; the last ones are still on
+    // their way back when the run ends.
+    assert!(
+        count("sent") > 0 && count("sent") <= count("received"),
+        "{summary}"
+    );
+    let again = simulate_apps(dir.path(), "b", &args("3"));
+    assert_eq!(again, (summary.clone(), csv), "same seed, same run");
+    let other = simulate_apps(dir.path(), "c", &args("4")).0;
+    assert_ne!(other, summary, "another seed, another run");
+
+    // Per node, the sandbox holds: a spinning app stops on every node with its reason,
+    // the calm one beside it runs every cycle.
+    let hostile = common::guest("hostile.wasm").display().to_string();
+    let (summary, _) = simulate_apps(
+        dir.path(),
+        "d",
+        &[
+            "--nodes",
+            "3",
+            "--cycles",
+            "3",
+            "--latency",
+            "1ms",
+            "--app",
+            &format!("{hostile}:spin"),
+            "--app-config",
+            "spin=spin",
+            "--app",
+            &format!("{hostile}:calm"),
+            "--app-config",
+            "calm=calm",
+        ],
+    );
+    let spin = &summary["apps"]["spin"];
+    assert_eq!(spin["failed"], 3, "{summary}");
+    assert!(
+        spin["first_failure"]
+            .as_str()
+            .is_some_and(|r| r.contains("ran past its CPU deadline")),
+        "{summary}"
+    );
+    assert_eq!(summary["apps"]["calm"]["failed"], 0, "{summary}");
+    assert!(
+        summary["apps"]["calm"]["cycles"].as_u64() >= Some(3 * 2),
+        "{summary}"
+    );
+
+    for (args, expected) in [
+        (
+            vec!["--engine", "cycle", "--app", app.as_str()],
+            "apps run in virtual time: use the event engine",
+        ),
+        (
+            vec!["--app", app.as_str(), "--app-config", "nope=1"],
+            "--app-config names app \"nope\", which is not among the apps",
+        ),
+    ] {
+        let csv = dir.path().join("bad.csv");
+        let mut all = vec![
+            "simulate",
+            "--nodes",
+            "5",
+            "--cycles",
+            "2",
+            "--out",
+            csv.to_str().unwrap(),
+        ];
+        all.extend(args);
+        let stderr = run_failing(&all);
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}

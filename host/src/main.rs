@@ -312,6 +312,18 @@ struct SimulateArgs {
     /// Also draw the main metrics per cycle to this PNG or SVG file.
     #[arg(long, value_name = "FILE.png|FILE.svg")]
     plot: Option<PathBuf>,
+    /// An app every honest node runs in virtual time (repeatable); needs the event
+    /// engine, the default with apps. The last stdout line is then a JSON summary.
+    #[arg(long = "app", value_name = "PATH[:NAME]", value_parser = AppSpec::from_arg)]
+    apps: Vec<AppSpec>,
+    /// The config string of app NAME; `{index}` in it becomes the node's number.
+    #[arg(long, value_name = "NAME=CONFIG", value_parser = app_config)]
+    app_config: Vec<(String, String)>,
+    /// Time between an app's cycles [default: the sampler's period].
+    #[arg(long, value_parser = parse_duration)]
+    app_period: Option<Duration>,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 /// What the plot title says about the run's sampler and attack.
@@ -366,11 +378,13 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         loss: args.loss,
         links: args.links.clone(),
     };
-    let engine = args.engine.unwrap_or(if network.is_ideal() {
-        Engine::Cycle
-    } else {
-        Engine::Event
-    });
+    let engine = args
+        .engine
+        .unwrap_or(if network.is_ideal() && args.apps.is_empty() {
+            Engine::Cycle
+        } else {
+            Engine::Event
+        });
     let config = SimConfig {
         sampler,
         nodes,
@@ -388,8 +402,15 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         network,
         costly_metrics_every: args.costly_metrics_every,
     };
+    let app_period = args.app_period.unwrap_or(config.cycle_length());
+    let apps = if args.apps.is_empty() {
+        Vec::new()
+    } else {
+        let runtime = Runtime::new(&args.cache.dir())?;
+        nodemanager::sim::apps::prepare(&runtime, &args.apps, &args.app_config, app_period)?
+    };
     let started = Instant::now();
-    let mut simulation = Simulation::new(config)?;
+    let mut simulation = Simulation::new(config)?.with_apps(apps)?;
     let file = std::fs::File::create(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut out = std::io::BufWriter::new(file);
@@ -435,6 +456,17 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         started.elapsed(),
         args.out.display()
     );
+    if !args.apps.is_empty() {
+        let apps: serde_json::Map<String, serde_json::Value> = simulation
+            .app_totals()
+            .into_iter()
+            .map(|(name, totals)| Ok((name, serde_json::to_value(totals)?)))
+            .collect::<Result<_>>()?;
+        print_json(&serde_json::json!({
+            "apps": apps,
+            "app_messages_lost": simulation.app_messages_lost(),
+        }))?;
+    }
     Ok(())
 }
 

@@ -45,6 +45,14 @@ impl Clock {
         }
     }
 
+    /// Sets a manual clock to `to`; the system clock cannot be set.
+    pub fn set(&self, to: Duration) {
+        if let Clock::Manual(nanos) = self {
+            let to = u64::try_from(to.as_nanos()).unwrap_or(u64::MAX);
+            nanos.store(to, Ordering::Relaxed);
+        }
+    }
+
     /// Moves a manual clock forward by `by`; the system clock moves by itself.
     pub fn advance(&self, by: Duration) {
         if let Clock::Manual(nanos) = self {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use rand::RngExt;
 
-use super::{CycleMetrics, Simulation};
+use super::{node_peer_id, CycleMetrics, SimApps, Simulation};
+use crate::runtime::{Effects, Outcome};
 use crate::sampling::{Outgoing, SamplingMessage};
 
 /// One link's latency, overriding the model's for messages between `a` and `b` (both
@@ -96,6 +97,26 @@ enum Happening {
         incarnation: u32,
         peer: u32,
     },
+    /// A node's apps start (at the node's phase).
+    AppStart { node: u32 },
+    /// A cycle of app `app` on `node` is due.
+    AppCycle { node: u32, app: usize },
+    /// An app message arrives at `to`; its sender waits until `deadline`.
+    AppDeliver {
+        from: u32,
+        to: u32,
+        app: usize,
+        message_id: u64,
+        payload: Vec<u8>,
+        deadline: u64,
+    },
+    /// App `app` on `node` learns how its message ended.
+    AppReport {
+        node: u32,
+        app: usize,
+        message_id: u64,
+        outcome: Outcome,
+    },
 }
 
 struct Event {
@@ -151,21 +172,32 @@ impl Engine {
         self.schedule(not_before + phase, Happening::Tick { node, incarnation });
     }
 
-    fn send(&mut self, sim: &mut Simulation, now: u64, from: u32, outgoing: Vec<Outgoing<u32>>) {
+    /// Whether the network model loses the next message.
+    fn lost(sim: &mut Simulation) -> bool {
+        let loss = sim.config.network.loss;
+        loss > 0.0 && sim.rng.random_bool(loss)
+    }
+
+    /// The one-way latency of the next message from `from` to `to`, in µs.
+    fn latency(&self, sim: &mut Simulation, from: u32, to: u32) -> u64 {
         let model = &sim.config.network;
-        let (base, jitter, loss) = (micros(model.latency), micros(model.jitter), model.loss);
+        let (base, jitter) = (micros(model.latency), micros(model.jitter));
+        let link = (from.min(to), from.max(to));
+        self.links.get(&link).copied().unwrap_or(base)
+            + if jitter > 0 {
+                sim.rng.random_range(0..=jitter)
+            } else {
+                0
+            }
+    }
+
+    fn send(&mut self, sim: &mut Simulation, now: u64, from: u32, outgoing: Vec<Outgoing<u32>>) {
         for Outgoing { to, message } in outgoing {
             sim.messages += 1;
-            if loss > 0.0 && sim.rng.random_bool(loss) {
+            if Self::lost(sim) {
                 continue;
             }
-            let link = (from.min(to), from.max(to));
-            let latency = self.links.get(&link).copied().unwrap_or(base)
-                + if jitter > 0 {
-                    sim.rng.random_range(0..=jitter)
-                } else {
-                    0
-                };
+            let latency = self.latency(sim, from, to);
             self.schedule(
                 now + latency,
                 Happening::Deliver {
@@ -219,7 +251,169 @@ impl Engine {
                     sim.samplers[node as usize].handle_peer_unreachable(peer);
                 }
             }
+            Happening::AppStart { node } => {
+                let count = sim.apps.as_ref().map_or(0, SimApps::count);
+                for app in 0..count {
+                    let Some(apps) = sim.apps.as_mut() else {
+                        return;
+                    };
+                    let effects = apps.start(node, app, now);
+                    self.app_effects(sim, now, node, app, effects);
+                    self.schedule_app_cycle(sim, node, app);
+                }
+            }
+            Happening::AppCycle { node, app } => {
+                let up = sim.is_up(node);
+                let view = sim.samplers[node as usize].view();
+                let Some(apps) = sim.apps.as_mut() else {
+                    return;
+                };
+                if !up {
+                    // A node that left keeps its apps; their cycles wait for its return.
+                    let period = micros(apps.period(app)).max(1);
+                    self.schedule(now + period, Happening::AppCycle { node, app });
+                    return;
+                }
+                let effects = apps.cycle(node, app, &view, now);
+                self.app_effects(sim, now, node, app, effects);
+                self.schedule_app_cycle(sim, node, app);
+            }
+            Happening::AppDeliver {
+                from,
+                to,
+                app,
+                message_id,
+                payload,
+                deadline,
+            } => self.app_deliver(sim, now, (from, to, app, message_id), payload, deadline),
+            Happening::AppReport {
+                node,
+                app,
+                message_id,
+                outcome,
+            } => {
+                let Some(apps) = sim.apps.as_mut() else {
+                    return;
+                };
+                let effects = apps.report(node, app, message_id, outcome, now);
+                self.app_effects(sim, now, node, app, effects);
+            }
         }
+    }
+
+    /// Schedules the next cycle of app `app` on `node`, if it has one.
+    fn schedule_app_cycle(&mut self, sim: &Simulation, node: u32, app: usize) {
+        if let Some(due) = sim
+            .apps
+            .as_ref()
+            .and_then(|apps| apps.next_cycle(node, app))
+        {
+            self.schedule(due, Happening::AppCycle { node, app });
+        }
+    }
+
+    /// Routes what app `app` of `node` queued: to the destination after its latency, or
+    /// back as an outcome (an unknown destination fails at once; a lost message is an
+    /// unknown outcome at its deadline).
+    fn app_effects(
+        &mut self,
+        sim: &mut Simulation,
+        now: u64,
+        node: u32,
+        app: usize,
+        effects: Effects,
+    ) {
+        for message in effects.messages {
+            let deadline = now + micros(message.timeout);
+            let report = |message_id, outcome| Happening::AppReport {
+                node,
+                app,
+                message_id,
+                outcome,
+            };
+            let to = sim
+                .apps
+                .as_ref()
+                .and_then(|apps| apps.node_of(&message.destination));
+            let Some(to) = to else {
+                let reason = format!("{} is not a node of this simulation", message.destination);
+                self.schedule(now, report(message.id, Outcome::Failed(reason)));
+                continue;
+            };
+            if Self::lost(sim) {
+                if let Some(apps) = sim.apps.as_mut() {
+                    apps.lost += 1;
+                }
+                let reason = format!("timed out after {:?} without an answer", message.timeout);
+                self.schedule(deadline, report(message.id, Outcome::Unknown(reason)));
+                continue;
+            }
+            let at = now + self.latency(sim, node, to);
+            self.schedule(
+                at,
+                Happening::AppDeliver {
+                    from: node,
+                    to,
+                    app,
+                    message_id: message.id,
+                    payload: message.payload,
+                    deadline,
+                },
+            );
+        }
+    }
+
+    /// A message of app `app` from `from` reaches `to`: handed over if `to` is up and
+    /// runs the app, refused otherwise; the answer travels back, or the sender's
+    /// deadline passes first.
+    fn app_deliver(
+        &mut self,
+        sim: &mut Simulation,
+        now: u64,
+        (from, to, app, message_id): (u32, u32, usize, u64),
+        payload: Vec<u8>,
+        deadline: u64,
+    ) {
+        let peer = node_peer_id(to);
+        let (answer_at, outcome) = if !sim.is_up(to) {
+            (
+                deadline,
+                Outcome::Failed(format!("could not reach {peer}: it is offline")),
+            )
+        } else {
+            let Some(apps) = sim.apps.as_mut() else {
+                return;
+            };
+            let delivered = apps.deliver(from, to, app, payload, now);
+            let back = now + self.latency(sim, to, from);
+            match delivered {
+                Ok(effects) => {
+                    self.app_effects(sim, now, to, app, effects);
+                    (back, Outcome::Delivered)
+                }
+                Err(reason) => (
+                    back,
+                    Outcome::Failed(format!("refused by {peer}: {reason}")),
+                ),
+            }
+        };
+        let (at, outcome) = if answer_at > deadline && outcome == Outcome::Delivered {
+            (
+                deadline,
+                Outcome::Unknown("timed out without an answer".into()),
+            )
+        } else {
+            (answer_at.min(deadline.max(now)), outcome)
+        };
+        self.schedule(
+            at,
+            Happening::AppReport {
+                node: from,
+                app,
+                message_id,
+                outcome,
+            },
+        );
     }
 }
 
@@ -242,6 +436,17 @@ pub(super) fn run(
     };
     for node in 0..sim.samplers.len() as u32 {
         engine.schedule_tick(sim, node, 0);
+    }
+    let app_nodes: Vec<u32> = match &sim.apps {
+        Some(apps) => (0..sim.samplers.len() as u32)
+            .filter(|&n| apps.on_node(n))
+            .collect(),
+        None => Vec::new(),
+    };
+    for node in app_nodes {
+        // Apps start at each node's own phase of the first period, as live nodes do.
+        let phase = sim.rng.random_range(0..engine.period);
+        engine.schedule(phase, Happening::AppStart { node });
     }
     for cycle in 1..=sim.config.cycles {
         let start = (cycle - 1) * engine.period;

@@ -22,11 +22,13 @@
 //! `can_send_to` nodes (a link is a connection, so both ends learn each other). The
 //! `static` sampler needs a topology; node i is its `node_{i+1}`.
 
+pub mod apps;
 mod byzantine;
 mod events;
 mod metrics;
 mod plot;
 
+pub use apps::{node_peer_id, AppTotals, SimApp, SimApps};
 pub use byzantine::Attack;
 pub use events::{LinkLatency, NetworkModel};
 pub use metrics::{CycleMetrics, Overlay, SampleTally, Views, CSV_HEADER};
@@ -185,6 +187,8 @@ pub struct Simulation {
     rng: StdRng,
     cycle: u64,
     messages: u64,
+    /// The apps every honest node runs (event engine only).
+    apps: Option<SimApps>,
 }
 
 impl Simulation {
@@ -217,6 +221,7 @@ impl Simulation {
             rng,
             cycle: 0,
             messages: 0,
+            apps: None,
             config,
         };
         for i in 0..n as u32 {
@@ -393,6 +398,35 @@ impl Simulation {
             Engine::Event => events::run(self, &mut record)?,
         }
         Ok(())
+    }
+
+    /// Runs `apps` on every honest node (in virtual time: the event engine only).
+    pub fn with_apps(mut self, apps: Vec<SimApp>) -> Result<Simulation> {
+        if apps.is_empty() {
+            return Ok(self);
+        }
+        if self.config.engine != Engine::Event {
+            bail!("apps run in virtual time: use the event engine (--engine event)");
+        }
+        let byzantine = self.byzantine.clone();
+        let n = self.samplers.len();
+        self.apps = Some(SimApps::new(
+            apps,
+            n,
+            |i| !byzantine[i as usize],
+            self.config.seed,
+        ));
+        Ok(self)
+    }
+
+    /// Per-app totals over every node (none without apps).
+    pub fn app_totals(&self) -> Vec<(String, AppTotals)> {
+        self.apps.as_ref().map(SimApps::totals).unwrap_or_default()
+    }
+
+    /// App messages the network model lost.
+    pub fn app_messages_lost(&self) -> u64 {
+        self.apps.as_ref().map_or(0, |apps| apps.lost)
     }
 
     /// Messages sent so far (delivered or lost).

@@ -1,0 +1,323 @@
+//! Apps on virtual nodes: every honest node runs its own [`AppInstance`] of each app,
+//! driven by the event engine in virtual time — the same instances a live node runs,
+//! with a manual clock (the guests' WASI clocks follow it) and randomness derived from
+//! the run's seed, the node and the app, so a run replays exactly.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::PeerId;
+use serde::Serialize;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::config::{validate_name, AppSpec, ResolvedApp};
+use crate::runtime::registry::derive_seed;
+use crate::runtime::{
+    AppContext, AppInstance, AppState, AppStats, Clock, Effects, Input, Limits, Outcome, Prepared,
+    Runtime,
+};
+
+/// One app every virtual node runs: its settings (the config may hold `{index}`, the
+/// node's number) and its compiled component.
+#[derive(Clone)]
+pub struct SimApp {
+    /// Name, config template, cycles, period, limits.
+    pub spec: ResolvedApp,
+    /// The component, compiled once for every node.
+    pub prepared: Prepared,
+}
+
+/// Compiles each app of `specs` once, sets the configs `configs` gives (`NAME=STRING`),
+/// and runs every one each `period` for as long as the run lasts, with default limits.
+pub fn prepare(
+    runtime: &Runtime,
+    specs: &[AppSpec],
+    configs: &[(String, String)],
+    period: Duration,
+) -> Result<Vec<SimApp>> {
+    let mut apps: Vec<SimApp> = Vec::new();
+    for spec in specs {
+        let name = spec.resolved_name();
+        validate_name("app", &name)?;
+        if apps.iter().any(|a| a.spec.name == name) {
+            bail!("two apps are named {name:?}: give one another name with PATH:NAME");
+        }
+        let prepared = runtime
+            .load_component(&spec.path)
+            .with_context(|| format!("app {name:?}"))?;
+        apps.push(SimApp {
+            spec: ResolvedApp {
+                name,
+                path: spec.path.clone(),
+                config: String::new(),
+                cycles: None,
+                period,
+                limits: Limits::default(),
+            },
+            prepared,
+        });
+    }
+    for (name, config) in configs {
+        let app = apps
+            .iter_mut()
+            .find(|a| &a.spec.name == name)
+            .with_context(|| {
+                format!("--app-config names app {name:?}, which is not among the apps")
+            })?;
+        app.spec.config = config.clone();
+    }
+    Ok(apps)
+}
+
+/// One node's apps.
+struct NodeApps {
+    context: AppContext,
+    instances: Vec<Option<AppInstance>>,
+    stats: Vec<Arc<Mutex<AppStats>>>,
+}
+
+/// Every node's apps, and how peer ids map to nodes.
+pub struct SimApps {
+    apps: Vec<SimApp>,
+    ids: Vec<String>,
+    index: HashMap<PeerId, u32>,
+    clock: Clock,
+    nodes: Vec<Option<NodeApps>>,
+    seed: u64,
+    /// Messages lost by the network model.
+    pub lost: u64,
+}
+
+/// Per-app totals over every node, for the run's summary.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AppTotals {
+    /// Nodes that run the app.
+    pub nodes: u64,
+    /// `periodic-run` calls made.
+    pub cycles: u64,
+    /// Messages the destination accepted.
+    pub sent: u64,
+    /// Messages handed to `handle-message`.
+    pub received: u64,
+    /// Messages refused or certainly not delivered.
+    pub send_errors: u64,
+    /// Messages without an answer (timed out; or in flight when the run ended: not
+    /// counted, since the run stops in the middle of them).
+    pub send_unknown: u64,
+    /// Calls that returned an error.
+    pub call_errors: u64,
+    /// Nodes where the app stopped for good.
+    pub failed: u64,
+    /// The first failure's node and reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_failure: Option<String>,
+}
+
+/// The peer id of virtual node `i`: from a key with a fixed secret, the same in every
+/// run.
+pub fn node_peer_id(i: u32) -> PeerId {
+    let mut secret = [0u8; 32];
+    secret[..4].copy_from_slice(&i.to_le_bytes());
+    secret[31] = 0x5e;
+    libp2p::identity::Keypair::ed25519_from_bytes(secret)
+        .expect("32 bytes make an ed25519 key")
+        .public()
+        .to_peer_id()
+}
+
+impl SimApps {
+    /// `apps` on each of `nodes` nodes, except those `runs_apps` says not (attackers).
+    pub fn new(
+        apps: Vec<SimApp>,
+        nodes: usize,
+        runs_apps: impl Fn(u32) -> bool,
+        seed: u64,
+    ) -> SimApps {
+        let peers: Vec<PeerId> = (0..nodes as u32).map(node_peer_id).collect();
+        let index = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (*p, i as u32))
+            .collect();
+        let ids: Vec<String> = peers.iter().map(PeerId::to_string).collect();
+        let clock = Clock::manual();
+        let nodes = (0..nodes as u32)
+            .map(|i| {
+                runs_apps(i).then(|| NodeApps {
+                    context: AppContext {
+                        clock: clock.clone(),
+                        ..AppContext::new(ids[i as usize].clone())
+                    },
+                    instances: apps.iter().map(|_| None).collect(),
+                    stats: apps.iter().map(|_| Arc::default()).collect(),
+                })
+            })
+            .collect();
+        SimApps {
+            apps,
+            ids,
+            index,
+            clock,
+            nodes,
+            seed,
+            lost: 0,
+        }
+    }
+
+    /// How many apps each node runs.
+    pub fn count(&self) -> usize {
+        self.apps.len()
+    }
+
+    /// Each app's period.
+    pub fn period(&self, app: usize) -> Duration {
+        self.apps[app].spec.period
+    }
+
+    /// Whether node `node` runs apps.
+    pub fn on_node(&self, node: u32) -> bool {
+        self.nodes[node as usize].is_some()
+    }
+
+    /// The node a peer id names, if it is one of the run's.
+    pub fn node_of(&self, peer: &PeerId) -> Option<u32> {
+        self.index.get(peer).copied()
+    }
+
+    /// Moves the apps' clock to `now` (µs of virtual time).
+    fn at(&self, now: u64) -> Duration {
+        let now = Duration::from_micros(now);
+        self.clock.set(now);
+        now
+    }
+
+    /// Starts app `app` on node `node` at `now`; returns its first effects.
+    pub fn start(&mut self, node: u32, app: usize, now: u64) -> Effects {
+        let now = self.at(now);
+        let seed = derive_seed(
+            self.seed,
+            &format!("node{node}/{}", self.apps[app].spec.name),
+        );
+        let mut spec = self.apps[app].spec.clone();
+        spec.config = spec.config.replace("{index}", &node.to_string());
+        let Some(apps) = self.nodes[node as usize].as_mut() else {
+            return Effects::default();
+        };
+        let (instance, effects) = AppInstance::start(
+            &self.apps[app].prepared,
+            &spec,
+            apps.context.clone(),
+            Some(seed),
+            apps.stats[app].clone(),
+            now,
+        );
+        apps.instances[app] = instance;
+        effects
+    }
+
+    /// When app `app` of node `node` next needs a cycle, in µs.
+    pub fn next_cycle(&self, node: u32, app: usize) -> Option<u64> {
+        let instance = self.instance(node, app)?;
+        instance
+            .poll_timeout()
+            .map(|due| due.as_micros().min(u128::from(u64::MAX)) as u64)
+    }
+
+    /// Runs app `app`'s due cycle on node `node` with the node's `view` (node numbers).
+    pub fn cycle(&mut self, node: u32, app: usize, view: &[u32], now: u64) -> Effects {
+        let now = self.at(now);
+        let ids: Vec<String> = view.iter().map(|&j| self.ids[j as usize].clone()).collect();
+        let Some(apps) = self.nodes[node as usize].as_mut() else {
+            return Effects::default();
+        };
+        *apps.context.view.write().unwrap_or_else(|e| e.into_inner()) = ids;
+        match apps.instances[app].as_mut() {
+            Some(instance) => instance.handle_timeout(now),
+            None => Effects::default(),
+        }
+    }
+
+    /// Hands a message from node `from` to app `app` of node `to`; `Err` says why it
+    /// was refused.
+    pub fn deliver(
+        &mut self,
+        from: u32,
+        to: u32,
+        app: usize,
+        payload: Vec<u8>,
+        now: u64,
+    ) -> Result<Effects, String> {
+        self.at(now);
+        let sender = self.ids[from as usize].clone();
+        let name = self.apps[app].spec.name.clone();
+        let Some(instance) = self.instance_mut(to, app) else {
+            return Err(format!("no app named {name:?} on this node"));
+        };
+        if instance.stopped() {
+            return Err(format!("app {name:?} has stopped"));
+        }
+        Ok(instance.handle(Input::Message {
+            from: sender,
+            payload,
+        }))
+    }
+
+    /// Tells app `app` of node `node` how its message `message_id` ended.
+    pub fn report(
+        &mut self,
+        node: u32,
+        app: usize,
+        message_id: u64,
+        outcome: Outcome,
+        now: u64,
+    ) -> Effects {
+        self.at(now);
+        match self.instance_mut(node, app) {
+            Some(instance) => instance.handle(Input::Delivery {
+                id: message_id,
+                outcome,
+            }),
+            None => Effects::default(),
+        }
+    }
+
+    fn instance(&self, node: u32, app: usize) -> Option<&AppInstance> {
+        self.nodes[node as usize].as_ref()?.instances[app].as_ref()
+    }
+
+    fn instance_mut(&mut self, node: u32, app: usize) -> Option<&mut AppInstance> {
+        self.nodes[node as usize].as_mut()?.instances[app].as_mut()
+    }
+
+    /// Per-app totals, by app name.
+    pub fn totals(&self) -> Vec<(String, AppTotals)> {
+        self.apps
+            .iter()
+            .enumerate()
+            .map(|(a, app)| {
+                let mut totals = AppTotals::default();
+                for (node, apps) in self.nodes.iter().enumerate() {
+                    let Some(apps) = apps else { continue };
+                    let stats = apps.stats[a].lock().unwrap_or_else(|e| e.into_inner());
+                    totals.nodes += 1;
+                    totals.cycles += stats.cycles;
+                    totals.sent += stats.sent;
+                    totals.received += stats.received;
+                    totals.send_errors += stats.send_errors;
+                    totals.send_unknown += stats.send_unknown;
+                    totals.call_errors += stats.call_errors;
+                    if stats.state == AppState::Failed {
+                        totals.failed += 1;
+                        if totals.first_failure.is_none() {
+                            let reason = stats.reason.clone().unwrap_or_default();
+                            totals.first_failure = Some(format!("node {node}: {reason}"));
+                        }
+                    }
+                }
+                (app.spec.name.clone(), totals)
+            })
+            .collect()
+    }
+}
