@@ -139,6 +139,8 @@ pub struct HostState {
     table: ResourceTable,
     pub(super) limiter: MemoryLimiter,
     context: AppContext,
+    /// This node's id, parsed once (none when the context's is not a peer id).
+    own_id: Option<PeerId>,
     limits: Limits,
     pub(super) outbox: Vec<OutgoingMessage>,
     /// `send-message` calls refused since last taken.
@@ -183,6 +185,7 @@ impl HostState {
         let (stdout, stderr) = (GuestLog::new(app, "stdout"), GuestLog::new(app, "stderr"));
         let rate = f64::from(limits.max_messages_per_sec);
         let now = context.clock.now();
+        let own_id = PeerId::from_str(&context.node_id).ok();
         let mut wasi = WasiCtx::builder();
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -208,6 +211,7 @@ impl HostState {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory_mib * 1024 * 1024),
             context,
+            own_id,
             limits,
             outbox: Vec::new(),
             refused_sends: 0,
@@ -341,7 +345,7 @@ impl HostState {
         let destination = PeerId::from_str(&destination).map_err(|e| {
             SendError::BadDestination(format!("{destination:?} is not a peer id: {e}"))
         })?;
-        if destination.to_string() == self.context.node_id {
+        if Some(destination) == self.own_id {
             return Err(SendError::BadDestination(
                 "that is this node's own id".into(),
             ));

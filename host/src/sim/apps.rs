@@ -181,6 +181,11 @@ impl SimApps {
         self.nodes[node as usize].is_some()
     }
 
+    /// Node `node`'s peer id, as apps see it.
+    pub fn id(&self, node: u32) -> &str {
+        &self.ids[node as usize]
+    }
+
     /// The node a peer id names, if it is one of the run's.
     pub fn node_of(&self, peer: &PeerId) -> Option<u32> {
         self.index.get(peer).copied()

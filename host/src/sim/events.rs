@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use rand::RngExt;
 
-use super::{node_peer_id, CycleMetrics, SimApps, Simulation};
+use super::{CycleMetrics, SimApps, Simulation};
 use crate::runtime::{Effects, Outcome};
 use crate::sampling::{Outgoing, SamplingMessage};
 
@@ -374,27 +374,24 @@ impl Engine {
         payload: Vec<u8>,
         deadline: u64,
     ) {
-        let peer = node_peer_id(to);
-        let (answer_at, outcome) = if !sim.is_up(to) {
-            (
-                deadline,
-                Outcome::Failed(format!("could not reach {peer}: it is offline")),
-            )
+        let up = sim.is_up(to);
+        let Some(apps) = sim.apps.as_mut() else {
+            return;
+        };
+        let (answer_at, outcome) = if !up {
+            let reason = format!("could not reach {}: it is offline", apps.id(to));
+            (deadline, Outcome::Failed(reason))
         } else {
-            let Some(apps) = sim.apps.as_mut() else {
-                return;
-            };
-            let delivered = apps.deliver(from, to, app, payload, now);
+            let delivered = apps
+                .deliver(from, to, app, payload, now)
+                .map_err(|reason| format!("refused by {}: {reason}", apps.id(to)));
             let back = now + self.latency(sim, to, from);
             match delivered {
                 Ok(effects) => {
                     self.app_effects(sim, now, to, app, effects);
                     (back, Outcome::Delivered)
                 }
-                Err(reason) => (
-                    back,
-                    Outcome::Failed(format!("refused by {peer}: {reason}")),
-                ),
+                Err(reason) => (back, Outcome::Failed(reason)),
             }
         };
         let (at, outcome) = if answer_at > deadline && outcome == Outcome::Delivered {
