@@ -37,7 +37,7 @@ pub struct Schedule {
     start: Duration,
     period: Duration,
     /// The next slot, counted in periods from `start`.
-    slot: u32,
+    slot: u64,
 }
 
 impl Schedule {
@@ -52,16 +52,23 @@ impl Schedule {
 
     /// When the next cycle is due.
     pub fn due(&self) -> Duration {
-        self.start + self.period * self.slot
+        self.start.saturating_add(self.offset(self.slot))
+    }
+
+    /// Slot `slot`'s offset from the start (saturating: a schedule never wraps).
+    fn offset(&self, slot: u64) -> Duration {
+        let nanos = self.period.as_nanos().saturating_mul(u128::from(slot));
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
     /// Takes the due cycle at `now`: returns its offset from the start and how many
     /// later slots had already passed (skipped).
-    pub fn advance(&mut self, now: Duration) -> (Duration, u32) {
-        let due = self.period * self.slot;
+    pub fn advance(&mut self, now: Duration) -> (Duration, u64) {
+        let due = self.offset(self.slot);
         let late = now.saturating_sub(self.due());
-        let skipped = (late.as_nanos() / self.period.as_nanos().max(1)) as u32;
-        self.slot += 1 + skipped;
+        let skipped =
+            u64::try_from(late.as_nanos() / self.period.as_nanos().max(1)).unwrap_or(u64::MAX);
+        self.slot = self.slot.saturating_add(skipped).saturating_add(1);
         (due, skipped)
     }
 }
@@ -334,5 +341,12 @@ mod tests {
         // 250 ms late: the slots at 400 and 500 ms passed already.
         assert_eq!(schedule.advance(start + ms(550)), (ms(300), 2));
         assert_eq!(schedule.due(), start + ms(600));
+
+        // A nanosecond period a million seconds late: counted in 64 bits, no wrap.
+        let mut tiny = Schedule::new(Duration::ZERO, Duration::from_nanos(1));
+        let late = Duration::from_secs(1_000_000);
+        let (_, skipped) = tiny.advance(late);
+        assert_eq!(skipped, 1_000_000_000_000_000 - 1);
+        assert_eq!(tiny.due(), late + Duration::from_nanos(1));
     }
 }
