@@ -1838,3 +1838,48 @@ fn simulated_nodes_run_the_same_app_components_in_virtual_time_reproducibly() {
         assert!(stderr.contains(expected), "{stderr}");
     }
 }
+
+#[test]
+fn a_python_app_takes_bytes_that_are_not_text_from_a_rust_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let common_args = |app: String, config: &str| -> Vec<String> {
+        [
+            "--context",
+            "e2e-bytes",
+            "--app",
+            &app,
+            "--app-config",
+            config,
+            "--cycles",
+            "-1",
+            "--period",
+            "200ms",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let python = RunningNode::spawn(
+        &common_args(
+            format!("{}:bin", common::guest("bytes_echo_py.wasm").display()),
+            "bin=",
+        ),
+        dir.path().join("python.log"),
+    );
+    let mut rust_args = common_args(
+        format!("{}:bin", common::guest("hostile.wasm").display()),
+        "bin=bytes",
+    );
+    rust_args.extend(["--bootstrap".into(), python.addr()]);
+    let rust = RunningNode::spawn(&rust_args, dir.path().join("rust.log"));
+    let nodes = vec![python, rust];
+    let (ids, logs) = ids_and_logs(&nodes);
+    wait_for("the Python app to get the Rust app's bytes", || {
+        read(&logs[0]).contains(&format!("got 4 bytes from {}: ff00fe80", ids[1]))
+    });
+    wait_for("the Rust app to get them back reversed", || {
+        read(&logs[1]).contains(&format!("bytes got 80fe00ff from {}", ids[0]))
+    });
+    for summary in stop_all(nodes) {
+        assert_eq!(summary["apps"]["bin"]["call_errors"], 0, "{summary}");
+    }
+}

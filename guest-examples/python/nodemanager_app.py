@@ -1,7 +1,8 @@
 """Write a nodemanager app in Python, the way the seed's tutorial does.
 
 Subclass `App`, implement `periodic_run(view, node_id)` and
-`handle_message(message, sender)`, call `self.send_message(...)`, and export it with
+`handle_message(message, sender)` (text) or `handle_bytes(payload, sender)` (any bytes),
+call `self.send_message(...)` or `self.send_bytes(...)`, and export it with
 `WitWorld = serve(MyApp)` in the module given to `componentize-py componentize`.
 """
 
@@ -51,13 +52,31 @@ class App:
         """Called with a message (UTF-8 text) that the same app on `sender` sent."""
         raise NotImplementedError
 
-    def send_message(self, message: str, destination: str, timeout: float = 2) -> int:
-        """Queues `message` for `destination` (sent after this call returns); returns
-        its message id. `timeout` is in seconds, as in the seed."""
+    def handle_bytes(self, payload: bytes, sender: str) -> None:
+        """Called with every message's bytes, as they came: the wire carries bytes,
+        whichever language sent them. The default decodes UTF-8 text and calls
+        `handle_message`; override it to take any bytes (e.g. from a Rust peer)."""
         try:
-            return host.send_message(destination, message.encode(), int(timeout * 1000))
+            text = payload.decode()
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"a {len(payload)}-byte message from {sender} is not UTF-8 text: "
+                "override handle_bytes to take bytes"
+            ) from None
+        self.handle_message(text, sender)
+
+    def send_message(self, message: str, destination: str, timeout: float = 2) -> int:
+        """Queues the text `message` (sent as UTF-8) for `destination`, after this call
+        returns; returns its message id. `timeout` is in seconds, as in the seed."""
+        return self.send_bytes(message.encode(), destination, timeout)
+
+    def send_bytes(self, payload: bytes, destination: str, timeout: float = 2) -> int:
+        """Queues `payload` as it is for `destination` (sent after this call returns);
+        returns its message id. `timeout` is in seconds."""
+        try:
+            return host.send_message(destination, payload, int(timeout * 1000))
         except Err as e:
-            raise RuntimeError(f"send_message to {destination} refused: {e.value}") from None
+            raise RuntimeError(f"send to {destination} refused: {e.value}") from None
 
     def on_message_sent(self, message_id: int, outcome: DeliveryOutcome) -> None:
         """Called with each message's outcome; failures are already recorded."""
@@ -110,7 +129,7 @@ def serve(app_class: Callable[[str], App]):
 
         def handle_message(self, source: str, payload: bytes) -> None:
             try:
-                WitWorld.app.handle_message(payload.decode(), source)
+                WitWorld.app.handle_bytes(payload, source)
             except Exception as e:
                 raise _failure("handle_message", e) from None
 

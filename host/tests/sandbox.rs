@@ -285,3 +285,27 @@ fn log_lines_are_capped_per_call() {
     app.periodic_run(&[]).unwrap();
     assert_eq!(app.logs_dropped(), 2 * (1_000 - 256), "the cap is per call");
 }
+
+#[test]
+fn a_python_text_app_names_a_message_that_is_not_text() {
+    let context = context();
+    let peer = context.view()[0].clone();
+    let mut app = LoadedApp::instantiate(
+        &prepared("share_vec_py.wasm"),
+        "share_vec",
+        Limits::default(),
+        context,
+        Some(7),
+    )
+    .unwrap();
+    app.init("").expect("init");
+    match app.handle_message(&peer, &[0xff, 0x00, 0xfe]) {
+        Err(AppError::Returned(reason)) => assert!(
+            reason.contains(&format!(
+                "a 3-byte message from {peer} is not UTF-8 text: override handle_bytes to take bytes"
+            )),
+            "{reason}"
+        ),
+        other => panic!("expected the app to refuse the bytes, got {other:?}"),
+    }
+}

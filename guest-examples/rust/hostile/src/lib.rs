@@ -16,6 +16,8 @@
 //! - `flood`: each cycle, queue 1 KiB messages to the first peer of the view until
 //!   `send-message` refuses (the per-call queue bound must stop it);
 //! - `log`: each cycle, log 1 MiB lines, 1,000 of them (the log caps must hold);
+//! - `bytes`: each cycle, send the first peer of the view 4 bytes that are not UTF-8,
+//!   and log what arrives in hex;
 //! - `dice`: each cycle, log a random number (`--seed` must make the run reproducible);
 //! - `time`: each cycle, send the first peer of the view `WALL_MS,MS_SINCE_INIT` as the
 //!   WASI wall and monotonic clocks tell them (they must follow the node's clock).
@@ -32,7 +34,7 @@ struct Hostile {
 impl App for Hostile {
     fn init(config: &str) -> Result<Self, String> {
         match config {
-            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "greet_known" | "echo" | "sink" | "flood" | "log" | "dice" | "time" => {
+            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "greet_known" | "echo" | "sink" | "flood" | "log" | "dice" | "time" | "bytes" => {
                 Ok(Hostile { mode: config.to_string(), cycles: 0, started: std::time::Instant::now() })
             }
             other => Err(format!("unknown hostile mode {other:?}")),
@@ -100,6 +102,12 @@ impl App for Hostile {
                 }
                 Ok(())
             }
+            "bytes" => {
+                if let Some(peer) = view.first() {
+                    host::send_message(peer, &[0xff, 0x00, 0xfe, 0x80], 5_000).map_err(|e| format!("{e:?}"))?;
+                }
+                Ok(())
+            }
             "dice" => {
                 log_info(&format!("dice cycle {} rolled {}", self.cycles, random_u64()));
                 Ok(())
@@ -143,6 +151,11 @@ impl App for Hostile {
     fn handle_message(&mut self, from: String, payload: Vec<u8>) -> Result<(), String> {
         if self.mode == "spin" {
             spin();
+        }
+        if self.mode == "bytes" {
+            let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+            log_info(&format!("bytes got {hex} from {from}"));
+            return Ok(());
         }
         if self.mode == "sink" {
             return Ok(());
