@@ -35,7 +35,7 @@ fn received(registry: &AppRegistry, target: &str) -> u64 {
         .list()
         .into_iter()
         .find(|a| a.name == target)
-        .map_or(0, |a| a.stats.received)
+        .map_or(0, |a| a.stats.counts.received)
 }
 
 fn registry_benches(c: &mut Criterion) {

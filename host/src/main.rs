@@ -456,16 +456,8 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         started.elapsed(),
         args.out.display()
     );
-    if !args.apps.is_empty() {
-        let apps: serde_json::Map<String, serde_json::Value> = simulation
-            .app_totals()
-            .into_iter()
-            .map(|(name, totals)| Ok((name, serde_json::to_value(totals)?)))
-            .collect::<Result<_>>()?;
-        print_json(&serde_json::json!({
-            "apps": apps,
-            "app_messages_lost": simulation.app_messages_lost(),
-        }))?;
+    if let Some(summary) = simulation.apps_summary() {
+        print_json(&summary)?;
     }
     Ok(())
 }

@@ -62,7 +62,7 @@ fn start_with_clock(
 #[test]
 fn an_instance_runs_its_cycles_only_when_told_the_time() {
     let (mut instance, stats, peer) = start("greet", 3, Limits::default());
-    let cycles = || stats.lock().unwrap().cycles;
+    let cycles = || stats.lock().unwrap().counts.cycles;
     assert_eq!(instance.poll_timeout(), Some(ms(100)));
     assert!(instance.handle_timeout(ms(99)).messages.is_empty());
     assert_eq!(cycles(), 0, "not due yet: nothing ran");
@@ -97,7 +97,11 @@ fn an_instance_runs_its_cycles_only_when_told_the_time() {
     let stats = stats.lock().unwrap().clone();
     assert_eq!(stats.state, AppState::Done);
     assert_eq!(
-        (stats.received, stats.sent, stats.send_unknown),
+        (
+            stats.counts.received,
+            stats.counts.sent,
+            stats.counts.send_unknown
+        ),
         (1, 1, 1),
         "{stats:?}"
     );
@@ -122,7 +126,7 @@ fn a_fatal_call_stops_the_instance_and_is_reported_once() {
     assert!(!after.finished && after.messages.is_empty(), "said once");
     let stats = stats.lock().unwrap().clone();
     assert_eq!(stats.state, AppState::Failed);
-    assert_eq!(stats.received, 0, "a stopped app takes nothing");
+    assert_eq!(stats.counts.received, 0, "a stopped app takes nothing");
     assert!(
         stats
             .reason

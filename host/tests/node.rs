@@ -99,9 +99,12 @@ fn two_nodes_in_one_process_exchange_messages_and_stop_on_request() {
     });
     for (summary, delivered) in summaries.iter().zip(delivered) {
         let app = &summary.apps["greet"];
-        assert_eq!(app.call_errors, 0, "{app:?}");
-        assert!(app.sent >= delivered, "counters only grow: {app:?}");
-        assert!(app.received >= 1 && app.cycles >= 1, "{app:?}");
+        assert_eq!(app.counts.call_errors, 0, "{app:?}");
+        assert!(app.counts.sent >= delivered, "counters only grow: {app:?}");
+        assert!(
+            app.counts.received >= 1 && app.counts.cycles >= 1,
+            "{app:?}"
+        );
         assert_eq!(summary.sampling.algorithm, "connected");
     }
 }

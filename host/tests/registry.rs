@@ -86,7 +86,7 @@ fn an_unloaded_app_handles_what_was_queued_for_it_then_leaves() {
         .unwrap_err();
     assert_eq!(refused.reason, "unknown_app");
     let info = exited(&mut registry, &mut events, id);
-    assert_eq!(info.stats.received, 5, "nothing accepted is dropped");
+    assert_eq!(info.stats.counts.received, 5, "nothing accepted is dropped");
     assert_eq!(info.stats.state, AppState::Unloaded);
     assert_eq!(registry.retired().len(), 1);
     assert!(registry.list().is_empty());
@@ -103,7 +103,7 @@ fn a_replacement_restores_its_predecessors_state_and_never_gets_its_reports() {
             Limits::default(),
         ))
         .unwrap();
-    once(&registry, "counter", |a| a.stats.cycles >= 3);
+    once(&registry, "counter", |a| a.stats.counts.cycles >= 3);
     let (leaving, new) = registry
         .replace(request("counter", "calm", None, Limits::default()))
         .unwrap();
@@ -135,9 +135,9 @@ fn a_replacement_restores_its_predecessors_state_and_never_gets_its_reports() {
     let info = once(&registry, "counter", |a| a.stats.calls == 5);
     assert_eq!(
         (
-            info.stats.sent,
-            info.stats.send_errors,
-            info.stats.send_unknown
+            info.stats.counts.sent,
+            info.stats.counts.send_errors,
+            info.stats.counts.send_unknown
         ),
         (1, 1, 1),
         "{:?}",
@@ -168,7 +168,7 @@ fn a_replacement_waits_for_state_only_up_to_the_handoff_timeout() {
         ))
         .unwrap();
     assert_ne!(new, old);
-    once(&registry, "busy", |a| a.stats.cycles >= 3);
+    once(&registry, "busy", |a| a.stats.counts.cycles >= 3);
     while let Ok(event) = events.try_recv() {
         assert!(
             !matches!(event, WorkerEvent::Exited { app } if app == old),
@@ -192,7 +192,7 @@ fn a_replacement_waits_for_state_only_up_to_the_handoff_timeout() {
         .unwrap();
     assert_eq!(info.stats.state, AppState::Running);
     assert!(
-        info.stats.calls <= info.stats.cycles + 1,
+        info.stats.calls <= info.stats.counts.cycles + 1,
         "init and cycles only, no restore: {:?}",
         info.stats
     );

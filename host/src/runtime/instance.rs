@@ -145,7 +145,7 @@ impl AppInstance {
 
     /// When the next cycle is due; `None` once the cycles are done or the app stopped.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        let done = self.cycles_done(self.stats().cycles);
+        let done = self.cycles_done(self.stats().counts.cycles);
         (!self.stopped && !done).then(|| self.schedule.due())
     }
 
@@ -155,7 +155,7 @@ impl AppInstance {
             return Effects::default();
         }
         let (due, skipped) = self.schedule.advance(now);
-        let cycle = self.stats().cycles + 1;
+        let cycle = self.stats().counts.cycles + 1;
         let name = &self.name;
         if skipped > 0 {
             tracing::warn!(app = %name, cycle, skipped, "the app fell behind its schedule: skipped to the next slot");
@@ -164,7 +164,7 @@ impl AppInstance {
         let view = self.view.view();
         let started = Instant::now();
         let result = self.app.periodic_run(&view);
-        self.stats().cycles = cycle;
+        self.stats().counts.cycles = cycle;
         let mut effects = self.after_call(started, result);
         if !self.stopped && self.cycles_done(cycle) {
             effects.finished |= self.finish_cycles();
@@ -182,7 +182,7 @@ impl AppInstance {
             Input::Message { from, payload } => {
                 {
                     let mut stats = self.stats();
-                    stats.received += 1;
+                    stats.counts.received += 1;
                     stats.bytes_in += payload.len() as u64;
                 }
                 self.app.handle_message(&from, &payload)
@@ -253,13 +253,13 @@ impl AppInstance {
         let name = &self.name;
         let mut stats = self.stats();
         match outcome {
-            Outcome::Delivered => stats.sent += 1,
+            Outcome::Delivered => stats.counts.sent += 1,
             Outcome::Failed(reason) => {
-                stats.send_errors += 1;
+                stats.counts.send_errors += 1;
                 tracing::warn!(app = %name, message_id = id, "message not delivered: {reason}");
             }
             Outcome::Unknown(reason) => {
-                stats.send_unknown += 1;
+                stats.counts.send_unknown += 1;
                 tracing::warn!(app = %name, message_id = id, "message outcome unknown: {reason}");
             }
         }
@@ -269,12 +269,12 @@ impl AppInstance {
     /// queued, or stops the app if the call was fatal.
     fn after_call(&mut self, started: Instant, result: Result<(), AppError>) -> Effects {
         self.record_call(started);
-        self.stats().send_errors += self.app.take_refused_sends();
+        self.stats().counts.send_errors += self.app.take_refused_sends();
         match result {
             Ok(()) => {}
             Err(AppError::Returned(message)) => {
                 tracing::warn!(app = %self.name, "call returned an error: {message}");
-                self.stats().call_errors += 1;
+                self.stats().counts.call_errors += 1;
             }
             Err(e @ AppError::Stopped(_)) => return self.stop(e),
         }

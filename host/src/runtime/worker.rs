@@ -102,10 +102,11 @@ pub enum WorkerEvent {
 }
 
 /// Where an app stands.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AppState {
     /// Starting or running its cycles.
+    #[default]
     Running,
     /// All cycles done (it still handles messages until the node exits).
     Done,
@@ -166,21 +167,10 @@ impl CallTimes {
     }
 }
 
-/// An app's counters, as the final summary prints them.
-#[derive(Clone, Debug, Serialize)]
-pub struct AppStats {
-    /// Calls into the app (init, periodic-run, handle-message, delivery-report).
-    pub calls: u64,
-    /// Median call time, in microseconds (within ~19%).
-    pub call_time_p50_us: u64,
-    /// 99th-percentile call time, in microseconds (within ~19%).
-    pub call_time_p99_us: u64,
-    /// Linear memory the app holds, in bytes.
-    pub memory_bytes: u64,
-    /// Payload bytes handed to `handle-message`.
-    pub bytes_in: u64,
-    /// Payload bytes the app queued with `send-message`.
-    pub bytes_out: u64,
+/// What an app did with its cycles and messages: the counters that add up across
+/// instances (a simulation sums them over its nodes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AppCounts {
     /// `periodic-run` calls made.
     pub cycles: u64,
     /// Messages the destination accepted.
@@ -194,6 +184,37 @@ pub struct AppStats {
     pub send_unknown: u64,
     /// Calls that returned an error (the app went on).
     pub call_errors: u64,
+}
+
+impl std::ops::AddAssign for AppCounts {
+    fn add_assign(&mut self, other: AppCounts) {
+        self.cycles += other.cycles;
+        self.sent += other.sent;
+        self.received += other.received;
+        self.send_errors += other.send_errors;
+        self.send_unknown += other.send_unknown;
+        self.call_errors += other.call_errors;
+    }
+}
+
+/// An app's counters, as the final summary prints them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AppStats {
+    /// Calls into the app (init, periodic-run, handle-message, delivery-report).
+    pub calls: u64,
+    /// Median call time, in microseconds (within ~19%).
+    pub call_time_p50_us: u64,
+    /// 99th-percentile call time, in microseconds (within ~19%).
+    pub call_time_p99_us: u64,
+    /// Linear memory the app holds, in bytes.
+    pub memory_bytes: u64,
+    /// Payload bytes handed to `handle-message`.
+    pub bytes_in: u64,
+    /// Payload bytes the app queued with `send-message`.
+    pub bytes_out: u64,
+    /// Cycles run and messages sent, received and failed.
+    #[serde(flatten)]
+    pub counts: AppCounts,
     /// Where the app stands.
     pub state: AppState,
     /// Why the app failed.
@@ -210,28 +231,6 @@ impl AppStats {
         self.call_times.record(micros);
         self.call_time_p50_us = self.call_times.quantile(0.5);
         self.call_time_p99_us = self.call_times.quantile(0.99);
-    }
-}
-
-impl Default for AppStats {
-    fn default() -> Self {
-        AppStats {
-            calls: 0,
-            call_time_p50_us: 0,
-            call_time_p99_us: 0,
-            memory_bytes: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            cycles: 0,
-            sent: 0,
-            received: 0,
-            send_errors: 0,
-            send_unknown: 0,
-            call_errors: 0,
-            state: AppState::Running,
-            reason: None,
-            call_times: CallTimes::default(),
-        }
     }
 }
 

@@ -3,20 +3,19 @@
 //! with a manual clock (the guests' WASI clocks follow it) and randomness derived from
 //! the run's seed, the node and the app, so a run replays exactly.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::{bail, Context as _, Result};
 use libp2p::PeerId;
 use serde::Serialize;
-
-use anyhow::{bail, Context as _, Result};
 
 use crate::config::{validate_name, AppSpec, ResolvedApp};
 use crate::runtime::registry::derive_seed;
 use crate::runtime::{
-    AppContext, AppInstance, AppState, AppStats, Clock, Effects, Input, Limits, Outcome, Prepared,
-    Runtime,
+    AppContext, AppCounts, AppInstance, AppState, AppStats, Clock, Effects, Input, Limits, Outcome,
+    Prepared, Runtime,
 };
 
 /// One app every virtual node runs: its settings (the config may hold `{index}`, the
@@ -95,24 +94,24 @@ pub struct SimApps {
 pub struct AppTotals {
     /// Nodes that run the app.
     pub nodes: u64,
-    /// `periodic-run` calls made.
-    pub cycles: u64,
-    /// Messages the destination accepted.
-    pub sent: u64,
-    /// Messages handed to `handle-message`.
-    pub received: u64,
-    /// Messages refused or certainly not delivered.
-    pub send_errors: u64,
-    /// Messages without an answer (timed out; or in flight when the run ended: not
-    /// counted, since the run stops in the middle of them).
-    pub send_unknown: u64,
-    /// Calls that returned an error.
-    pub call_errors: u64,
+    /// Every node's counts added up (messages still in flight when the run ended are
+    /// in no outcome count).
+    #[serde(flatten)]
+    pub counts: AppCounts,
     /// Nodes where the app stopped for good.
     pub failed: u64,
     /// The first failure's node and reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_failure: Option<String>,
+}
+
+/// What the apps of a simulation did: the last line `simulate --app` prints.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AppsSummary {
+    /// Totals by app name.
+    pub apps: BTreeMap<String, AppTotals>,
+    /// App messages the network model lost.
+    pub app_messages_lost: u64,
 }
 
 /// The peer id of virtual node `i`: from a key with a fixed secret, the same in every
@@ -296,9 +295,10 @@ impl SimApps {
         self.nodes[node as usize].as_mut()?.instances[app].as_mut()
     }
 
-    /// Per-app totals, by app name.
-    pub fn totals(&self) -> Vec<(String, AppTotals)> {
-        self.apps
+    /// Per-app totals over every node, and the messages the network lost.
+    pub fn summary(&self) -> AppsSummary {
+        let apps = self
+            .apps
             .iter()
             .enumerate()
             .map(|(a, app)| {
@@ -307,12 +307,7 @@ impl SimApps {
                     let Some(apps) = apps else { continue };
                     let stats = apps.stats[a].lock().unwrap_or_else(|e| e.into_inner());
                     totals.nodes += 1;
-                    totals.cycles += stats.cycles;
-                    totals.sent += stats.sent;
-                    totals.received += stats.received;
-                    totals.send_errors += stats.send_errors;
-                    totals.send_unknown += stats.send_unknown;
-                    totals.call_errors += stats.call_errors;
+                    totals.counts += stats.counts;
                     if stats.state == AppState::Failed {
                         totals.failed += 1;
                         if totals.first_failure.is_none() {
@@ -323,6 +318,10 @@ impl SimApps {
                 }
                 (app.spec.name.clone(), totals)
             })
-            .collect()
+            .collect();
+        AppsSummary {
+            apps,
+            app_messages_lost: self.lost,
+        }
     }
 }

@@ -28,7 +28,7 @@ mod events;
 mod metrics;
 mod plot;
 
-pub use apps::{node_peer_id, AppTotals, SimApp, SimApps};
+pub use apps::{node_peer_id, AppTotals, AppsSummary, SimApp, SimApps};
 pub use byzantine::Attack;
 pub use events::{LinkLatency, NetworkModel};
 pub use metrics::{CycleMetrics, Overlay, SampleTally, Views, CSV_HEADER};
@@ -419,14 +419,9 @@ impl Simulation {
         Ok(self)
     }
 
-    /// Per-app totals over every node (none without apps).
-    pub fn app_totals(&self) -> Vec<(String, AppTotals)> {
-        self.apps.as_ref().map(SimApps::totals).unwrap_or_default()
-    }
-
-    /// App messages the network model lost.
-    pub fn app_messages_lost(&self) -> u64 {
-        self.apps.as_ref().map_or(0, |apps| apps.lost)
+    /// What the apps did (none without apps).
+    pub fn apps_summary(&self) -> Option<AppsSummary> {
+        self.apps.as_ref().map(SimApps::summary)
     }
 
     /// Messages sent so far (delivered or lost).
