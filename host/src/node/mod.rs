@@ -394,14 +394,12 @@ impl Node {
                     return;
                 };
                 if self.closing {
-                    for message in messages {
-                        registry.report(Report {
-                            app,
-                            message_id: message.id,
-                            outcome: Outcome::Failed("not sent: the node is shutting down".into()),
-                        });
-                    }
-                    return;
+                    let not_sent = messages.into_iter().map(|message| Report {
+                        app,
+                        message_id: message.id,
+                        outcome: Outcome::Failed("not sent: the node is shutting down".into()),
+                    });
+                    return report_all(registry, not_sent);
                 }
                 let (batches, refused) =
                     pending.batch(app, &name, messages, self.max_payload_bytes);
@@ -861,7 +859,7 @@ impl Node {
 }
 
 /// Hands each settled message's outcome to its app.
-fn report_all(registry: &AppRegistry, reports: Vec<Report>) {
+fn report_all(registry: &AppRegistry, reports: impl IntoIterator<Item = Report>) {
     for report in reports {
         registry.report(report);
     }

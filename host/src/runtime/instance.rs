@@ -77,7 +77,8 @@ impl Schedule {
 pub struct AppInstance {
     name: String,
     app: LoadedApp,
-    view: AppContext,
+    /// The node's shared state (the view each cycle gets).
+    context: AppContext,
     cycles: Option<u64>,
     schedule: Schedule,
     stats: Arc<Mutex<AppStats>>,
@@ -114,7 +115,7 @@ impl AppInstance {
         let mut instance = AppInstance {
             name: spec.name.clone(),
             app,
-            view: context,
+            context,
             cycles: spec.cycles,
             schedule: Schedule::new(now, spec.period),
             stats,
@@ -131,11 +132,6 @@ impl AppInstance {
             effects.finished = instance.finish_cycles();
         }
         (Some(instance), effects)
-    }
-
-    /// The app's name.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// Whether the app stopped for good (it takes no more inputs).
@@ -161,7 +157,7 @@ impl AppInstance {
             tracing::warn!(app = %name, cycle, skipped, "the app fell behind its schedule: skipped to the next slot");
         }
         tracing::debug!(app = %name, cycle, due_ms = due.as_millis() as u64, "periodic-run");
-        let view = self.view.view();
+        let view = self.context.view();
         let started = Instant::now();
         let result = self.app.periodic_run(&view);
         self.stats().counts.cycles = cycle;

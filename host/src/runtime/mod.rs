@@ -10,7 +10,7 @@ mod instance;
 pub mod registry;
 mod worker;
 
-pub use app::{AppError, LoadedApp, UNKNOWN_OUTCOME_PREFIX};
+pub use app::{AppError, LoadedApp};
 pub use cache::{ComponentCache, DEFAULT_CACHE_MAX_BYTES};
 pub use host::{AppContext, Clock, OutgoingMessage, MANUAL_WALL_ORIGIN};
 pub use inspect::{inspect, Inspection};

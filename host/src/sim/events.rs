@@ -263,17 +263,16 @@ impl Engine {
                 }
             }
             Happening::AppCycle { node, app } => {
-                let up = sim.is_up(node);
+                if !sim.is_up(node) {
+                    // A node that left keeps its apps; their cycles wait for its return.
+                    let period = sim.apps.as_ref().map_or(1, |apps| micros(apps.period(app)));
+                    self.schedule(now + period.max(1), Happening::AppCycle { node, app });
+                    return;
+                }
                 let view = sim.samplers[node as usize].view();
                 let Some(apps) = sim.apps.as_mut() else {
                     return;
                 };
-                if !up {
-                    // A node that left keeps its apps; their cycles wait for its return.
-                    let period = micros(apps.period(app)).max(1);
-                    self.schedule(now + period, Happening::AppCycle { node, app });
-                    return;
-                }
                 let effects = apps.cycle(node, app, &view, now);
                 self.app_effects(sim, now, node, app, effects);
                 self.schedule_app_cycle(sim, node, app);
