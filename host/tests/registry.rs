@@ -147,17 +147,18 @@ fn a_replacement_restores_its_predecessors_state_and_never_gets_its_reports() {
 
 #[test]
 fn a_replacement_waits_for_state_only_up_to_the_handoff_timeout() {
-    let (mut registry, mut events) = registry(Duration::from_millis(100));
+    let (mut registry, _events) = registry(Duration::from_millis(100));
+    // The message makes the old instance spin, and its deadline is longer than any
+    // test waits: its drain, queued behind the message, never comes while the test
+    // runs (the thread ends with the test process), so the successor can only go on
+    // because its wait for the state timed out, however fast or slow the machine.
     let limits = Limits {
-        call_deadline: Duration::from_secs(5),
+        call_deadline: Duration::from_secs(3600),
         ..Limits::default()
     };
     let old = registry
         .load(request("busy", "spin", None, limits))
         .unwrap();
-    // The message makes the old instance spin until its deadline; the drain waits
-    // behind it, so the old instance is still busy long after the successor stopped
-    // waiting (5 s against 0.1 s).
     registry.deliver("peer", "busy", b"spin".to_vec()).unwrap();
     let (_, new) = registry
         .replace(request(
@@ -169,22 +170,6 @@ fn a_replacement_waits_for_state_only_up_to_the_handoff_timeout() {
         .unwrap();
     assert_ne!(new, old);
     once(&registry, "busy", |a| a.stats.counts.cycles >= 3);
-    while let Ok(event) = events.try_recv() {
-        assert!(
-            !matches!(event, WorkerEvent::Exited { app } if app == old),
-            "the old instance left before its successor went on: no timeout was needed"
-        );
-    }
-    let retired = exited(&mut registry, &mut events, old);
-    assert!(
-        retired
-            .stats
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.contains("CPU deadline")),
-        "{:?}",
-        retired.stats
-    );
     let info = registry
         .list()
         .into_iter()
