@@ -147,6 +147,52 @@ pub fn init(
     Ok(collector)
 }
 
+/// Sets the logger of a simulation: lines without wall-clock times (the same run writes
+/// the same log, byte for byte), tagged with the virtual node and time of the call
+/// (`vnode{node=3 t_us=1250}`). To `file` (`RUST_LOG` or info), else to stderr
+/// (`RUST_LOG` or warnings). Keep the guard until the run ends: dropping it writes out
+/// what is buffered.
+pub fn init_simulation(
+    format: LogFormat,
+    file: Option<&Path>,
+) -> Result<tracing_appender::non_blocking::WorkerGuard> {
+    let (writer, guard, default) = match file {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create log file {}", path.display()))?;
+            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(false)
+                .finish(file);
+            (writer, guard, DEFAULT_FILTER)
+        }
+        None => {
+            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(false)
+                .finish(std::io::stderr());
+            (writer, guard, "warn")
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let layer = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .without_time()
+            .with_ansi(false)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .without_time()
+            .with_writer(writer)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .try_init()
+        .context("cannot set up logging")?;
+    Ok(guard)
+}
+
 /// The tracing layer that hands records to the collector thread.
 struct CollectorLayer {
     identifier: String,

@@ -16,7 +16,7 @@ use nodemanager::config::{
 use nodemanager::node::Node;
 use nodemanager::runtime::{inspect, Limits, Runtime};
 use nodemanager::sampling::{StaticConfig, Topology, TopologyKind};
-use nodemanager::sim::{Engine, LinkLatency, NetworkModel, SimConfig, Simulation};
+use nodemanager::sim::{Engine, LinkLatency, NetworkModel, SeedSimConfig, SimConfig, Simulation};
 use nodemanager::{logging, network};
 
 /// Host for peer-to-peer apps written as sandboxed WebAssembly components.
@@ -256,9 +256,15 @@ struct SimulateArgs {
     /// Number of nodes [default: the topology's].
     #[arg(long, required_unless_present = "topology")]
     nodes: Option<usize>,
-    /// Number of cycles.
-    #[arg(long)]
-    cycles: u64,
+    /// Number of cycles [default with --sim-config: as many as its max_sim_time_us
+    /// holds].
+    #[arg(long, required_unless_present = "sim_config")]
+    cycles: Option<u64>,
+    /// The seed's simulation config (`DiscreteEventSimConfig(...).to_rust_config()` as
+    /// JSON; nodes named node_0 ...): latency, jitter factor, per-pair latencies,
+    /// partitions, disconnections, clock drift, run length, real-time factor.
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["latency", "jitter_factor"])]
+    sim_config: Option<PathBuf>,
     /// Initial links (and the static sampler's for good): the seed's topology YAML or
     /// CSR JSON; node i is node_{i+1}.
     #[arg(long, value_name = "FILE")]
@@ -297,9 +303,17 @@ struct SimulateArgs {
     /// Uniform jitter added to each message's latency (event engine), e.g. 20ms.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     jitter: Duration,
+    /// Jitter relative to each link's latency: up to this fraction of it is added
+    /// (event engine; the seed's jitter_factor).
+    #[arg(long, default_value_t = 0.0)]
+    jitter_factor: f64,
     /// Probability that a message is lost (event engine).
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
+    /// Let virtual time run at most this many times faster than real time; 0:
+    /// unlimited [default: --sim-config's real_time_factor, else 0].
+    #[arg(long)]
+    real_time_factor: Option<f64>,
     /// A per-link latency, A-B=LATENCY (e.g. 3-7=250ms); repeatable (event engine).
     #[arg(long = "link", value_name = "A-B=LATENCY")]
     links: Vec<LinkLatency>,
@@ -322,6 +336,17 @@ struct SimulateArgs {
     /// Time between an app's cycles [default: the sampler's period].
     #[arg(long, value_parser = parse_duration)]
     app_period: Option<Duration>,
+    /// Write one JSON line per node at the end (state, view size, each app's counters).
+    #[arg(long, value_name = "FILE.jsonl")]
+    nodes_out: Option<PathBuf>,
+    /// Write the log here: guests' lines (and, with the seed's verbose_logging, every
+    /// app message's fate and every outage) tagged with virtual node and time
+    /// [default: warnings to stderr].
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Log lines as text or JSON.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -372,23 +397,46 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         (None, Some(topology)) => topology.len(),
         (None, None) => bail!("--nodes is needed without --topology"),
     };
-    let network = NetworkModel {
-        latency: args.latency,
-        jitter: args.jitter,
-        loss: args.loss,
-        links: args.links.clone(),
+    let seed_config = args
+        .sim_config
+        .as_deref()
+        .map(|path| SeedSimConfig::from_file(path, nodes))
+        .transpose()?;
+    let mut network = match &seed_config {
+        Some(seed) => seed.network.clone(),
+        None => NetworkModel {
+            latency: args.latency,
+            jitter_factor: args.jitter_factor,
+            ..NetworkModel::default()
+        },
     };
-    let engine = args
-        .engine
-        .unwrap_or(if network.is_ideal() && args.apps.is_empty() {
+    network.jitter = args.jitter;
+    network.loss = args.loss;
+    network.links.extend(args.links.iter().cloned());
+    let engine = args.engine.unwrap_or(
+        if network.is_ideal() && args.apps.is_empty() && seed_config.is_none() {
             Engine::Cycle
         } else {
             Engine::Event
-        });
+        },
+    );
+    let cycle_length = sampler.period().unwrap_or(Duration::from_secs(1));
+    let cycles = match (args.cycles, &seed_config) {
+        (Some(cycles), _) => cycles,
+        (None, Some(seed)) => seed.max_sim_time.as_micros().div_ceil(cycle_length.as_micros().max(1)) as u64,
+        (None, None) => bail!("--cycles is needed without --sim-config"),
+    };
+    let real_time_factor = args
+        .real_time_factor
+        .or(seed_config.as_ref().map(|s| s.real_time_factor))
+        .unwrap_or(0.0);
+    if real_time_factor > 0.0 {
+        eprintln!("virtual time runs at most {real_time_factor}x real time (--real-time-factor 0: unlimited)");
+    }
     let config = SimConfig {
         sampler,
         nodes,
-        cycles: args.cycles,
+        cycles,
         seed: args.seed,
         bootstrap_peers: args.bootstrap_peers,
         topology,
@@ -400,8 +448,13 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         attack_force: args.attack_force,
         engine,
         network,
+        outages: seed_config.as_ref().map(|s| s.outages.clone()).unwrap_or_default(),
+        drift: seed_config.as_ref().map(|s| s.drift.clone()).unwrap_or_default(),
+        real_time_factor,
+        verbose: seed_config.as_ref().is_some_and(|s| s.verbose_logging),
         costly_metrics_every: args.costly_metrics_every,
     };
+    let _log = logging::init_simulation(args.log_format, args.log_file.as_deref())?;
     let app_period = args.app_period.unwrap_or(config.cycle_length());
     let apps = if args.apps.is_empty() {
         Vec::new()
@@ -420,13 +473,13 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         simulation_label(&args),
         args.seed
     );
-    let bar = ProgressBar::new(args.cycles).with_style(
+    let bar = ProgressBar::new(cycles).with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] cycle {pos}/{len} eta {eta}")
             .expect("a valid template")
             .progress_chars("=> "),
     );
     // Without a terminal the bar is hidden: say where the run is every 10%.
-    let step = (args.cycles / 10).max(1);
+    let step = (cycles / 10).max(1);
     let mut rows = Vec::new();
     simulation.run(&mut out, |metrics| {
         bar.inc(1);
@@ -434,7 +487,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
             eprintln!(
                 "cycle {}/{} ({:.1?})",
                 metrics.cycle,
-                args.cycles,
+                cycles,
                 started.elapsed()
             );
         }
@@ -451,13 +504,17 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     eprintln!(
         "simulated {} nodes x {} cycles, {} messages, in {:.2?}; metrics in {}",
         nodes,
-        args.cycles,
+        cycles,
         simulation.messages(),
         started.elapsed(),
         args.out.display()
     );
-    if let Some(summary) = simulation.apps_summary() {
-        print_json(&summary)?;
+    if let Some(path) = &args.nodes_out {
+        write_json_lines(path, simulation.node_rows())?;
+        eprintln!("one line per node in {}", path.display());
+    }
+    if engine == Engine::Event {
+        print_json(&simulation.summary())?;
     }
     Ok(())
 }
@@ -660,6 +717,22 @@ impl RunArgs {
         }
         Ok(config)
     }
+}
+
+/// Writes one JSON line per item to `path`.
+fn write_json_lines<T: serde::Serialize>(
+    path: &Path,
+    items: impl Iterator<Item = T>,
+) -> Result<()> {
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for item in items {
+        serde_json::to_writer(&mut out, &item)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {

@@ -65,8 +65,9 @@ impl Clock {
 /// The wall-clock time a manual clock's zero stands for: 2000-01-01T00:00:00Z.
 pub const MANUAL_WALL_ORIGIN: Duration = Duration::from_secs(946_684_800);
 
-/// WASI's wall clock for a manual clock: [`MANUAL_WALL_ORIGIN`] plus its time.
-struct ManualWallClock(Clock);
+/// WASI's wall clock for a manual clock: [`MANUAL_WALL_ORIGIN`] plus its time plus the
+/// node's skew (µs).
+struct ManualWallClock(Clock, i64);
 
 impl wasmtime_wasi::HostWallClock for ManualWallClock {
     fn resolution(&self) -> Duration {
@@ -74,7 +75,13 @@ impl wasmtime_wasi::HostWallClock for ManualWallClock {
     }
 
     fn now(&self) -> Duration {
-        MANUAL_WALL_ORIGIN + self.0.now()
+        let now = MANUAL_WALL_ORIGIN + self.0.now();
+        let skew = Duration::from_micros(self.1.unsigned_abs());
+        if self.1 >= 0 {
+            now + skew
+        } else {
+            now.saturating_sub(skew)
+        }
     }
 }
 
@@ -102,6 +109,9 @@ pub struct AppContext {
     pub known_peers: Arc<RwLock<Vec<String>>>,
     /// The time the send-rate limit counts in.
     pub clock: Clock,
+    /// How far this node's wall clock is ahead of the manual clock (negative: behind),
+    /// in µs: a simulated node whose clock drifts.
+    pub wall_skew_us: i64,
 }
 
 impl AppContext {
@@ -194,7 +204,7 @@ impl HostState {
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
         if let Clock::Manual(_) = context.clock {
-            wasi.wall_clock(ManualWallClock(context.clock.clone()))
+            wasi.wall_clock(ManualWallClock(context.clock.clone(), context.wall_skew_us))
                 .monotonic_clock(ManualMonotonicClock(context.clock.clone()));
         }
         if let Some(seed) = seed {

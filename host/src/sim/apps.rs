@@ -11,6 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use libp2p::PeerId;
 use serde::Serialize;
 
+use super::summary::NodeApp;
 use crate::config::{validate_name, AppSpec, ResolvedApp};
 use crate::runtime::registry::derive_seed;
 use crate::runtime::{
@@ -127,13 +128,15 @@ pub fn node_peer_id(i: u32) -> PeerId {
 }
 
 impl SimApps {
-    /// `apps` on each of `nodes` nodes, except those `runs_apps` says not (attackers).
+    /// `apps` on each node, except those `runs_apps` says not (attackers); node `i`'s
+    /// wall clock is `skews[i]` µs off virtual time.
     pub fn new(
         apps: Vec<SimApp>,
-        nodes: usize,
         runs_apps: impl Fn(u32) -> bool,
         seed: u64,
+        skews: Vec<i64>,
     ) -> SimApps {
+        let nodes = skews.len();
         let peers: Vec<PeerId> = (0..nodes as u32).map(node_peer_id).collect();
         let index = peers
             .iter()
@@ -147,6 +150,7 @@ impl SimApps {
                 runs_apps(i).then(|| NodeApps {
                     context: AppContext {
                         clock: clock.clone(),
+                        wall_skew_us: skews[i as usize],
                         ..AppContext::new(ids[i as usize].clone())
                     },
                     instances: apps.iter().map(|_| None).collect(),
@@ -170,6 +174,11 @@ impl SimApps {
         self.apps.len()
     }
 
+    /// App `app`'s name.
+    pub fn name(&self, app: usize) -> &str {
+        &self.apps[app].spec.name
+    }
+
     /// Each app's period.
     pub fn period(&self, app: usize) -> Duration {
         self.apps[app].spec.period
@@ -190,16 +199,18 @@ impl SimApps {
         self.index.get(peer).copied()
     }
 
-    /// Moves the apps' clock to `now` (µs of virtual time).
-    fn at(&self, now: u64) -> Duration {
+    /// Moves the apps' clock to `now` (µs of virtual time); what is logged until the
+    /// guard drops is tagged with the virtual node and time.
+    fn at(&self, node: u32, now: u64) -> (Duration, tracing::span::EnteredSpan) {
+        let span = tracing::info_span!("vnode", node, t_us = now).entered();
         let now = Duration::from_micros(now);
         self.clock.set(now);
-        now
+        (now, span)
     }
 
     /// Starts app `app` on node `node` at `now`; returns its first effects.
     pub fn start(&mut self, node: u32, app: usize, now: u64) -> Effects {
-        let now = self.at(now);
+        let (now, _span) = self.at(node, now);
         let seed = derive_seed(
             self.seed,
             &format!("node{node}/{}", self.apps[app].spec.name),
@@ -231,7 +242,7 @@ impl SimApps {
 
     /// Runs app `app`'s due cycle on node `node` with the node's `view` (node numbers).
     pub fn cycle(&mut self, node: u32, app: usize, view: &[u32], now: u64) -> Effects {
-        let now = self.at(now);
+        let (now, _span) = self.at(node, now);
         let ids: Vec<String> = view.iter().map(|&j| self.ids[j as usize].clone()).collect();
         let Some(apps) = self.nodes[node as usize].as_mut() else {
             return Effects::default();
@@ -253,7 +264,7 @@ impl SimApps {
         payload: Vec<u8>,
         now: u64,
     ) -> Result<Effects, String> {
-        self.at(now);
+        let _span = self.at(to, now).1;
         let sender = self.ids[from as usize].clone();
         let name = self.apps[app].spec.name.clone();
         let Some(instance) = self.instance_mut(to, app) else {
@@ -277,7 +288,7 @@ impl SimApps {
         outcome: Outcome,
         now: u64,
     ) -> Effects {
-        self.at(now);
+        let _span = self.at(node, now).1;
         match self.instance_mut(node, app) {
             Some(instance) => instance.handle(Input::Delivery {
                 id: message_id,
@@ -293,6 +304,29 @@ impl SimApps {
 
     fn instance_mut(&mut self, node: u32, app: usize) -> Option<&mut AppInstance> {
         self.nodes[node as usize].as_mut()?.instances[app].as_mut()
+    }
+
+    /// Node `node`'s apps, by name (none on an attacker).
+    pub fn node_apps(&self, node: u32) -> BTreeMap<String, NodeApp> {
+        let Some(apps) = &self.nodes[node as usize] else {
+            return BTreeMap::new();
+        };
+        self.apps
+            .iter()
+            .zip(&apps.stats)
+            .map(|(app, stats)| {
+                let stats = stats.lock().unwrap_or_else(|e| e.into_inner());
+                let row = NodeApp {
+                    state: stats.state.clone(),
+                    reason: stats.reason.clone(),
+                    memory_bytes: stats.memory_bytes,
+                    bytes_in: stats.bytes_in,
+                    bytes_out: stats.bytes_out,
+                    counts: stats.counts,
+                };
+                (app.spec.name.clone(), row)
+            })
+            .collect()
     }
 
     /// Per-app totals over every node, and the messages the network lost.

@@ -4,25 +4,28 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rand::RngExt;
 
+use super::conditions::Partitions;
 use super::{CycleMetrics, SimApps, Simulation};
 use crate::runtime::{Effects, Outcome};
 use crate::sampling::{Outgoing, SamplingMessage};
 
-/// One link's latency, overriding the model's for messages between `a` and `b` (both
-/// ways). Written `A-B=LATENCY`, e.g. `3-7=250ms`.
+/// One link's latency, overriding the model's for messages from `a` to `b` (and from
+/// `b` to `a` when `both_ways`). Written `A-B=LATENCY`, e.g. `3-7=250ms` (both ways).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinkLatency {
-    /// One end.
+    /// One end (the sender, if one way).
     pub a: u32,
     /// The other end.
     pub b: u32,
     /// The one-way latency.
     pub latency: Duration,
+    /// Whether it holds from `b` to `a` too.
+    pub both_ways: bool,
 }
 
 impl FromStr for LinkLatency {
@@ -36,33 +39,49 @@ impl FromStr for LinkLatency {
             a: a.trim().parse().with_context(shape)?,
             b: b.trim().parse().with_context(shape)?,
             latency: humantime::parse_duration(latency.trim()).with_context(shape)?,
+            both_ways: true,
         })
     }
 }
 
-/// Latency and loss of the virtual network.
-#[derive(Clone, Debug, Default)]
+/// Latency, loss and partitions of the virtual network.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NetworkModel {
     /// One-way latency of every link.
     pub latency: Duration,
     /// Uniform jitter added to every message's latency, in `[0, jitter]`.
     pub jitter: Duration,
+    /// Uniform jitter relative to the link's latency: `[0, jitter_factor × latency]` is
+    /// added (the seed's `jitter_factor`).
+    pub jitter_factor: f64,
     /// Probability that a message is lost.
     pub loss: f64,
     /// Per-link latencies (jitter still added).
     pub links: Vec<LinkLatency>,
+    /// Who cannot reach whom.
+    pub partitions: Partitions,
 }
 
 impl NetworkModel {
     /// Whether messages arrive at once and always (what the cycle engine assumes).
     pub fn is_ideal(&self) -> bool {
-        self.latency.is_zero() && self.jitter.is_zero() && self.loss == 0.0 && self.links.is_empty()
+        self.latency.is_zero()
+            && self.jitter.is_zero()
+            && self.loss == 0.0
+            && self.links.is_empty()
+            && self.partitions.is_empty()
     }
 
     /// Checks the numbers against a network of `nodes` nodes.
     pub fn validate(&self, nodes: usize) -> Result<()> {
         if !(0.0..1.0).contains(&self.loss) {
             bail!("--loss must be at least 0 and below 1, not {}", self.loss);
+        }
+        if !(0.0..=1.0).contains(&self.jitter_factor) {
+            bail!(
+                "--jitter-factor must be between 0 and 1, not {}",
+                self.jitter_factor
+            );
         }
         if let Some(link) = self
             .links
@@ -109,6 +128,7 @@ enum Happening {
         message_id: u64,
         payload: Vec<u8>,
         deadline: u64,
+        sent_at: u64,
     },
     /// App `app` on `node` learns how its message ended.
     AppReport {
@@ -117,6 +137,12 @@ enum Happening {
         message_id: u64,
         outcome: Outcome,
     },
+    /// A node goes offline for `duration` µs (for good if `None`).
+    Disconnect { node: u32, duration: Option<u64> },
+    /// A node offline until now comes back (ignored if its outage was extended).
+    Reconnect { node: u32 },
+    /// Random failures are drawn.
+    FailureStep,
 }
 
 struct Event {
@@ -149,6 +175,7 @@ struct Engine {
     queue: BinaryHeap<Reverse<Event>>,
     seq: u64,
     period: u64,
+    /// Per-link latencies by (sender, receiver).
     links: BTreeMap<(u32, u32), u64>,
 }
 
@@ -178,23 +205,33 @@ impl Engine {
         loss > 0.0 && sim.rng.random_bool(loss)
     }
 
-    /// The one-way latency of the next message from `from` to `to`, in µs.
+    /// The one-way latency of the next message from `from` to `to`, in µs: the link's
+    /// (or the model's), plus uniform jitter (absolute, and relative to the latency).
     fn latency(&self, sim: &mut Simulation, from: u32, to: u32) -> u64 {
         let model = &sim.config.network;
-        let (base, jitter) = (micros(model.latency), micros(model.jitter));
-        let link = (from.min(to), from.max(to));
-        self.links.get(&link).copied().unwrap_or(base)
-            + if jitter > 0 {
-                sim.rng.random_range(0..=jitter)
-            } else {
-                0
-            }
+        let base = self
+            .links
+            .get(&(from, to))
+            .copied()
+            .unwrap_or(micros(model.latency));
+        let jitter = micros(model.jitter) + (base as f64 * model.jitter_factor) as u64;
+        base + if jitter > 0 {
+            sim.rng.random_range(0..=jitter)
+        } else {
+            0
+        }
     }
 
     fn send(&mut self, sim: &mut Simulation, now: u64, from: u32, outgoing: Vec<Outgoing<u32>>) {
         for Outgoing { to, message } in outgoing {
             sim.messages += 1;
+            if sim.config.network.partitions.separates(from, to) {
+                sim.tally.dropped += 1;
+                self.unreachable_at(sim, now + self.period, from, to);
+                continue;
+            }
             if Self::lost(sim) {
+                sim.tally.dropped += 1;
                 continue;
             }
             let latency = self.latency(sim, from, to);
@@ -210,14 +247,32 @@ impl Engine {
         }
     }
 
+    /// Tells `node`'s sampler at `at` that `peer` did not answer (honest nodes only).
+    fn unreachable_at(&mut self, sim: &Simulation, at: u64, node: u32, peer: u32) {
+        if !sim.byzantine[node as usize] {
+            let incarnation = sim.incarnation[node as usize];
+            self.schedule(
+                at,
+                Happening::Unreachable {
+                    node,
+                    incarnation,
+                    peer,
+                },
+            );
+        }
+    }
+
     fn handle(&mut self, sim: &mut Simulation, now: u64, happening: Happening) {
         match happening {
             Happening::Tick { node, incarnation } => {
-                if sim.incarnation[node as usize] != incarnation || !sim.is_up(node) {
+                if sim.incarnation[node as usize] != incarnation || !sim.is_present(node) {
                     return;
                 }
-                let out = sim.tick(node);
-                self.send(sim, now, node, out);
+                // A node offline keeps its phase; it gossips again once back.
+                if sim.is_online(node) {
+                    let out = sim.tick(node);
+                    self.send(sim, now, node, out);
+                }
                 self.schedule(now + self.period, Happening::Tick { node, incarnation });
             }
             Happening::Deliver {
@@ -227,19 +282,12 @@ impl Engine {
                 message,
             } => {
                 if (to as usize) < sim.samplers.len() && sim.is_up(to) {
+                    sim.tally.delivered += 1;
                     let answers = sim.receive(from, to, message);
                     self.send(sim, now, to, answers);
-                } else if !sim.byzantine[from as usize] {
-                    let incarnation = sim.incarnation[from as usize];
-                    let timeout = (sent_at + self.period).max(now);
-                    self.schedule(
-                        timeout,
-                        Happening::Unreachable {
-                            node: from,
-                            incarnation,
-                            peer: to,
-                        },
-                    );
+                } else {
+                    sim.tally.dropped += 1;
+                    self.unreachable_at(sim, (sent_at + self.period).max(now), from, to);
                 }
             }
             Happening::Unreachable {
@@ -263,8 +311,9 @@ impl Engine {
                 }
             }
             Happening::AppCycle { node, app } => {
-                if !sim.is_up(node) {
+                if !sim.is_present(node) {
                     // A node that left keeps its apps; their cycles wait for its return.
+                    // (A node offline runs them: only its network is cut.)
                     let period = sim.apps.as_ref().map_or(1, |apps| micros(apps.period(app)));
                     self.schedule(now + period.max(1), Happening::AppCycle { node, app });
                     return;
@@ -284,7 +333,14 @@ impl Engine {
                 message_id,
                 payload,
                 deadline,
-            } => self.app_deliver(sim, now, (from, to, app, message_id), payload, deadline),
+                sent_at,
+            } => self.app_deliver(
+                sim,
+                now,
+                (from, to, app, message_id),
+                payload,
+                (sent_at, deadline),
+            ),
             Happening::AppReport {
                 node,
                 app,
@@ -296,6 +352,36 @@ impl Engine {
                 };
                 let effects = apps.report(node, app, message_id, outcome, now);
                 self.app_effects(sim, now, node, app, effects);
+            }
+            Happening::Disconnect { node, duration } => {
+                let until = duration.map_or(u64::MAX, |d| now.saturating_add(d));
+                if sim.disconnect(node, until, now) && until != u64::MAX {
+                    self.schedule(until, Happening::Reconnect { node });
+                }
+            }
+            Happening::Reconnect { node } => sim.reconnect(node, now),
+            Happening::FailureStep => {
+                let Some(failures) = sim.config.outages.random.clone() else {
+                    return;
+                };
+                for node in 0..sim.samplers.len() as u32 {
+                    if sim.is_up(node)
+                        && !sim.byzantine[node as usize]
+                        && sim.rng.random_bool(failures.probability)
+                    {
+                        let duration = failures.draw_recovery(&mut sim.rng);
+                        self.handle(
+                            sim,
+                            now,
+                            Happening::Disconnect {
+                                node,
+                                duration: Some(duration),
+                            },
+                        );
+                    }
+                }
+                let step = micros(failures.time_step).max(1);
+                self.schedule(now + step, Happening::FailureStep);
             }
         }
     }
@@ -312,8 +398,9 @@ impl Engine {
     }
 
     /// Routes what app `app` of `node` queued: to the destination after its latency, or
-    /// back as an outcome (an unknown destination fails at once; a lost message is an
-    /// unknown outcome at its deadline).
+    /// back as an outcome (an unknown destination, or a sender offline, fails at once;
+    /// a lost message is an unknown outcome at its deadline, one across a partition a
+    /// failure at its deadline).
     fn app_effects(
         &mut self,
         sim: &mut Simulation,
@@ -339,10 +426,31 @@ impl Engine {
                 self.schedule(now, report(message.id, Outcome::Failed(reason)));
                 continue;
             };
+            if !sim.is_up(node) {
+                let reason = format!("could not reach {}: this node is offline", message.destination);
+                self.schedule(now, report(message.id, Outcome::Failed(reason)));
+                continue;
+            }
+            if sim.config.network.partitions.separates(node, to) {
+                sim.tally.dropped += 1;
+                sim.app_log(now, node, app, || {
+                    format!("message {} to node {to} dropped: partition", message.id)
+                });
+                let reason = format!(
+                    "could not reach {}: no route (network partition)",
+                    message.destination
+                );
+                self.schedule(deadline, report(message.id, Outcome::Failed(reason)));
+                continue;
+            }
             if Self::lost(sim) {
+                sim.tally.dropped += 1;
                 if let Some(apps) = sim.apps.as_mut() {
                     apps.lost += 1;
                 }
+                sim.app_log(now, node, app, || {
+                    format!("message {} to node {to} dropped: lost", message.id)
+                });
                 let reason = format!("timed out after {:?} without an answer", message.timeout);
                 self.schedule(deadline, report(message.id, Outcome::Unknown(reason)));
                 continue;
@@ -357,6 +465,7 @@ impl Engine {
                     message_id: message.id,
                     payload: message.payload,
                     deadline,
+                    sent_at: now,
                 },
             );
         }
@@ -371,7 +480,7 @@ impl Engine {
         now: u64,
         (from, to, app, message_id): (u32, u32, usize, u64),
         payload: Vec<u8>,
-        deadline: u64,
+        (sent_at, deadline): (u64, u64),
     ) {
         let up = sim.is_up(to);
         let Some(apps) = sim.apps.as_mut() else {
@@ -393,6 +502,18 @@ impl Engine {
                 Err(reason) => (back, Outcome::Failed(reason)),
             }
         };
+        if outcome == Outcome::Delivered {
+            sim.tally.delivered += 1;
+            sim.tally.latency.record(now - sent_at);
+            sim.app_log(now, to, app, || {
+                format!("message {message_id} from node {from} delivered after {} us", now - sent_at)
+            });
+        } else {
+            sim.tally.dropped += 1;
+            sim.app_log(now, to, app, || {
+                format!("message {message_id} from node {from} not delivered: {outcome:?}")
+            });
+        }
         let (at, outcome) = if answer_at > deadline && outcome == Outcome::Delivered {
             (
                 deadline,
@@ -418,17 +539,18 @@ pub(super) fn run(
     sim: &mut Simulation,
     record: &mut impl FnMut(CycleMetrics) -> Result<()>,
 ) -> Result<()> {
+    let mut links = BTreeMap::new();
+    for link in &sim.config.network.links {
+        links.insert((link.a, link.b), micros(link.latency));
+        if link.both_ways {
+            links.insert((link.b, link.a), micros(link.latency));
+        }
+    }
     let mut engine = Engine {
         queue: BinaryHeap::new(),
         seq: 0,
         period: micros(sim.config.cycle_length()).max(1),
-        links: sim
-            .config
-            .network
-            .links
-            .iter()
-            .map(|l| ((l.a.min(l.b), l.a.max(l.b)), micros(l.latency)))
-            .collect(),
+        links,
     };
     for node in 0..sim.samplers.len() as u32 {
         engine.schedule_tick(sim, node, 0);
@@ -444,6 +566,29 @@ pub(super) fn run(
         let phase = sim.rng.random_range(0..engine.period);
         engine.schedule(phase, Happening::AppStart { node });
     }
+    let outages = sim.config.outages.clone();
+    for &node in &outages.permanently_offline {
+        engine.schedule(
+            0,
+            Happening::Disconnect {
+                node,
+                duration: None,
+            },
+        );
+    }
+    for outage in &outages.scheduled {
+        engine.schedule(
+            micros(outage.start),
+            Happening::Disconnect {
+                node: outage.node,
+                duration: Some(micros(outage.duration)),
+            },
+        );
+    }
+    if let Some(failures) = &outages.random {
+        engine.schedule(micros(failures.time_step), Happening::FailureStep);
+    }
+    let pacer = Pacer::new(sim.config.real_time_factor);
     for cycle in 1..=sim.config.cycles {
         let start = (cycle - 1) * engine.period;
         for node in sim.begin_cycle()? {
@@ -452,11 +597,39 @@ pub(super) fn run(
         let end = cycle * engine.period;
         while engine.queue.peek().is_some_and(|e| e.0.at < end) {
             let Reverse(event) = engine.queue.pop().expect("peeked");
+            pacer.wait_for(event.at);
+            sim.tally.events += 1;
             engine.handle(sim, event.at, event.happening);
         }
+        sim.tally.now = end;
         record(sim.metrics())?;
     }
     Ok(())
+}
+
+/// Holds virtual time back to `factor` times real time (never, for a factor of 0).
+struct Pacer {
+    factor: f64,
+    started: Instant,
+}
+
+impl Pacer {
+    fn new(factor: f64) -> Pacer {
+        Pacer {
+            factor,
+            started: Instant::now(),
+        }
+    }
+
+    /// Waits until virtual time `at` (µs) may be reached.
+    fn wait_for(&self, at: u64) {
+        if self.factor > 0.0 {
+            let due = Duration::from_secs_f64(at as f64 / 1e6 / self.factor);
+            if let Some(early) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(early);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -518,7 +691,8 @@ mod tests {
             LinkLatency {
                 a: 3,
                 b: 7,
-                latency: Duration::from_millis(250)
+                latency: Duration::from_millis(250),
+                both_ways: true
             }
         );
         for bad in ["3-7", "3=1s", "a-7=1s", "3-7=fast"] {

@@ -24,13 +24,19 @@
 
 pub mod apps;
 mod byzantine;
+pub mod conditions;
 mod events;
 mod metrics;
 mod plot;
+mod seed_config;
+mod summary;
 
 pub use apps::{node_peer_id, AppTotals, AppsSummary, SimApp, SimApps};
 pub use byzantine::Attack;
+pub use conditions::{ClockDrift, Outages, Partitions};
 pub use events::{LinkLatency, NetworkModel};
+pub use seed_config::SeedSimConfig;
+pub use summary::{NodeRow, RunSummary};
 pub use metrics::{CycleMetrics, Overlay, SampleTally, Views, CSV_HEADER};
 pub use plot::plot;
 
@@ -86,8 +92,16 @@ pub struct SimConfig {
     pub attack_force: f64,
     /// The engine.
     pub engine: Engine,
-    /// Latency and loss (event engine only).
+    /// Latency, loss and partitions (event engine only).
     pub network: NetworkModel,
+    /// Nodes offline for good, at planned times or at random (event engine only).
+    pub outages: Outages,
+    /// Apps' wall clocks that drift (event engine only).
+    pub drift: ClockDrift,
+    /// How many times faster than real time virtual time may run (0: unlimited).
+    pub real_time_factor: f64,
+    /// Log every app message's fate to the simulation log.
+    pub verbose: bool,
     /// Compute the costly metrics (clustering, path length) every this many cycles.
     pub costly_metrics_every: u64,
 }
@@ -152,9 +166,32 @@ impl SimConfig {
         if self.costly_metrics_every == 0 {
             bail!("--costly-metrics-every must be at least 1");
         }
-        if self.engine == Engine::Cycle && !self.network.is_ideal() {
-            bail!("--latency, --jitter, --loss and --link need --engine event");
+        if self.engine == Engine::Cycle && !(self.network.is_ideal() && self.outages.is_empty())
+        {
+            bail!("--latency, --jitter, --loss, --link, partitions and disconnections need --engine event");
         }
+        if !(self.real_time_factor >= 0.0 && self.real_time_factor.is_finite()) {
+            bail!(
+                "--real-time-factor must be a number of at least 0 (0: unlimited), not {}",
+                self.real_time_factor
+            );
+        }
+        let check_node = |what: &str, node: u32| {
+            if node as usize >= self.nodes {
+                bail!(
+                    "{what} names node {node}: nodes are numbered 0 to {}",
+                    self.nodes - 1
+                );
+            }
+            Ok(())
+        };
+        for &node in &self.outages.permanently_offline {
+            check_node("permanently_offline", node)?;
+        }
+        for outage in &self.outages.scheduled {
+            check_node("a scheduled disconnection", outage.node)?;
+        }
+        self.outages.validate()?;
         self.network.validate(self.nodes)
     }
 
@@ -189,6 +226,10 @@ pub struct Simulation {
     messages: u64,
     /// The apps every honest node runs (event engine only).
     apps: Option<SimApps>,
+    /// Until when each node is offline (`u64::MAX`: for good), if it is.
+    offline_until: Vec<Option<u64>>,
+    /// What the event engine counted.
+    tally: summary::EventTally,
 }
 
 impl Simulation {
@@ -222,6 +263,8 @@ impl Simulation {
             cycle: 0,
             messages: 0,
             apps: None,
+            offline_until: vec![None; n],
+            tally: summary::EventTally::default(),
             config,
         };
         for i in 0..n as u32 {
@@ -253,8 +296,60 @@ impl Simulation {
         }
     }
 
+    /// Whether node `i` is in the network and online.
     fn is_up(&self, i: u32) -> bool {
+        self.is_present(i) && self.is_online(i)
+    }
+
+    /// Whether node `i` has neither left nor failed (it may be offline for a while).
+    fn is_present(&self, i: u32) -> bool {
         self.status[i as usize] == Status::Up
+    }
+
+    /// Whether node `i` is not cut off by an outage.
+    fn is_online(&self, i: u32) -> bool {
+        self.offline_until[i as usize].is_none()
+    }
+
+    /// Takes node `i` offline until `until` (µs); returns whether its reconnection
+    /// must be scheduled (not when it was already offline at least that long).
+    fn disconnect(&mut self, i: u32, until: u64, now: u64) -> bool {
+        match self.offline_until[i as usize] {
+            Some(current) if current >= until => false,
+            Some(_) => {
+                self.offline_until[i as usize] = Some(until);
+                true
+            }
+            None => {
+                self.offline_until[i as usize] = Some(until);
+                self.tally.disconnections += 1;
+                self.node_log(now, i, "offline");
+                true
+            }
+        }
+    }
+
+    /// Brings node `i` back if its outage ends at `now`.
+    fn reconnect(&mut self, i: u32, now: u64) {
+        if self.offline_until[i as usize] == Some(now) {
+            self.offline_until[i as usize] = None;
+            self.node_log(now, i, "online again");
+        }
+    }
+
+    /// Logs that node `i` went `what` at `now` (µs), with verbose logging.
+    fn node_log(&self, now: u64, i: u32, what: &str) {
+        if self.config.verbose {
+            tracing::info!(target: "nodemanager::sim", t_us = now, node = i, "{what}");
+        }
+    }
+
+    /// Logs what `message` says about app `app` of node `i` at `now`, with verbose
+    /// logging.
+    fn app_log(&self, now: u64, i: u32, app: usize, message: impl FnOnce() -> String) {
+        if let (true, Some(apps)) = (self.config.verbose, &self.apps) {
+            tracing::info!(target: "nodemanager::sim", t_us = now, node = i, app = apps.name(app), "{}", message());
+        }
     }
 
     /// Starts cycle `cycle + 1`: churn, then the massive failure if due. Returns the
@@ -361,12 +456,12 @@ impl Simulation {
         let mut views = Views::with_capacity(n, 32);
         for i in 0..n {
             views.push_with(|out| {
-                if !self.byzantine[i] && self.status[i] == Status::Up {
+                if !self.byzantine[i] && self.is_up(i as u32) {
                     self.samplers[i].view_into(out);
                 }
             });
         }
-        let alive: Vec<bool> = self.status.iter().map(|&s| s == Status::Up).collect();
+        let alive: Vec<bool> = (0..n as u32).map(|i| self.is_up(i)).collect();
         let overlay = Overlay {
             views: &views,
             alive: &alive,
@@ -388,6 +483,7 @@ impl Simulation {
             progress(&metrics);
             Ok(())
         };
+        let started = std::time::Instant::now();
         match self.config.engine {
             Engine::Cycle => {
                 for _ in 0..self.config.cycles {
@@ -397,6 +493,7 @@ impl Simulation {
             }
             Engine::Event => events::run(self, &mut record)?,
         }
+        self.tally.elapsed = started.elapsed();
         Ok(())
     }
 
@@ -410,18 +507,18 @@ impl Simulation {
         }
         let byzantine = self.byzantine.clone();
         let n = self.samplers.len();
+        let mut rng = StdRng::seed_from_u64(crate::runtime::registry::derive_seed(
+            self.config.seed,
+            "clock-drift",
+        ));
+        let skews = self.config.drift.skews(n, &mut rng);
         self.apps = Some(SimApps::new(
             apps,
-            n,
             |i| !byzantine[i as usize],
             self.config.seed,
+            skews,
         ));
         Ok(self)
-    }
-
-    /// What the apps did (none without apps).
-    pub fn apps_summary(&self) -> Option<AppsSummary> {
-        self.apps.as_ref().map(SimApps::summary)
     }
 
     /// Messages sent so far (delivered or lost).
@@ -461,6 +558,10 @@ mod tests {
             attack_force: 1.0,
             engine: Engine::Cycle,
             network: NetworkModel::default(),
+            outages: Outages::default(),
+            drift: ClockDrift::default(),
+            real_time_factor: 0.0,
+            verbose: false,
             costly_metrics_every: 5,
         }
     }
