@@ -1719,7 +1719,8 @@ fn a_python_exception_is_reported_with_its_traceback_and_the_run_exits_3() {
     assert!(read(&log).contains("app.py\\\", line 25") || read(&log).contains("app.py\", line 25"));
 }
 
-/// `simulate --app` with `args`: its summary (last stdout line) and its CSV.
+/// `simulate --app` with `args`: its summary (last stdout line, without the two keys
+/// that measure the machine) and its CSV.
 fn simulate_apps(dir: &Path, run: &str, args: &[&str]) -> (Value, String) {
     let csv = dir.join(format!("{run}.csv"));
     let stdout = run_ok(
@@ -1729,8 +1730,133 @@ fn simulate_apps(dir: &Path, run: &str, args: &[&str]) -> (Value, String) {
             .args(args),
     );
     let stdout = String::from_utf8(stdout).unwrap();
-    let summary = serde_json::from_str(stdout.lines().last().expect("a summary line")).unwrap();
+    let mut summary: Value =
+        serde_json::from_str(stdout.lines().last().expect("a summary line")).unwrap();
+    let fields = summary.as_object_mut().unwrap();
+    for wall_clock in ["real_time_elapsed_ms", "time_acceleration"] {
+        assert!(
+            fields.remove(wall_clock).is_some(),
+            "{wall_clock} in {stdout}"
+        );
+    }
     (summary, std::fs::read_to_string(&csv).unwrap())
+}
+
+#[test]
+fn the_seeds_simulation_config_runs_as_it_is_and_every_output_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = common::repo_root().join("tests/fixtures/seed-sim-full.json");
+    let app = format!("{}:sv", common::guest("share_vec_rust.wasm").display());
+    let outputs = |run: &str, seed: &str| {
+        let nodes = dir.path().join(format!("{run}.jsonl"));
+        let log = dir.path().join(format!("{run}.log"));
+        let (summary, csv) = simulate_apps(
+            dir.path(),
+            run,
+            &[
+                "--nodes",
+                "12",
+                "--sim-config",
+                fixture.to_str().unwrap(),
+                "--real-time-factor",
+                "0",
+                "--app",
+                &app,
+                "--seed",
+                seed,
+                "--nodes-out",
+                nodes.to_str().unwrap(),
+                "--log-file",
+                log.to_str().unwrap(),
+            ],
+        );
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+        (summary, csv, read(&nodes), read(&log))
+    };
+    let a = outputs("a", "1");
+    let (summary, csv, nodes, log) = &a;
+    // max_sim_time_us = 20 s: 10 cycles of GBPS's 2 s.
+    assert_eq!(summary["current_sim_time_us"], 20_000_000, "{summary}");
+    assert_eq!(csv.lines().count(), 11, "{csv}");
+    for key in [
+        "events_processed",
+        "messages_delivered",
+        "messages_dropped",
+        "disconnection_events",
+    ] {
+        assert!(summary[key].as_u64() > Some(0), "{key}: {summary}");
+    }
+    assert_eq!(summary["node_states"]["node_5"], "offline", "{summary}");
+    assert_eq!(summary["apps"]["sv"]["nodes"], 12, "{summary}");
+    assert_eq!(nodes.lines().count(), 12);
+    let row: Value = serde_json::from_str(nodes.lines().nth(5).unwrap()).unwrap();
+    assert_eq!(
+        (&row["name"], &row["state"]),
+        (&"node_5".into(), &"offline".into())
+    );
+    assert!(row["apps"]["sv"]["send_errors"].as_u64() > Some(0), "{row}");
+    // Guests' lines and (verbose_logging is off) no per-message lines.
+    assert!(log.contains(" INFO vnode{node=0 t_us="), "{log}");
+    assert!(log.contains("guest: START"), "{log}");
+    assert!(!log.contains("delivered after"), "{log}");
+    assert_eq!(
+        outputs("b", "1"),
+        a,
+        "same seed, same outputs byte for byte"
+    );
+    let other = outputs("c", "2");
+    assert!(other.0 != a.0 && other.2 != a.2 && other.3 != a.3);
+
+    // Real time holds virtual time back: 1 virtual second at 2x takes at least 0.4 s.
+    let paced = dir.path().join("paced.json");
+    std::fs::write(
+        &paced,
+        r#"{"max_sim_time_us": 1000000, "real_time_factor": 2}"#,
+    )
+    .unwrap();
+    let stdout = run_ok(nodemanager().args([
+        "simulate",
+        "--nodes",
+        "3",
+        "--sampler",
+        "connected",
+        "--sim-config",
+        paced.to_str().unwrap(),
+        "--out",
+        dir.path().join("paced.csv").to_str().unwrap(),
+    ]));
+    let stdout = String::from_utf8(stdout).unwrap();
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(
+        summary["real_time_elapsed_ms"].as_u64() >= Some(400),
+        "{summary}"
+    );
+
+    for (json, expected) in [
+        (
+            r#"{"latency_config": {"jitter_factor": 1.5}}"#,
+            "latency_config.jitter_factor must be between 0 and 1, not 1.5",
+        ),
+        (
+            r#"{"disconnection_config": {"permanently_offline": ["node_40"]}}"#,
+            "disconnection_config.permanently_offline: \"node_40\" is not a node of this run (they are node_0 to node_2)",
+        ),
+        (r#"{"latency_config": []"#, "EOF while parsing"),
+    ] {
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, json).unwrap();
+        let stderr = run_failing(&[
+            "simulate",
+            "--nodes",
+            "3",
+            "--sim-config",
+            bad.to_str().unwrap(),
+            "--out",
+            dir.path().join("bad.csv").to_str().unwrap(),
+        ]);
+        assert!(stderr.contains(expected), "{json}: {stderr}");
+        assert!(stderr.contains("bad.json is not valid"), "{stderr}");
+    }
 }
 
 #[test]

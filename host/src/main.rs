@@ -35,7 +35,7 @@ enum Command {
     /// exit ({"apps": {name: counters}}). Flags override the config file.
     Run(Box<RunArgs>),
     /// Simulate N nodes running a sampler in one process and write per-cycle metrics (CSV).
-    Simulate(SimulateArgs),
+    Simulate(Box<SimulateArgs>),
     /// Static topologies for the `static` sampler and `simulate --topology`.
     #[command(subcommand)]
     Topology(TopologyCommand),
@@ -423,7 +423,10 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     let cycle_length = sampler.period().unwrap_or(Duration::from_secs(1));
     let cycles = match (args.cycles, &seed_config) {
         (Some(cycles), _) => cycles,
-        (None, Some(seed)) => seed.max_sim_time.as_micros().div_ceil(cycle_length.as_micros().max(1)) as u64,
+        (None, Some(seed)) => seed
+            .max_sim_time
+            .as_micros()
+            .div_ceil(cycle_length.as_micros().max(1)) as u64,
         (None, None) => bail!("--cycles is needed without --sim-config"),
     };
     let real_time_factor = args
@@ -448,8 +451,14 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         attack_force: args.attack_force,
         engine,
         network,
-        outages: seed_config.as_ref().map(|s| s.outages.clone()).unwrap_or_default(),
-        drift: seed_config.as_ref().map(|s| s.drift.clone()).unwrap_or_default(),
+        outages: seed_config
+            .as_ref()
+            .map(|s| s.outages.clone())
+            .unwrap_or_default(),
+        drift: seed_config
+            .as_ref()
+            .map(|s| s.drift.clone())
+            .unwrap_or_default(),
         real_time_factor,
         verbose: seed_config.as_ref().is_some_and(|s| s.verbose_logging),
         costly_metrics_every: args.costly_metrics_every,
@@ -724,8 +733,8 @@ fn write_json_lines<T: serde::Serialize>(
     path: &Path,
     items: impl Iterator<Item = T>,
 ) -> Result<()> {
-    let file = std::fs::File::create(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
     for item in items {
         serde_json::to_writer(&mut out, &item)?;
@@ -868,7 +877,7 @@ fn main() -> ExitCode {
             }
             other => other.map(|_| true),
         },
-        Command::Simulate(args) => simulate(args).map(|()| true),
+        Command::Simulate(args) => simulate(*args).map(|()| true),
         Command::Topology(command) => generate_topology(command).map(|()| true),
         Command::Apps { admin, command } => admin
             .context("which node? give its admin socket with --admin PATH (e.g. `nodemanager apps list --admin node.sock`)")

@@ -171,7 +171,10 @@ mod tests {
         g.join_group(1, 0, 5);
         g.join_group(2, 1, 5);
         assert!(!g.separates(0, 1) && g.separates(1, 2) && g.separates(2, 0));
-        assert!(!g.separates(4, 2) && !g.separates(0, 4), "no group: reaches all");
+        assert!(
+            !g.separates(4, 2) && !g.separates(0, 4),
+            "no group: reaches all"
+        );
     }
 
     #[test]

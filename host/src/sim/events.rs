@@ -427,7 +427,10 @@ impl Engine {
                 continue;
             };
             if !sim.is_up(node) {
-                let reason = format!("could not reach {}: this node is offline", message.destination);
+                let reason = format!(
+                    "could not reach {}: this node is offline",
+                    message.destination
+                );
                 self.schedule(now, report(message.id, Outcome::Failed(reason)));
                 continue;
             }
@@ -506,7 +509,10 @@ impl Engine {
             sim.tally.delivered += 1;
             sim.tally.latency.record(now - sent_at);
             sim.app_log(now, to, app, || {
-                format!("message {message_id} from node {from} delivered after {} us", now - sent_at)
+                format!(
+                    "message {message_id} from node {from} delivered after {} us",
+                    now - sent_at
+                )
             });
         } else {
             sim.tally.dropped += 1;
@@ -681,6 +687,39 @@ mod tests {
             lossy_sim.messages(),
             sim.messages()
         );
+    }
+
+    #[test]
+    fn random_failures_match_their_probability_per_step() {
+        let mut c = config("gbps", 2000, 9);
+        c.engine = Kind::Event;
+        c.fail_fraction = 0.0;
+        c.outages.random = Some(super::super::conditions::RandomFailures {
+            time_step: Duration::from_secs(1),
+            probability: 0.02,
+            // Nobody recovers within the run: each step draws over the nodes still up.
+            recovery_time: Duration::from_secs(1000),
+            recovery_variance: 0.0,
+        });
+        let mut sim = Simulation::new(c).unwrap();
+        sim.run(&mut Vec::new(), |_| {}).unwrap();
+        // Steps at 1 s, 2 s, ... before the end of the run.
+        let steps = (sim.summary().current_sim_time_us - 1) / 1_000_000;
+        assert!(steps >= 29, "{steps}");
+        let (mut up, mut expected, mut variance) = (2000.0_f64, 0.0, 0.0);
+        for _ in 0..steps {
+            expected += up * 0.02;
+            variance += up * 0.02 * 0.98;
+            up *= 0.98;
+        }
+        let got = sim.summary().disconnection_events as f64;
+        assert!(
+            (got - expected).abs() < 5.0 * variance.sqrt(),
+            "{got} disconnections, expected {expected:.0} ± {:.0}",
+            variance.sqrt()
+        );
+        let offline = sim.node_rows().filter(|r| r.state == "offline").count();
+        assert_eq!(offline as f64, got, "none came back");
     }
 
     #[test]

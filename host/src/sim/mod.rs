@@ -35,10 +35,10 @@ pub use apps::{node_peer_id, AppTotals, AppsSummary, SimApp, SimApps};
 pub use byzantine::Attack;
 pub use conditions::{ClockDrift, Outages, Partitions};
 pub use events::{LinkLatency, NetworkModel};
-pub use seed_config::SeedSimConfig;
-pub use summary::{NodeRow, RunSummary};
 pub use metrics::{CycleMetrics, Overlay, SampleTally, Views, CSV_HEADER};
 pub use plot::plot;
+pub use seed_config::SeedSimConfig;
+pub use summary::{NodeRow, RunSummary};
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -166,8 +166,7 @@ impl SimConfig {
         if self.costly_metrics_every == 0 {
             bail!("--costly-metrics-every must be at least 1");
         }
-        if self.engine == Engine::Cycle && !(self.network.is_ideal() && self.outages.is_empty())
-        {
+        if self.engine == Engine::Cycle && !(self.network.is_ideal() && self.outages.is_empty()) {
             bail!("--latency, --jitter, --loss, --link, partitions and disconnections need --engine event");
         }
         if !(self.real_time_factor >= 0.0 && self.real_time_factor.is_finite()) {
@@ -340,7 +339,8 @@ impl Simulation {
     /// Logs that node `i` went `what` at `now` (µs), with verbose logging.
     fn node_log(&self, now: u64, i: u32, what: &str) {
         if self.config.verbose {
-            tracing::info!(target: "nodemanager::sim", t_us = now, node = i, "{what}");
+            tracing::info_span!("vnode", node = i, t_us = now)
+                .in_scope(|| tracing::info!(target: "nodemanager::sim", "{what}"));
         }
     }
 
@@ -348,7 +348,9 @@ impl Simulation {
     /// logging.
     fn app_log(&self, now: u64, i: u32, app: usize, message: impl FnOnce() -> String) {
         if let (true, Some(apps)) = (self.config.verbose, &self.apps) {
-            tracing::info!(target: "nodemanager::sim", t_us = now, node = i, app = apps.name(app), "{}", message());
+            tracing::info_span!("vnode", node = i, t_us = now).in_scope(
+                || tracing::info!(target: "nodemanager::sim", app = apps.name(app), "{}", message()),
+            );
         }
     }
 

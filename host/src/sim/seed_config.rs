@@ -154,10 +154,9 @@ impl SeedSimConfig {
 
     /// Parses the seed's JSON for a run of `nodes` nodes.
     pub fn parse(text: &str, nodes: usize) -> Result<SeedSimConfig> {
-        let json: Json = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(
-            text,
-        ))
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))?;
+        let json: Json =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))?;
         let latency = json.latency_config;
         let mut network = NetworkModel {
             latency: Duration::from_micros(latency.base_latency_us),
@@ -329,9 +328,11 @@ mod tests {
         assert_eq!(c.drift.max_drift, Duration::from_millis(10));
         assert_eq!(c.max_sim_time, Duration::from_secs(20));
         assert_eq!(c.real_time_factor, 1.0);
-        let default =
-            SeedSimConfig::parse(include_str!("../../../tests/fixtures/seed-sim-default.json"), 3)
-                .unwrap();
+        let default = SeedSimConfig::parse(
+            include_str!("../../../tests/fixtures/seed-sim-default.json"),
+            3,
+        )
+        .unwrap();
         assert_eq!(default, SeedSimConfig::parse("{}", 3).unwrap());
         assert!(default.outages.is_empty() && default.network.partitions.is_empty());
     }

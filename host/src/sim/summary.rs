@@ -206,10 +206,16 @@ mod tests {
         for us in [5_000, 6_000, 4_000] {
             t.record(us);
         }
-        assert_eq!((t.count, t.min_us, t.mean_us, t.max_us), (3, 4_000, 5_000, 6_000));
+        assert_eq!(
+            (t.count, t.min_us, t.mean_us, t.max_us),
+            (3, 4_000, 5_000, 6_000)
+        );
         let states = NodeStates(vec!["online"; 12]);
         let json = serde_json::to_string(&states).unwrap();
-        assert!(json.starts_with(r#"{"node_0":"online","node_1":"online","node_2""#), "{json}");
+        assert!(
+            json.starts_with(r#"{"node_0":"online","node_1":"online","node_2""#),
+            "{json}"
+        );
         assert!(json.ends_with(r#""node_11":"online"}"#), "{json}");
     }
 }

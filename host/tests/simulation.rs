@@ -1,0 +1,240 @@
+//! Whole-node simulation against real guests: the event semantics the docs promise
+//! (latency and jitter, partitions, outages), checked through what the apps saw and
+//! logged in virtual time.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nodemanager::config::AppSpec;
+use nodemanager::runtime::Runtime;
+use nodemanager::sampling::SamplerConfig;
+use nodemanager::sim::{
+    apps, Engine, NetworkModel, RunSummary, SeedSimConfig, SimConfig, Simulation,
+};
+
+/// A config of `nodes` GBPS nodes (period 1 s) for `cycles` cycles, no failures.
+fn config(nodes: usize, cycles: u64) -> SimConfig {
+    SimConfig {
+        sampler: SamplerConfig::from_name("gbps").unwrap(),
+        nodes,
+        cycles,
+        seed: 11,
+        bootstrap_peers: 4,
+        topology: None,
+        fail_fraction: 0.0,
+        fail_at: 0,
+        leave_rate: 0.0,
+        join_rate: 0.0,
+        byzantine: 0.0,
+        attack_force: 1.0,
+        engine: Engine::Event,
+        network: NetworkModel::default(),
+        outages: Default::default(),
+        drift: Default::default(),
+        real_time_factor: 0.0,
+        verbose: true,
+        costly_metrics_every: 10,
+    }
+}
+
+/// Takes the seed's JSON `json` into `config`.
+fn with_seed_json(mut config: SimConfig, json: &str) -> SimConfig {
+    let seed = SeedSimConfig::parse(json, config.nodes).unwrap();
+    config.network = seed.network;
+    config.outages = seed.outages;
+    config.drift = seed.drift;
+    config
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs `config` with the ping-pong app (a report per pong): the summary and the log.
+fn run_ping_pong(config: SimConfig) -> (RunSummary, Vec<serde_json::Value>, String) {
+    let runtime = Runtime::new(&common::test_cache_dir()).unwrap();
+    let spec = AppSpec::from_arg(&format!(
+        "{}:ping",
+        common::guest("ping_pong.wasm").display()
+    ))
+    .unwrap();
+    let apps = apps::prepare(
+        &runtime,
+        &[spec],
+        &[("ping".into(), "1".into())],
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .without_time()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let mut simulation = Simulation::new(config).unwrap().with_apps(apps).unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        simulation.run(&mut Vec::new(), |_| {}).unwrap();
+    });
+    let rows = simulation
+        .node_rows()
+        .map(|row| serde_json::to_value(row).unwrap())
+        .collect();
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    (simulation.summary(), rows, log)
+}
+
+/// The virtual node and time (µs) of a log line.
+fn node_and_time(line: &str) -> (u32, u64) {
+    let field = |name: &str| -> u64 {
+        let start = line
+            .find(name)
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+            + name.len();
+        line[start..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (field("node=") as u32, field("t_us="))
+}
+
+#[test]
+fn a_round_trip_takes_two_latencies_within_the_jitter_in_virtual_time() {
+    let config = with_seed_json(
+        config(12, 6),
+        r#"{"latency_config": {"base_latency_us": 30000, "jitter_factor": 0.2}}"#,
+    );
+    let (summary, _, log) = run_ping_pong(config);
+    let latency = summary.app_delivery_latency;
+    assert!(latency.count > 100, "{summary:?}");
+    assert!(
+        latency.min_us >= 30_000 && latency.max_us <= 36_000,
+        "one way is 30 ms plus up to 20%: {latency:?}"
+    );
+    assert!(
+        latency.max_us > latency.min_us,
+        "jitter varies: {latency:?}"
+    );
+    // The app measures with its own WASI wall clock: 60-72 ms, all in its 50-100 ms
+    // bucket.
+    let reports: Vec<&str> = log.lines().filter(|l| l.contains("rtt n=")).collect();
+    assert!(reports.len() > 100, "{log}");
+    for report in reports {
+        let histogram = report.split("histogram ").nth(1).unwrap();
+        let histogram = histogram.split(" app=").next().unwrap();
+        assert!(
+            histogram.starts_with("<100ms:") && !histogram.contains(' '),
+            "{report}"
+        );
+    }
+    assert_eq!(summary.apps.apps["ping"].failed, 0);
+}
+
+#[test]
+fn no_message_crosses_a_partition() {
+    let config = with_seed_json(
+        config(16, 6),
+        r#"{"latency_config": {"base_latency_us": 2000, "jitter_factor": 0,
+            "partitions": {"east": ["node_0", "node_1", "node_2", "node_3", "node_4", "node_5", "node_6", "node_7"],
+                           "west": ["node_8", "node_9", "node_10", "node_11", "node_12", "node_13", "node_14", "node_15"]}}}"#,
+    );
+    let (summary, _, log) = run_ping_pong(config);
+    let side = |node: u32| node < 8;
+    let delivered: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("delivered after"))
+        .collect();
+    assert!(delivered.len() > 50, "{log}");
+    for line in &delivered {
+        let (to, _) = node_and_time(line);
+        let from: u32 = line
+            .split("from node ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(side(from), side(to), "{line}");
+    }
+    let totals = &summary.apps.apps["ping"];
+    assert!(
+        totals.counts.send_errors > 0 && log.contains("no route (network partition)"),
+        "views span both sides, so pings across fail: {summary:?}"
+    );
+    assert!(summary.messages_dropped > 0);
+}
+
+#[test]
+fn a_scheduled_disconnection_fails_messages_for_its_window_only() {
+    let config = with_seed_json(
+        config(8, 8),
+        r#"{"latency_config": {"base_latency_us": 1000, "jitter_factor": 0},
+            "disconnection_config": {"scheduled_disconnections": [["node_3", 2000000, 3000000]]}}"#,
+    );
+    let (summary, rows, log) = run_ping_pong(config);
+    let window = 2_000_000..5_000_000;
+    let mut failures = 0;
+    let mut delivered_before = false;
+    let mut delivered_after = false;
+    // Lines logged on node 3: messages reaching it, and the fate of its own sends.
+    for line in log.lines().filter(|l| l.contains("vnode{node=3 ")) {
+        let (_, t) = node_and_time(line);
+        if line.contains("not delivered") {
+            failures += 1;
+            assert!(window.contains(&t), "a failure outside 2-5 s: {line}");
+        }
+        if line.contains("delivered after") {
+            delivered_before |= t < window.start;
+            delivered_after |= t >= window.end;
+        }
+    }
+    assert!(failures > 0, "{log}");
+    assert!(delivered_before && delivered_after, "{log}");
+    assert_eq!(summary.disconnection_events, 1);
+    assert!(
+        log.contains("offline") && log.contains("online again"),
+        "{log}"
+    );
+    assert_eq!(rows[3]["state"], "online");
+}
+
+#[test]
+fn a_node_offline_for_good_never_answers() {
+    let config = with_seed_json(
+        config(8, 5),
+        r#"{"latency_config": {"base_latency_us": 1000},
+            "disconnection_config": {"permanently_offline": ["node_5"]}}"#,
+    );
+    let (summary, rows, _) = run_ping_pong(config);
+    assert_eq!(rows[5]["state"], "offline");
+    assert_eq!(rows[5]["apps"]["ping"]["received"], 0);
+    assert_eq!(rows[5]["apps"]["ping"]["sent"], 0);
+    assert!(rows[5]["apps"]["ping"]["send_errors"].as_u64() > Some(0));
+    let others_failed: u64 = rows
+        .iter()
+        .filter(|r| r["node"] != 5)
+        .map(|r| r["apps"]["ping"]["send_errors"].as_u64().unwrap())
+        .sum();
+    assert!(others_failed > 0, "pings to node 5 fail: {rows:?}");
+    let states = serde_json::to_value(&summary.node_states).unwrap();
+    assert_eq!(states["node_5"], "offline");
+    assert_eq!(states["node_4"], "online");
+}
