@@ -1743,6 +1743,109 @@ fn simulate_apps(dir: &Path, run: &str, args: &[&str]) -> (Value, String) {
 }
 
 #[test]
+fn a_simulated_cpu_budget_stops_an_app_on_the_same_call_under_any_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let grow = format!("{}:grow", common::guest("hostile.wasm").display());
+    let rows = |run: &str| {
+        let nodes = dir.path().join(format!("{run}.jsonl"));
+        simulate_apps(
+            dir.path(),
+            run,
+            &[
+                "--nodes",
+                "3",
+                "--cycles",
+                "14",
+                "--latency",
+                "1ms",
+                "--app",
+                &grow,
+                "--app-config",
+                "grow=grow",
+                "--limit",
+                "call_deadline=10ms",
+                "--nodes-out",
+                nodes.to_str().unwrap(),
+            ],
+        );
+        std::fs::read_to_string(nodes).unwrap()
+    };
+    let quiet = rows("quiet");
+    // The work doubles every cycle: 10 ms of instructions runs out at cycle 6.
+    for line in quiet.lines() {
+        let row: Value = serde_json::from_str(line).unwrap();
+        let app = &row["apps"]["grow"];
+        assert_eq!(
+            (&app["state"], &app["cycles"]),
+            (&"failed".into(), &6.into()),
+            "{row}"
+        );
+        assert_eq!(
+            app["reason"],
+            "app grow ran past its CPU deadline of 10ms per call, counted as 10000000 instructions"
+        );
+    }
+    // Both cores busy: the same calls stop.
+    struct Hogs(Vec<std::process::Child>);
+    impl Drop for Hogs {
+        fn drop(&mut self) {
+            for hog in &mut self.0 {
+                let _ = hog.kill();
+                let _ = hog.wait();
+            }
+        }
+    }
+    let hogs = Hogs(
+        (0..2)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let busy = rows("busy");
+    drop(hogs);
+    assert_eq!(busy, quiet);
+}
+
+#[test]
+fn a_python_app_draws_its_randomness_from_its_virtual_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = format!("{}:sv", common::guest("share_vec_py.wasm").display());
+    let log = |run: &str, seed: &str| {
+        let log = dir.path().join(format!("{run}.log"));
+        simulate_apps(
+            dir.path(),
+            run,
+            &[
+                "--nodes",
+                "4",
+                "--cycles",
+                "3",
+                "--latency",
+                "5ms",
+                "--app",
+                &app,
+                "--seed",
+                seed,
+                "--log-file",
+                log.to_str().unwrap(),
+            ],
+        );
+        std::fs::read_to_string(log).unwrap()
+    };
+    let a = log("a", "5");
+    // The ShareVec draws its vector with `random` at init: one per node, all different.
+    let starts: std::collections::BTreeSet<&str> =
+        a.lines().filter_map(|l| l.split("START ").nth(1)).collect();
+    assert_eq!(starts.len(), 4, "{a}");
+    assert_eq!(log("b", "5"), a, "same seed, same log");
+    assert_ne!(log("c", "6"), a, "another seed, other draws");
+}
+
+#[test]
 fn the_seeds_simulation_config_runs_as_it_is_and_every_output_replays() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = common::repo_root().join("tests/fixtures/seed-sim-full.json");

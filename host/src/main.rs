@@ -136,25 +136,26 @@ impl LoadArgs {
                 request[key] = value;
             }
         }
-        for (key, _) in &self.limits {
-            Limits::check_name(key)?;
-        }
         if !self.limits.is_empty() {
-            let limits: serde_json::Map<String, serde_json::Value> = self
-                .limits
-                .iter()
-                .map(|(key, value)| {
-                    let value = value
-                        .parse::<u64>()
-                        .map(serde_json::Value::from)
-                        .unwrap_or_else(|_| serde_json::Value::from(value.clone()));
-                    (key.clone(), value)
-                })
-                .collect();
-            request["limits"] = limits.into();
+            request["limits"] = limits_json(&self.limits)?.into();
         }
         Ok(request)
     }
+}
+
+/// `--limit KEY=VALUE` pairs as the JSON object configs write (numbers as numbers).
+fn limits_json(pairs: &[(String, String)]) -> Result<serde_json::Map<String, serde_json::Value>> {
+    pairs
+        .iter()
+        .map(|(key, value)| {
+            Limits::check_name(key)?;
+            let value = value
+                .parse::<u64>()
+                .map(serde_json::Value::from)
+                .unwrap_or_else(|_| serde_json::Value::from(value.clone()));
+            Ok((key.clone(), value))
+        })
+        .collect()
 }
 
 /// Sends one request to a node's admin socket and prints the answer.
@@ -336,6 +337,11 @@ struct SimulateArgs {
     /// Time between an app's cycles [default: the sampler's period].
     #[arg(long, value_parser = parse_duration)]
     app_period: Option<Duration>,
+    /// A limit of every app, e.g. memory_mib=64 or call_deadline=200ms (repeatable).
+    /// The CPU deadline is counted in instructions (1,000,000 per ms), so a run
+    /// replays exactly under any load.
+    #[arg(long = "limit", value_name = "KEY=VALUE", value_parser = app_config)]
+    limits: Vec<(String, String)>,
     /// Write one JSON line per node at the end (state, view size, each app's counters).
     #[arg(long, value_name = "FILE.jsonl")]
     nodes_out: Option<PathBuf>,
@@ -468,8 +474,16 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     let apps = if args.apps.is_empty() {
         Vec::new()
     } else {
-        let runtime = Runtime::new(&args.cache.dir())?;
-        nodemanager::sim::apps::prepare(&runtime, &args.apps, &args.app_config, app_period)?
+        let limits: Limits =
+            serde_json::from_value(limits_json(&args.limits)?.into()).context("--limit")?;
+        let runtime = Runtime::counting_instructions(&args.cache.dir())?;
+        nodemanager::sim::apps::prepare(
+            &runtime,
+            &args.apps,
+            &args.app_config,
+            app_period,
+            &limits,
+        )?
     };
     let started = Instant::now();
     let mut simulation = Simulation::new(config)?.with_apps(apps)?;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nodemanager::config::AppSpec;
-use nodemanager::runtime::Runtime;
+use nodemanager::runtime::{Limits, Runtime};
 use nodemanager::sampling::SamplerConfig;
 use nodemanager::sim::{
     apps, Engine, NetworkModel, RunSummary, SeedSimConfig, SimConfig, Simulation,
@@ -66,7 +66,7 @@ impl Write for Captured {
 
 /// Runs `config` with the ping-pong app (a report per pong): the summary and the log.
 fn run_ping_pong(config: SimConfig) -> (RunSummary, Vec<serde_json::Value>, String) {
-    let runtime = Runtime::new(&common::test_cache_dir()).unwrap();
+    let runtime = Runtime::counting_instructions(&common::test_cache_dir()).unwrap();
     let spec = AppSpec::from_arg(&format!(
         "{}:ping",
         common::guest("ping_pong.wasm").display()
@@ -77,6 +77,7 @@ fn run_ping_pong(config: SimConfig) -> (RunSummary, Vec<serde_json::Value>, Stri
         &[spec],
         &[("ping".into(), "1".into())],
         Duration::from_secs(1),
+        &Limits::default(),
     )
     .unwrap();
     let log = Captured::default();

@@ -1,14 +1,12 @@
 //! One instantiated app: its store, its exports, and how a failed call is explained.
 
-use std::time::Duration;
-
 use wasmtime::component::Instance;
 use wasmtime::Store;
 
 use super::bindings::{App, DeliveryOutcome};
 use super::host::{AppContext, HostState, OutgoingMessage};
 use super::worker::Outcome;
-use super::{Limits, Prepared};
+use super::{CpuBudget, Limits, Prepared};
 
 /// How a `failed` delivery report begins when the message may have arrived after all.
 pub const UNKNOWN_OUTCOME_PREFIX: &str = "outcome unknown: ";
@@ -34,6 +32,7 @@ impl AppError {
 /// An app instance in its own store, with its limits.
 pub struct LoadedApp {
     name: String,
+    budget: CpuBudget,
     store: Store<HostState>,
     exports: App,
     /// For the optional exports of the `stateful-app` world.
@@ -55,11 +54,13 @@ impl LoadedApp {
         let engine = prepared.pre.engine();
         let mut store = Store::new(engine, HostState::new(name, context, limits.clone(), seed));
         store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(limits.deadline_ticks());
+        if prepared.budget == CpuBudget::Time {
+            store.epoch_deadline_trap();
+        }
+        refill(&mut store, prepared.budget, &limits);
         let explain = |e: wasmtime::Error, store: &Store<HostState>| {
             let limiter = &store.data().limiter;
-            explain_failure(e, name, limiter.refused, limiter.cap, limits.call_deadline)
+            explain_failure(e, name, limiter.refused, limiter.cap, &limits)
         };
         let instance = match prepared.pre.instance_pre().instantiate(&mut store) {
             Ok(instance) => instance,
@@ -71,6 +72,7 @@ impl LoadedApp {
         };
         Ok(LoadedApp {
             name: name.to_string(),
+            budget: prepared.budget,
             store,
             exports,
             instance,
@@ -171,7 +173,7 @@ impl LoadedApp {
         &mut self,
         f: impl FnOnce(&App, &mut Store<HostState>) -> wasmtime::Result<Result<(), String>>,
     ) -> Result<(), AppError> {
-        self.store.set_epoch_deadline(self.limits.deadline_ticks());
+        refill(&mut self.store, self.budget, &self.limits);
         self.store.data_mut().logs_this_call = 0;
         let result = f(&self.exports, &mut self.store);
         if let Some(refusal) = self.store.data_mut().first_refusal.take() {
@@ -205,10 +207,20 @@ impl LoadedApp {
                     &self.name,
                     limiter.refused,
                     limiter.cap,
-                    self.limits.call_deadline,
+                    &self.limits,
                 ))
             }
         }
+    }
+}
+
+/// Gives the next call its whole CPU budget.
+fn refill(store: &mut Store<HostState>, budget: CpuBudget, limits: &Limits) {
+    match budget {
+        CpuBudget::Time => store.set_epoch_deadline(limits.deadline_ticks()),
+        CpuBudget::Instructions => store
+            .set_fuel(limits.deadline_fuel())
+            .expect("an engine counting instructions has fuel"),
     }
 }
 
@@ -218,8 +230,9 @@ fn explain_failure(
     app: &str,
     refused_memory: Option<usize>,
     memory_cap: u64,
-    deadline: Duration,
+    limits: &Limits,
 ) -> AppError {
+    let deadline = limits.call_deadline;
     let reason = if let Some(asked) = refused_memory {
         const MIB: f64 = 1024.0 * 1024.0;
         format!(
@@ -229,6 +242,11 @@ fn explain_failure(
         )
     } else if let Some(wasmtime::Trap::Interrupt) = error.downcast_ref::<wasmtime::Trap>() {
         format!("app {app} ran past its CPU deadline of {deadline:?} per call")
+    } else if let Some(wasmtime::Trap::OutOfFuel) = error.downcast_ref::<wasmtime::Trap>() {
+        format!(
+            "app {app} ran past its CPU deadline of {deadline:?} per call, counted as {} instructions",
+            limits.deadline_fuel()
+        )
     } else if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
         format!("app {app} trapped: {trap}")
     } else {

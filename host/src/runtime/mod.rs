@@ -39,6 +39,21 @@ pub mod bindings {
 /// How often the epoch advances; CPU deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Fuel (about one WebAssembly instruction each) a call gets per millisecond of its
+/// deadline when the budget is counted in instructions.
+pub const FUEL_PER_MS: u64 = 1_000_000;
+
+/// How the CPU budget of a call is counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuBudget {
+    /// Real time, checked every [`EPOCH_TICK`]: what a live node does.
+    #[default]
+    Time,
+    /// Instructions (wasmtime fuel, [`FUEL_PER_MS`] per ms of deadline): a call stops
+    /// at the same point on every machine and under any load, as a simulation needs.
+    Instructions,
+}
+
 /// Per-app sandbox limits.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -120,6 +135,11 @@ impl Limits {
         Ok(())
     }
 
+    /// The deadline in fuel, for a budget counted in instructions.
+    fn deadline_fuel(&self) -> u64 {
+        (self.call_deadline.as_micros() as u64).saturating_mul(FUEL_PER_MS / 1000)
+    }
+
     /// The deadline in epoch ticks: rounded up, plus one because the current tick is
     /// already partly gone, so a call gets at least its deadline (and at most one tick more).
     fn deadline_ticks(&self) -> u64 {
@@ -134,6 +154,7 @@ impl Limits {
 /// the on-disk cache of compiled components. An epoch thread ticks while it lives.
 pub struct Runtime {
     engine: Engine,
+    budget: CpuBudget,
     linker: Linker<host::HostState>,
     cache: ComponentCache,
     /// Components prepared in this process, by content hash: loading one again (under
@@ -147,11 +168,25 @@ impl Runtime {
         Runtime::with_cache_bound(cache_dir, DEFAULT_CACHE_MAX_BYTES)
     }
 
+    /// A runtime whose calls are budgeted in instructions ([`CpuBudget::Instructions`]),
+    /// for simulations: the same run stops a spinning app at the same point every time.
+    pub fn counting_instructions(cache_dir: &Path) -> Result<Runtime> {
+        Runtime::build(cache_dir, DEFAULT_CACHE_MAX_BYTES, CpuBudget::Instructions)
+    }
+
     /// Builds the engine (component model, epoch interruption) and starts its epoch
     /// ticker; compiled components are cached in `cache_dir`, at most `cache_max_bytes`.
     pub fn with_cache_bound(cache_dir: &Path, cache_max_bytes: u64) -> Result<Runtime> {
+        Runtime::build(cache_dir, cache_max_bytes, CpuBudget::Time)
+    }
+
+    fn build(cache_dir: &Path, cache_max_bytes: u64, budget: CpuBudget) -> Result<Runtime> {
         let mut config = Config::new();
-        config.wasm_component_model(true).epoch_interruption(true);
+        config.wasm_component_model(true);
+        match budget {
+            CpuBudget::Time => config.epoch_interruption(true),
+            CpuBudget::Instructions => config.consume_fuel(true),
+        };
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("cannot create the wasmtime engine")?;
@@ -160,20 +195,23 @@ impl Runtime {
         bindings::App::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)?;
         let cache = ComponentCache::new(cache_dir.to_path_buf(), &engine, cache_max_bytes)?;
-        // The ticker lives as long as the engine: compiled components hold it too, so it
-        // outlives this Runtime while any app can still run.
-        let weak_engine = engine.weak();
-        std::thread::Builder::new()
-            .name("epoch-ticker".into())
-            .spawn(move || loop {
-                std::thread::sleep(EPOCH_TICK);
-                match weak_engine.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
-                }
-            })?;
+        if budget == CpuBudget::Time {
+            // The ticker lives as long as the engine: compiled components hold it too, so
+            // it outlives this Runtime while any app can still run.
+            let weak_engine = engine.weak();
+            std::thread::Builder::new()
+                .name("epoch-ticker".into())
+                .spawn(move || loop {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                })?;
+        }
         Ok(Runtime {
             engine,
+            budget,
             linker,
             cache,
             prepared: Mutex::new(HashMap::new()),
@@ -251,6 +289,7 @@ impl Runtime {
             .context("the component does not export the app world")?;
         let prepared = Prepared {
             pre,
+            budget: self.budget,
             hash: hash.clone(),
             from_cache,
             compile_time,
@@ -267,6 +306,8 @@ impl Runtime {
 #[derive(Clone)]
 pub struct Prepared {
     pre: bindings::AppPre<host::HostState>,
+    /// How its calls' CPU budget is counted.
+    budget: CpuBudget,
     /// The component's content hash (SHA-256 of the wasm file, hex).
     pub hash: String,
     /// Whether the compiled code was reused (from this process, or the disk cache)

@@ -30,13 +30,17 @@ pub struct SimApp {
 }
 
 /// Compiles each app of `specs` once, sets the configs `configs` gives (`NAME=STRING`),
-/// and runs every one each `period` for as long as the run lasts, with default limits.
+/// and runs every one each `period` for as long as the run lasts, within `limits`.
+/// Give a runtime counting instructions ([`Runtime::counting_instructions`]) for a run
+/// that replays exactly whatever the machine's load.
 pub fn prepare(
     runtime: &Runtime,
     specs: &[AppSpec],
     configs: &[(String, String)],
     period: Duration,
+    limits: &Limits,
 ) -> Result<Vec<SimApp>> {
+    limits.validate()?;
     let mut apps: Vec<SimApp> = Vec::new();
     for spec in specs {
         let name = spec.resolved_name();
@@ -54,7 +58,7 @@ pub fn prepare(
                 config: String::new(),
                 cycles: None,
                 period,
-                limits: Limits::default(),
+                limits: limits.clone(),
             },
             prepared,
         });

@@ -19,6 +19,9 @@
 //! - `bytes`: each cycle, send the first peer of the view 4 bytes that are not UTF-8,
 //!   and log what arrives in hex;
 //! - `dice`: each cycle, log a random number (`--seed` must make the run reproducible);
+//! - `grow`: each cycle, busy work that doubles every cycle (2^cycle × 10,000 steps),
+//!   logging `grew N` after it (a budget counted in instructions stops it at the same
+//!   cycle on every run);
 //! - `time`: each cycle, send the first peer of the view `WALL_MS,MS_SINCE_INIT` as the
 //!   WASI wall and monotonic clocks tell them (they must follow the node's clock).
 
@@ -34,7 +37,7 @@ struct Hostile {
 impl App for Hostile {
     fn init(config: &str) -> Result<Self, String> {
         match config {
-            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "greet_known" | "echo" | "sink" | "flood" | "log" | "dice" | "time" | "bytes" => {
+            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "greet_known" | "echo" | "sink" | "flood" | "log" | "dice" | "time" | "bytes" | "grow" => {
                 Ok(Hostile { mode: config.to_string(), cycles: 0, started: std::time::Instant::now() })
             }
             other => Err(format!("unknown hostile mode {other:?}")),
@@ -45,6 +48,14 @@ impl App for Hostile {
         self.cycles += 1;
         match self.mode.as_str() {
             "spin" => spin(),
+            "grow" => {
+                let mut x: u64 = 0;
+                for _ in 0..(10_000u64 << self.cycles.min(40)) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                log_info(&format!("grew {}", self.cycles));
+                Ok(())
+            }
             "alloc" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
