@@ -1899,7 +1899,7 @@ fn the_seeds_simulation_config_runs_as_it_is_and_every_output_replays() {
     );
     assert!(row["apps"]["sv"]["send_errors"].as_u64() > Some(0), "{row}");
     // Guests' lines and (verbose_logging is off) no per-message lines.
-    assert!(log.contains(" INFO vnode{node=0 t_us="), "{log}");
+    assert!(log.contains("vnode{node=0 t_us="), "{log}");
     assert!(log.contains("guest: START"), "{log}");
     assert!(!log.contains("delivered after"), "{log}");
     assert_eq!(

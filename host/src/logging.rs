@@ -147,15 +147,75 @@ pub fn init(
     Ok(collector)
 }
 
+thread_local! {
+    /// The virtual node and time (µs) the simulator is running code for, if any.
+    static VIRTUAL_NOW: std::cell::Cell<Option<(u32, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// While alive, this thread's log lines are tagged with a virtual node and time.
+pub struct VirtualNow(Option<(u32, u64)>);
+
+impl VirtualNow {
+    /// Tags what this thread logs with virtual node `node` at `t_us` µs, until dropped.
+    pub fn enter(node: u32, t_us: u64) -> VirtualNow {
+        VirtualNow(VIRTUAL_NOW.with(|now| now.replace(Some((node, t_us)))))
+    }
+}
+
+impl Drop for VirtualNow {
+    fn drop(&mut self) {
+        VIRTUAL_NOW.with(|now| now.set(self.0));
+    }
+}
+
+/// A log line as tracing writes it, without the time, after the virtual node and time
+/// when there is one: `vnode{node=3 t_us=1250000} INFO guest: ...`.
+struct VirtualTimeFormat(
+    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, ()>,
+);
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for VirtualTimeFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        if let Some((node, t_us)) = VIRTUAL_NOW.with(std::cell::Cell::get) {
+            write!(writer, "vnode{{node={node} t_us={t_us}}} ")?;
+        }
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// A subscriber writing simulation log lines (no wall-clock time, tagged with the
+/// virtual node and time) to `writer`, filtered by `filter`.
+pub fn simulation_subscriber<W>(
+    writer: W,
+    filter: EnvFilter,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let format = tracing_subscriber::fmt::format()
+        .without_time()
+        .with_ansi(false);
+    let layer = tracing_subscriber::fmt::layer()
+        .event_format(VirtualTimeFormat(format))
+        .with_writer(writer);
+    tracing_subscriber::registry().with(layer.with_filter(filter))
+}
+
 /// Sets the logger of a simulation: lines without wall-clock times (the same run writes
 /// the same log, byte for byte), tagged with the virtual node and time of the call
-/// (`vnode{node=3 t_us=1250}`). To `file` (`RUST_LOG` or info), else to stderr
-/// (`RUST_LOG` or warnings). Keep the guard until the run ends: dropping it writes out
-/// what is buffered.
-pub fn init_simulation(
-    format: LogFormat,
-    file: Option<&Path>,
-) -> Result<tracing_appender::non_blocking::WorkerGuard> {
+/// ([`VirtualNow`]). To `file` (`RUST_LOG` or info), else to stderr (`RUST_LOG` or
+/// warnings). Keep the guard until the run ends: dropping it writes out what is
+/// buffered.
+pub fn init_simulation(file: Option<&Path>) -> Result<tracing_appender::non_blocking::WorkerGuard> {
     let (writer, guard, default) = match file {
         Some(path) => {
             let file = std::fs::File::create(path)
@@ -173,21 +233,7 @@ pub fn init_simulation(
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let layer = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .without_time()
-            .with_ansi(false)
-            .with_writer(writer)
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .without_time()
-            .with_writer(writer)
-            .boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(layer.with_filter(filter))
+    simulation_subscriber(writer, filter)
         .try_init()
         .context("cannot set up logging")?;
     Ok(guard)

@@ -350,9 +350,6 @@ struct SimulateArgs {
     /// [default: warnings to stderr].
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
-    /// Log lines as text or JSON.
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
     #[command(flatten)]
     cache: CacheArgs,
 }
@@ -469,7 +466,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         verbose: seed_config.as_ref().is_some_and(|s| s.verbose_logging),
         costly_metrics_every: args.costly_metrics_every,
     };
-    let _log = logging::init_simulation(args.log_format, args.log_file.as_deref())?;
+    let _log = logging::init_simulation(args.log_file.as_deref())?;
     let app_period = args.app_period.unwrap_or(config.cycle_length());
     let apps = if args.apps.is_empty() {
         Vec::new()

@@ -82,12 +82,10 @@ fn run_ping_pong(config: SimConfig) -> (RunSummary, Vec<serde_json::Value>, Stri
     .unwrap();
     let log = Captured::default();
     let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .without_time()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(move || writer.clone())
-        .finish();
+    let subscriber = nodemanager::logging::simulation_subscriber(
+        move || writer.clone(),
+        tracing_subscriber::EnvFilter::new("info"),
+    );
     let mut simulation = Simulation::new(config).unwrap().with_apps(apps).unwrap();
     tracing::subscriber::with_default(subscriber, || {
         simulation.run(&mut Vec::new(), |_| {}).unwrap();

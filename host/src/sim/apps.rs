@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::summary::NodeApp;
 use crate::config::{validate_name, AppSpec, ResolvedApp};
+use crate::logging::VirtualNow;
 use crate::runtime::registry::derive_seed;
 use crate::runtime::{
     AppContext, AppCounts, AppInstance, AppState, AppStats, Clock, Effects, Input, Limits, Outcome,
@@ -205,11 +206,11 @@ impl SimApps {
 
     /// Moves the apps' clock to `now` (µs of virtual time); what is logged until the
     /// guard drops is tagged with the virtual node and time.
-    fn at(&self, node: u32, now: u64) -> (Duration, tracing::span::EnteredSpan) {
-        let span = tracing::info_span!("vnode", node, t_us = now).entered();
+    fn at(&self, node: u32, now: u64) -> (Duration, VirtualNow) {
+        let tag = VirtualNow::enter(node, now);
         let now = Duration::from_micros(now);
         self.clock.set(now);
-        (now, span)
+        (now, tag)
     }
 
     /// Starts app `app` on node `node` at `now`; returns its first effects.

@@ -339,8 +339,8 @@ impl Simulation {
     /// Logs that node `i` went `what` at `now` (µs), with verbose logging.
     fn node_log(&self, now: u64, i: u32, what: &str) {
         if self.config.verbose {
-            tracing::info_span!("vnode", node = i, t_us = now)
-                .in_scope(|| tracing::info!(target: "nodemanager::sim", "{what}"));
+            let _tag = crate::logging::VirtualNow::enter(i, now);
+            tracing::info!(target: "nodemanager::sim", "{what}");
         }
     }
 
@@ -348,9 +348,8 @@ impl Simulation {
     /// logging.
     fn app_log(&self, now: u64, i: u32, app: usize, message: impl FnOnce() -> String) {
         if let (true, Some(apps)) = (self.config.verbose, &self.apps) {
-            tracing::info_span!("vnode", node = i, t_us = now).in_scope(
-                || tracing::info!(target: "nodemanager::sim", app = apps.name(app), "{}", message()),
-            );
+            let _tag = crate::logging::VirtualNow::enter(i, now);
+            tracing::info!(target: "nodemanager::sim", app = apps.name(app), "{}", message());
         }
     }
 
