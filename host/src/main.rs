@@ -1,5 +1,6 @@
 //! The `nodemanager` command line: parses, then calls the library.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,7 +17,9 @@ use nodemanager::config::{
 use nodemanager::node::Node;
 use nodemanager::runtime::{inspect, Limits, Runtime};
 use nodemanager::sampling::{StaticConfig, Topology, TopologyKind};
-use nodemanager::sim::{Engine, LinkLatency, NetworkModel, SeedSimConfig, SimConfig, Simulation};
+use nodemanager::sim::{
+    Engine, LinkLatency, NetworkModel, Scenario, SeedSimConfig, SimConfig, Simulation,
+};
 use nodemanager::{logging, network};
 
 /// Host for peer-to-peer apps written as sandboxed WebAssembly components.
@@ -342,6 +345,10 @@ struct SimulateArgs {
     /// replays exactly under any load.
     #[arg(long = "limit", value_name = "KEY=VALUE", value_parser = app_config)]
     limits: Vec<(String, String)>,
+    /// Timed actions: at a virtual time, disconnect or reconnect nodes, change the
+    /// latency, load, replace or unload an app on chosen nodes (docs/simulation.md).
+    #[arg(long, value_name = "FILE.toml")]
+    scenario: Option<PathBuf>,
     /// Write one JSON line per node at the end (state, view size, each app's counters).
     #[arg(long, value_name = "FILE.jsonl")]
     nodes_out: Option<PathBuf>,
@@ -416,8 +423,18 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     network.jitter = args.jitter;
     network.loss = args.loss;
     network.links.extend(args.links.iter().cloned());
+    let scenario = args
+        .scenario
+        .as_deref()
+        .map(|path| Scenario::from_file(path, nodes))
+        .transpose()?
+        .unwrap_or_default();
     let engine = args.engine.unwrap_or(
-        if network.is_ideal() && args.apps.is_empty() && seed_config.is_none() {
+        if network.is_ideal()
+            && args.apps.is_empty()
+            && seed_config.is_none()
+            && scenario.actions.is_empty()
+        {
             Engine::Cycle
         } else {
             Engine::Event
@@ -468,22 +485,35 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     };
     let _log = logging::init_simulation(args.log_file.as_deref())?;
     let app_period = args.app_period.unwrap_or(config.cycle_length());
-    let apps = if args.apps.is_empty() {
-        Vec::new()
+    let limits: Limits =
+        serde_json::from_value(limits_json(&args.limits)?.into()).context("--limit")?;
+    let runtime = if args.apps.is_empty() && scenario.paths().is_empty() {
+        None
     } else {
-        let limits: Limits =
-            serde_json::from_value(limits_json(&args.limits)?.into()).context("--limit")?;
-        let runtime = Runtime::counting_instructions(&args.cache.dir())?;
-        nodemanager::sim::apps::prepare(
-            &runtime,
-            &args.apps,
-            &args.app_config,
-            app_period,
-            &limits,
-        )?
+        Some(Runtime::counting_instructions(&args.cache.dir())?)
+    };
+    let (apps, components) = match &runtime {
+        None => (Vec::new(), HashMap::new()),
+        Some(runtime) => {
+            let apps = nodemanager::sim::apps::prepare(
+                runtime,
+                &args.apps,
+                &args.app_config,
+                app_period,
+                &limits,
+            )?;
+            let components = scenario
+                .paths()
+                .into_iter()
+                .map(|path| Ok((path.to_path_buf(), runtime.load_component(path)?)))
+                .collect::<Result<HashMap<_, _>>>()?;
+            (apps, components)
+        }
     };
     let started = Instant::now();
-    let mut simulation = Simulation::new(config)?.with_apps(apps)?;
+    let mut simulation = Simulation::new(config)?
+        .with_apps(apps)?
+        .with_scenario(scenario, components, app_period, limits)?;
     let file = std::fs::File::create(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut out = std::io::BufWriter::new(file);

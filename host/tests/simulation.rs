@@ -13,7 +13,7 @@ use nodemanager::config::AppSpec;
 use nodemanager::runtime::{Limits, Runtime};
 use nodemanager::sampling::SamplerConfig;
 use nodemanager::sim::{
-    apps, Engine, NetworkModel, RunSummary, SeedSimConfig, SimConfig, Simulation,
+    apps, Engine, NetworkModel, RunSummary, Scenario, SeedSimConfig, SimConfig, Simulation,
 };
 
 /// A config of `nodes` GBPS nodes (period 1 s) for `cycles` cycles, no failures.
@@ -66,27 +66,50 @@ impl Write for Captured {
 
 /// Runs `config` with the ping-pong app (a report per pong): the summary and the log.
 fn run_ping_pong(config: SimConfig) -> (RunSummary, Vec<serde_json::Value>, String) {
-    let runtime = Runtime::counting_instructions(&common::test_cache_dir()).unwrap();
-    let spec = AppSpec::from_arg(&format!(
-        "{}:ping",
-        common::guest("ping_pong.wasm").display()
-    ))
-    .unwrap();
-    let apps = apps::prepare(
-        &runtime,
-        &[spec],
-        &[("ping".into(), "1".into())],
-        Duration::from_secs(1),
-        &Limits::default(),
+    run(
+        config,
+        &[("ping_pong.wasm", "ping", "1")],
+        Scenario::default(),
     )
-    .unwrap();
+}
+
+/// Runs `config` with `apps` (file in build/guests, name, config) and `scenario`: the
+/// summary, the node rows and the log.
+fn run(
+    config: SimConfig,
+    apps: &[(&str, &str, &str)],
+    scenario: Scenario,
+) -> (RunSummary, Vec<serde_json::Value>, String) {
+    let runtime = Runtime::counting_instructions(&common::test_cache_dir()).unwrap();
+    let specs: Vec<AppSpec> = apps
+        .iter()
+        .map(|(file, name, _)| {
+            AppSpec::from_arg(&format!("{}:{name}", common::guest(file).display())).unwrap()
+        })
+        .collect();
+    let configs: Vec<(String, String)> = apps
+        .iter()
+        .map(|(_, name, config)| (name.to_string(), config.to_string()))
+        .collect();
+    let period = Duration::from_secs(1);
+    let apps = apps::prepare(&runtime, &specs, &configs, period, &Limits::default()).unwrap();
+    let components = scenario
+        .paths()
+        .into_iter()
+        .map(|path| (path.to_path_buf(), runtime.load_component(path).unwrap()))
+        .collect();
     let log = Captured::default();
     let writer = log.clone();
     let subscriber = nodemanager::logging::simulation_subscriber(
         move || writer.clone(),
         tracing_subscriber::EnvFilter::new("info"),
     );
-    let mut simulation = Simulation::new(config).unwrap().with_apps(apps).unwrap();
+    let mut simulation = Simulation::new(config)
+        .unwrap()
+        .with_apps(apps)
+        .unwrap()
+        .with_scenario(scenario, components, period, Limits::default())
+        .unwrap();
     tracing::subscriber::with_default(subscriber, || {
         simulation.run(&mut Vec::new(), |_| {}).unwrap();
     });
@@ -236,4 +259,108 @@ fn a_node_offline_for_good_never_answers() {
     let states = serde_json::to_value(&summary.node_states).unwrap();
     assert_eq!(states["node_5"], "offline");
     assert_eq!(states["node_4"], "online");
+}
+
+#[test]
+fn timed_actions_change_the_network_and_load_replace_and_unload_apps() {
+    let guests = common::repo_root().join("build/guests");
+    let scenario = Scenario::parse(
+        r#"
+        [[action]]
+        at = "3s"
+        do = "disconnect"
+        nodes = ["node_2"]
+
+        [[action]]
+        at = "4500ms"
+        do = "reconnect"
+        nodes = ["node_2"]
+
+        [[action]]
+        at = "4s"
+        do = "latency"
+        latency = "20ms"
+
+        [[action]]
+        at = "5s"
+        do = "load"
+        app = "ping"
+        path = "ping_pong.wasm"
+        config = "1"
+        nodes = [0, 1, 2, 3]
+
+        [[action]]
+        at = "7s"
+        do = "replace"
+        app = "calm"
+        path = "hostile.wasm"
+
+        [[action]]
+        at = "9s"
+        do = "unload"
+        app = "ping"
+        "#,
+        8,
+        &guests,
+    )
+    .unwrap();
+    let mut config = config(8, 6);
+    config.sampler = SamplerConfig::from_name("connected").unwrap();
+    config.cycles = 12;
+    config.network.latency = Duration::from_millis(1);
+    let (summary, rows, log) = run(config, &[("hostile.wasm", "calm", "calm")], scenario);
+
+    // The outage, from 3 s to the reconnect at 4.5 s.
+    assert_eq!(summary.disconnection_events, 1);
+    let outage: Vec<u64> = log
+        .lines()
+        .filter(|l| {
+            l.contains("vnode{node=2 ") && (l.contains("offline") || l.contains("online again"))
+        })
+        .map(|l| node_and_time(l).1)
+        .collect();
+    assert_eq!(outage, vec![3_000_000, 4_500_000], "{log}");
+    // Latency: 1 ms until 4 s, then 20 ms; ping started at 5 s only sees 20 ms.
+    let latency = summary.app_delivery_latency;
+    assert_eq!(
+        (latency.min_us, latency.max_us),
+        (20_000, 20_000),
+        "{latency:?}"
+    );
+    // Loaded on nodes 0-3 only: pings to 4-7 are refused there; unloaded at 9 s.
+    let ping = &summary.apps.apps["ping"];
+    assert_eq!(ping.nodes, 4, "{summary:?}");
+    assert!(
+        ping.counts.send_errors > 0 && ping.counts.sent > 0,
+        "{summary:?}"
+    );
+    for row in &rows {
+        let node = row["node"].as_u64().unwrap();
+        assert_eq!(row["apps"].get("ping").is_some(), node < 4, "{row}");
+        if node < 4 {
+            assert_eq!(row["apps"]["ping"]["state"], "unloaded", "{row}");
+        }
+    }
+    let last_ping = log
+        .lines()
+        .filter(|l| l.contains("app=\"ping\""))
+        .map(|l| node_and_time(l).1)
+        .max()
+        .unwrap();
+    assert!(
+        last_ping < 9_000_000,
+        "no ping call after its unload: {last_ping}"
+    );
+    // Replaced at 7 s on every node, with the cycle count carried in its state.
+    let restored: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("guest: restored at cycle 6"))
+        .collect();
+    assert_eq!(restored.len(), 8, "{log}");
+    let calm = &summary.apps.apps["calm"];
+    assert_eq!((calm.nodes, calm.failed), (8, 0));
+    assert!(
+        calm.counts.cycles >= 8 * 10,
+        "the counters go on: {summary:?}"
+    );
 }

@@ -81,6 +81,11 @@ struct NodeApps {
     context: AppContext,
     instances: Vec<Option<AppInstance>>,
     stats: Vec<Arc<Mutex<AppStats>>>,
+    /// Bumped when an app is loaded, replaced or unloaded, so the timers and reports of
+    /// the instance before are dropped.
+    generations: Vec<u32>,
+    /// Whether each app was ever started here.
+    started: Vec<bool>,
 }
 
 /// Every node's apps, and how peer ids map to nodes.
@@ -160,6 +165,8 @@ impl SimApps {
                     },
                     instances: apps.iter().map(|_| None).collect(),
                     stats: apps.iter().map(|_| Arc::default()).collect(),
+                    generations: vec![0; apps.len()],
+                    started: vec![false; apps.len()],
                 })
             })
             .collect();
@@ -182,6 +189,112 @@ impl SimApps {
     /// App `app`'s name.
     pub fn name(&self, app: usize) -> &str {
         &self.apps[app].spec.name
+    }
+
+    /// The number of the app named `name`, if the run has it.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.apps.iter().position(|a| a.spec.name == name)
+    }
+
+    /// Adds an app no node runs yet (to load on some later); returns its number.
+    pub fn add_app(&mut self, app: SimApp) -> usize {
+        self.apps.push(app);
+        for node in self.nodes.iter_mut().flatten() {
+            node.instances.push(None);
+            node.stats.push(Arc::default());
+            node.generations.push(0);
+            node.started.push(false);
+        }
+        self.apps.len() - 1
+    }
+
+    /// Makes `app` what app number `index` starts from now on.
+    pub fn set_app(&mut self, index: usize, app: SimApp) {
+        self.apps[index] = app;
+    }
+
+    /// Makes the component at `path` what app number `index` starts from now on.
+    pub fn set_component(&mut self, index: usize, prepared: Prepared, path: &std::path::Path) {
+        self.apps[index].prepared = prepared;
+        self.apps[index].spec.path = path.to_path_buf();
+    }
+
+    /// Whether node `node` has a running instance of app `app`.
+    pub fn runs(&self, node: u32, app: usize) -> bool {
+        self.instance(node, app).is_some_and(|i| !i.stopped())
+    }
+
+    /// The generation of app `app` on node `node` (0 on a node without apps).
+    pub fn generation(&self, node: u32, app: usize) -> u32 {
+        self.nodes[node as usize]
+            .as_ref()
+            .map_or(0, |apps| apps.generations[app])
+    }
+
+    /// Replaces app `app` on node `node` with `prepared` at `now`: the old instance's
+    /// `snapshot` goes to the new one's `restore`, as `apps replace` does live; the
+    /// counters go on.
+    pub fn replace(&mut self, node: u32, app: usize, prepared: &Prepared, now: u64) -> Effects {
+        let (now, _tag) = self.at(node, now);
+        let spec = self.node_spec(node, app);
+        let Some(apps) = self.nodes[node as usize].as_mut() else {
+            return Effects::default();
+        };
+        let Some(mut old) = apps.instances[app].take() else {
+            return Effects::default();
+        };
+        let state = if old.stopped() {
+            Vec::new()
+        } else {
+            old.snapshot()
+        };
+        old.unload();
+        let counts = apps.stats[app]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts;
+        let mut stats = AppStats::default();
+        stats.counts = counts;
+        apps.stats[app] = Arc::new(Mutex::new(stats));
+        apps.generations[app] += 1;
+        let seed = derive_seed(
+            self.seed,
+            &format!("node{node}/{}/{}", spec.name, apps.generations[app]),
+        );
+        let (instance, mut effects) = AppInstance::start(
+            prepared,
+            &spec,
+            apps.context.clone(),
+            Some(seed),
+            apps.stats[app].clone(),
+            now,
+        );
+        apps.instances[app] = instance;
+        if let Some(instance) = apps.instances[app].as_mut() {
+            if !state.is_empty() && !instance.stopped() {
+                let restored = instance.restore(state);
+                effects.messages.extend(restored.messages);
+                effects.finished |= restored.finished;
+            }
+        }
+        effects
+    }
+
+    /// Unloads app `app` from node `node`.
+    pub fn unload(&mut self, node: u32, app: usize) {
+        if let Some(apps) = self.nodes[node as usize].as_mut() {
+            if let Some(mut instance) = apps.instances[app].take() {
+                instance.unload();
+                apps.generations[app] += 1;
+            }
+        }
+    }
+
+    /// App `app`'s settings on node `node` (`{index}` in the config filled in).
+    fn node_spec(&self, node: u32, app: usize) -> ResolvedApp {
+        let mut spec = self.apps[app].spec.clone();
+        spec.config = spec.config.replace("{index}", &node.to_string());
+        spec
     }
 
     /// Each app's period.
@@ -220,11 +333,20 @@ impl SimApps {
             self.seed,
             &format!("node{node}/{}", self.apps[app].spec.name),
         );
-        let mut spec = self.apps[app].spec.clone();
-        spec.config = spec.config.replace("{index}", &node.to_string());
+        let spec = self.node_spec(node, app);
         let Some(apps) = self.nodes[node as usize].as_mut() else {
             return Effects::default();
         };
+        let unloaded = apps.stats[app]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .state
+            == AppState::Unloaded;
+        if unloaded {
+            // Loaded again after an unload: fresh counters.
+            apps.stats[app] = Arc::default();
+        }
+        apps.started[app] = true;
         let (instance, effects) = AppInstance::start(
             &self.apps[app].prepared,
             &spec,
@@ -319,7 +441,9 @@ impl SimApps {
         self.apps
             .iter()
             .zip(&apps.stats)
-            .map(|(app, stats)| {
+            .zip(&apps.started)
+            .filter(|(_, started)| **started)
+            .map(|((app, stats), _)| {
                 let stats = stats.lock().unwrap_or_else(|e| e.into_inner());
                 let row = NodeApp {
                     state: stats.state.clone(),
@@ -343,7 +467,9 @@ impl SimApps {
             .map(|(a, app)| {
                 let mut totals = AppTotals::default();
                 for (node, apps) in self.nodes.iter().enumerate() {
-                    let Some(apps) = apps else { continue };
+                    let Some(apps) = apps.as_ref().filter(|apps| apps.started[a]) else {
+                        continue;
+                    };
                     let stats = apps.stats[a].lock().unwrap_or_else(|e| e.into_inner());
                     totals.nodes += 1;
                     totals.counts += stats.counts;

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use rand::RngExt;
 
 use super::conditions::Partitions;
+use super::scenario::Action;
 use super::{CycleMetrics, SimApps, Simulation};
 use crate::runtime::{Effects, Outcome};
 use crate::sampling::{Outgoing, SamplingMessage};
@@ -118,9 +119,15 @@ enum Happening {
     },
     /// A node's apps start (at the node's phase).
     AppStart { node: u32 },
-    /// A cycle of app `app` on `node` is due.
-    AppCycle { node: u32, app: usize },
-    /// An app message arrives at `to`; its sender waits until `deadline`.
+    /// A cycle of app `app` on `node` is due (ignored if the app was loaded, replaced
+    /// or unloaded since: `generation` differs).
+    AppCycle {
+        node: u32,
+        app: usize,
+        generation: u32,
+    },
+    /// An app message arrives at `to`; its sender (of `generation`) waits until
+    /// `deadline`.
     AppDeliver {
         from: u32,
         to: u32,
@@ -129,14 +136,19 @@ enum Happening {
         payload: Vec<u8>,
         deadline: u64,
         sent_at: u64,
+        generation: u32,
     },
-    /// App `app` on `node` learns how its message ended.
+    /// App `app` on `node` learns how its message ended (not if the instance that sent
+    /// it, of `generation`, was replaced since).
     AppReport {
         node: u32,
         app: usize,
         message_id: u64,
         outcome: Outcome,
+        generation: u32,
     },
+    /// The scenario's action number `index` happens.
+    Action { index: usize },
     /// A node goes offline for `duration` µs (for good if `None`).
     Disconnect { node: u32, duration: Option<u64> },
     /// A node offline until now comes back (ignored if its outage was extended).
@@ -310,12 +322,26 @@ impl Engine {
                     self.schedule_app_cycle(sim, node, app);
                 }
             }
-            Happening::AppCycle { node, app } => {
+            Happening::AppCycle {
+                node,
+                app,
+                generation,
+            } => {
+                if sim.apps.as_ref().map(|apps| apps.generation(node, app)) != Some(generation) {
+                    return;
+                }
                 if !sim.is_present(node) {
                     // A node that left keeps its apps; their cycles wait for its return.
                     // (A node offline runs them: only its network is cut.)
                     let period = sim.apps.as_ref().map_or(1, |apps| micros(apps.period(app)));
-                    self.schedule(now + period.max(1), Happening::AppCycle { node, app });
+                    self.schedule(
+                        now + period.max(1),
+                        Happening::AppCycle {
+                            node,
+                            app,
+                            generation,
+                        },
+                    );
                     return;
                 }
                 let view = sim.samplers[node as usize].view();
@@ -334,10 +360,11 @@ impl Engine {
                 payload,
                 deadline,
                 sent_at,
+                generation,
             } => self.app_deliver(
                 sim,
                 now,
-                (from, to, app, message_id),
+                (from, to, app, message_id, generation),
                 payload,
                 (sent_at, deadline),
             ),
@@ -346,13 +373,18 @@ impl Engine {
                 app,
                 message_id,
                 outcome,
+                generation,
             } => {
                 let Some(apps) = sim.apps.as_mut() else {
                     return;
                 };
+                if apps.generation(node, app) != generation {
+                    return;
+                }
                 let effects = apps.report(node, app, message_id, outcome, now);
                 self.app_effects(sim, now, node, app, effects);
             }
+            Happening::Action { index } => self.act(sim, now, index),
             Happening::Disconnect { node, duration } => {
                 let until = duration.map_or(u64::MAX, |d| now.saturating_add(d));
                 if sim.disconnect(node, until, now) && until != u64::MAX {
@@ -388,12 +420,91 @@ impl Engine {
 
     /// Schedules the next cycle of app `app` on `node`, if it has one.
     fn schedule_app_cycle(&mut self, sim: &Simulation, node: u32, app: usize) {
-        if let Some(due) = sim
-            .apps
-            .as_ref()
-            .and_then(|apps| apps.next_cycle(node, app))
-        {
-            self.schedule(due, Happening::AppCycle { node, app });
+        let Some(apps) = sim.apps.as_ref() else {
+            return;
+        };
+        if let Some(due) = apps.next_cycle(node, app) {
+            let generation = apps.generation(node, app);
+            self.schedule(
+                due,
+                Happening::AppCycle {
+                    node,
+                    app,
+                    generation,
+                },
+            );
+        }
+    }
+
+    /// Does the scenario's action `index`.
+    fn act(&mut self, sim: &mut Simulation, now: u64, index: usize) {
+        let action = sim.scenario.actions[index].action.clone();
+        let count = sim.samplers.len();
+        match action {
+            Action::Disconnect { nodes, duration } => {
+                for node in nodes.list(count) {
+                    let duration = duration.map(micros);
+                    self.handle(sim, now, Happening::Disconnect { node, duration });
+                }
+            }
+            Action::Reconnect { nodes } => {
+                for node in nodes.list(count) {
+                    sim.reconnect_now(node, now);
+                }
+            }
+            Action::Latency {
+                latency,
+                jitter_factor,
+            } => {
+                let network = &mut sim.config.network;
+                network.latency = latency.unwrap_or(network.latency);
+                network.jitter_factor = jitter_factor.unwrap_or(network.jitter_factor);
+            }
+            Action::Load {
+                app,
+                path,
+                config,
+                nodes,
+            } => {
+                let Some(app) = sim.load_app(&app, &path, &config) else {
+                    return;
+                };
+                for node in nodes.list(count) {
+                    let Some(apps) = sim.apps.as_mut() else {
+                        return;
+                    };
+                    if apps.on_node(node) && !apps.runs(node, app) {
+                        let effects = apps.start(node, app, now);
+                        self.app_effects(sim, now, node, app, effects);
+                        self.schedule_app_cycle(sim, node, app);
+                    }
+                }
+            }
+            Action::Replace { app, path, nodes } => {
+                let Some((app, prepared)) = sim.replacement(&app, &path) else {
+                    return;
+                };
+                for node in nodes.list(count) {
+                    let Some(apps) = sim.apps.as_mut() else {
+                        return;
+                    };
+                    if apps.runs(node, app) {
+                        let effects = apps.replace(node, app, &prepared, now);
+                        self.app_effects(sim, now, node, app, effects);
+                        self.schedule_app_cycle(sim, node, app);
+                    }
+                }
+            }
+            Action::Unload { app, nodes } => {
+                let Some(apps) = sim.apps.as_mut() else {
+                    return;
+                };
+                if let Some(app) = apps.index_of(&app) {
+                    for node in nodes.list(count) {
+                        apps.unload(node, app);
+                    }
+                }
+            }
         }
     }
 
@@ -409,6 +520,10 @@ impl Engine {
         app: usize,
         effects: Effects,
     ) {
+        let generation = sim
+            .apps
+            .as_ref()
+            .map_or(0, |apps| apps.generation(node, app));
         for message in effects.messages {
             let deadline = now + micros(message.timeout);
             let report = |message_id, outcome| Happening::AppReport {
@@ -416,6 +531,7 @@ impl Engine {
                 app,
                 message_id,
                 outcome,
+                generation,
             };
             let to = sim
                 .apps
@@ -469,6 +585,7 @@ impl Engine {
                     payload: message.payload,
                     deadline,
                     sent_at: now,
+                    generation,
                 },
             );
         }
@@ -481,7 +598,7 @@ impl Engine {
         &mut self,
         sim: &mut Simulation,
         now: u64,
-        (from, to, app, message_id): (u32, u32, usize, u64),
+        (from, to, app, message_id, generation): (u32, u32, usize, u64, u32),
         payload: Vec<u8>,
         (sent_at, deadline): (u64, u64),
     ) {
@@ -535,6 +652,7 @@ impl Engine {
                 app,
                 message_id,
                 outcome,
+                generation,
             },
         );
     }
@@ -593,6 +711,10 @@ pub(super) fn run(
     }
     if let Some(failures) = &outages.random {
         engine.schedule(micros(failures.time_step), Happening::FailureStep);
+    }
+    for index in 0..sim.scenario.actions.len() {
+        let at = micros(sim.scenario.actions[index].at);
+        engine.schedule(at, Happening::Action { index });
     }
     let pacer = Pacer::new(sim.config.real_time_factor);
     for cycle in 1..=sim.config.cycles {

@@ -28,6 +28,7 @@ pub mod conditions;
 mod events;
 mod metrics;
 mod plot;
+pub mod scenario;
 mod seed_config;
 mod summary;
 
@@ -37,6 +38,7 @@ pub use conditions::{ClockDrift, Outages, Partitions};
 pub use events::{LinkLatency, NetworkModel};
 pub use metrics::{CycleMetrics, Overlay, SampleTally, Views, CSV_HEADER};
 pub use plot::plot;
+pub use scenario::Scenario;
 pub use seed_config::SeedSimConfig;
 pub use summary::{NodeRow, RunSummary};
 
@@ -229,6 +231,12 @@ pub struct Simulation {
     offline_until: Vec<Option<u64>>,
     /// What the event engine counted.
     tally: summary::EventTally,
+    /// Timed actions.
+    scenario: Scenario,
+    /// The components the scenario loads or replaces with, by path.
+    components: std::collections::HashMap<std::path::PathBuf, crate::runtime::Prepared>,
+    /// The period and limits of an app the scenario loads.
+    loaded_app_settings: (Duration, crate::runtime::Limits),
 }
 
 impl Simulation {
@@ -264,6 +272,9 @@ impl Simulation {
             apps: None,
             offline_until: vec![None; n],
             tally: summary::EventTally::default(),
+            scenario: Scenario::default(),
+            components: Default::default(),
+            loaded_app_settings: Default::default(),
             config,
         };
         for i in 0..n as u32 {
@@ -326,6 +337,51 @@ impl Simulation {
                 true
             }
         }
+    }
+
+    /// Brings node `i` back now, whenever its outage was to end.
+    fn reconnect_now(&mut self, i: u32, now: u64) {
+        if self.offline_until[i as usize].is_some() {
+            self.offline_until[i as usize] = Some(now);
+            self.reconnect(i, now);
+        }
+    }
+
+    /// The number of app `name` for a scenario's load of `path` with `config`: a new
+    /// app, or the one of that name (which then loads `path` and `config`).
+    fn load_app(&mut self, name: &str, path: &std::path::Path, config: &str) -> Option<usize> {
+        let prepared = self.components.get(path)?.clone();
+        let (period, limits) = self.loaded_app_settings.clone();
+        let apps = self.apps.as_mut()?;
+        let spec = crate::config::ResolvedApp {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            config: config.to_string(),
+            cycles: None,
+            period,
+            limits,
+        };
+        Some(match apps.index_of(name) {
+            Some(index) => {
+                apps.set_app(index, SimApp { spec, prepared });
+                index
+            }
+            None => apps.add_app(SimApp { spec, prepared }),
+        })
+    }
+
+    /// The number of app `name` and the component at `path` that replaces it (which
+    /// later loads of it start too).
+    fn replacement(
+        &mut self,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Option<(usize, crate::runtime::Prepared)> {
+        let prepared = self.components.get(path)?.clone();
+        let apps = self.apps.as_mut()?;
+        let index = apps.index_of(name)?;
+        apps.set_component(index, prepared.clone(), path);
+        Some((index, prepared))
     }
 
     /// Brings node `i` back if its outage ends at `now`.
@@ -507,12 +563,7 @@ impl Simulation {
             bail!("apps run in virtual time: use the event engine (--engine event)");
         }
         let byzantine = self.byzantine.clone();
-        let n = self.samplers.len();
-        let mut rng = StdRng::seed_from_u64(crate::runtime::registry::derive_seed(
-            self.config.seed,
-            "clock-drift",
-        ));
-        let skews = self.config.drift.skews(n, &mut rng);
+        let skews = self.clock_skews();
         self.apps = Some(SimApps::new(
             apps,
             |i| !byzantine[i as usize],
@@ -520,6 +571,80 @@ impl Simulation {
             skews,
         ));
         Ok(self)
+    }
+
+    /// Runs `scenario`'s timed actions (event engine). `components` holds each component
+    /// it loads or replaces with, by path; an app it loads runs every `period` within
+    /// `limits`.
+    pub fn with_scenario(
+        mut self,
+        scenario: Scenario,
+        components: std::collections::HashMap<std::path::PathBuf, crate::runtime::Prepared>,
+        period: Duration,
+        limits: crate::runtime::Limits,
+    ) -> Result<Simulation> {
+        if scenario.actions.is_empty() {
+            return Ok(self);
+        }
+        if self.config.engine != Engine::Event {
+            bail!("a scenario runs in virtual time: use the event engine (--engine event)");
+        }
+        let initial: Vec<String> = match &self.apps {
+            Some(apps) => (0..apps.count())
+                .map(|a| apps.name(a).to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        scenario.check_apps(&initial)?;
+        let end = self.config.cycle_length() * self.config.cycles as u32;
+        if let Some((i, late)) = scenario
+            .actions
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.at >= end)
+        {
+            bail!(
+                "scenario action {} at {:?} comes after the run ends ({} cycles of {:?}: {:?})",
+                i + 1,
+                late.at,
+                self.config.cycles,
+                self.config.cycle_length(),
+                end
+            );
+        }
+        if let Some(path) = scenario
+            .paths()
+            .into_iter()
+            .find(|p| !components.contains_key(*p))
+        {
+            bail!(
+                "the scenario's component {} was not prepared",
+                path.display()
+            );
+        }
+        if self.apps.is_none() {
+            let byzantine = self.byzantine.clone();
+            let skews = self.clock_skews();
+            self.apps = Some(SimApps::new(
+                Vec::new(),
+                |i| !byzantine[i as usize],
+                self.config.seed,
+                skews,
+            ));
+        }
+        self.scenario = scenario;
+        self.components = components;
+        self.loaded_app_settings = (period, limits);
+        Ok(self)
+    }
+
+    /// Each node's wall-clock skew, from the run's seed.
+    fn clock_skews(&self) -> Vec<i64> {
+        let mut rng = StdRng::seed_from_u64(crate::runtime::registry::derive_seed(
+            self.config.seed,
+            "clock-drift",
+        ));
+        self.config.drift.skews(self.samplers.len(), &mut rng)
     }
 
     /// Messages sent so far (delivered or lost).
