@@ -19,6 +19,7 @@ use nodemanager::runtime::{inspect, Limits, Runtime};
 use nodemanager::sampling::{StaticConfig, Topology, TopologyKind};
 use nodemanager::sim::{
     Engine, LinkLatency, NetworkModel, Scenario, SeedSimConfig, SimConfig, Simulation,
+    APPS_CSV_HEADER,
 };
 use nodemanager::{logging, network};
 
@@ -349,6 +350,10 @@ struct SimulateArgs {
     /// latency, load, replace or unload an app on chosen nodes (docs/simulation.md).
     #[arg(long, value_name = "FILE.toml")]
     scenario: Option<PathBuf>,
+    /// Write what the apps did per interval (a sampler period) as CSV: messages sent,
+    /// delivered, failed, unknown, dropped, delivery latency, messages per node.
+    #[arg(long, value_name = "FILE.csv", requires = "apps")]
+    metrics_out: Option<PathBuf>,
     /// Write one JSON line per node at the end (state, view size, each app's counters).
     #[arg(long, value_name = "FILE.jsonl")]
     nodes_out: Option<PathBuf>,
@@ -548,7 +553,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     bar.finish_and_clear();
     out.flush()?;
     if let Some(path) = &args.plot {
-        nodemanager::sim::plot(&rows, path, &title)?;
+        nodemanager::sim::plot(&rows, simulation.app_timeline(), path, &title)?;
         eprintln!("plot in {}", path.display());
     }
     eprintln!(
@@ -559,6 +564,15 @@ fn simulate(args: SimulateArgs) -> Result<()> {
         started.elapsed(),
         args.out.display()
     );
+    if let Some(path) = &args.metrics_out {
+        let mut text = format!("{APPS_CSV_HEADER}\n");
+        for row in simulation.app_timeline() {
+            text.push_str(&row.csv_row());
+            text.push('\n');
+        }
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("the apps' timeline in {}", path.display());
+    }
     if let Some(path) = &args.nodes_out {
         write_json_lines(path, simulation.node_rows())?;
         eprintln!("one line per node in {}", path.display());

@@ -13,7 +13,8 @@ use nodemanager::config::AppSpec;
 use nodemanager::runtime::{Limits, Runtime};
 use nodemanager::sampling::SamplerConfig;
 use nodemanager::sim::{
-    apps, Engine, NetworkModel, RunSummary, Scenario, SeedSimConfig, SimConfig, Simulation,
+    apps, AppInterval, Engine, NetworkModel, RunSummary, Scenario, SeedSimConfig, SimConfig,
+    Simulation,
 };
 
 /// A config of `nodes` GBPS nodes (period 1 s) for `cycles` cycles, no failures.
@@ -80,6 +81,16 @@ fn run(
     apps: &[(&str, &str, &str)],
     scenario: Scenario,
 ) -> (RunSummary, Vec<serde_json::Value>, String) {
+    let (summary, rows, log, _) = run_with_timeline(config, apps, scenario);
+    (summary, rows, log)
+}
+
+/// As [`run`], and the apps' timeline.
+fn run_with_timeline(
+    config: SimConfig,
+    apps: &[(&str, &str, &str)],
+    scenario: Scenario,
+) -> (RunSummary, Vec<serde_json::Value>, String, Vec<AppInterval>) {
     let runtime = Runtime::counting_instructions(&common::test_cache_dir()).unwrap();
     let specs: Vec<AppSpec> = apps
         .iter()
@@ -118,7 +129,8 @@ fn run(
         .map(|row| serde_json::to_value(row).unwrap())
         .collect();
     let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-    (simulation.summary(), rows, log)
+    let timeline = simulation.app_timeline().to_vec();
+    (simulation.summary(), rows, log, timeline)
 }
 
 /// The virtual node and time (µs) of a log line.
@@ -363,4 +375,40 @@ fn timed_actions_change_the_network_and_load_replace_and_unload_apps() {
         calm.counts.cycles >= 8 * 10,
         "the counters go on: {summary:?}"
     );
+}
+
+#[test]
+fn the_timeline_adds_up_to_the_totals_and_shows_an_outage() {
+    let config = with_seed_json(
+        config(10, 8),
+        r#"{"latency_config": {"base_latency_us": 3000, "jitter_factor": 0.1},
+            "disconnection_config": {"scheduled_disconnections": [["node_4", 4500000, 4000000]]}}"#,
+    );
+    let mut config = config;
+    config.network.loss = 0.05;
+    let (summary, _, _, timeline) = run_with_timeline(
+        config,
+        &[("ping_pong.wasm", "ping", "1")],
+        Scenario::default(),
+    );
+    assert_eq!(timeline.len(), 8);
+    let sum = |f: fn(&AppInterval) -> u64| timeline.iter().map(f).sum::<u64>();
+    let ping = &summary.apps.apps["ping"];
+    assert_eq!(sum(|r| r.delivered), summary.app_delivery_latency.count);
+    assert_eq!(sum(|r| r.failed), ping.counts.send_errors);
+    assert_eq!(sum(|r| r.unknown), ping.counts.send_unknown);
+    assert_eq!(sum(|r| r.dropped), summary.apps.app_messages_lost);
+    assert!(
+        sum(|r| r.unknown) > 0 && sum(|r| r.failed) > 0,
+        "{timeline:?}"
+    );
+    // GBPS's period is 2 s: node 4 is offline at the ends of cycles 3 and 4 (6 s, 8 s).
+    let online: Vec<u64> = timeline.iter().map(|r| r.nodes_online).collect();
+    assert_eq!(online, vec![10, 10, 9, 9, 10, 10, 10, 10], "{timeline:?}");
+    for row in &timeline[1..] {
+        assert!(
+            row.latency.count == 0 || (3000..=3300).contains(&row.latency.max_us),
+            "{row:?}"
+        );
+    }
 }

@@ -381,6 +381,14 @@ impl Engine {
                 if apps.generation(node, app) != generation {
                     return;
                 }
+                match outcome {
+                    Outcome::Delivered => {}
+                    Outcome::Failed(_) => sim.tally.interval.failed += 1,
+                    Outcome::Unknown(_) => sim.tally.interval.unknown += 1,
+                }
+                let Some(apps) = sim.apps.as_mut() else {
+                    return;
+                };
                 let effects = apps.report(node, app, message_id, outcome, now);
                 self.app_effects(sim, now, node, app, effects);
             }
@@ -525,6 +533,7 @@ impl Engine {
             .as_ref()
             .map_or(0, |apps| apps.generation(node, app));
         for message in effects.messages {
+            sim.tally.interval.sent += 1;
             let deadline = now + micros(message.timeout);
             let report = |message_id, outcome| Happening::AppReport {
                 node,
@@ -552,6 +561,7 @@ impl Engine {
             }
             if sim.config.network.partitions.separates(node, to) {
                 sim.tally.dropped += 1;
+                sim.tally.interval.dropped += 1;
                 sim.app_log(now, node, app, || {
                     format!("message {} to node {to} dropped: partition", message.id)
                 });
@@ -564,6 +574,7 @@ impl Engine {
             }
             if Self::lost(sim) {
                 sim.tally.dropped += 1;
+                sim.tally.interval.dropped += 1;
                 if let Some(apps) = sim.apps.as_mut() {
                     apps.lost += 1;
                 }
@@ -625,6 +636,10 @@ impl Engine {
         if outcome == Outcome::Delivered {
             sim.tally.delivered += 1;
             sim.tally.latency.record(now - sent_at);
+            let interval = &mut sim.tally.interval;
+            interval.delivered += 1;
+            interval.latency.record(now - sent_at);
+            interval.received[to as usize] += 1;
             sim.app_log(now, to, app, || {
                 format!(
                     "message {message_id} from node {from} delivered after {} us",
@@ -730,6 +745,7 @@ pub(super) fn run(
             engine.handle(sim, event.at, event.happening);
         }
         sim.tally.now = end;
+        sim.close_interval(cycle, end);
         record(sim.metrics())?;
     }
     Ok(())

@@ -31,6 +31,7 @@ mod plot;
 pub mod scenario;
 mod seed_config;
 mod summary;
+mod timeline;
 
 pub use apps::{node_peer_id, AppTotals, AppsSummary, SimApp, SimApps};
 pub use byzantine::Attack;
@@ -41,6 +42,7 @@ pub use plot::plot;
 pub use scenario::Scenario;
 pub use seed_config::SeedSimConfig;
 pub use summary::{NodeRow, RunSummary};
+pub use timeline::{AppInterval, APPS_CSV_HEADER};
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -237,6 +239,8 @@ pub struct Simulation {
     components: std::collections::HashMap<std::path::PathBuf, crate::runtime::Prepared>,
     /// The period and limits of an app the scenario loads.
     loaded_app_settings: (Duration, crate::runtime::Limits),
+    /// What the apps did, interval by interval.
+    timeline: Vec<AppInterval>,
 }
 
 impl Simulation {
@@ -271,7 +275,14 @@ impl Simulation {
             messages: 0,
             apps: None,
             offline_until: vec![None; n],
-            tally: summary::EventTally::default(),
+            tally: summary::EventTally {
+                interval: timeline::IntervalCounts {
+                    received: vec![0; n],
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            timeline: Vec::new(),
             scenario: Scenario::default(),
             components: Default::default(),
             loaded_app_settings: Default::default(),
@@ -337,6 +348,26 @@ impl Simulation {
                 true
             }
         }
+    }
+
+    /// Ends the apps' interval of cycle `cycle` at `now` (with apps only).
+    fn close_interval(&mut self, cycle: u64, now: u64) {
+        let Some(apps) = &self.apps else {
+            return;
+        };
+        let online = (0..self.samplers.len() as u32)
+            .filter(|&i| self.is_up(i))
+            .count() as u64;
+        let row = self
+            .tally
+            .interval
+            .close(cycle, now, online, |i| apps.on_node(i as u32));
+        self.timeline.push(row);
+    }
+
+    /// What the apps did in each interval so far (empty without apps).
+    pub fn app_timeline(&self) -> &[AppInterval] {
+        &self.timeline
     }
 
     /// Brings node `i` back now, whenever its outage was to end.

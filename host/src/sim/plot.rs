@@ -1,4 +1,5 @@
-//! `simulate --plot FILE.png|FILE.svg`: the main metrics per cycle, one panel each.
+//! `simulate --plot FILE.png|FILE.svg`: the main metrics per cycle, one panel each,
+//! and with apps, what they did per interval.
 //!
 //! Text is drawn with DejaVu Sans, read at run time (`scripts/setup` installs the
 //! Debian package `fonts-dejavu-core`; `NODEMANAGER_FONT` names another TTF file).
@@ -10,7 +11,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::CycleMetrics;
+use super::{AppInterval, CycleMetrics};
 
 /// Where the font is looked for when `NODEMANAGER_FONT` is not set.
 const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -44,38 +45,66 @@ struct Series {
     points: Vec<(f64, f64)>,
 }
 
-fn series(
-    rows: &[CycleMetrics],
+/// Something with a value per cycle.
+trait PerCycle {
+    fn cycle(&self) -> u64;
+}
+
+impl PerCycle for CycleMetrics {
+    fn cycle(&self) -> u64 {
+        self.cycle
+    }
+}
+
+impl PerCycle for AppInterval {
+    fn cycle(&self) -> u64 {
+        self.cycle
+    }
+}
+
+fn series<R: PerCycle>(
+    rows: &[R],
     name: &'static str,
-    value: impl Fn(&CycleMetrics) -> Option<f64>,
+    value: impl Fn(&R) -> Option<f64>,
 ) -> Series {
     Series {
         name,
         points: rows
             .iter()
-            .filter_map(|r| value(r).map(|v| (r.cycle as f64, v)))
+            .filter_map(|r| value(r).map(|v| (r.cycle() as f64, v)))
             .collect(),
     }
 }
 
-/// Draws `rows` to `path` (PNG or SVG, by extension), titled `title`.
-pub fn plot(rows: &[CycleMetrics], path: &Path, title: &str) -> Result<()> {
+/// Draws `rows` and the apps' timeline `apps` (if any) to `path` (PNG or SVG, by
+/// extension), titled `title`.
+pub fn plot(rows: &[CycleMetrics], apps: &[AppInterval], path: &Path, title: &str) -> Result<()> {
     if rows.is_empty() {
         bail!("--plot: no cycle to draw");
     }
-    let size = (1400, 1200);
+    let size = if apps.is_empty() {
+        (1400, 1200)
+    } else {
+        (1400, 1600)
+    };
     match path.extension().and_then(|e| e.to_str()) {
         Some("png") => {
             load_font()?;
             draw(
                 BitMapBackend::new(path, size).into_drawing_area(),
                 rows,
+                apps,
                 title,
             )
         }
         Some("svg") => {
             load_font()?;
-            draw(SVGBackend::new(path, size).into_drawing_area(), rows, title)
+            draw(
+                SVGBackend::new(path, size).into_drawing_area(),
+                rows,
+                apps,
+                title,
+            )
         }
         _ => bail!(
             "--plot {}: the file name must end in .png or .svg",
@@ -88,13 +117,14 @@ pub fn plot(rows: &[CycleMetrics], path: &Path, title: &str) -> Result<()> {
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     rows: &[CycleMetrics],
+    apps: &[AppInterval],
     title: &str,
 ) -> Result<()> {
     let error = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e}");
     root.fill(&WHITE).map_err(error)?;
     let root = root.titled(title, (FAMILY, 28)).map_err(error)?;
-    let panels = root.split_evenly((3, 2));
-    let groups = [
+    let panels = root.split_evenly((if apps.is_empty() { 3 } else { 4 }, 2));
+    let mut groups = vec![
         (
             "In-degree",
             vec![
@@ -128,6 +158,31 @@ fn draw<DB: DrawingBackend>(
             vec![series(rows, "KL", |r| r.sample_uniformity)],
         ),
     ];
+    if !apps.is_empty() {
+        groups.push((
+            "App messages per interval",
+            vec![
+                series(apps, "sent", |r| Some(r.sent as f64)),
+                series(apps, "delivered", |r| Some(r.delivered as f64)),
+                series(apps, "failed", |r| Some(r.failed as f64)),
+                series(apps, "unknown", |r| Some(r.unknown as f64)),
+                series(apps, "dropped", |r| Some(r.dropped as f64)),
+            ],
+        ));
+        groups.push((
+            "Delivery latency (ms) and messages received per node",
+            vec![
+                series(apps, "latency mean", |r| {
+                    (r.latency.count > 0).then_some(r.latency.mean_us as f64 / 1000.0)
+                }),
+                series(apps, "latency max", |r| {
+                    (r.latency.count > 0).then_some(r.latency.max_us as f64 / 1000.0)
+                }),
+                series(apps, "received min", |r| Some(r.received_min as f64)),
+                series(apps, "received max", |r| Some(r.received_max as f64)),
+            ],
+        ));
+    }
     let last_cycle = rows.last().map_or(1.0, |r| r.cycle as f64).max(1.0);
     for (panel, (caption, all)) in panels.iter().zip(groups) {
         let drawn: Vec<Series> = all.into_iter().filter(|s| !s.points.is_empty()).collect();
@@ -203,16 +258,28 @@ mod tests {
     fn draws_png_and_svg_and_refuses_other_names() {
         let dir = tempfile::tempdir().unwrap();
         let svg = dir.path().join("m.svg");
-        plot(&rows(), &svg, "test").unwrap();
+        plot(&rows(), &[], &svg, "test").unwrap();
         let text = std::fs::read_to_string(&svg).unwrap();
         assert!(
             text.contains("<svg") && text.contains("In-degree"),
             "{text}"
         );
+        assert!(!text.contains("App messages"), "no apps, no app panels");
+        let apps: Vec<AppInterval> = (1..=5)
+            .map(|cycle| AppInterval {
+                cycle,
+                sent: 10 * cycle,
+                delivered: 9 * cycle,
+                ..AppInterval::default()
+            })
+            .collect();
+        plot(&rows(), &apps, &svg, "test").unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.contains("App messages per interval"), "{text}");
         let png = dir.path().join("m.png");
-        plot(&rows(), &png, "test").unwrap();
+        plot(&rows(), &apps, &png, "test").unwrap();
         assert_eq!(&std::fs::read(&png).unwrap()[1..4], b"PNG");
-        let error = plot(&rows(), &dir.path().join("m.pdf"), "test").unwrap_err();
+        let error = plot(&rows(), &[], &dir.path().join("m.pdf"), "test").unwrap_err();
         assert!(
             error.to_string().contains("must end in .png or .svg"),
             "{error}"

@@ -26,6 +26,8 @@ pub(super) struct EventTally {
     pub latency: LatencyTally,
     /// Real time the run took.
     pub elapsed: Duration,
+    /// The apps' counters of the interval under way.
+    pub interval: super::timeline::IntervalCounts,
 }
 
 /// Smallest, mean and largest of a set of latencies.
