@@ -309,3 +309,40 @@ fn a_python_text_app_names_a_message_that_is_not_text() {
         other => panic!("expected the app to refuse the bytes, got {other:?}"),
     }
 }
+
+#[test]
+fn a_guests_sleep_waits_in_real_time_live_and_passes_virtual_time_in_simulation() {
+    let slept = |result: Result<(), AppError>| match result {
+        Err(AppError::Returned(message)) => message
+            .strip_prefix("slept ")
+            .and_then(|rest| rest.strip_suffix(" ms"))
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("unexpected answer {message:?}")),
+        other => panic!("expected the app's `slept N ms`, got {other:?}"),
+    };
+    // Live: the machine's clock, at least the 300 ms asked for.
+    let mut live = hostile("sleep", Limits::default());
+    let started = Instant::now();
+    assert!(slept(live.periodic_run(&[])) >= 300);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Simulated: no wait; the app's clock moves on by exactly the sleep.
+    let clock = Clock::manual();
+    clock.set(Duration::from_secs(7));
+    let context = AppContext {
+        clock: clock.clone(),
+        ..context()
+    };
+    let mut simulated = LoadedApp::instantiate(
+        &prepared("hostile.wasm"),
+        "sleep",
+        Limits::default(),
+        context,
+        Some(1),
+    )
+    .unwrap();
+    simulated.init("sleep").unwrap();
+    for call in 1..=3 {
+        assert_eq!(slept(simulated.periodic_run(&[])), 300);
+        assert_eq!(clock.now(), Duration::from_millis(7_000 + 300 * call));
+    }
+}

@@ -412,3 +412,18 @@ fn the_timeline_adds_up_to_the_totals_and_shows_an_outage() {
         );
     }
 }
+
+#[test]
+fn a_guests_sleep_passes_virtual_time_without_waiting() {
+    let (summary, _, log) = run(
+        config(3, 4),
+        &[("hostile.wasm", "sleepy", "sleep")],
+        Scenario::default(),
+    );
+    let sleepy = &summary.apps.apps["sleepy"];
+    assert!(sleepy.counts.cycles >= 3 * 3, "{summary:?}");
+    assert_eq!(sleepy.counts.call_errors, sleepy.counts.cycles);
+    let answers: Vec<&str> = log.lines().filter(|l| l.contains("slept ")).collect();
+    assert_eq!(answers.len() as u64, sleepy.counts.cycles, "{log}");
+    assert!(answers.iter().all(|l| l.contains("slept 300 ms")), "{log}");
+}

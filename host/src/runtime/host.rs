@@ -85,10 +85,11 @@ impl wasmtime_wasi::HostWallClock for ManualWallClock {
     }
 }
 
-/// WASI's monotonic clock for a manual clock: its time, in nanoseconds.
-struct ManualMonotonicClock(Clock);
+/// WASI's monotonic clock: the app's clock, in nanoseconds (what the subscriptions of
+/// [`super::sleep`] count in).
+struct AppMonotonicClock(Clock);
 
-impl wasmtime_wasi::HostMonotonicClock for ManualMonotonicClock {
+impl wasmtime_wasi::HostMonotonicClock for AppMonotonicClock {
     fn resolution(&self) -> u64 {
         1
     }
@@ -146,9 +147,9 @@ pub struct OutgoingMessage {
 pub struct HostState {
     app: Arc<str>,
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(super) table: ResourceTable,
     pub(super) limiter: MemoryLimiter,
-    context: AppContext,
+    pub(super) context: AppContext,
     /// This node's id, parsed once (none when the context's is not a peer id).
     own_id: Option<PeerId>,
     limits: Limits,
@@ -203,9 +204,9 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
+        wasi.monotonic_clock(AppMonotonicClock(context.clock.clone()));
         if let Clock::Manual(_) = context.clock {
-            wasi.wall_clock(ManualWallClock(context.clock.clone(), context.wall_skew_us))
-                .monotonic_clock(ManualMonotonicClock(context.clock.clone()));
+            wasi.wall_clock(ManualWallClock(context.clock.clone(), context.wall_skew_us));
         }
         if let Some(seed) = seed {
             use rand::SeedableRng;

@@ -8,6 +8,7 @@ mod host;
 mod inspect;
 mod instance;
 pub mod registry;
+mod sleep;
 mod worker;
 
 pub use app::{AppError, LoadedApp};
@@ -192,6 +193,7 @@ impl Runtime {
             .context("cannot create the wasmtime engine")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
+        sleep::add_to_linker(&mut linker)?;
         bindings::App::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)?;
         let cache = ComponentCache::new(cache_dir.to_path_buf(), &engine, cache_max_bytes)?;

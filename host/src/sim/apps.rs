@@ -4,6 +4,7 @@
 //! the run's seed, the node and the app, so a run replays exactly.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,12 +89,30 @@ struct NodeApps {
     started: Vec<bool>,
 }
 
+/// A call into a node's apps under way: on drop, the node remembers how far its clock
+/// went (guests' sleeps move it on).
+struct NodeCall {
+    _tag: VirtualNow,
+    clock: Clock,
+    seen: Arc<[AtomicU64]>,
+    node: u32,
+}
+
+impl Drop for NodeCall {
+    fn drop(&mut self) {
+        let now = self.clock.now().as_nanos().min(u128::from(u64::MAX)) as u64;
+        self.seen[self.node as usize].fetch_max(now, Ordering::Relaxed);
+    }
+}
+
 /// Every node's apps, and how peer ids map to nodes.
 pub struct SimApps {
     apps: Vec<SimApp>,
     ids: Vec<String>,
     index: HashMap<PeerId, u32>,
     clock: Clock,
+    /// The furthest each node's clock went, in ns.
+    clock_seen: Arc<[AtomicU64]>,
     nodes: Vec<Option<NodeApps>>,
     seed: u64,
     /// Messages lost by the network model.
@@ -171,6 +190,7 @@ impl SimApps {
             })
             .collect();
         SimApps {
+            clock_seen: (0..ids.len()).map(|_| AtomicU64::new(0)).collect(),
             apps,
             ids,
             index,
@@ -317,13 +337,21 @@ impl SimApps {
         self.index.get(peer).copied()
     }
 
-    /// Moves the apps' clock to `now` (µs of virtual time); what is logged until the
-    /// guard drops is tagged with the virtual node and time.
-    fn at(&self, node: u32, now: u64) -> (Duration, VirtualNow) {
+    /// Moves the apps' clock to `now` (µs of virtual time) for a call on `node` — or
+    /// later, if that node's guests already slept past it (a node's clock never goes
+    /// back); what is logged until the guard drops is tagged with the node and time.
+    fn at(&self, node: u32, now: u64) -> (Duration, NodeCall) {
         let tag = VirtualNow::enter(node, now);
         let now = Duration::from_micros(now);
-        self.clock.set(now);
-        (now, tag)
+        let seen = Duration::from_nanos(self.clock_seen[node as usize].load(Ordering::Relaxed));
+        self.clock.set(now.max(seen));
+        let call = NodeCall {
+            _tag: tag,
+            clock: self.clock.clone(),
+            seen: self.clock_seen.clone(),
+            node,
+        };
+        (now, call)
     }
 
     /// Starts app `app` on node `node` at `now`; returns its first effects.

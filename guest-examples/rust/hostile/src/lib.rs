@@ -22,6 +22,8 @@
 //! - `grow`: each cycle, busy work that doubles every cycle (2^cycle × 10,000 steps),
 //!   logging `grew N` after it (a budget counted in instructions stops it at the same
 //!   cycle on every run);
+//! - `sleep`: each cycle, sleep 300 ms (WASI monotonic clock) and return the error
+//!   `slept N ms`, N as that clock measured it (virtual time in a simulation);
 //! - `time`: each cycle, send the first peer of the view `WALL_MS,MS_SINCE_INIT` as the
 //!   WASI wall and monotonic clocks tell them (they must follow the node's clock).
 
@@ -37,7 +39,7 @@ struct Hostile {
 impl App for Hostile {
     fn init(config: &str) -> Result<Self, String> {
         match config {
-            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "greet_known" | "echo" | "sink" | "flood" | "log" | "dice" | "time" | "bytes" | "grow" => {
+            "spin" | "alloc" | "trap" | "fs" | "env" | "print" | "calm" | "greet" | "greet_known" | "echo" | "sink" | "flood" | "log" | "dice" | "time" | "bytes" | "grow" | "sleep" => {
                 Ok(Hostile { mode: config.to_string(), cycles: 0, started: std::time::Instant::now() })
             }
             other => Err(format!("unknown hostile mode {other:?}")),
@@ -48,6 +50,11 @@ impl App for Hostile {
         self.cycles += 1;
         match self.mode.as_str() {
             "spin" => spin(),
+            "sleep" => {
+                let started = std::time::Instant::now();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                Err(format!("slept {} ms", started.elapsed().as_millis()))
+            }
             "grow" => {
                 let mut x: u64 = 0;
                 for _ in 0..(10_000u64 << self.cycles.min(40)) {
