@@ -1846,6 +1846,59 @@ fn a_python_app_draws_its_randomness_from_its_virtual_node() {
 }
 
 #[test]
+fn each_virtual_node_can_have_its_own_app_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = format!("{}:h", common::guest("hostile.wasm").display());
+    let configs = dir.path().join("configs.txt");
+    std::fs::write(&configs, "calm\ntrap\ncalm\n").unwrap();
+    let nodes = dir.path().join("nodes.jsonl");
+    let (summary, _) = simulate_apps(
+        dir.path(),
+        "per-node",
+        &[
+            "--nodes",
+            "3",
+            "--cycles",
+            "3",
+            "--latency",
+            "1ms",
+            "--app",
+            &hostile,
+            "--app-config-file",
+            &format!("h={}", configs.display()),
+            "--nodes-out",
+            nodes.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(summary["apps"]["h"]["failed"], 1, "{summary}");
+    let states: Vec<String> = std::fs::read_to_string(&nodes)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["apps"]["h"]["state"].to_string())
+        .collect();
+    assert_eq!(states, ["\"running\"", "\"failed\"", "\"running\""]);
+    // One line per node, no more, no less.
+    std::fs::write(&configs, "calm\ncalm\n").unwrap();
+    let stderr = run_failing(&[
+        "simulate",
+        "--nodes",
+        "3",
+        "--cycles",
+        "3",
+        "--app",
+        &hostile,
+        "--app-config-file",
+        &format!("h={}", configs.display()),
+        "--out",
+        dir.path().join("x.csv").to_str().unwrap(),
+    ]);
+    assert!(
+        stderr.contains("holds 2 configs (lines) for app \"h\", but the run has 3 nodes"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_seeds_simulation_config_runs_as_it_is_and_every_output_replays() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = common::repo_root().join("tests/fixtures/seed-sim-full.json");

@@ -335,9 +335,13 @@ struct SimulateArgs {
     /// engine, the default with apps. The last stdout line is then a JSON summary.
     #[arg(long = "app", value_name = "PATH[:NAME]", value_parser = AppSpec::from_arg)]
     apps: Vec<AppSpec>,
-    /// The config string of app NAME; `{index}` in it becomes the node's number.
+    /// The config string of app NAME; `{index}` in it becomes the node's number,
+    /// `{node}` its name (node_I).
     #[arg(long, value_name = "NAME=CONFIG", value_parser = app_config)]
     app_config: Vec<(String, String)>,
+    /// One config per node for app NAME: line I of FILE is node I's.
+    #[arg(long, value_name = "NAME=FILE", value_parser = app_config)]
+    app_config_file: Vec<(String, String)>,
     /// Time between an app's cycles [default: the sampler's period].
     #[arg(long, value_parser = parse_duration)]
     app_period: Option<Duration>,
@@ -500,13 +504,14 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     let (apps, components) = match &runtime {
         None => (Vec::new(), HashMap::new()),
         Some(runtime) => {
-            let apps = nodemanager::sim::apps::prepare(
+            let mut apps = nodemanager::sim::apps::prepare(
                 runtime,
                 &args.apps,
                 &args.app_config,
                 app_period,
                 &limits,
             )?;
+            nodemanager::sim::apps::set_config_files(&mut apps, &args.app_config_file, nodes)?;
             let components = scenario
                 .paths()
                 .into_iter()

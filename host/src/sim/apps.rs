@@ -22,13 +22,43 @@ use crate::runtime::{
 };
 
 /// One app every virtual node runs: its settings (the config may hold `{index}`, the
-/// node's number) and its compiled component.
+/// node's number, and `{node}`, its name `node_I`) and its compiled component.
 #[derive(Clone)]
 pub struct SimApp {
     /// Name, config template, cycles, period, limits.
     pub spec: ResolvedApp,
     /// The component, compiled once for every node.
     pub prepared: Prepared,
+    /// One config per node, when given (instead of the template).
+    pub per_node: Option<Arc<[String]>>,
+}
+
+/// Gives each app named in `files` (`NAME=FILE`) one config per node of `nodes`: line
+/// I of the file is node I's.
+pub fn set_config_files(
+    apps: &mut [SimApp],
+    files: &[(String, String)],
+    nodes: usize,
+) -> Result<()> {
+    for (name, path) in files {
+        let app = apps
+            .iter_mut()
+            .find(|a| &a.spec.name == name)
+            .with_context(|| {
+                format!("--app-config-file names app {name:?}, which is not among the apps")
+            })?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configs of app {name:?} from {path}"))?;
+        let configs: Vec<String> = text.lines().map(str::to_string).collect();
+        if configs.len() != nodes {
+            bail!(
+                "{path} holds {} configs (lines) for app {name:?}, but the run has {nodes} nodes: give one line per node",
+                configs.len()
+            );
+        }
+        app.per_node = Some(configs.into());
+    }
+    Ok(())
 }
 
 /// Compiles each app of `specs` once, sets the configs `configs` gives (`NAME=STRING`),
@@ -54,6 +84,7 @@ pub fn prepare(
             .load_component(&spec.path)
             .with_context(|| format!("app {name:?}"))?;
         apps.push(SimApp {
+            per_node: None,
             spec: ResolvedApp {
                 name,
                 path: spec.path.clone(),
@@ -310,10 +341,17 @@ impl SimApps {
         }
     }
 
-    /// App `app`'s settings on node `node` (`{index}` in the config filled in).
+    /// App `app`'s settings on node `node`: its own config line, or the template with
+    /// `{index}` and `{node}` filled in.
     fn node_spec(&self, node: u32, app: usize) -> ResolvedApp {
         let mut spec = self.apps[app].spec.clone();
-        spec.config = spec.config.replace("{index}", &node.to_string());
+        spec.config = match &self.apps[app].per_node {
+            Some(configs) => configs[node as usize].clone(),
+            None => spec
+                .config
+                .replace("{index}", &node.to_string())
+                .replace("{node}", &format!("node_{node}")),
+        };
         spec
     }
 

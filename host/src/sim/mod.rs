@@ -394,10 +394,21 @@ impl Simulation {
         };
         Some(match apps.index_of(name) {
             Some(index) => {
-                apps.set_app(index, SimApp { spec, prepared });
+                apps.set_app(
+                    index,
+                    SimApp {
+                        spec,
+                        prepared,
+                        per_node: None,
+                    },
+                );
                 index
             }
-            None => apps.add_app(SimApp { spec, prepared }),
+            None => apps.add_app(SimApp {
+                spec,
+                prepared,
+                per_node: None,
+            }),
         })
     }
 
