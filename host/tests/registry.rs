@@ -182,3 +182,59 @@ fn a_replacement_waits_for_state_only_up_to_the_handoff_timeout() {
         info.stats
     );
 }
+
+#[test]
+fn many_apps_share_a_small_pool_of_threads_and_each_keeps_its_schedule() {
+    use nodemanager::runtime::pool::WorkerPool;
+    use std::sync::Arc;
+    // Threads of this test's pool, by name (other tests run beside it).
+    let threads = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|name| name.starts_with("pooltest-"))
+            })
+            .count()
+    };
+    let (events, _receiver) = mpsc::channel(1 << 16);
+    let pool = Arc::new(WorkerPool::named("pooltest", 2));
+    let mut registry =
+        AppRegistry::with_pool(AppContext::new("me".into()), Some(1), events, 1 << 24, pool);
+    // Warm up: the pool's threads start with its first app.
+    registry
+        .load(request(
+            "app0",
+            "calm",
+            Some(Duration::from_millis(20)),
+            Limits::default(),
+        ))
+        .unwrap();
+    // A thread names itself once it runs.
+    common::node::wait_for("the pool's two threads", || threads() == 2);
+    for i in 1..50 {
+        registry
+            .load(request(
+                &format!("app{i}"),
+                "calm",
+                Some(Duration::from_millis(20)),
+                Limits::default(),
+            ))
+            .unwrap();
+    }
+    assert_eq!(threads(), 2, "no thread per app");
+    for i in 0..50 {
+        once(&registry, &format!("app{i}"), |a| {
+            a.stats.counts.cycles >= 5
+        });
+    }
+    // Messages to one app are handled in order, between its cycles.
+    for n in 0..20 {
+        registry
+            .deliver("peer", "app7", format!("m{n}").into_bytes())
+            .unwrap();
+    }
+    let info = once(&registry, "app7", |a| a.stats.counts.received == 20);
+    assert_eq!(info.stats.state, AppState::Running);
+}

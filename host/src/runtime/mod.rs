@@ -7,6 +7,7 @@ mod guest_log;
 mod host;
 mod inspect;
 mod instance;
+pub mod pool;
 pub mod registry;
 mod sleep;
 mod worker;

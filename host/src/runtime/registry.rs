@@ -1,8 +1,8 @@
-//! The app registry: the apps a node runs, by name. Each app runs on its own thread
-//! ([`Worker`]) with its own store, limits, schedule and config; messages are routed by
-//! name. Apps can be loaded, unloaded and replaced while the node runs: an unloaded app
-//! first handles the messages already queued for it (nothing accepted is dropped), then
-//! its thread ends and its store is freed.
+//! The app registry: the apps a node runs, by name. Each app is a task of the node's
+//! [`WorkerPool`] ([`Worker`]) with its own store, limits, schedule and config; messages
+//! are routed by name. Apps can be loaded, unloaded and replaced while the node runs: an
+//! unloaded app first handles the messages already queued for it (nothing accepted is
+//! dropped), then its task ends and its store is freed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
@@ -12,7 +12,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::worker::{InboxLevel, Worker};
+use super::pool::{AppHandle, Ended, WorkerPool};
+use super::worker::{AppTask, Handoff, InboxLevel, Worker};
 use super::{AppCommand, AppContext, AppId, AppState, AppStats, Outcome, Prepared, WorkerEvent};
 use crate::config::ResolvedApp;
 
@@ -75,11 +76,11 @@ struct RunningApp {
     id: AppId,
     spec: ResolvedApp,
     component: String,
-    commands: std_mpsc::Sender<AppCommand>,
+    commands: AppHandle,
     stats: Arc<Mutex<AppStats>>,
     inbox: Arc<InboxLevel>,
     finished: bool,
-    thread: Option<std::thread::JoinHandle<()>>,
+    ended: Arc<Ended>,
 }
 
 impl RunningApp {
@@ -98,10 +99,9 @@ impl RunningApp {
         }
     }
 
-    fn join(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    /// Waits until its task has ended (its store is freed).
+    fn join(&self) {
+        self.ended.wait();
     }
 }
 
@@ -118,6 +118,7 @@ pub struct AppRegistry {
     events: mpsc::Sender<WorkerEvent>,
     max_payload_bytes: u64,
     handoff_timeout: std::time::Duration,
+    pool: Arc<WorkerPool>,
 }
 
 /// Why a message from a peer was not handed to an app.
@@ -144,14 +145,28 @@ impl std::fmt::Display for Refused {
 impl AppRegistry {
     /// An empty registry; apps share `context` (id, view) and send their events to
     /// `events`; no app may send payloads over `max_payload_bytes` (the network's frame
-    /// limit).
+    /// limit). Its apps run on a pool of its own ([`WorkerPool::for_this_machine`]).
     pub fn new(
         context: AppContext,
         seed: Option<u64>,
         events: mpsc::Sender<WorkerEvent>,
         max_payload_bytes: u64,
     ) -> AppRegistry {
+        let pool = Arc::new(WorkerPool::for_this_machine());
+        AppRegistry::with_pool(context, seed, events, max_payload_bytes, pool)
+    }
+
+    /// As [`AppRegistry::new`], the apps running on `pool` (which other nodes of the
+    /// process may share).
+    pub fn with_pool(
+        context: AppContext,
+        seed: Option<u64>,
+        events: mpsc::Sender<WorkerEvent>,
+        max_payload_bytes: u64,
+        pool: Arc<WorkerPool>,
+    ) -> AppRegistry {
         AppRegistry {
+            pool,
             apps: BTreeMap::new(),
             leaving: HashMap::new(),
             retired: Vec::new(),
@@ -173,7 +188,7 @@ impl AppRegistry {
 
     /// Starts an app under a name no running app has.
     pub fn load(&mut self, request: LoadRequest) -> Result<AppId> {
-        self.start(request, None)
+        Ok(self.start(request, None)?.0)
     }
 
     /// Starts an app, which first restores the state `restore_from` brings, if any.
@@ -181,7 +196,7 @@ impl AppRegistry {
         &mut self,
         request: LoadRequest,
         restore_from: Option<std_mpsc::Receiver<Vec<u8>>>,
-    ) -> Result<AppId> {
+    ) -> Result<(AppId, AppHandle)> {
         let name = request.spec.name.clone();
         if self.apps.contains_key(&name) {
             bail!("an app named {name:?} is already loaded (unload it, or replace it)");
@@ -192,6 +207,7 @@ impl AppRegistry {
         let (commands, commands_rx) = std_mpsc::channel();
         let stats = Arc::new(Mutex::new(AppStats::default()));
         let inbox = Arc::new(InboxLevel::default());
+        let ended = Arc::new(Ended::default());
         let worker = Worker {
             id,
             seed: self.seed.map(|s| derive_seed(s, &name)),
@@ -204,10 +220,9 @@ impl AppRegistry {
             inbox: inbox.clone(),
             restore_from,
             handoff_timeout: self.handoff_timeout,
+            ended: ended.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("app-{name}"))
-            .spawn(move || worker.run())?;
+        let handle = self.pool.spawn(commands, |_| AppTask::new(worker))?;
         tracing::info!(app = %name, component = %request.prepared.hash, "app loaded");
         self.apps.insert(
             name,
@@ -215,14 +230,14 @@ impl AppRegistry {
                 id,
                 spec: request.spec,
                 component: request.prepared.hash,
-                commands,
+                commands: handle.clone(),
                 stats,
                 inbox,
                 finished: false,
-                thread: Some(thread),
+                ended,
             },
         );
-        Ok(id)
+        Ok((id, handle))
     }
 
     /// Refuses an app whose payload limit exceeds the network's frame limit.
@@ -259,16 +274,29 @@ impl AppRegistry {
             bail!("no app named {name:?} is loaded to replace");
         };
         let (state, restore_from) = std_mpsc::channel();
-        let _ = old.commands.send(AppCommand::Drain(Some(state)));
         let old_id = old.id;
+        let old_commands = old.commands.clone();
         self.leaving.insert(old_id, old);
-        let new = self.start(request, Some(restore_from))?;
+        let (new, successor) = match self.start(request, Some(restore_from)) {
+            Ok(started) => started,
+            Err(e) => {
+                // The old one goes on as it was.
+                if let Some(old) = self.leaving.remove(&old_id) {
+                    self.apps.insert(name, old);
+                }
+                return Err(e);
+            }
+        };
+        let _ = old_commands.send(AppCommand::Drain(Some(Handoff {
+            state,
+            successor: successor.waker(),
+        })));
         Ok((old_id, new))
     }
 
     /// App `id`'s thread ended: joins it; a leaving app is retired, with its final info.
     pub fn exited(&mut self, id: AppId) -> Option<AppInfo> {
-        if let Some(mut app) = self.leaving.remove(&id) {
+        if let Some(app) = self.leaving.remove(&id) {
             app.join();
             let info = app.info();
             self.retired.push(info.clone());
@@ -379,11 +407,11 @@ impl AppRegistry {
             let _ = app.commands.send(AppCommand::Stop);
         }
         let mut loaded = BTreeMap::new();
-        for (name, mut app) in std::mem::take(&mut self.apps) {
+        for (name, app) in std::mem::take(&mut self.apps) {
             app.join();
             loaded.insert(name, app.stats());
         }
-        for (_, mut app) in self.leaving.drain() {
+        for (_, app) in self.leaving.drain() {
             app.join();
             self.retired.push(app.info());
         }

@@ -1,9 +1,9 @@
-//! One app's worker: a thread that drives the app's [`AppInstance`] in real time —
-//! runs its cycles when due, hands it the node's commands in order and passes what it
-//! queued to the node. A slow app delays no other.
+//! One app's task: drives the app's [`AppInstance`] in real time — runs its cycles
+//! when due, hands it the node's commands in order and passes what it queued to the
+//! node. The node's [`WorkerPool`](super::pool::WorkerPool) runs it step by step.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::Sender;
 
 use super::instance::{AppInstance, Effects, Input};
+use super::pool::{Ended, Waker};
 use super::{AppContext, OutgoingMessage, Prepared};
 use crate::config::ResolvedApp;
 
@@ -25,7 +26,16 @@ pub enum AppCommand {
     Stop,
     /// Handle the commands sent before this one, then stop (an unload); for a replace,
     /// send the app's `snapshot` (empty if it has none) to its successor first.
-    Drain(Option<std::sync::mpsc::Sender<Vec<u8>>>),
+    Drain(Option<Handoff>),
+}
+
+/// Where a replaced app's state goes: its successor's channel, and what wakes it.
+#[derive(Debug)]
+pub struct Handoff {
+    /// The successor's end of the state channel.
+    pub state: std::sync::mpsc::Sender<Vec<u8>>,
+    /// Wakes the successor once the state is sent.
+    pub successor: Waker,
 }
 
 /// How a message an app queued ended, as far as this node can know.
@@ -234,7 +244,7 @@ impl AppStats {
     }
 }
 
-/// Everything a worker thread needs.
+/// Everything an app's task needs.
 pub struct Worker {
     /// This instance.
     pub id: AppId,
@@ -258,111 +268,223 @@ pub struct Worker {
     pub restore_from: Option<Receiver<Vec<u8>>>,
     /// How long to wait for that state before going on from `init`.
     pub handoff_timeout: Duration,
+    /// Set once the task has ended.
+    pub ended: Arc<Ended>,
 }
 
-impl Worker {
-    /// Runs the app until the node says stop (or drain), or it fails; then says so.
-    pub fn run(self) {
-        self.serve();
-        let _ = self
-            .events
-            .blocking_send(WorkerEvent::Exited { app: self.id });
+/// What a task asks of the pool after a step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Run me again now (there may be more to do).
+    Again,
+    /// Run me when a command comes, or at this time of the clock.
+    Wait(Option<Duration>),
+    /// I have ended (my last event is sent).
+    Ended,
+}
+
+/// Where an app's task stands.
+enum Phase {
+    /// Not instantiated yet.
+    Starting,
+    /// A replacement waiting (until the deadline) for its predecessor's state.
+    AwaitingState {
+        instance: AppInstance,
+        deadline: Duration,
+    },
+    /// Running its cycles and commands.
+    Running(AppInstance),
+    /// Gone.
+    Ended,
+}
+
+/// Commands handled in one step at most, so one busy app cannot hold a pool thread.
+const COMMANDS_PER_STEP: usize = 64;
+
+/// One app, driven step by step by the pool.
+pub struct AppTask {
+    worker: Worker,
+    phase: Phase,
+}
+
+impl AppTask {
+    /// The task of `worker`'s app, not started yet.
+    pub fn new(worker: Worker) -> AppTask {
+        AppTask {
+            worker,
+            phase: Phase::Starting,
+        }
     }
 
-    /// Drives the app's [`AppInstance`] in real time: its cycles when due, the node's
-    /// commands in order.
-    fn serve(&self) {
-        let name = &self.spec.name;
-        let clock = &self.context.clock;
+    /// What is set when the task ends.
+    pub fn ended(&self) -> Arc<Ended> {
+        self.worker.ended.clone()
+    }
+
+    /// Does what is due at `now` (the context's clock): starting, a due cycle, the
+    /// commands waiting (a few at most); says when to run again.
+    pub fn step(&mut self, now: Duration) -> Step {
+        let step = match std::mem::replace(&mut self.phase, Phase::Ended) {
+            Phase::Starting => self.start(now),
+            Phase::AwaitingState { instance, deadline } => {
+                self.await_state(instance, deadline, now)
+            }
+            Phase::Running(instance) => self.run(instance, now),
+            Phase::Ended => Step::Ended,
+        };
+        if step == Step::Ended {
+            self.phase = Phase::Ended;
+            let _ = self.worker.events.blocking_send(WorkerEvent::Exited {
+                app: self.worker.id,
+            });
+        }
+        step
+    }
+
+    fn start(&mut self, now: Duration) -> Step {
+        let w = &self.worker;
         let (instance, effects) = AppInstance::start(
-            &self.prepared,
-            &self.spec,
-            self.context.clone(),
-            self.seed,
-            self.stats.clone(),
-            clock.now(),
+            &w.prepared,
+            &w.spec,
+            w.context.clone(),
+            w.seed,
+            w.stats.clone(),
+            now,
         );
         self.emit(effects);
-        let Some(mut instance) = instance.filter(|i| !i.stopped()) else {
-            return;
+        let Some(instance) = instance.filter(|i| !i.stopped()) else {
+            return Step::Ended;
         };
-        if let Some(state) = &self.restore_from {
-            match state.recv_timeout(self.handoff_timeout) {
-                Ok(state) if !state.is_empty() => self.emit(instance.restore(state)),
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => tracing::warn!(
-                    app = %name,
-                    "the previous version did not hand over its state within {:?}; going on from init",
-                    self.handoff_timeout
-                ),
-                Err(RecvTimeoutError::Disconnected) => tracing::warn!(
-                    app = %name,
-                    "the previous version stopped without handing over state; going on from init"
-                ),
+        self.phase = if self.worker.restore_from.is_some() {
+            Phase::AwaitingState {
+                instance,
+                deadline: now + self.worker.handoff_timeout,
             }
-        }
-        tracing::info!(app = %name, cycles = ?self.spec.cycles, period = ?self.spec.period, "app started");
-        while !instance.stopped() {
-            let now = clock.now();
-            let command = match instance.poll_timeout() {
-                Some(due) if now >= due => None,
-                due => {
-                    let wait = due.map_or(IDLE_WAIT, |due| due - now);
-                    match self.commands.recv_timeout(wait) {
-                        Ok(command) => Some(command),
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
+        } else {
+            self.started();
+            Phase::Running(instance)
+        };
+        Step::Again
+    }
+
+    fn started(&self) {
+        let spec = &self.worker.spec;
+        tracing::info!(app = %spec.name, cycles = ?spec.cycles, period = ?spec.period, "app started");
+    }
+
+    fn await_state(
+        &mut self,
+        mut instance: AppInstance,
+        deadline: Duration,
+        now: Duration,
+    ) -> Step {
+        let name = &self.worker.spec.name;
+        let received = match &self.worker.restore_from {
+            Some(state) => state.try_recv(),
+            None => Err(TryRecvError::Disconnected),
+        };
+        match received {
+            Ok(state) => {
+                if !state.is_empty() {
+                    let effects = instance.restore(state);
+                    self.emit(effects);
                 }
+            }
+            Err(TryRecvError::Empty) if now < deadline => {
+                self.phase = Phase::AwaitingState { instance, deadline };
+                return Step::Wait(Some(deadline));
+            }
+            Err(TryRecvError::Empty) => tracing::warn!(
+                app = %name,
+                "the previous version did not hand over its state within {:?}; going on from init",
+                self.worker.handoff_timeout
+            ),
+            Err(TryRecvError::Disconnected) => tracing::warn!(
+                app = %name,
+                "the previous version stopped without handing over state; going on from init"
+            ),
+        }
+        self.worker.restore_from = None;
+        if instance.stopped() {
+            return Step::Ended;
+        }
+        self.started();
+        self.phase = Phase::Running(instance);
+        Step::Again
+    }
+
+    fn run(&mut self, mut instance: AppInstance, now: Duration) -> Step {
+        if instance.poll_timeout().is_some_and(|due| now >= due) {
+            let effects = instance.handle_timeout(now);
+            self.emit(effects);
+        }
+        for _ in 0..COMMANDS_PER_STEP {
+            if instance.stopped() {
+                return Step::Ended;
+            }
+            let command = match self.worker.commands.try_recv() {
+                Ok(command) => command,
+                Err(TryRecvError::Empty) => {
+                    let due = instance.poll_timeout();
+                    if due.is_some_and(|due| now >= due) {
+                        self.phase = Phase::Running(instance);
+                        return Step::Again;
+                    }
+                    self.phase = Phase::Running(instance);
+                    return Step::Wait(due);
+                }
+                Err(TryRecvError::Disconnected) => return Step::Ended,
             };
             let effects = match command {
-                None => instance.handle_timeout(now),
-                Some(AppCommand::Message { from, payload }) => {
-                    self.inbox.taken(payload.len());
+                AppCommand::Message { from, payload } => {
+                    self.worker.inbox.taken(payload.len());
                     instance.handle(Input::Message { from, payload })
                 }
-                Some(AppCommand::Delivery { id, outcome }) => {
+                AppCommand::Delivery { id, outcome } => {
                     instance.handle(Input::Delivery { id, outcome })
                 }
-                Some(AppCommand::Stop) => break,
-                Some(AppCommand::Drain(successor)) => {
-                    match successor {
+                AppCommand::Stop => return Step::Ended,
+                AppCommand::Drain(handoff) => {
+                    let name = &self.worker.spec.name;
+                    match handoff {
                         None => {
                             tracing::info!(app = %name, "app unloaded after its queued messages")
                         }
-                        Some(next) => {
-                            let state = instance.snapshot();
-                            tracing::info!(app = %name, bytes = state.len(), "app replaced after its queued messages");
-                            let _ = next.send(state);
+                        Some(Handoff { state, successor }) => {
+                            let snapshot = instance.snapshot();
+                            tracing::info!(app = %name, bytes = snapshot.len(), "app replaced after its queued messages");
+                            let _ = state.send(snapshot);
+                            successor.wake();
                         }
                     }
                     instance.unload();
-                    break;
+                    return Step::Ended;
                 }
             };
             self.emit(effects);
         }
+        if instance.stopped() {
+            return Step::Ended;
+        }
+        self.phase = Phase::Running(instance);
+        Step::Again
     }
 
     /// Hands what a step produced to the node: messages to send, then whether the app
     /// finished.
     fn emit(&self, effects: Effects) {
+        let w = &self.worker;
         if !effects.messages.is_empty() {
-            let _ = self.events.blocking_send(WorkerEvent::Outgoing {
-                app: self.id,
+            let _ = w.events.blocking_send(WorkerEvent::Outgoing {
+                app: w.id,
                 messages: effects.messages,
             });
         }
         if effects.finished {
-            let _ = self
-                .events
-                .blocking_send(WorkerEvent::Finished { app: self.id });
+            let _ = w.events.blocking_send(WorkerEvent::Finished { app: w.id });
         }
     }
 }
-
-/// How long a worker with no cycle due waits for a command before looking again.
-const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
 #[cfg(test)]
 mod tests {
