@@ -394,12 +394,15 @@ fn the_timeline_adds_up_to_the_totals_and_shows_an_outage() {
     assert_eq!(timeline.len(), 8);
     let sum = |f: fn(&AppInterval) -> u64| timeline.iter().map(f).sum::<u64>();
     let ping = &summary.apps.apps["ping"];
-    assert_eq!(sum(|r| r.delivered), summary.app_delivery_latency.count);
-    assert_eq!(sum(|r| r.failed), ping.counts.send_errors);
-    assert_eq!(sum(|r| r.unknown), ping.counts.send_unknown);
-    assert_eq!(sum(|r| r.dropped), summary.apps.app_messages_lost);
+    assert_eq!(
+        sum(|r| r.messages.delivered),
+        summary.app_delivery_latency.count
+    );
+    assert_eq!(sum(|r| r.messages.failed), ping.counts.send_errors);
+    assert_eq!(sum(|r| r.messages.unknown), ping.counts.send_unknown);
+    assert_eq!(sum(|r| r.messages.dropped), summary.apps.app_messages_lost);
     assert!(
-        sum(|r| r.unknown) > 0 && sum(|r| r.failed) > 0,
+        sum(|r| r.messages.unknown) > 0 && sum(|r| r.messages.failed) > 0,
         "{timeline:?}"
     );
     // GBPS's period is 2 s: node 4 is offline at the ends of cycles 3 and 4 (6 s, 8 s).
@@ -407,7 +410,7 @@ fn the_timeline_adds_up_to_the_totals_and_shows_an_outage() {
     assert_eq!(online, vec![10, 10, 9, 9, 10, 10, 10, 10], "{timeline:?}");
     for row in &timeline[1..] {
         assert!(
-            row.latency.count == 0 || (3000..=3300).contains(&row.latency.max_us),
+            row.messages.latency.count == 0 || (3000..=3300).contains(&row.messages.latency.max_us),
             "{row:?}"
         );
     }

@@ -41,12 +41,7 @@ pub fn set_config_files(
     nodes: usize,
 ) -> Result<()> {
     for (name, path) in files {
-        let app = apps
-            .iter_mut()
-            .find(|a| &a.spec.name == name)
-            .with_context(|| {
-                format!("--app-config-file names app {name:?}, which is not among the apps")
-            })?;
+        let app = named(apps, name, "--app-config-file")?;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the configs of app {name:?} from {path}"))?;
         let configs: Vec<String> = text.lines().map(str::to_string).collect();
@@ -97,15 +92,16 @@ pub fn prepare(
         });
     }
     for (name, config) in configs {
-        let app = apps
-            .iter_mut()
-            .find(|a| &a.spec.name == name)
-            .with_context(|| {
-                format!("--app-config names app {name:?}, which is not among the apps")
-            })?;
-        app.spec.config = config.clone();
+        named(&mut apps, name, "--app-config")?.spec.config = config.clone();
     }
     Ok(apps)
+}
+
+/// The app named `name`, which `flag` names.
+fn named<'a>(apps: &'a mut [SimApp], name: &str, flag: &str) -> Result<&'a mut SimApp> {
+    apps.iter_mut()
+        .find(|a| a.spec.name == name)
+        .with_context(|| format!("{flag} names app {name:?}, which is not among the apps"))
 }
 
 /// One node's apps.
@@ -118,6 +114,31 @@ struct NodeApps {
     generations: Vec<u32>,
     /// Whether each app was ever started here.
     started: Vec<bool>,
+}
+
+impl NodeApps {
+    /// Starts app `app` from `prepared` as `spec` says at `now`, with randomness from
+    /// `seed`; returns its first effects.
+    fn launch(
+        &mut self,
+        app: usize,
+        prepared: &Prepared,
+        spec: &ResolvedApp,
+        seed: u64,
+        now: Duration,
+    ) -> Effects {
+        let (instance, effects) = AppInstance::start(
+            prepared,
+            spec,
+            self.context.clone(),
+            Some(seed),
+            self.stats[app].clone(),
+            now,
+        );
+        self.instances[app] = instance;
+        self.started[app] = true;
+        effects
+    }
 }
 
 /// A call into a node's apps under way: on drop, the node remembers how far its clock
@@ -312,15 +333,7 @@ impl SimApps {
             self.seed,
             &format!("node{node}/{}/{}", spec.name, apps.generations[app]),
         );
-        let (instance, mut effects) = AppInstance::start(
-            prepared,
-            &spec,
-            apps.context.clone(),
-            Some(seed),
-            apps.stats[app].clone(),
-            now,
-        );
-        apps.instances[app] = instance;
+        let mut effects = apps.launch(app, prepared, &spec, seed, now);
         if let Some(instance) = apps.instances[app].as_mut() {
             if !state.is_empty() && !instance.stopped() {
                 let restored = instance.restore(state);
@@ -412,17 +425,7 @@ impl SimApps {
             // Loaded again after an unload: fresh counters.
             apps.stats[app] = Arc::default();
         }
-        apps.started[app] = true;
-        let (instance, effects) = AppInstance::start(
-            &self.apps[app].prepared,
-            &spec,
-            apps.context.clone(),
-            Some(seed),
-            apps.stats[app].clone(),
-            now,
-        );
-        apps.instances[app] = instance;
-        effects
+        apps.launch(app, &self.apps[app].prepared, &spec, seed, now)
     }
 
     /// When app `app` of node `node` next needs a cycle, in µs.

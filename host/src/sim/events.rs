@@ -383,8 +383,8 @@ impl Engine {
                 }
                 match outcome {
                     Outcome::Delivered => {}
-                    Outcome::Failed(_) => sim.tally.interval.failed += 1,
-                    Outcome::Unknown(_) => sim.tally.interval.unknown += 1,
+                    Outcome::Failed(_) => sim.tally.interval.messages.failed += 1,
+                    Outcome::Unknown(_) => sim.tally.interval.messages.unknown += 1,
                 }
                 let Some(apps) = sim.apps.as_mut() else {
                     return;
@@ -533,7 +533,7 @@ impl Engine {
             .as_ref()
             .map_or(0, |apps| apps.generation(node, app));
         for message in effects.messages {
-            sim.tally.interval.sent += 1;
+            sim.tally.interval.messages.sent += 1;
             let deadline = now + micros(message.timeout);
             let report = |message_id, outcome| Happening::AppReport {
                 node,
@@ -561,7 +561,7 @@ impl Engine {
             }
             if sim.config.network.partitions.separates(node, to) {
                 sim.tally.dropped += 1;
-                sim.tally.interval.dropped += 1;
+                sim.tally.interval.messages.dropped += 1;
                 sim.app_log(now, node, app, || {
                     format!("message {} to node {to} dropped: partition", message.id)
                 });
@@ -574,7 +574,7 @@ impl Engine {
             }
             if Self::lost(sim) {
                 sim.tally.dropped += 1;
-                sim.tally.interval.dropped += 1;
+                sim.tally.interval.messages.dropped += 1;
                 if let Some(apps) = sim.apps.as_mut() {
                     apps.lost += 1;
                 }
@@ -637,8 +637,8 @@ impl Engine {
             sim.tally.delivered += 1;
             sim.tally.latency.record(now - sent_at);
             let interval = &mut sim.tally.interval;
-            interval.delivered += 1;
-            interval.latency.record(now - sent_at);
+            interval.messages.delivered += 1;
+            interval.messages.latency.record(now - sent_at);
             interval.received[to as usize] += 1;
             sim.app_log(now, to, app, || {
                 format!(

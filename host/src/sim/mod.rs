@@ -42,7 +42,7 @@ pub use plot::plot;
 pub use scenario::Scenario;
 pub use seed_config::SeedSimConfig;
 pub use summary::{NodeRow, RunSummary};
-pub use timeline::{AppInterval, APPS_CSV_HEADER};
+pub use timeline::{AppInterval, MessageCounts, APPS_CSV_HEADER};
 
 use std::collections::VecDeque;
 use std::io::Write;

@@ -11,6 +11,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+#[cfg(test)]
+use super::MessageCounts;
 use super::{AppInterval, CycleMetrics};
 
 /// Where the font is looked for when `NODEMANAGER_FONT` is not set.
@@ -162,21 +164,23 @@ fn draw<DB: DrawingBackend>(
         groups.push((
             "App messages per interval",
             vec![
-                series(apps, "sent", |r| Some(r.sent as f64)),
-                series(apps, "delivered", |r| Some(r.delivered as f64)),
-                series(apps, "failed", |r| Some(r.failed as f64)),
-                series(apps, "unknown", |r| Some(r.unknown as f64)),
-                series(apps, "dropped", |r| Some(r.dropped as f64)),
+                series(apps, "sent", |r| Some(r.messages.sent as f64)),
+                series(apps, "delivered", |r| Some(r.messages.delivered as f64)),
+                series(apps, "failed", |r| Some(r.messages.failed as f64)),
+                series(apps, "unknown", |r| Some(r.messages.unknown as f64)),
+                series(apps, "dropped", |r| Some(r.messages.dropped as f64)),
             ],
         ));
         groups.push((
             "Delivery latency (ms) and messages received per node",
             vec![
                 series(apps, "latency mean", |r| {
-                    (r.latency.count > 0).then_some(r.latency.mean_us as f64 / 1000.0)
+                    let latency = r.messages.latency;
+                    (latency.count > 0).then_some(latency.mean_us as f64 / 1000.0)
                 }),
                 series(apps, "latency max", |r| {
-                    (r.latency.count > 0).then_some(r.latency.max_us as f64 / 1000.0)
+                    let latency = r.messages.latency;
+                    (latency.count > 0).then_some(latency.max_us as f64 / 1000.0)
                 }),
                 series(apps, "received min", |r| Some(r.received_min as f64)),
                 series(apps, "received max", |r| Some(r.received_max as f64)),
@@ -268,8 +272,11 @@ mod tests {
         let apps: Vec<AppInterval> = (1..=5)
             .map(|cycle| AppInterval {
                 cycle,
-                sent: 10 * cycle,
-                delivered: 9 * cycle,
+                messages: MessageCounts {
+                    sent: 10 * cycle,
+                    delivered: 9 * cycle,
+                    ..MessageCounts::default()
+                },
                 ..AppInterval::default()
             })
             .collect();

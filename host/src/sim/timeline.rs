@@ -8,15 +8,9 @@ use super::summary::LatencyTally;
 pub const APPS_CSV_HEADER: &str = "cycle,t_us,nodes_online,sent,delivered,failed,unknown,dropped,\
 latency_mean_us,latency_max_us,received_per_node_min,received_per_node_mean,received_per_node_max";
 
-/// One interval of the apps' timeline.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AppInterval {
-    /// The cycle (interval) it ends.
-    pub cycle: u64,
-    /// Virtual time at its end, in µs.
-    pub t_us: u64,
-    /// Nodes online at its end.
-    pub nodes_online: u64,
+/// What happened to app messages in an interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MessageCounts {
     /// Messages the apps queued.
     pub sent: u64,
     /// App messages handed to their destination app.
@@ -29,6 +23,19 @@ pub struct AppInterval {
     pub dropped: u64,
     /// One-way latency of the messages delivered.
     pub latency: LatencyTally,
+}
+
+/// One interval of the apps' timeline.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AppInterval {
+    /// The cycle (interval) it ends.
+    pub cycle: u64,
+    /// Virtual time at its end, in µs.
+    pub t_us: u64,
+    /// Nodes online at its end.
+    pub nodes_online: u64,
+    /// The interval's messages.
+    pub messages: MessageCounts,
     /// Fewest messages one node running apps received.
     pub received_min: u64,
     /// Mean messages a node running apps received.
@@ -40,18 +47,19 @@ pub struct AppInterval {
 impl AppInterval {
     /// The interval as a CSV row under [`APPS_CSV_HEADER`].
     pub fn csv_row(&self) -> String {
+        let m = &self.messages;
         format!(
             "{},{},{},{},{},{},{},{},{},{},{},{:.3},{}",
             self.cycle,
             self.t_us,
             self.nodes_online,
-            self.sent,
-            self.delivered,
-            self.failed,
-            self.unknown,
-            self.dropped,
-            self.latency.mean_us,
-            self.latency.max_us,
+            m.sent,
+            m.delivered,
+            m.failed,
+            m.unknown,
+            m.dropped,
+            m.latency.mean_us,
+            m.latency.max_us,
             self.received_min,
             self.received_mean,
             self.received_max
@@ -62,12 +70,8 @@ impl AppInterval {
 /// Counters of the interval under way.
 #[derive(Clone, Debug, Default)]
 pub(super) struct IntervalCounts {
-    pub sent: u64,
-    pub delivered: u64,
-    pub failed: u64,
-    pub unknown: u64,
-    pub dropped: u64,
-    pub latency: LatencyTally,
+    /// Its messages so far.
+    pub messages: MessageCounts,
     /// Messages each node received (nodes running apps only count).
     pub received: Vec<u64>,
 }
@@ -93,12 +97,7 @@ impl IntervalCounts {
             cycle,
             t_us,
             nodes_online,
-            sent: self.sent,
-            delivered: self.delivered,
-            failed: self.failed,
-            unknown: self.unknown,
-            dropped: self.dropped,
-            latency: self.latency,
+            messages: self.messages,
             received_min: received.iter().copied().min().unwrap_or(0),
             received_mean: if received.is_empty() {
                 0.0
@@ -107,11 +106,8 @@ impl IntervalCounts {
             },
             received_max: received.iter().copied().max().unwrap_or(0),
         };
-        let nodes = self.received.len();
-        *self = IntervalCounts {
-            received: vec![0; nodes],
-            ..IntervalCounts::default()
-        };
+        self.messages = MessageCounts::default();
+        self.received.iter_mut().for_each(|r| *r = 0);
         row
     }
 }
@@ -123,20 +119,22 @@ mod tests {
     #[test]
     fn an_interval_closes_into_a_row_and_starts_again() {
         let mut counts = IntervalCounts {
-            sent: 5,
-            delivered: 4,
-            failed: 1,
+            messages: MessageCounts {
+                sent: 5,
+                delivered: 4,
+                failed: 1,
+                ..MessageCounts::default()
+            },
             received: vec![3, 1, 9],
-            ..IntervalCounts::default()
         };
-        counts.latency.record(5_000);
+        counts.messages.latency.record(5_000);
         let row = counts.close(2, 2_000_000, 3, |node| node != 2);
         assert_eq!(row.csv_row(), "2,2000000,3,5,4,1,0,0,5000,5000,1,2.000,3");
         assert_eq!(
             APPS_CSV_HEADER.split(',').count(),
             row.csv_row().split(',').count()
         );
-        assert_eq!(counts.sent, 0);
+        assert_eq!(counts.messages, MessageCounts::default());
         assert_eq!(counts.received, vec![0, 0, 0]);
     }
 }
