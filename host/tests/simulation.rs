@@ -430,3 +430,26 @@ fn a_guests_sleep_passes_virtual_time_without_waiting() {
     assert_eq!(answers.len() as u64, sleepy.counts.cycles, "{log}");
     assert!(answers.iter().all(|l| l.contains("slept 300 ms")), "{log}");
 }
+
+#[test]
+fn an_answer_never_reaches_a_sender_that_went_offline_meanwhile() {
+    // One way takes 600 ms: whatever its phase, node 3 pings once in the 1.2 s before
+    // it goes offline at 2.5 s, and the answers come back while it is offline.
+    let config = with_seed_json(
+        config(6, 6),
+        r#"{"latency_config": {"base_latency_us": 600000, "jitter_factor": 0},
+            "disconnection_config": {"scheduled_disconnections": [["node_3", 2500000, 3000000]]}}"#,
+    );
+    let (_, rows, log) = run_ping_pong(config);
+    let lost: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("no answer: this node was offline when it came back"))
+        .collect();
+    assert!(!lost.is_empty(), "{log}");
+    assert!(lost.iter().all(|l| l.contains("vnode{node=3 ")), "{lost:?}");
+    assert!(
+        rows[3]["apps"]["ping"]["send_unknown"].as_u64() >= Some(1),
+        "{}",
+        rows[3]
+    );
+}

@@ -139,13 +139,15 @@ enum Happening {
         generation: u32,
     },
     /// App `app` on `node` learns how its message ended (not if the instance that sent
-    /// it, of `generation`, was replaced since).
+    /// it, of `generation`, was replaced since). An answer that travelled back over the
+    /// network carries the sender's deadline: it is lost if the sender went offline.
     AppReport {
         node: u32,
         app: usize,
         message_id: u64,
         outcome: Outcome,
         generation: u32,
+        answer_deadline: Option<u64>,
     },
     /// The scenario's action number `index` happens.
     Action { index: usize },
@@ -374,7 +376,25 @@ impl Engine {
                 message_id,
                 outcome,
                 generation,
+                answer_deadline,
             } => {
+                if let Some(deadline) = answer_deadline.filter(|_| !sim.is_online(node)) {
+                    // The answer cannot reach a node that is offline: its sender waits
+                    // until the deadline and never learns what happened.
+                    let reason = "no answer: this node was offline when it came back".into();
+                    self.schedule(
+                        deadline.max(now),
+                        Happening::AppReport {
+                            node,
+                            app,
+                            message_id,
+                            outcome: Outcome::Unknown(reason),
+                            generation,
+                            answer_deadline: None,
+                        },
+                    );
+                    return;
+                }
                 let Some(apps) = sim.apps.as_mut() else {
                     return;
                 };
@@ -541,6 +561,7 @@ impl Engine {
                 message_id,
                 outcome,
                 generation,
+                answer_deadline: None,
             };
             let to = sim
                 .apps
@@ -652,14 +673,18 @@ impl Engine {
                 format!("message {message_id} from node {from} not delivered: {outcome:?}")
             });
         }
-        let (at, outcome) = if answer_at > deadline && outcome == Outcome::Delivered {
-            (
-                deadline,
-                Outcome::Unknown("timed out without an answer".into()),
-            )
-        } else {
-            (answer_at.min(deadline.max(now)), outcome)
-        };
+        let (at, outcome, answer_deadline) =
+            if answer_at > deadline && outcome == Outcome::Delivered {
+                (
+                    deadline,
+                    Outcome::Unknown("timed out without an answer".into()),
+                    None,
+                )
+            } else {
+                // An answer from `to` (not a failure the sender sees by itself).
+                let answered = up.then_some(deadline);
+                (answer_at.min(deadline.max(now)), outcome, answered)
+            };
         self.schedule(
             at,
             Happening::AppReport {
@@ -668,6 +693,7 @@ impl Engine {
                 message_id,
                 outcome,
                 generation,
+                answer_deadline,
             },
         );
     }
