@@ -196,16 +196,20 @@ pub struct AppsSummary {
     pub app_messages_lost: u64,
 }
 
-/// The peer id of virtual node `i`: from a key with a fixed secret, the same in every
-/// run.
+/// The peer id of virtual node `i`, the same in every run: shaped as a live node's (an
+/// inlined ed25519 public key, `12D3KooW...`), its 32 key bytes hashed from `i` — no
+/// node of a simulation signs anything, so no key pair is worked out (that costs a
+/// scalar multiplication per node).
 pub fn node_peer_id(i: u32) -> PeerId {
-    let mut secret = [0u8; 32];
-    secret[..4].copy_from_slice(&i.to_le_bytes());
-    secret[31] = 0x5e;
-    libp2p::identity::Keypair::ed25519_from_bytes(secret)
-        .expect("32 bytes make an ed25519 key")
-        .public()
-        .to_peer_id()
+    use sha2::Digest as _;
+    let key = sha2::Sha256::new()
+        .chain_update(b"nodemanager virtual node ")
+        .chain_update(i.to_le_bytes())
+        .finalize();
+    // Identity multihash (code 0, 36 bytes) of the protobuf PublicKey { Ed25519, key }.
+    let mut bytes = vec![0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+    bytes.extend_from_slice(&key);
+    PeerId::from_bytes(&bytes).expect("an identity multihash of 36 bytes is a peer id")
 }
 
 impl SimApps {
@@ -557,5 +561,23 @@ impl SimApps {
             apps,
             app_messages_lost: self.lost,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtual_peer_ids_look_like_live_ones_and_differ() {
+        let a = node_peer_id(0).to_string();
+        assert!(a.starts_with("12D3KooW") && a.len() == 52, "{a}");
+        assert_eq!(node_peer_id(0), node_peer_id(0));
+        let ids: std::collections::HashSet<PeerId> = (0..1000).map(node_peer_id).collect();
+        assert_eq!(ids.len(), 1000);
+        let live = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        assert_eq!(live.to_string().len(), a.len());
     }
 }
