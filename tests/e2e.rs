@@ -1944,6 +1944,10 @@ fn the_seeds_simulation_config_runs_as_it_is_and_every_output_replays() {
     }
     assert_eq!(summary["node_states"]["node_5"], "offline", "{summary}");
     assert_eq!(summary["apps"]["sv"]["nodes"], 12, "{summary}");
+    // Call costs are counted in instructions: part of what replays.
+    let p50 = summary["apps"]["sv"]["call_time_p50_us"].as_u64().unwrap();
+    let p99 = summary["apps"]["sv"]["call_time_p99_us"].as_u64().unwrap();
+    assert!(0 < p50 && p50 <= p99, "{summary}");
     assert_eq!(nodes.lines().count(), 12);
     let row: Value = serde_json::from_str(nodes.lines().nth(5).unwrap()).unwrap();
     assert_eq!(

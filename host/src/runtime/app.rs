@@ -40,6 +40,8 @@ pub struct LoadedApp {
     limits: Limits,
     /// `log` lines dropped over the per-call cap, all calls together.
     logs_dropped: u64,
+    /// Instructions the last call ran, when the budget counts them.
+    last_call_instructions: Option<u64>,
 }
 
 impl LoadedApp {
@@ -78,6 +80,7 @@ impl LoadedApp {
             instance,
             limits,
             logs_dropped: 0,
+            last_call_instructions: None,
         })
     }
 
@@ -159,6 +162,12 @@ impl LoadedApp {
         self.store.data().limiter.granted
     }
 
+    /// How many instructions the last call ran, when the budget counts them
+    /// ([`CpuBudget::Instructions`]): a cost that is the same on every machine.
+    pub fn last_call_instructions(&self) -> Option<u64> {
+        self.last_call_instructions
+    }
+
     /// How many `log` lines were dropped over the per-call cap so far.
     pub fn logs_dropped(&self) -> u64 {
         self.logs_dropped
@@ -176,6 +185,10 @@ impl LoadedApp {
         refill(&mut self.store, self.budget, &self.limits);
         self.store.data_mut().logs_this_call = 0;
         let result = f(&self.exports, &mut self.store);
+        if self.budget == CpuBudget::Instructions {
+            let left = self.store.get_fuel().unwrap_or(0);
+            self.last_call_instructions = Some(self.limits.deadline_fuel().saturating_sub(left));
+        }
         if let Some(refusal) = self.store.data_mut().first_refusal.take() {
             tracing::warn!(app = %self.name, "send-message refused during this call (first refusal: {refusal:?})");
         }

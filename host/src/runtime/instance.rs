@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::worker::{AppState, AppStats, Outcome};
-use super::{AppContext, AppError, LoadedApp, OutgoingMessage, Prepared};
+use super::{AppContext, AppError, LoadedApp, OutgoingMessage, Prepared, FUEL_PER_MS};
 use crate::config::ResolvedApp;
 
 /// What a driver hands an instance.
@@ -291,8 +291,14 @@ impl AppInstance {
     }
 
     /// Counts the call that began at `started`, and the app's memory after it.
+    /// Counts a call that began at `started`: its real time, or with a budget counted
+    /// in instructions, those at the nominal rate the budget assumes (the same on
+    /// every run).
     fn record_call(&self, started: Instant) {
-        let micros = started.elapsed().as_micros() as u64;
+        let micros = match self.app.last_call_instructions() {
+            Some(instructions) => instructions / (FUEL_PER_MS / 1000),
+            None => started.elapsed().as_micros() as u64,
+        };
         let memory = self.app.memory_bytes();
         let mut stats = self.stats();
         stats.record_call(micros);

@@ -18,7 +18,9 @@ pub use host::{AppContext, Clock, OutgoingMessage, MANUAL_WALL_ORIGIN};
 pub use inspect::{inspect, Inspection};
 pub use instance::{AppInstance, Effects, Input, Schedule};
 pub use registry::{AppInfo, AppRegistry, LoadRequest, Report};
-pub use worker::{AppCommand, AppCounts, AppId, AppState, AppStats, Outcome, WorkerEvent};
+pub use worker::{
+    AppCommand, AppCounts, AppId, AppState, AppStats, CallTimes, Outcome, WorkerEvent,
+};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

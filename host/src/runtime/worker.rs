@@ -163,6 +163,17 @@ impl CallTimes {
         self.count += 1;
     }
 
+    /// Adds `other`'s calls to these.
+    pub fn merge(&mut self, other: &CallTimes) {
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+    }
+
     /// The duration under which fraction `q` of the calls fell (bucket upper bound).
     pub fn quantile(&self, q: f64) -> u64 {
         let rank = ((q * self.count as f64).ceil() as u64).max(1);
@@ -235,6 +246,11 @@ pub struct AppStats {
 }
 
 impl AppStats {
+    /// The durations of its calls.
+    pub fn call_times(&self) -> &CallTimes {
+        &self.call_times
+    }
+
     /// Counts one call of `micros` microseconds.
     pub(super) fn record_call(&mut self, micros: u64) {
         self.calls += 1;

@@ -17,8 +17,8 @@ use crate::config::{validate_name, AppSpec, ResolvedApp};
 use crate::logging::VirtualNow;
 use crate::runtime::registry::derive_seed;
 use crate::runtime::{
-    AppContext, AppCounts, AppInstance, AppState, AppStats, Clock, Effects, Input, Limits, Outcome,
-    Prepared, Runtime,
+    AppContext, AppCounts, AppInstance, AppState, AppStats, CallTimes, Clock, Effects, Input,
+    Limits, Outcome, Prepared, Runtime,
 };
 
 /// One app every virtual node runs: its settings (the config may hold `{index}`, the
@@ -182,6 +182,11 @@ pub struct AppTotals {
     pub counts: AppCounts,
     /// Nodes where the app stopped for good.
     pub failed: u64,
+    /// Median cost of a call over every node, in µs at the nominal 1,000 instructions
+    /// per µs the CPU budget counts (the same on every run; within ~19%).
+    pub call_time_p50_us: u64,
+    /// 99th-percentile cost of a call, likewise.
+    pub call_time_p99_us: u64,
     /// The first failure's node and reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_failure: Option<String>,
@@ -524,6 +529,8 @@ impl SimApps {
                     memory_bytes: stats.memory_bytes,
                     bytes_in: stats.bytes_in,
                     bytes_out: stats.bytes_out,
+                    call_time_p50_us: stats.call_time_p50_us,
+                    call_time_p99_us: stats.call_time_p99_us,
                     counts: stats.counts,
                 };
                 (app.spec.name.clone(), row)
@@ -539,6 +546,7 @@ impl SimApps {
             .enumerate()
             .map(|(a, app)| {
                 let mut totals = AppTotals::default();
+                let mut call_times = CallTimes::default();
                 for (node, apps) in self.nodes.iter().enumerate() {
                     let Some(apps) = apps.as_ref().filter(|apps| apps.started[a]) else {
                         continue;
@@ -546,6 +554,7 @@ impl SimApps {
                     let stats = apps.stats[a].lock().unwrap_or_else(|e| e.into_inner());
                     totals.nodes += 1;
                     totals.counts += stats.counts;
+                    call_times.merge(stats.call_times());
                     if stats.state == AppState::Failed {
                         totals.failed += 1;
                         if totals.first_failure.is_none() {
@@ -554,6 +563,8 @@ impl SimApps {
                         }
                     }
                 }
+                totals.call_time_p50_us = call_times.quantile(0.5);
+                totals.call_time_p99_us = call_times.quantile(0.99);
                 (app.spec.name.clone(), totals)
             })
             .collect();

@@ -136,6 +136,10 @@ pub struct NodeApp {
     pub bytes_in: u64,
     /// Payload bytes it queued.
     pub bytes_out: u64,
+    /// Median cost of its calls, in µs at 1,000 instructions per µs.
+    pub call_time_p50_us: u64,
+    /// 99th-percentile cost of its calls, likewise.
+    pub call_time_p99_us: u64,
     /// Cycles and messages.
     #[serde(flatten)]
     pub counts: AppCounts,
