@@ -37,6 +37,89 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Filter used when `RUST_LOG` is not set.
 const DEFAULT_FILTER: &str = "info,libp2p=warn";
 
+/// libp2p-kad warns that it found no peer to bootstrap from each time a node listens
+/// before it knows any peer — the normal start of a first (bootstrap) node. Not a
+/// problem, so not a warning here.
+const KAD_NO_PEERS: (&str, &str) = (
+    "libp2p_kad::behaviour",
+    "Failed to trigger bootstrap: No known peers",
+);
+
+/// An [`EnvFilter`] that also drops [`KAD_NO_PEERS`].
+struct Quiet(EnvFilter);
+
+/// Whether an event's message begins as [`KAD_NO_PEERS`] says.
+struct KadNoPeers(bool);
+
+impl Visit for KadNoPeers {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}").starts_with(KAD_NO_PEERS.1);
+        }
+    }
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for Quiet
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn enabled(&self, meta: &tracing::Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        tracing_subscriber::layer::Filter::<S>::enabled(&self.0, meta, cx)
+    }
+
+    fn callsite_enabled(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing_subscriber::layer::Filter::<S>::callsite_enabled(&self.0, meta)
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, cx: &Context<'_, S>) -> bool {
+        if event.metadata().target() == KAD_NO_PEERS.0 {
+            let mut message = KadNoPeers(false);
+            event.record(&mut message);
+            if message.0 {
+                return false;
+            }
+        }
+        tracing_subscriber::layer::Filter::<S>::event_enabled(&self.0, event, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        tracing_subscriber::layer::Filter::<S>::max_level_hint(&self.0)
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        cx: Context<'_, S>,
+    ) {
+        tracing_subscriber::layer::Filter::<S>::on_new_span(&self.0, attrs, id, cx)
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        cx: Context<'_, S>,
+    ) {
+        tracing_subscriber::layer::Filter::<S>::on_record(&self.0, id, values, cx)
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, cx: Context<'_, S>) {
+        tracing_subscriber::layer::Filter::<S>::on_enter(&self.0, id, cx)
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, cx: Context<'_, S>) {
+        tracing_subscriber::layer::Filter::<S>::on_exit(&self.0, id, cx)
+    }
+
+    fn on_close(&self, id: tracing::span::Id, cx: Context<'_, S>) {
+        tracing_subscriber::layer::Filter::<S>::on_close(&self.0, id, cx)
+    }
+}
+
 /// What the collector shipped and dropped, for the node's summary.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct CollectorStats {
@@ -109,8 +192,9 @@ pub fn init(
     collector_url: Option<&str>,
     identifier: &str,
 ) -> Result<Option<Collector>> {
-    let filter =
-        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = || {
+        Quiet(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER)))
+    };
     let writer = match file {
         Some(path) => {
             let file = std::fs::File::create(path)
