@@ -370,13 +370,8 @@ struct SimulateArgs {
     cache: CacheArgs,
 }
 
-/// What the plot title says about the run's sampler and attack.
-fn simulation_label(args: &SimulateArgs) -> String {
-    let sampler = match (&args.sampler_config, &args.sampler) {
-        (Some(path), _) => path.display().to_string(),
-        (None, Some(name)) => name.clone(),
-        (None, None) => "gbps".into(),
-    };
+/// What the plot title says about the run's sampler (with its parameters) and attack.
+fn simulation_label(args: &SimulateArgs, sampler: String) -> String {
     if args.byzantine > 0.0 {
         format!(
             "{sampler}, {:.0}% Byzantine x{}",
@@ -520,6 +515,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
             (apps, components)
         }
     };
+    let label = simulation_label(&args, config.sampler.summary());
     let started = Instant::now();
     let mut simulation = Simulation::new(config)?
         .with_apps(apps)?
@@ -527,12 +523,7 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     let file = std::fs::File::create(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut out = std::io::BufWriter::new(file);
-    let title = format!(
-        "{} nodes, {}, seed {}",
-        nodes,
-        simulation_label(&args),
-        args.seed
-    );
+    let title = format!("{nodes} nodes, {label}, seed {}", args.seed);
     let bar = ProgressBar::new(cycles).with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] cycle {pos}/{len} eta {eta}")
             .expect("a valid template")

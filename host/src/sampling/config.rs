@@ -278,6 +278,30 @@ impl SamplerConfig {
         }
     }
 
+    /// The sampler and its parameters in a few words, as a plot title shows them
+    /// (e.g. `gbps c=4 H=0 S=0 old pushpull`).
+    pub fn summary(&self) -> String {
+        match self {
+            SamplerConfig::Connected | SamplerConfig::Static(_) => self.name().to_string(),
+            SamplerConfig::Gbps(g) => format!(
+                "gbps c={} H={} S={} {} {}",
+                g.view_size,
+                g.heal,
+                g.swap,
+                format!("{:?}", g.selection_policy).to_lowercase(),
+                format!("{:?}", g.propagation_policy).to_lowercase()
+            ),
+            SamplerConfig::Brahms(b) => format!(
+                "brahms l1={} l2={} alpha={} beta={}",
+                b.view_size, b.sampler_size, b.alpha, b.beta
+            ),
+            SamplerConfig::Basalt(b) => format!(
+                "basalt v={} k={} tau={}",
+                b.view_size, b.refresh, b.reset_interval
+            ),
+        }
+    }
+
     /// Checks the parameters.
     pub fn validate(&self) -> Result<()> {
         match self {
@@ -494,5 +518,23 @@ mod tests {
         assert!(
             toml::from_str::<SamplerConfig>("name = \"gbps\"\nview_size = 6\ntypo = 1").is_err()
         );
+    }
+
+    #[test]
+    fn a_summary_names_the_sampler_and_its_parameters() {
+        let gbps = SamplerConfig::parse_seed_json(
+            r#"{"view_size": 8, "time": 1, "heal": 1, "swap": 2, "selection_policy": "old", "propagation_policy": "pushpull", "age": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(gbps.summary(), "gbps c=8 H=1 S=2 old pushpull");
+        let basalt =
+            SamplerConfig::parse_seed_json(r#"{"view_size": 30, "time": 1, "refresh": 5}"#)
+                .unwrap();
+        assert!(
+            basalt.summary().starts_with("basalt v=30 k=5 tau="),
+            "{}",
+            basalt.summary()
+        );
+        assert_eq!(SamplerConfig::Connected.summary(), "connected");
     }
 }

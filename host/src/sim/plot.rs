@@ -198,6 +198,7 @@ fn draw<DB: DrawingBackend>(
         let mut chart = ChartBuilder::on(panel)
             .caption(caption, (FAMILY, 20))
             .margin(12)
+            .margin_right(28)
             .x_label_area_size(30)
             .y_label_area_size(50)
             .build_cartesian_2d(0.0..last_cycle, 0.0..top)
@@ -205,10 +206,21 @@ fn draw<DB: DrawingBackend>(
         chart
             .configure_mesh()
             .x_desc("cycle")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .label_style((FAMILY, 14))
             .draw()
             .map_err(error)?;
         if drawn.is_empty() {
+            // Say so rather than leave a blank chart (e.g. no attackers, or a costly
+            // metric never due).
+            let (width, height) = panel.dim_in_pixel();
+            panel
+                .draw(&Text::new(
+                    "not measured in this run",
+                    (width as i32 / 2 - 90, height as i32 / 2),
+                    (FAMILY, 18).into_font().color(&BLACK.mix(0.5)),
+                ))
+                .map_err(error)?;
             continue;
         }
         for (i, s) in drawn.iter().enumerate() {
@@ -223,6 +235,14 @@ fn draw<DB: DrawingBackend>(
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2))
                 });
+            // Points too: a metric measured once (or every K cycles) still shows.
+            chart
+                .draw_series(
+                    s.points
+                        .iter()
+                        .map(|&point| Circle::new(point, 3, color.filled())),
+                )
+                .map_err(error)?;
         }
         chart
             .configure_series_labels()
@@ -269,6 +289,22 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("App messages"), "no apps, no app panels");
+        assert!(!text.contains("not measured in this run"), "{text}");
+        // A metric never computed says so instead of a blank chart.
+        let unmeasured: Vec<CycleMetrics> = rows()
+            .into_iter()
+            .map(|r| CycleMetrics {
+                clustering: None,
+                ..r
+            })
+            .collect();
+        plot(&unmeasured, &[], &svg, "test").unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert_eq!(
+            text.matches("not measured in this run").count(),
+            1,
+            "{text}"
+        );
         let apps: Vec<AppInterval> = (1..=5)
             .map(|cycle| AppInterval {
                 cycle,
