@@ -129,9 +129,7 @@ impl Shared {
             if let Step::Ended = step {
                 let ended = task.ended();
                 drop(task);
-                let mut locked = self.lock();
-                locked.slots.remove(&id);
-                drop(locked);
+                self.lock().slots.remove(&id);
                 ended.set();
                 state = self.lock();
                 continue;

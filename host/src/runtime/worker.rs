@@ -442,12 +442,12 @@ impl AppTask {
                 Ok(command) => command,
                 Err(TryRecvError::Empty) => {
                     let due = instance.poll_timeout();
-                    if due.is_some_and(|due| now >= due) {
-                        self.phase = Phase::Running(instance);
-                        return Step::Again;
-                    }
                     self.phase = Phase::Running(instance);
-                    return Step::Wait(due);
+                    return if due.is_some_and(|due| now >= due) {
+                        Step::Again
+                    } else {
+                        Step::Wait(due)
+                    };
                 }
                 Err(TryRecvError::Disconnected) => return Step::Ended,
             };

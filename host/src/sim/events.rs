@@ -320,8 +320,7 @@ impl Engine {
                         return;
                     };
                     let effects = apps.start(node, app, now);
-                    self.app_effects(sim, now, node, app, effects);
-                    self.schedule_app_cycle(sim, node, app);
+                    self.app_stepped(sim, now, (node, app), effects);
                 }
             }
             Happening::AppCycle {
@@ -351,8 +350,7 @@ impl Engine {
                     return;
                 };
                 let effects = apps.cycle(node, app, &view, now);
-                self.app_effects(sim, now, node, app, effects);
-                self.schedule_app_cycle(sim, node, app);
+                self.app_stepped(sim, now, (node, app), effects);
             }
             Happening::AppDeliver {
                 from,
@@ -446,6 +444,19 @@ impl Engine {
         }
     }
 
+    /// App `app` of `node` started, ran a cycle or was replaced: routes what it queued
+    /// and schedules its next cycle.
+    fn app_stepped(
+        &mut self,
+        sim: &mut Simulation,
+        now: u64,
+        (node, app): (u32, usize),
+        effects: Effects,
+    ) {
+        self.app_effects(sim, now, node, app, effects);
+        self.schedule_app_cycle(sim, node, app);
+    }
+
     /// Schedules the next cycle of app `app` on `node`, if it has one.
     fn schedule_app_cycle(&mut self, sim: &Simulation, node: u32, app: usize) {
         let Some(apps) = sim.apps.as_ref() else {
@@ -503,8 +514,7 @@ impl Engine {
                     };
                     if apps.on_node(node) && !apps.runs(node, app) {
                         let effects = apps.start(node, app, now);
-                        self.app_effects(sim, now, node, app, effects);
-                        self.schedule_app_cycle(sim, node, app);
+                        self.app_stepped(sim, now, (node, app), effects);
                     }
                 }
             }
@@ -518,8 +528,7 @@ impl Engine {
                     };
                     if apps.runs(node, app) {
                         let effects = apps.replace(node, app, &prepared, now);
-                        self.app_effects(sim, now, node, app, effects);
-                        self.schedule_app_cycle(sim, node, app);
+                        self.app_stepped(sim, now, (node, app), effects);
                     }
                 }
             }

@@ -604,14 +604,7 @@ impl Simulation {
         if self.config.engine != Engine::Event {
             bail!("apps run in virtual time: use the event engine (--engine event)");
         }
-        let byzantine = self.byzantine.clone();
-        let skews = self.clock_skews();
-        self.apps = Some(SimApps::new(
-            apps,
-            |i| !byzantine[i as usize],
-            self.config.seed,
-            skews,
-        ));
+        self.apps = Some(self.new_apps(apps));
         Ok(self)
     }
 
@@ -665,14 +658,7 @@ impl Simulation {
             );
         }
         if self.apps.is_none() {
-            let byzantine = self.byzantine.clone();
-            let skews = self.clock_skews();
-            self.apps = Some(SimApps::new(
-                Vec::new(),
-                |i| !byzantine[i as usize],
-                self.config.seed,
-                skews,
-            ));
+            self.apps = Some(self.new_apps(Vec::new()));
         }
         self.scenario = scenario;
         self.components = components;
@@ -680,13 +666,16 @@ impl Simulation {
         Ok(self)
     }
 
-    /// Each node's wall-clock skew, from the run's seed.
-    fn clock_skews(&self) -> Vec<i64> {
+    /// `apps` on every honest node, each node's wall clock skewed as the drift says
+    /// (drawn from the run's seed).
+    fn new_apps(&self, apps: Vec<SimApp>) -> SimApps {
         let mut rng = StdRng::seed_from_u64(crate::runtime::registry::derive_seed(
             self.config.seed,
             "clock-drift",
         ));
-        self.config.drift.skews(self.samplers.len(), &mut rng)
+        let skews = self.config.drift.skews(self.samplers.len(), &mut rng);
+        let byzantine = &self.byzantine;
+        SimApps::new(apps, |i| !byzantine[i as usize], self.config.seed, skews)
     }
 
     /// Messages sent so far (delivered or lost).

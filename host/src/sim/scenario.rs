@@ -138,17 +138,8 @@ fn duration(field: &str, text: &str) -> Result<Duration> {
 
 /// Node `name` (`node_I` or `I`) of a run of `count` nodes.
 fn node(name: &str, count: usize) -> Result<u32> {
-    name.strip_prefix("node_")
-        .unwrap_or(name)
-        .parse::<u32>()
-        .ok()
-        .filter(|&i| (i as usize) < count)
-        .with_context(|| {
-            format!(
-                "nodes: {name:?} is not a node of this run (they are node_0 to node_{})",
-                count - 1
-            )
-        })
+    let number = name.strip_prefix("node_").unwrap_or(name).parse().ok();
+    super::seed_config::numbered_node("nodes", name, number, count)
 }
 
 fn nodes(value: Option<&toml::Value>, count: usize) -> Result<Nodes> {

@@ -125,15 +125,24 @@ impl Default for SyncJson {
 
 /// Node `name` (`node_I`) of a run of `nodes` nodes, for field `field`.
 fn node(field: &str, name: &str, nodes: usize) -> Result<u32> {
-    name.strip_prefix("node_")
-        .and_then(|i| i.parse::<u32>().ok())
-        .filter(|&i| (i as usize) < nodes)
-        .with_context(|| {
-            format!(
-                "{field}: {name:?} is not a node of this run (they are node_0 to node_{})",
-                nodes - 1
-            )
-        })
+    let number = name.strip_prefix("node_").and_then(|i| i.parse().ok());
+    numbered_node(field, name, number, nodes)
+}
+
+/// The node numbered `number` (read from `name`; `None` if it names none) of a run of
+/// `nodes` nodes; the error names `field`.
+pub(super) fn numbered_node(
+    field: &str,
+    name: &str,
+    number: Option<u32>,
+    nodes: usize,
+) -> Result<u32> {
+    number.filter(|&i| (i as usize) < nodes).with_context(|| {
+        format!(
+            "{field}: {name:?} is not a node of this run (they are node_0 to node_{})",
+            nodes - 1
+        )
+    })
 }
 
 fn fraction(field: &str, value: f64) -> Result<f64> {
