@@ -1976,7 +1976,8 @@ fn the_seeds_simulation_config_runs_as_it_is_and_every_output_replays() {
     let other = outputs("c", "2");
     assert!(other.0 != a.0 && other.2 != a.2 && other.3 != a.3);
 
-    // Real time holds virtual time back: 1 virtual second at 2x takes at least 0.4 s.
+    // Real time holds virtual time back: 1 virtual second at 2x takes at least 0.5 s
+    // (paced to the end of the run, whenever its last event falls).
     let paced = dir.path().join("paced.json");
     std::fs::write(
         &paced,

@@ -779,6 +779,8 @@ pub(super) fn run(
             sim.tally.events += 1;
             engine.handle(sim, event.at, event.happening);
         }
+        // The cycle lasts to its end, events or not.
+        pacer.wait_for(end);
         sim.tally.now = end;
         sim.close_interval(cycle, end);
         record(sim.metrics())?;
