@@ -45,7 +45,7 @@ use crate::runtime::{
     AppContext, AppId, AppInfo, AppRegistry, AppStats, LoadRequest, Outcome, Report, Runtime,
     WorkerEvent,
 };
-use crate::sampling::{self, Outgoing, PeerSampler};
+use crate::sampling::{Outgoing, SamplingDriver};
 use admin::{refusal, AdminCall, AdminCommand, AdminServer};
 use deliveries::Deliveries;
 use jsonl::JsonLines;
@@ -107,7 +107,7 @@ pub struct Node {
     runtime: Arc<Runtime>,
     admin: Option<AdminServer>,
     context: AppContext,
-    sampler: Box<dyn PeerSampler>,
+    sampler: SamplingDriver,
     sampling: SamplingStats,
     sampling_out: Option<SamplingWriter>,
     metrics_out: Option<JsonLines>,
@@ -198,7 +198,7 @@ impl Node {
         let sampler_seed = config
             .seed
             .map_or_else(rand::random, |seed| derive_seed(seed, "\0sampler"));
-        let sampler = sampling::new_sampler(&config.sampler, peer_id, sampler_seed)?;
+        let sampler = SamplingDriver::new(&config.sampler, peer_id, sampler_seed)?;
         let sampling_out = config
             .sampling_out
             .as_deref()
@@ -331,7 +331,7 @@ impl Node {
         self.close(&mut events, &mut registry, &mut pending, &mut unloading)
             .await;
         report_all(&registry, pending.shutdown());
-        self.sampling.capture(self.sampler.as_ref());
+        self.sampling.capture(&self.sampler);
         let (apps, unloaded) = registry.shutdown();
         for reply in unloading.into_values() {
             let _ = reply.send(refusal("the node shut down while the app was unloading"));
@@ -427,7 +427,7 @@ impl Node {
 
     /// Writes one `--metrics-out` line: every loaded app's info and the sampler's counters.
     fn write_metrics(&mut self, registry: &AppRegistry, started: Instant) {
-        self.sampling.capture(self.sampler.as_ref());
+        self.sampling.capture(&self.sampler);
         let record = json!({
             "elapsed_ms": started.elapsed().as_millis() as u64,
             "apps": registry.list(),
@@ -453,7 +453,7 @@ impl Node {
         let answer = match command {
             AdminCommand::List => json!({"ok": true, "apps": registry.list()}),
             AdminCommand::Stats => {
-                self.sampling.capture(self.sampler.as_ref());
+                self.sampling.capture(&self.sampler);
                 json!({
                     "ok": true,
                     "apps": registry.list(),
@@ -495,13 +495,12 @@ impl Node {
 
     /// Runs the sampler's active part and records the tick.
     fn on_sampler_tick(&mut self) {
-        let outgoing = self.sampler.handle_tick();
-        self.sampling.ticks += 1;
+        let outgoing = self.sampler.tick();
         self.send_sampling(outgoing);
         self.publish_view();
         let samples = self.sampler.take_samples();
         if let Some(out) = &mut self.sampling_out {
-            self.sampling.capture(self.sampler.as_ref());
+            self.sampling.capture(&self.sampler);
             if let Err(error) = out.record(&self.sampling, &samples) {
                 tracing::error!("{error:#}; no more sampling records");
                 self.sampling_out = None;
@@ -511,7 +510,6 @@ impl Node {
 
     /// Sends the sampler's messages, with the addresses of the peers they mention.
     fn send_sampling(&mut self, outgoing: Vec<Outgoing>) {
-        self.sampling.messages_out += outgoing.len() as u64;
         let me = *self.swarm.local_peer_id();
         for Outgoing { to, message } in outgoing {
             let addrs = message
@@ -596,7 +594,7 @@ impl Node {
                 self.network.connection_closed();
                 if num_established == 0 {
                     tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "disconnected");
-                    self.sampler.handle_peer_unreachable(peer_id);
+                    self.sampler.disconnected(peer_id);
                     self.publish_view();
                 }
             }
@@ -618,7 +616,7 @@ impl Node {
                 tracing::warn!(peer = ?peer_id, "dial failed: {error}");
                 // A dial that lost the race to a connection the peer opened is no news.
                 if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
-                    self.sampler.handle_peer_unreachable(peer);
+                    self.sampler.disconnected(peer);
                     self.publish_view();
                 }
             }
@@ -634,7 +632,7 @@ impl Node {
                         }
                     }
                     self.learn_addresses(peer_id, info.listen_addrs);
-                    self.sampler.handle_peer_connected(peer_id);
+                    self.sampler.connected(peer_id);
                     self.publish_view();
                 } else {
                     self.network.refuse(
@@ -741,8 +739,7 @@ impl Node {
                     self.learn_addresses(known, addrs);
                 }
                 self.add_known_peer(peer);
-                self.sampling.messages_in += 1;
-                let outgoing = self.sampler.handle_message(peer, request.message);
+                let outgoing = self.sampler.receive(peer, request.message);
                 self.send_sampling(outgoing);
                 self.publish_view();
             }
@@ -752,8 +749,7 @@ impl Node {
             } => {}
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 tracing::info!(peer = %peer, "sampling message not delivered: {error}");
-                self.sampling.send_failures += 1;
-                self.sampler.handle_peer_unreachable(peer);
+                self.sampler.send_failed(peer);
                 self.publish_view();
             }
             request_response::Event::InboundFailure { peer, error, .. } => {

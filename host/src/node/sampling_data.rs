@@ -11,7 +11,7 @@ use libp2p::PeerId;
 use serde::Serialize;
 
 use super::jsonl::JsonLines;
-use crate::sampling::PeerSampler;
+use crate::sampling::SamplingDriver;
 
 /// Sampler counters, in the final summary.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -35,10 +35,15 @@ pub struct SamplingStats {
 }
 
 impl SamplingStats {
-    /// Copies the sampler's counters and view in.
-    pub fn capture(&mut self, sampler: &dyn PeerSampler) {
+    /// Copies the driver's counts, the sampler's own counters and its view in.
+    pub fn capture(&mut self, sampler: &SamplingDriver) {
+        let counts = sampler.counts();
+        self.ticks = counts.ticks;
+        self.messages_in = counts.messages_in;
+        self.messages_out = counts.messages_out;
+        self.send_failures = counts.send_failures;
         self.counters = sampler
-            .counters()
+            .algorithm_counters()
             .into_iter()
             .map(|(name, value)| (name.to_string(), value))
             .collect();

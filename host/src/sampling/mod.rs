@@ -9,6 +9,7 @@ mod basalt;
 mod brahms;
 mod config;
 mod connected;
+mod driver;
 mod gbps;
 mod static_view;
 mod topology;
@@ -20,6 +21,7 @@ pub use config::{
     KNOWN_SAMPLERS,
 };
 pub use connected::Connected;
+pub use driver::{SamplingCounts, SamplingDriver};
 pub use gbps::{Descriptor, Gbps, GbpsMessage};
 pub use static_view::{StaticMessage, StaticView, MAX_NODE_NAME};
 pub use topology::{Neighbours, Topology, TopologyKind};

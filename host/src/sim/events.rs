@@ -310,7 +310,7 @@ impl Engine {
                 peer,
             } => {
                 if sim.incarnation[node as usize] == incarnation && sim.is_up(node) {
-                    sim.samplers[node as usize].handle_peer_unreachable(peer);
+                    sim.samplers[node as usize].send_failed(peer);
                 }
             }
             Happening::AppStart { node } => {

@@ -55,7 +55,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
 use crate::sampling::{
-    new_sampler, Outgoing, PeerSampler, SamplerConfig, SamplingMessage, StaticView, Topology,
+    Outgoing, SamplerConfig, SamplingDriver, SamplingMessage, StaticView, Topology,
 };
 
 /// Which engine runs the simulation.
@@ -217,7 +217,7 @@ enum Status {
 /// The virtual network: every node's sampler (or attacker), and who is up.
 pub struct Simulation {
     config: SimConfig,
-    samplers: Vec<Box<dyn PeerSampler<u32>>>,
+    samplers: Vec<SamplingDriver<u32>>,
     status: Vec<Status>,
     /// Bumped when a node leaves or rejoins, so its stale timers are ignored.
     incarnation: Vec<u32>,
@@ -299,8 +299,8 @@ impl Simulation {
         if let Some(topology) = self.config.topology.clone() {
             for &j in topology.send_to(i as usize) {
                 if self.is_up(j) {
-                    self.samplers[i as usize].handle_peer_connected(j);
-                    self.samplers[j as usize].handle_peer_connected(i);
+                    self.samplers[i as usize].connected(j);
+                    self.samplers[j as usize].connected(i);
                 }
             }
             return;
@@ -310,7 +310,7 @@ impl Simulation {
             for _attempt in 0..16 {
                 let j = self.rng.random_range(0..n as u32);
                 if j != i && self.status[j as usize] == Status::Up {
-                    self.samplers[i as usize].handle_peer_connected(j);
+                    self.samplers[i as usize].connected(j);
                     break;
                 }
             }
@@ -497,7 +497,7 @@ impl Simulation {
         if self.byzantine[i as usize] {
             return self.attack.tick(i, &mut self.rng);
         }
-        let out = self.samplers[i as usize].handle_tick();
+        let out = self.samplers[i as usize].tick();
         self.collect_samples(i);
         out
     }
@@ -511,7 +511,7 @@ impl Simulation {
                 .into_iter()
                 .collect();
         }
-        let out = self.samplers[to as usize].handle_message(from, message);
+        let out = self.samplers[to as usize].receive(from, message);
         self.collect_samples(to);
         out
     }
@@ -537,7 +537,7 @@ impl Simulation {
                 self.messages += 1;
                 if to as usize >= self.samplers.len() || !self.is_up(to) {
                     if !self.byzantine[from as usize] {
-                        self.samplers[from as usize].handle_peer_unreachable(to);
+                        self.samplers[from as usize].send_failed(to);
                     }
                     continue;
                 }
@@ -685,13 +685,12 @@ impl Simulation {
 }
 
 /// Node `i`'s sampler: a `static` one from the topology, any other from its config.
-fn build_sampler(config: &SimConfig, i: u32, seed: u64) -> Result<Box<dyn PeerSampler<u32>>> {
+fn build_sampler(config: &SimConfig, i: u32, seed: u64) -> Result<SamplingDriver<u32>> {
     match (&config.sampler, &config.topology) {
-        (SamplerConfig::Static(_), Some(topology)) => Ok(Box::new(StaticView::new(
-            i,
-            topology.neighbours_of(i as usize),
+        (SamplerConfig::Static(_), Some(topology)) => Ok(SamplingDriver::with_sampler(Box::new(
+            StaticView::new(i, topology.neighbours_of(i as usize)),
         ))),
-        (sampler, _) => new_sampler(sampler, i, seed),
+        (sampler, _) => SamplingDriver::new(sampler, i, seed),
     }
 }
 

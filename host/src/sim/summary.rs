@@ -8,6 +8,7 @@ use serde::{Serialize, Serializer};
 
 use super::{node_peer_id, AppsSummary, Simulation, Status};
 use crate::runtime::{AppCounts, AppState};
+use crate::sampling::SamplingCounts;
 
 /// Counters the event engine keeps.
 #[derive(Clone, Debug, Default)]
@@ -118,6 +119,9 @@ pub struct NodeRow {
     pub byzantine: bool,
     /// Peers in its sampler's view at the end.
     pub view_size: usize,
+    /// What its sampler did (counted as the live node's summary counts it; zero for an
+    /// attacker).
+    pub sampling: SamplingCounts,
     /// Its apps, by name.
     pub apps: BTreeMap<String, NodeApp>,
 }
@@ -193,6 +197,7 @@ impl Simulation {
             } else {
                 self.samplers[i as usize].view().len()
             },
+            sampling: self.samplers[i as usize].counts(),
             apps: self
                 .apps
                 .as_ref()
