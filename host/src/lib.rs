@@ -4,6 +4,7 @@
 //! (components of the world in `wit/`) that see the view, receive messages and send
 //! messages to the same-named app on other nodes.
 
+pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod network;

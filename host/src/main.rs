@@ -1,6 +1,5 @@
 //! The `nodemanager` command line: parses, then calls the library.
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,16 +10,14 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
+use nodemanager::cli::{limits_json, name_value, CacheArgs};
 use nodemanager::config::{
     parse_duration, AppSpec, LogFormat, NodeConfig, SamplerConfig, Transport,
 };
 use nodemanager::node::Node;
-use nodemanager::runtime::{inspect, Limits, Runtime};
+use nodemanager::runtime::{inspect, Runtime};
 use nodemanager::sampling::{StaticConfig, Topology, TopologyKind};
-use nodemanager::sim::{
-    Engine, LinkLatency, NetworkModel, Scenario, SeedSimConfig, SimConfig, Simulation,
-    APPS_CSV_HEADER,
-};
+use nodemanager::sim::{Engine, PreparedSimulation, SimulateArgs, APPS_CSV_HEADER};
 use nodemanager::{logging, network};
 
 /// Host for peer-to-peer apps written as sandboxed WebAssembly components.
@@ -110,7 +107,7 @@ struct LoadArgs {
     period: Option<String>,
     /// A limit, e.g. memory_mib=64 or call_deadline=200ms (repeatable; the others are
     /// the node's defaults).
-    #[arg(long = "limit", value_name = "KEY=VALUE", value_parser = app_config)]
+    #[arg(long = "limit", value_name = "KEY=VALUE", value_parser = name_value)]
     limits: Vec<(String, String)>,
 }
 
@@ -145,21 +142,6 @@ impl LoadArgs {
         }
         Ok(request)
     }
-}
-
-/// `--limit KEY=VALUE` pairs as the JSON object configs write (numbers as numbers).
-fn limits_json(pairs: &[(String, String)]) -> Result<serde_json::Map<String, serde_json::Value>> {
-    pairs
-        .iter()
-        .map(|(key, value)| {
-            Limits::check_name(key)?;
-            let value = value
-                .parse::<u64>()
-                .map(serde_json::Value::from)
-                .unwrap_or_else(|_| serde_json::Value::from(value.clone()));
-            Ok((key.clone(), value))
-        })
-        .collect()
 }
 
 /// Sends one request to a node's admin socket and prints the answer.
@@ -249,281 +231,23 @@ fn generate_topology(command: TopologyCommand) -> Result<()> {
     Ok(())
 }
 
-#[derive(Args)]
-struct SimulateArgs {
-    /// Sampler every node runs (connected, gbps, brahms, basalt, static), default
-    /// parameters [default: the topology file's, else gbps].
-    #[arg(long, conflicts_with = "sampler_config")]
-    sampler: Option<String>,
-    /// Sampler settings as the seed's `.create(path)` writes them (JSON).
-    #[arg(long, value_name = "FILE.json")]
-    sampler_config: Option<PathBuf>,
-    /// Number of nodes [default: the topology's].
-    #[arg(long, required_unless_present = "topology")]
-    nodes: Option<usize>,
-    /// Number of cycles [default with --sim-config: as many as its max_sim_time_us
-    /// holds].
-    #[arg(long, required_unless_present = "sim_config")]
-    cycles: Option<u64>,
-    /// The seed's simulation config (`DiscreteEventSimConfig(...).to_rust_config()` as
-    /// JSON; nodes named node_0 ...): latency, jitter factor, per-pair latencies,
-    /// partitions, disconnections, clock drift, run length, real-time factor.
-    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["latency", "jitter_factor"])]
-    sim_config: Option<PathBuf>,
-    /// Initial links (and the static sampler's for good): the seed's topology YAML or
-    /// CSR JSON; node i is node_{i+1}.
-    #[arg(long, value_name = "FILE")]
-    topology: Option<PathBuf>,
-    /// Seed of every random choice: same seed, same CSV, byte for byte.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Random peers each node knows at start.
-    #[arg(long, default_value_t = 5)]
-    bootstrap_peers: usize,
-    /// Fraction of the nodes that fail at once at --fail-at.
-    #[arg(long, default_value_t = 0.0)]
-    fail_fraction: f64,
-    /// Cycle of the massive failure.
-    #[arg(long, default_value_t = 0)]
-    fail_at: u64,
-    /// Probability that a live honest node leaves, per cycle (churn).
-    #[arg(long, default_value_t = 0.0)]
-    leave_rate: f64,
-    /// Probability that a node that left comes back, per cycle (churn).
-    #[arg(long, default_value_t = 0.0)]
-    join_rate: f64,
-    /// Fraction of Byzantine nodes (the Basalt paper's colluding attackers).
-    #[arg(long, default_value_t = 0.0)]
-    byzantine: f64,
-    /// Attackers push this many times as often as an honest node.
-    #[arg(long, default_value_t = 1.0)]
-    attack_force: f64,
-    /// Engine: cycle (instant delivery, fast) or event (virtual time, latency, loss)
-    /// [default: event if a latency, jitter, loss or link is given, else cycle].
-    #[arg(long, value_enum)]
-    engine: Option<Engine>,
-    /// One-way latency of every link (event engine), e.g. 50ms.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-    latency: Duration,
-    /// Uniform jitter added to each message's latency (event engine), e.g. 20ms.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-    jitter: Duration,
-    /// Jitter relative to each link's latency: up to this fraction of it is added
-    /// (event engine; the seed's jitter_factor).
-    #[arg(long, default_value_t = 0.0)]
-    jitter_factor: f64,
-    /// Probability that a message is lost (event engine).
-    #[arg(long, default_value_t = 0.0)]
-    loss: f64,
-    /// Let virtual time run at most this many times faster than real time; 0:
-    /// unlimited [default: --sim-config's real_time_factor, else 0].
-    #[arg(long)]
-    real_time_factor: Option<f64>,
-    /// A per-link latency, A-B=LATENCY (e.g. 3-7=250ms); repeatable (event engine).
-    #[arg(long = "link", value_name = "A-B=LATENCY")]
-    links: Vec<LinkLatency>,
-    /// Compute clustering and path length every this many cycles (empty otherwise).
-    #[arg(long, default_value_t = 10)]
-    costly_metrics_every: u64,
-    /// CSV output file.
-    #[arg(long, value_name = "FILE.csv")]
-    out: PathBuf,
-    /// Also draw the main metrics per cycle to this PNG or SVG file.
-    #[arg(long, value_name = "FILE.png|FILE.svg")]
-    plot: Option<PathBuf>,
-    /// An app every honest node runs in virtual time (repeatable); needs the event
-    /// engine, the default with apps. The last stdout line is then a JSON summary.
-    #[arg(long = "app", value_name = "PATH[:NAME]", value_parser = AppSpec::from_arg)]
-    apps: Vec<AppSpec>,
-    /// The config string of app NAME; `{index}` in it becomes the node's number,
-    /// `{node}` its name (node_I).
-    #[arg(long, value_name = "NAME=CONFIG", value_parser = app_config)]
-    app_config: Vec<(String, String)>,
-    /// One config per node for app NAME: line I of FILE is node I's.
-    #[arg(long, value_name = "NAME=FILE", value_parser = app_config)]
-    app_config_file: Vec<(String, String)>,
-    /// Time between an app's cycles [default: the sampler's period].
-    #[arg(long, value_parser = parse_duration)]
-    app_period: Option<Duration>,
-    /// A limit of every app, e.g. memory_mib=64 or call_deadline=200ms (repeatable).
-    /// The CPU deadline is counted in instructions (1,000,000 per ms), so a run
-    /// replays exactly under any load.
-    #[arg(long = "limit", value_name = "KEY=VALUE", value_parser = app_config)]
-    limits: Vec<(String, String)>,
-    /// Timed actions: at a virtual time, disconnect or reconnect nodes, change the
-    /// latency, load, replace or unload an app on chosen nodes (docs/simulation.md).
-    #[arg(long, value_name = "FILE.toml")]
-    scenario: Option<PathBuf>,
-    /// Write what the apps did per interval (a sampler period) as CSV: messages sent,
-    /// delivered, failed, unknown, dropped, delivery latency, messages per node.
-    #[arg(long, value_name = "FILE.csv", requires = "apps")]
-    metrics_out: Option<PathBuf>,
-    /// Write one JSON line per node at the end (state, view size, each app's counters).
-    #[arg(long, value_name = "FILE.jsonl")]
-    nodes_out: Option<PathBuf>,
-    /// Write the log here: guests' lines (and, with the seed's verbose_logging, every
-    /// app message's fate and every outage) tagged with virtual node and time
-    /// [default: warnings to stderr].
-    #[arg(long, value_name = "FILE")]
-    log_file: Option<PathBuf>,
-    #[command(flatten)]
-    cache: CacheArgs,
-}
-
-/// What the plot title says about the run's sampler (with its parameters) and attack.
-fn simulation_label(args: &SimulateArgs, sampler: String) -> String {
-    if args.byzantine > 0.0 {
-        format!(
-            "{sampler}, {:.0}% Byzantine x{}",
-            args.byzantine * 100.0,
-            args.attack_force
-        )
-    } else {
-        sampler
-    }
-}
-
 fn simulate(args: SimulateArgs) -> Result<()> {
-    let topology = args
-        .topology
-        .as_deref()
-        .map(Topology::from_file)
-        .transpose()?
-        .map(Arc::new);
-    let sampler = match (&args.sampler_config, args.sampler.as_deref(), &topology) {
-        (Some(path), _, _) => SamplerConfig::from_seed_json(path)?,
-        (None, Some("static"), _) => SamplerConfig::Static(StaticConfig {
-            topology: args
-                .topology
-                .clone()
-                .context("--sampler static needs --topology FILE")?,
-            node: None,
-            period: Duration::from_secs(1),
-        }),
-        (None, Some(name), _) => SamplerConfig::from_name(name)?,
-        (None, None, topology) => match topology.as_ref().and_then(|t| t.sampler()) {
-            Some(sampler) => sampler.clone(),
-            None => SamplerConfig::from_name("gbps")?,
-        },
-    };
-    let nodes = match (args.nodes, &topology) {
-        (Some(n), _) => n,
-        (None, Some(topology)) => topology.len(),
-        (None, None) => bail!("--nodes is needed without --topology"),
-    };
-    let seed_config = args
-        .sim_config
-        .as_deref()
-        .map(|path| SeedSimConfig::from_file(path, nodes))
-        .transpose()?;
-    let mut network = match &seed_config {
-        Some(seed) => seed.network.clone(),
-        None => NetworkModel {
-            latency: args.latency,
-            jitter_factor: args.jitter_factor,
-            ..NetworkModel::default()
-        },
-    };
-    network.jitter = args.jitter;
-    network.loss = args.loss;
-    network.links.extend(args.links.iter().cloned());
-    let scenario = args
-        .scenario
-        .as_deref()
-        .map(|path| Scenario::from_file(path, nodes))
-        .transpose()?
-        .unwrap_or_default();
-    let engine = args.engine.unwrap_or(
-        if network.is_ideal()
-            && args.apps.is_empty()
-            && seed_config.is_none()
-            && scenario.actions.is_empty()
-        {
-            Engine::Cycle
-        } else {
-            Engine::Event
-        },
-    );
-    let cycle_length = sampler.period().unwrap_or(Duration::from_secs(1));
-    let cycles = match (args.cycles, &seed_config) {
-        (Some(cycles), _) => cycles,
-        (None, Some(seed)) => seed
-            .max_sim_time
-            .as_micros()
-            .div_ceil(cycle_length.as_micros().max(1)) as u64,
-        (None, None) => bail!("--cycles is needed without --sim-config"),
-    };
-    let real_time_factor = args
-        .real_time_factor
-        .or(seed_config.as_ref().map(|s| s.real_time_factor))
-        .unwrap_or(0.0);
+    let _log = logging::init_simulation(args.log_file.as_deref())?;
+    let PreparedSimulation {
+        mut simulation,
+        title,
+        nodes,
+        cycles,
+        engine,
+        real_time_factor,
+    } = args.prepare()?;
     if real_time_factor > 0.0 {
         eprintln!("virtual time runs at most {real_time_factor}x real time (--real-time-factor 0: unlimited)");
     }
-    let config = SimConfig {
-        sampler,
-        nodes,
-        cycles,
-        seed: args.seed,
-        bootstrap_peers: args.bootstrap_peers,
-        topology,
-        fail_fraction: args.fail_fraction,
-        fail_at: args.fail_at,
-        leave_rate: args.leave_rate,
-        join_rate: args.join_rate,
-        byzantine: args.byzantine,
-        attack_force: args.attack_force,
-        engine,
-        network,
-        outages: seed_config
-            .as_ref()
-            .map(|s| s.outages.clone())
-            .unwrap_or_default(),
-        drift: seed_config
-            .as_ref()
-            .map(|s| s.drift.clone())
-            .unwrap_or_default(),
-        real_time_factor,
-        verbose: seed_config.as_ref().is_some_and(|s| s.verbose_logging),
-        costly_metrics_every: args.costly_metrics_every,
-    };
-    let _log = logging::init_simulation(args.log_file.as_deref())?;
-    let app_period = args.app_period.unwrap_or(config.cycle_length());
-    let limits: Limits =
-        serde_json::from_value(limits_json(&args.limits)?.into()).context("--limit")?;
-    let runtime = if args.apps.is_empty() && scenario.paths().is_empty() {
-        None
-    } else {
-        Some(Runtime::counting_instructions(&args.cache.dir())?)
-    };
-    let (apps, components) = match &runtime {
-        None => (Vec::new(), HashMap::new()),
-        Some(runtime) => {
-            let mut apps = nodemanager::sim::apps::prepare(
-                runtime,
-                &args.apps,
-                &args.app_config,
-                app_period,
-                &limits,
-            )?;
-            nodemanager::sim::apps::set_config_files(&mut apps, &args.app_config_file, nodes)?;
-            let components = scenario
-                .paths()
-                .into_iter()
-                .map(|path| Ok((path.to_path_buf(), runtime.load_component(path)?)))
-                .collect::<Result<HashMap<_, _>>>()?;
-            (apps, components)
-        }
-    };
-    let label = simulation_label(&args, config.sampler.summary());
     let started = Instant::now();
-    let mut simulation = Simulation::new(config)?
-        .with_apps(apps)?
-        .with_scenario(scenario, components, app_period, limits)?;
     let file = std::fs::File::create(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let mut out = std::io::BufWriter::new(file);
-    let title = format!("{nodes} nodes, {label}, seed {}", args.seed);
     let bar = ProgressBar::new(cycles).with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:40}] cycle {pos}/{len} eta {eta}")
             .expect("a valid template")
@@ -579,30 +303,9 @@ fn simulate(args: SimulateArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(Args)]
-struct CacheArgs {
-    /// Folder of compiled components [default: $NODEMANAGER_CACHE_DIR, else ~/.cache/nodemanager].
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-}
-
-impl CacheArgs {
-    fn dir(&self) -> PathBuf {
-        self.cache_dir
-            .clone()
-            .unwrap_or_else(Runtime::default_cache_dir)
-    }
-}
-
 fn multiaddr(text: &str) -> Result<Multiaddr, String> {
     text.parse()
         .map_err(|e| format!("{text:?} is not a multiaddr like /ip4/127.0.0.1/tcp/0 ({e})"))
-}
-
-fn app_config(text: &str) -> Result<(String, String), String> {
-    text.split_once('=')
-        .map(|(name, config)| (name.to_string(), config.to_string()))
-        .ok_or_else(|| format!("{text:?}: expected NAME=CONFIG"))
 }
 
 #[derive(Args)]
@@ -623,7 +326,7 @@ struct RunArgs {
     #[arg(long, value_name = "PATH[:NAME]", value_parser = AppSpec::from_arg)]
     app: Vec<AppSpec>,
     /// Config string for app NAME's init (repeatable).
-    #[arg(long, value_name = "NAME=CONFIG", value_parser = app_config)]
+    #[arg(long, value_name = "NAME=CONFIG", value_parser = name_value)]
     app_config: Vec<(String, String)>,
     /// periodic-run calls for every app; -1 runs forever.
     #[arg(long, allow_negative_numbers = true)]

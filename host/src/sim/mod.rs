@@ -24,6 +24,7 @@
 
 pub mod apps;
 mod byzantine;
+mod command;
 pub mod conditions;
 mod events;
 mod metrics;
@@ -35,6 +36,7 @@ mod timeline;
 
 pub use apps::{node_peer_id, AppTotals, AppsSummary, SimApp, SimApps};
 pub use byzantine::Attack;
+pub use command::{PreparedSimulation, SimulateArgs};
 pub use conditions::{ClockDrift, Outages, Partitions};
 pub use events::{LinkLatency, NetworkModel};
 pub use metrics::{CycleMetrics, Overlay, SampleTally, Views, CSV_HEADER};
