@@ -1752,6 +1752,56 @@ fn simulate_apps(dir: &Path, run: &str, args: &[&str]) -> (Value, String) {
 }
 
 #[test]
+fn a_simulation_with_apps_is_the_same_on_any_number_of_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = format!("{}:sv", common::guest("share_vec_rust.wasm").display());
+    let outputs = |threads: &str| {
+        let run = format!("t{threads}");
+        let nodes = dir.path().join(format!("{run}.jsonl"));
+        let metrics = dir.path().join(format!("{run}-apps.csv"));
+        // A window of 100 ms of virtual time holds dozens of calls: enough to share.
+        let (summary, csv) = simulate_apps(
+            dir.path(),
+            &run,
+            &[
+                "--nodes",
+                "300",
+                "--cycles",
+                "6",
+                "--seed",
+                "7",
+                "--latency",
+                "100ms",
+                "--jitter-factor",
+                "0.5",
+                "--loss",
+                "0.05",
+                "--app",
+                &app,
+                "--threads",
+                threads,
+                "--nodes-out",
+                nodes.to_str().unwrap(),
+                "--metrics-out",
+                metrics.to_str().unwrap(),
+            ],
+        );
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+        (summary, csv, read(&nodes), read(&metrics))
+    };
+    let one = outputs("1");
+    assert!(
+        one.0["apps"]["sv"]["received"].as_u64() > Some(1000),
+        "{}",
+        one.0
+    );
+    assert!(one.0["messages_dropped"].as_u64() > Some(0), "{}", one.0);
+    for threads in ["2", "3"] {
+        assert!(outputs(threads) == one, "{threads} threads differ from one");
+    }
+}
+
+#[test]
 fn a_simulated_cpu_budget_stops_an_app_on_the_same_call_under_any_load() {
     let dir = tempfile::tempdir().unwrap();
     let grow = format!("{}:grow", common::guest("hostile.wasm").display());

@@ -39,6 +39,7 @@ fn config(nodes: usize, cycles: u64) -> SimConfig {
         real_time_factor: 0.0,
         verbose: true,
         costly_metrics_every: 10,
+        threads: 1,
     }
 }
 

@@ -4,7 +4,7 @@
 //! the run's seed, the node and the app, so a run replays exactly.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use libp2p::PeerId;
 use serde::Serialize;
 
+use super::helpers::{Helpers, SharedWork};
 use super::summary::NodeApp;
 use crate::config::{validate_name, AppSpec, ResolvedApp};
 use crate::logging::VirtualNow;
@@ -20,6 +21,30 @@ use crate::runtime::{
     AppContext, AppCounts, AppInstance, AppState, AppStats, CallTimes, Clock, Effects, Input,
     Limits, Outcome, Prepared, Runtime,
 };
+
+/// A call into app `app` of node `node` at `now` (µs of virtual time).
+pub struct AppCall {
+    /// The node.
+    pub node: u32,
+    /// The app's number.
+    pub app: usize,
+    /// When, in µs of virtual time.
+    pub now: u64,
+    /// What the app is asked to do.
+    pub input: CallInput,
+}
+
+/// What an [`AppCall`] asks of the app.
+pub enum CallInput {
+    /// Start (instantiate and `init`).
+    Start,
+    /// Run the due cycle with this view (node numbers).
+    Cycle(Vec<u32>),
+    /// Handle a message from node `from`.
+    Message { from: u32, payload: Vec<u8> },
+    /// Learn how message `message_id` ended.
+    Report { message_id: u64, outcome: Outcome },
+}
 
 /// One app every virtual node runs: its settings (the config may hold `{index}`, the
 /// node's number, and `{node}`, its name `node_I`) and its compiled component.
@@ -139,32 +164,149 @@ impl NodeApps {
         self.started[app] = true;
         effects
     }
+
+    /// Moves this node's clock to `now` (µs of virtual time) for a call — or leaves it
+    /// later, if its guests already slept past it (a node's clock never goes back);
+    /// what is logged until the tag drops is tagged with the node and time.
+    fn enter(&self, node: u32, now: u64) -> (Duration, VirtualNow) {
+        let tag = VirtualNow::enter(node, now);
+        let now = Duration::from_micros(now);
+        let clock = &self.context.clock;
+        clock.set(now.max(clock.now()));
+        (now, tag)
+    }
+
+    /// Runs `call` (of this node, `node`) on the app it names.
+    fn call(&mut self, catalog: &Catalog, node: u32, call: AppCall) -> Result<Effects, String> {
+        let app = call.app;
+        let (now, _tag) = self.enter(node, call.now);
+        match call.input {
+            CallInput::Start => {
+                let seed = derive_seed(
+                    catalog.seed,
+                    &format!("node{node}/{}", catalog.apps[app].spec.name),
+                );
+                let spec = catalog.node_spec(node, app);
+                let unloaded = self.stats[app]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .state
+                    == AppState::Unloaded;
+                if unloaded {
+                    // Loaded again after an unload: fresh counters.
+                    self.stats[app] = Arc::default();
+                }
+                Ok(self.launch(app, &catalog.apps[app].prepared, &spec, seed, now))
+            }
+            CallInput::Cycle(view) => {
+                let ids: Vec<String> = view
+                    .iter()
+                    .map(|&j| catalog.ids[j as usize].clone())
+                    .collect();
+                *self.context.view.write().unwrap_or_else(|e| e.into_inner()) = ids;
+                Ok(match self.instances[app].as_mut() {
+                    Some(instance) => instance.handle_timeout(now),
+                    None => Effects::default(),
+                })
+            }
+            CallInput::Message { from, payload } => {
+                let name = &catalog.apps[app].spec.name;
+                let Some(instance) = self.instances[app].as_mut() else {
+                    return Err(format!("no app named {name:?} on this node"));
+                };
+                if instance.stopped() {
+                    return Err(format!("app {name:?} has stopped"));
+                }
+                Ok(instance.handle(Input::Message {
+                    from: catalog.ids[from as usize].clone(),
+                    payload,
+                }))
+            }
+            CallInput::Report {
+                message_id,
+                outcome,
+            } => Ok(match self.instances[app].as_mut() {
+                Some(instance) => instance.handle(Input::Delivery {
+                    id: message_id,
+                    outcome,
+                }),
+                None => Effects::default(),
+            }),
+        }
+    }
 }
 
-/// A call into a node's apps under way: on drop, the node remembers how far its clock
-/// went (guests' sleeps move it on).
-struct NodeCall {
-    _tag: VirtualNow,
-    clock: Clock,
-    seen: Arc<[AtomicU64]>,
+/// What every node's calls read and none changes: the apps, the peer ids, the seed.
+#[derive(Clone)]
+struct Catalog {
+    apps: Arc<Vec<SimApp>>,
+    ids: Arc<[String]>,
+    seed: u64,
+}
+
+impl Catalog {
+    /// App `app`'s settings on node `node`: its own config line, or the template with
+    /// `{index}` and `{node}` filled in.
+    fn node_spec(&self, node: u32, app: usize) -> ResolvedApp {
+        let mut spec = self.apps[app].spec.clone();
+        spec.config = match &self.apps[app].per_node {
+            Some(configs) => configs[node as usize].clone(),
+            None => spec
+                .config
+                .replace("{index}", &node.to_string())
+                .replace("{node}", &format!("node_{node}")),
+        };
+        spec
+    }
+}
+
+/// One node's calls in a batch (each with its place in the batch), its apps moved in
+/// while they run, and their results.
+#[derive(Default)]
+struct NodeCalls {
     node: u32,
+    apps: Option<NodeApps>,
+    calls: Vec<(usize, AppCall)>,
+    results: Vec<(usize, Result<Effects, String>)>,
 }
 
-impl Drop for NodeCall {
-    fn drop(&mut self) {
-        let now = self.clock.now().as_nanos().min(u128::from(u64::MAX)) as u64;
-        self.seen[self.node as usize].fetch_max(now, Ordering::Relaxed);
+/// A batch of calls, node by node, that threads take nodes of until none is left.
+struct CallBatch {
+    catalog: Catalog,
+    nodes: Vec<Mutex<NodeCalls>>,
+    next: AtomicUsize,
+}
+
+impl SharedWork for CallBatch {
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::AcqRel);
+            let Some(slot) = self.nodes.get(i) else {
+                return;
+            };
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let NodeCalls {
+                node,
+                apps,
+                calls,
+                results,
+            } = &mut *slot;
+            for (place, call) in calls.drain(..) {
+                let result = match apps.as_mut() {
+                    Some(apps) => apps.call(&self.catalog, *node, call),
+                    None => Ok(Effects::default()),
+                };
+                results.push((place, result));
+            }
+        }
     }
 }
 
 /// Every node's apps, and how peer ids map to nodes.
 pub struct SimApps {
-    apps: Vec<SimApp>,
-    ids: Vec<String>,
+    apps: Arc<Vec<SimApp>>,
+    ids: Arc<[String]>,
     index: HashMap<PeerId, u32>,
-    clock: Clock,
-    /// The furthest each node's clock went, in ns.
-    clock_seen: Arc<[AtomicU64]>,
     nodes: Vec<Option<NodeApps>>,
     seed: u64,
     /// Messages lost by the network model.
@@ -234,12 +376,11 @@ impl SimApps {
             .map(|(i, p)| (*p, i as u32))
             .collect();
         let ids: Vec<String> = peers.iter().map(PeerId::to_string).collect();
-        let clock = Clock::manual();
         let nodes = (0..nodes as u32)
             .map(|i| {
                 runs_apps(i).then(|| NodeApps {
                     context: AppContext {
-                        clock: clock.clone(),
+                        clock: Clock::manual(),
                         wall_skew_us: skews[i as usize],
                         ..AppContext::new(ids[i as usize].clone())
                     },
@@ -251,11 +392,9 @@ impl SimApps {
             })
             .collect();
         SimApps {
-            clock_seen: (0..ids.len()).map(|_| AtomicU64::new(0)).collect(),
-            apps,
-            ids,
+            apps: Arc::new(apps),
+            ids: ids.into(),
             index,
-            clock,
             nodes,
             seed,
             lost: 0,
@@ -279,7 +418,7 @@ impl SimApps {
 
     /// Adds an app no node runs yet (to load on some later); returns its number.
     pub fn add_app(&mut self, app: SimApp) -> usize {
-        self.apps.push(app);
+        Arc::make_mut(&mut self.apps).push(app);
         for node in self.nodes.iter_mut().flatten() {
             node.instances.push(None);
             node.stats.push(Arc::default());
@@ -291,13 +430,14 @@ impl SimApps {
 
     /// Makes `app` what app number `index` starts from now on.
     pub fn set_app(&mut self, index: usize, app: SimApp) {
-        self.apps[index] = app;
+        Arc::make_mut(&mut self.apps)[index] = app;
     }
 
     /// Makes the component at `path` what app number `index` starts from now on.
     pub fn set_component(&mut self, index: usize, prepared: Prepared, path: &std::path::Path) {
-        self.apps[index].prepared = prepared;
-        self.apps[index].spec.path = path.to_path_buf();
+        let app = &mut Arc::make_mut(&mut self.apps)[index];
+        app.prepared = prepared;
+        app.spec.path = path.to_path_buf();
     }
 
     /// Whether node `node` has a running instance of app `app`.
@@ -316,11 +456,11 @@ impl SimApps {
     /// `snapshot` goes to the new one's `restore`, as `apps replace` does live; the
     /// counters go on.
     pub fn replace(&mut self, node: u32, app: usize, prepared: &Prepared, now: u64) -> Effects {
-        let (now, _tag) = self.at(node, now);
-        let spec = self.node_spec(node, app);
+        let spec = self.catalog().node_spec(node, app);
         let Some(apps) = self.nodes[node as usize].as_mut() else {
             return Effects::default();
         };
+        let (now, _tag) = apps.enter(node, now);
         let Some(mut old) = apps.instances[app].take() else {
             return Effects::default();
         };
@@ -363,20 +503,6 @@ impl SimApps {
         }
     }
 
-    /// App `app`'s settings on node `node`: its own config line, or the template with
-    /// `{index}` and `{node}` filled in.
-    fn node_spec(&self, node: u32, app: usize) -> ResolvedApp {
-        let mut spec = self.apps[app].spec.clone();
-        spec.config = match &self.apps[app].per_node {
-            Some(configs) => configs[node as usize].clone(),
-            None => spec
-                .config
-                .replace("{index}", &node.to_string())
-                .replace("{node}", &format!("node_{node}")),
-        };
-        spec
-    }
-
     /// Each app's period.
     pub fn period(&self, app: usize) -> Duration {
         self.apps[app].spec.period
@@ -397,44 +523,76 @@ impl SimApps {
         self.index.get(peer).copied()
     }
 
-    /// Moves the apps' clock to `now` (µs of virtual time) for a call on `node` — or
-    /// later, if that node's guests already slept past it (a node's clock never goes
-    /// back); what is logged until the guard drops is tagged with the node and time.
-    fn at(&self, node: u32, now: u64) -> (Duration, NodeCall) {
-        let tag = VirtualNow::enter(node, now);
-        let now = Duration::from_micros(now);
-        let seen = Duration::from_nanos(self.clock_seen[node as usize].load(Ordering::Relaxed));
-        self.clock.set(now.max(seen));
-        let call = NodeCall {
-            _tag: tag,
-            clock: self.clock.clone(),
-            seen: self.clock_seen.clone(),
-            node,
-        };
-        (now, call)
+    /// What every node's calls read.
+    fn catalog(&self) -> Catalog {
+        Catalog {
+            apps: self.apps.clone(),
+            ids: self.ids.clone(),
+            seed: self.seed,
+        }
     }
 
     /// Starts app `app` on node `node` at `now`; returns its first effects.
     pub fn start(&mut self, node: u32, app: usize, now: u64) -> Effects {
-        let (now, _span) = self.at(node, now);
-        let seed = derive_seed(
-            self.seed,
-            &format!("node{node}/{}", self.apps[app].spec.name),
-        );
-        let spec = self.node_spec(node, app);
-        let Some(apps) = self.nodes[node as usize].as_mut() else {
-            return Effects::default();
+        let call = AppCall {
+            node,
+            app,
+            now,
+            input: CallInput::Start,
         };
-        let unloaded = apps.stats[app]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .state
-            == AppState::Unloaded;
-        if unloaded {
-            // Loaded again after an unload: fresh counters.
-            apps.stats[app] = Arc::default();
+        let mut results = self.run_calls(vec![call], &Helpers::new(0));
+        results.pop().and_then(Result::ok).unwrap_or_default()
+    }
+
+    /// Runs `calls` — each node's in the order given — and returns their results in
+    /// that order (`Err`: a message refused, and why). Calls of different nodes touch
+    /// nothing in common, so `helpers` take nodes' calls while this thread does too;
+    /// the results do not depend on how many helpers there are. Without helpers the
+    /// calls run in the order given, so a log keeps that order.
+    pub fn run_calls(
+        &mut self,
+        calls: Vec<AppCall>,
+        helpers: &Helpers,
+    ) -> Vec<Result<Effects, String>> {
+        let catalog = self.catalog();
+        if helpers.is_empty() {
+            return calls
+                .into_iter()
+                .map(|call| match self.nodes[call.node as usize].as_mut() {
+                    Some(apps) => apps.call(&catalog, call.node, call),
+                    None => Ok(Effects::default()),
+                })
+                .collect();
         }
-        apps.launch(app, &self.apps[app].prepared, &spec, seed, now)
+        let count = calls.len();
+        let mut placed: Vec<(usize, AppCall)> = calls.into_iter().enumerate().collect();
+        placed.sort_by_key(|(place, call)| (call.node, *place));
+        let mut nodes: Vec<NodeCalls> = Vec::new();
+        for (place, call) in placed {
+            match nodes.last_mut() {
+                Some(last) if last.node == call.node => last.calls.push((place, call)),
+                _ => nodes.push(NodeCalls {
+                    node: call.node,
+                    apps: self.nodes[call.node as usize].take(),
+                    calls: vec![(place, call)],
+                    results: Vec::new(),
+                }),
+            }
+        }
+        let batch = Arc::new(CallBatch {
+            catalog,
+            nodes: nodes.into_iter().map(Mutex::new).collect(),
+            next: AtomicUsize::new(0),
+        });
+        helpers.run(batch.clone());
+        let mut results = Vec::with_capacity(count);
+        for slot in &batch.nodes {
+            let done = std::mem::take(&mut *slot.lock().unwrap_or_else(|e| e.into_inner()));
+            self.nodes[done.node as usize] = done.apps;
+            results.extend(done.results);
+        }
+        results.sort_by_key(|(place, _)| *place);
+        results.into_iter().map(|(_, result)| result).collect()
     }
 
     /// When app `app` of node `node` next needs a cycle, in µs.
@@ -445,70 +603,8 @@ impl SimApps {
             .map(|due| due.as_micros().min(u128::from(u64::MAX)) as u64)
     }
 
-    /// Runs app `app`'s due cycle on node `node` with the node's `view` (node numbers).
-    pub fn cycle(&mut self, node: u32, app: usize, view: &[u32], now: u64) -> Effects {
-        let (now, _span) = self.at(node, now);
-        let ids: Vec<String> = view.iter().map(|&j| self.ids[j as usize].clone()).collect();
-        let Some(apps) = self.nodes[node as usize].as_mut() else {
-            return Effects::default();
-        };
-        *apps.context.view.write().unwrap_or_else(|e| e.into_inner()) = ids;
-        match apps.instances[app].as_mut() {
-            Some(instance) => instance.handle_timeout(now),
-            None => Effects::default(),
-        }
-    }
-
-    /// Hands a message from node `from` to app `app` of node `to`; `Err` says why it
-    /// was refused.
-    pub fn deliver(
-        &mut self,
-        from: u32,
-        to: u32,
-        app: usize,
-        payload: Vec<u8>,
-        now: u64,
-    ) -> Result<Effects, String> {
-        let _span = self.at(to, now).1;
-        let sender = self.ids[from as usize].clone();
-        let name = self.apps[app].spec.name.clone();
-        let Some(instance) = self.instance_mut(to, app) else {
-            return Err(format!("no app named {name:?} on this node"));
-        };
-        if instance.stopped() {
-            return Err(format!("app {name:?} has stopped"));
-        }
-        Ok(instance.handle(Input::Message {
-            from: sender,
-            payload,
-        }))
-    }
-
-    /// Tells app `app` of node `node` how its message `message_id` ended.
-    pub fn report(
-        &mut self,
-        node: u32,
-        app: usize,
-        message_id: u64,
-        outcome: Outcome,
-        now: u64,
-    ) -> Effects {
-        let _span = self.at(node, now).1;
-        match self.instance_mut(node, app) {
-            Some(instance) => instance.handle(Input::Delivery {
-                id: message_id,
-                outcome,
-            }),
-            None => Effects::default(),
-        }
-    }
-
     fn instance(&self, node: u32, app: usize) -> Option<&AppInstance> {
         self.nodes[node as usize].as_ref()?.instances[app].as_ref()
-    }
-
-    fn instance_mut(&mut self, node: u32, app: usize) -> Option<&mut AppInstance> {
-        self.nodes[node as usize].as_mut()?.instances[app].as_mut()
     }
 
     /// Node `node`'s apps, by name (none on an attacker).

@@ -90,6 +90,11 @@ pub struct SimulateArgs {
     /// Compute clustering and path length every this many cycles (empty otherwise).
     #[arg(long, default_value_t = 10)]
     pub costly_metrics_every: u64,
+    /// Threads that run the apps' calls (event engine); the output is the same for any
+    /// number [default: the machine's cores; 1 with --log-file, so that the log's lines
+    /// keep one order].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: Option<u16>,
     /// CSV output file.
     #[arg(long, value_name = "FILE.csv")]
     pub out: PathBuf,
@@ -254,6 +259,11 @@ impl SimulateArgs {
             real_time_factor,
             verbose: seed_config.as_ref().is_some_and(|s| s.verbose_logging),
             costly_metrics_every: self.costly_metrics_every,
+            threads: match (self.threads, &self.log_file) {
+                (Some(threads), _) => usize::from(threads),
+                (None, Some(_)) => 1,
+                (None, None) => std::thread::available_parallelism().map_or(1, usize::from),
+            },
         };
         let app_period = self.app_period.unwrap_or(config.cycle_length());
         let limits: Limits =

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rand::RngExt;
 
+use super::apps::{AppCall, CallInput};
 use super::conditions::Partitions;
 use super::scenario::Action;
 use super::{CycleMetrics, SimApps, Simulation};
@@ -159,38 +160,97 @@ enum Happening {
     FailureStep,
 }
 
-struct Event {
-    at: u64,
+impl Happening {
+    /// Whether it changes what every node sees (who is up, the latency, which apps
+    /// run): it happens only once the app calls before it have run.
+    fn is_global(&self) -> bool {
+        matches!(
+            self,
+            Happening::Action { .. }
+                | Happening::Disconnect { .. }
+                | Happening::Reconnect { .. }
+                | Happening::FailureStep
+        )
+    }
+}
+
+/// What to do with the result of an app call once its batch has run.
+enum Followup {
+    /// Route what a start or a cycle queued, and schedule the next cycle.
+    Stepped { node: u32, app: usize },
+    /// Route what a delivery report's handler queued.
+    Reported { node: u32, app: usize },
+    /// Answer the sender of a message handed over, and route what the receiver queued.
+    Delivered {
+        from: u32,
+        to: u32,
+        app: usize,
+        message_id: u64,
+        generation: u32,
+        sent_at: u64,
+        deadline: u64,
+    },
+}
+
+/// Happenings in time order, those at the same instant in the order they were
+/// scheduled (so equal seeds replay exactly). The heap holds small keys; the
+/// happenings wait in a slab beside it, so sifting moves 24 bytes, not a message.
+#[derive(Default)]
+struct Queue {
+    heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    slab: Vec<Option<Happening>>,
+    free: Vec<u32>,
     seq: u64,
-    happening: Happening,
 }
 
-impl PartialEq for Event {
-    fn eq(&self, other: &Event) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
+impl Queue {
+    fn push(&mut self, at: u64, happening: Happening) {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slab[slot as usize] = Some(happening);
+                slot
+            }
+            None => {
+                self.slab.push(Some(happening));
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.seq += 1;
+        self.heap.push(Reverse((at, self.seq, slot)));
+    }
+
+    /// The next happening and its time.
+    fn peek(&self) -> Option<(u64, &Happening)> {
+        let Reverse((at, _, slot)) = self.heap.peek()?;
+        Some((*at, self.slab[*slot as usize].as_ref()?))
+    }
+
+    fn pop(&mut self) -> Option<(u64, Happening)> {
+        let Reverse((at, _, slot)) = self.heap.pop()?;
+        self.free.push(slot);
+        Some((at, self.slab[slot as usize].take()?))
     }
 }
 
-impl Eq for Event {}
-
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Event) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Event {
-    fn cmp(&self, other: &Event) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
+/// The event loop. App calls do not run as their events pop: they wait in a batch
+/// until the events of a window no longer than the shortest link latency have popped
+/// (or something global happens), then run together, on several threads: whatever
+/// one call makes happen to another node comes at least one latency later, after the
+/// window. Their results are then routed in the order their events popped, so a run
+/// is the same on any number of threads.
 struct Engine {
-    queue: BinaryHeap<Reverse<Event>>,
-    seq: u64,
+    queue: Queue,
     period: u64,
     /// Per-link latencies by (sender, receiver).
     links: BTreeMap<(u32, u32), u64>,
+    /// The shortest per-link latency, in µs.
+    shortest_link: u64,
+    /// App calls waiting for the end of their window, and what follows each.
+    batch: Vec<(AppCall, u64, Followup)>,
+    /// Where the batch's window ends (µs).
+    window_end: u64,
+    /// Threads besides this one that run app calls.
+    helpers: super::helpers::Helpers,
 }
 
 fn micros(duration: Duration) -> u64 {
@@ -199,12 +259,7 @@ fn micros(duration: Duration) -> u64 {
 
 impl Engine {
     fn schedule(&mut self, at: u64, happening: Happening) {
-        self.seq += 1;
-        self.queue.push(Reverse(Event {
-            at,
-            seq: self.seq,
-            happening,
-        }));
+        self.queue.push(at, happening);
     }
 
     fn schedule_tick(&mut self, sim: &mut Simulation, node: u32, not_before: u64) {
@@ -276,6 +331,82 @@ impl Engine {
         }
     }
 
+    /// Puts a call of app `app` on `node` at `now` in the batch.
+    fn defer(&mut self, sim: &Simulation, now: u64, call: (u32, usize, CallInput), then: Followup) {
+        if self.batch.is_empty() {
+            let shortest = micros(sim.config.network.latency).min(self.shortest_link);
+            self.window_end = now.saturating_add(shortest);
+        }
+        let (node, app, input) = call;
+        self.batch.push((
+            AppCall {
+                node,
+                app,
+                now,
+                input,
+            },
+            now,
+            then,
+        ));
+    }
+
+    /// Whether the batch must run before `happening` at `at` (outside its window, or
+    /// global).
+    fn must_flush_before(&self, at: u64, happening: &Happening) -> bool {
+        !self.batch.is_empty() && (at >= self.window_end || happening.is_global())
+    }
+
+    /// Runs the batch's calls and routes their results, in the order they were put in.
+    fn flush(&mut self, sim: &mut Simulation) {
+        let batch = std::mem::take(&mut self.batch);
+        let Some(apps) = sim.apps.as_mut() else {
+            return;
+        };
+        let (calls, rest): (Vec<AppCall>, Vec<(u64, Followup)>) = batch
+            .into_iter()
+            .map(|(call, now, then)| (call, (now, then)))
+            .unzip();
+        let results = apps.run_calls(calls, &self.helpers);
+        for ((now, then), result) in rest.into_iter().zip(results) {
+            match then {
+                Followup::Stepped { node, app } => {
+                    self.app_stepped(sim, now, (node, app), result.unwrap_or_default())
+                }
+                Followup::Reported { node, app } => {
+                    self.app_effects(sim, now, node, app, result.unwrap_or_default())
+                }
+                Followup::Delivered {
+                    from,
+                    to,
+                    app,
+                    message_id,
+                    generation,
+                    sent_at,
+                    deadline,
+                } => {
+                    let back = now + self.latency(sim, to, from);
+                    let outcome = match result {
+                        Ok(effects) => {
+                            self.app_effects(sim, now, to, app, effects);
+                            Outcome::Delivered
+                        }
+                        Err(reason) => {
+                            let id = sim.apps.as_ref().map_or("", |apps| apps.id(to));
+                            Outcome::Failed(format!("refused by {id}: {reason}"))
+                        }
+                    };
+                    self.app_answer(
+                        sim,
+                        now,
+                        (from, to, app, message_id, generation),
+                        (sent_at, deadline),
+                        (true, back, outcome),
+                    );
+                }
+            }
+        }
+    }
+
     fn handle(&mut self, sim: &mut Simulation, now: u64, happening: Happening) {
         match happening {
             Happening::Tick { node, incarnation } => {
@@ -316,11 +447,8 @@ impl Engine {
             Happening::AppStart { node } => {
                 let count = sim.apps.as_ref().map_or(0, SimApps::count);
                 for app in 0..count {
-                    let Some(apps) = sim.apps.as_mut() else {
-                        return;
-                    };
-                    let effects = apps.start(node, app, now);
-                    self.app_stepped(sim, now, (node, app), effects);
+                    let input = (node, app, CallInput::Start);
+                    self.defer(sim, now, input, Followup::Stepped { node, app });
                 }
             }
             Happening::AppCycle {
@@ -346,11 +474,8 @@ impl Engine {
                     return;
                 }
                 let view = sim.samplers[node as usize].view();
-                let Some(apps) = sim.apps.as_mut() else {
-                    return;
-                };
-                let effects = apps.cycle(node, app, &view, now);
-                self.app_stepped(sim, now, (node, app), effects);
+                let input = (node, app, CallInput::Cycle(view));
+                self.defer(sim, now, input, Followup::Stepped { node, app });
             }
             Happening::AppDeliver {
                 from,
@@ -404,11 +529,16 @@ impl Engine {
                     Outcome::Failed(_) => sim.tally.interval.messages.failed += 1,
                     Outcome::Unknown(_) => sim.tally.interval.messages.unknown += 1,
                 }
-                let Some(apps) = sim.apps.as_mut() else {
-                    return;
+                let input = CallInput::Report {
+                    message_id,
+                    outcome,
                 };
-                let effects = apps.report(node, app, message_id, outcome, now);
-                self.app_effects(sim, now, node, app, effects);
+                self.defer(
+                    sim,
+                    now,
+                    (node, app, input),
+                    Followup::Reported { node, app },
+                );
             }
             Happening::Action { index } => self.act(sim, now, index),
             Happening::Disconnect { node, duration } => {
@@ -643,26 +773,44 @@ impl Engine {
         payload: Vec<u8>,
         (sent_at, deadline): (u64, u64),
     ) {
-        let up = sim.is_up(to);
-        let Some(apps) = sim.apps.as_mut() else {
+        let Some(apps) = sim.apps.as_ref() else {
             return;
         };
-        let (answer_at, outcome) = if !up {
-            let reason = format!("could not reach {}: it is offline", apps.id(to));
-            (deadline, Outcome::Failed(reason))
-        } else {
-            let delivered = apps
-                .deliver(from, to, app, payload, now)
-                .map_err(|reason| format!("refused by {}: {reason}", apps.id(to)));
-            let back = now + self.latency(sim, to, from);
-            match delivered {
-                Ok(effects) => {
-                    self.app_effects(sim, now, to, app, effects);
-                    (back, Outcome::Delivered)
-                }
-                Err(reason) => (back, Outcome::Failed(reason)),
-            }
-        };
+        if sim.is_up(to) {
+            let input = (to, app, CallInput::Message { from, payload });
+            let then = Followup::Delivered {
+                from,
+                to,
+                app,
+                message_id,
+                generation,
+                sent_at,
+                deadline,
+            };
+            self.defer(sim, now, input, then);
+            return;
+        }
+        let reason = format!("could not reach {}: it is offline", apps.id(to));
+        self.app_answer(
+            sim,
+            now,
+            (from, to, app, message_id, generation),
+            (sent_at, deadline),
+            (false, deadline, Outcome::Failed(reason)),
+        );
+    }
+
+    /// Counts how message `message_id` of app `app` from `from` ended at `to` (`up`:
+    /// whether `to` was there to answer) and reports `outcome` to the sender at
+    /// `answer_at` — or, if the deadline passes first, that nobody knows.
+    fn app_answer(
+        &mut self,
+        sim: &mut Simulation,
+        now: u64,
+        (from, to, app, message_id, generation): (u32, u32, usize, u64, u32),
+        (sent_at, deadline): (u64, u64),
+        (up, answer_at, outcome): (bool, u64, Outcome),
+    ) {
         if outcome == Outcome::Delivered {
             sim.tally.delivered += 1;
             sim.tally.latency.record(now - sent_at);
@@ -721,10 +869,13 @@ pub(super) fn run(
         }
     }
     let mut engine = Engine {
-        queue: BinaryHeap::new(),
-        seq: 0,
+        queue: Queue::default(),
         period: micros(sim.config.cycle_length()).max(1),
+        shortest_link: links.values().copied().min().unwrap_or(u64::MAX),
         links,
+        batch: Vec::new(),
+        window_end: 0,
+        helpers: super::helpers::Helpers::new(sim.config.threads.saturating_sub(1)),
     };
     for node in 0..sim.samplers.len() as u32 {
         engine.schedule_tick(sim, node, 0);
@@ -773,11 +924,17 @@ pub(super) fn run(
             engine.schedule_tick(sim, node, start);
         }
         let end = cycle * engine.period;
-        while engine.queue.peek().is_some_and(|e| e.0.at < end) {
-            let Reverse(event) = engine.queue.pop().expect("peeked");
-            pacer.wait_for(event.at);
-            sim.tally.events += 1;
-            engine.handle(sim, event.at, event.happening);
+        loop {
+            match engine.queue.peek() {
+                Some((at, next)) if at < end && !engine.must_flush_before(at, next) => {
+                    let (at, happening) = engine.queue.pop().expect("peeked");
+                    pacer.wait_for(at);
+                    sim.tally.events += 1;
+                    engine.handle(sim, at, happening);
+                }
+                _ if !engine.batch.is_empty() => engine.flush(sim),
+                _ => break,
+            }
         }
         // The cycle lasts to its end, events or not.
         pacer.wait_for(end);

@@ -27,6 +27,7 @@ mod byzantine;
 mod command;
 pub mod conditions;
 mod events;
+mod helpers;
 mod metrics;
 mod plot;
 pub mod scenario;
@@ -110,6 +111,8 @@ pub struct SimConfig {
     pub verbose: bool,
     /// Compute the costly metrics (clustering, path length) every this many cycles.
     pub costly_metrics_every: u64,
+    /// Threads that run app calls (event engine): the output is the same for any number.
+    pub threads: usize,
 }
 
 impl SimConfig {
@@ -721,6 +724,7 @@ mod tests {
             real_time_factor: 0.0,
             verbose: false,
             costly_metrics_every: 5,
+            threads: 1,
         }
     }
 
