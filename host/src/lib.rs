@@ -9,6 +9,7 @@ pub mod config;
 pub mod logging;
 pub mod network;
 pub mod node;
+pub mod project;
 pub mod runtime;
 pub mod sampling;
 pub mod sim;

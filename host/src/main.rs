@@ -15,6 +15,7 @@ use nodemanager::config::{
     parse_duration, AppSpec, LogFormat, NodeConfig, SamplerConfig, Transport,
 };
 use nodemanager::node::Node;
+use nodemanager::project::{self, new_project, Lang};
 use nodemanager::runtime::{inspect, Runtime};
 use nodemanager::sampling::{StaticConfig, Topology, TopologyKind};
 use nodemanager::sim::{Engine, PreparedSimulation, SimulateArgs, APPS_CSV_HEADER};
@@ -47,6 +48,30 @@ enum Command {
         admin: Option<PathBuf>,
         #[command(subcommand)]
         command: AppsCommand,
+    },
+    /// Write a ready app project in a new folder DIR (the app is named after it).
+    ///
+    /// Python: app.py and a README (`nodemanager build` supplies the SDK). Rust: a
+    /// crate with the SDK and the WIT vendored, a lock file and build settings.
+    New {
+        /// The app's language.
+        #[arg(long, value_enum)]
+        lang: Lang,
+        /// The project folder: new or empty; its name is the app's.
+        dir: PathBuf,
+    },
+    /// Build the app project in DIR into DIR/build/NAME.wasm and compile it into the
+    /// cache (replacing the previous build's compiled code).
+    ///
+    /// Rust: Debian's rustc-web for wasm32-wasip2 ($NODEMANAGER_CARGO,
+    /// $NODEMANAGER_RUSTC override it). Python: componentize-py 0.25.1 from PATH or
+    /// $NODEMANAGER_COMPONENTIZE_PY. Either way for the stateful-app world.
+    Build {
+        /// The project folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Compile components into the cache ahead of a run.
     Compile {
@@ -590,6 +615,58 @@ fn compile(paths: &[PathBuf], cache: &CacheArgs) -> Result<()> {
     Ok(())
 }
 
+fn new_command(dir: &Path, lang: Lang) -> Result<()> {
+    let files = new_project(dir, lang)?;
+    println!("created {} ({lang:?} app):", dir.display());
+    for file in files {
+        println!("  {file}");
+    }
+    println!(
+        "build it: nodemanager build {}\nthen run it: nodemanager run --app {}",
+        dir.display(),
+        dir.join("build")
+            .join(format!(
+                "{}.wasm",
+                dir.file_name().unwrap_or_default().to_string_lossy()
+            ))
+            .display()
+    );
+    Ok(())
+}
+
+fn build_command(dir: &Path, cache: &CacheArgs) -> Result<()> {
+    let runtime = Runtime::new(&cache.dir())?;
+    let started = Instant::now();
+    let built = project::build(dir, &runtime)?;
+    println!(
+        "built {} ({} app, {} KiB) in {:.1?}",
+        built.wasm.display(),
+        match built.lang {
+            Lang::Python => "Python",
+            Lang::Rust => "Rust",
+        },
+        built.bytes.div_ceil(1024),
+        started.elapsed()
+    );
+    if built.carries_state {
+        println!("carries its state across `apps replace` (exports snapshot and restore)");
+    } else {
+        println!("starts from init on `apps replace` (no snapshot/restore exports)");
+    }
+    let cached = if built.was_cached {
+        "already in the cache"
+    } else {
+        "compiled into the cache"
+    };
+    match built.replaced_cache_entries {
+        0 => println!("{cached}"),
+        1 => println!("{cached}; the previous build's compiled code removed (1 entry)"),
+        n => println!("{cached}; the previous build's compiled code removed ({n} entries)"),
+    }
+    println!("run it: nodemanager run --app {}", built.wasm.display());
+    Ok(())
+}
+
 fn inspect_command(path: &Path, json: bool, cache: &CacheArgs) -> Result<bool> {
     let runtime = Runtime::new(&cache.dir())?;
     let report = inspect(&runtime, path)?;
@@ -640,6 +717,8 @@ fn main() -> ExitCode {
             .context("which node? give its admin socket with --admin PATH (e.g. `nodemanager apps list --admin node.sock`)")
             .and_then(|admin| apps_command(&admin, command))
             .map(|()| true),
+        Command::New { lang, dir } => new_command(&dir, lang).map(|()| true),
+        Command::Build { dir, cache } => build_command(&dir, &cache).map(|()| true),
         Command::Compile { paths, cache } => compile(&paths, &cache).map(|()| true),
         Command::Inspect { path, json, cache } => inspect_command(&path, json, &cache),
     };

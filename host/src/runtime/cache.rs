@@ -58,6 +58,27 @@ impl ComponentCache {
         })
     }
 
+    /// Removes the compiled forms of the wasm with content hash `hash`, for every
+    /// engine's settings; returns how many there were.
+    pub fn remove(&self, hash: &str) -> Result<usize> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Ok(0);
+        };
+        let prefix = format!("{hash}-");
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".cwasm") {
+                std::fs::remove_file(entry.path()).with_context(|| {
+                    format!("cannot remove {} from the cache", entry.path().display())
+                })?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Where the compiled form of the wasm with content hash `hash` lives.
     pub fn path_for(&self, hash: &str) -> PathBuf {
         self.dir.join(format!("{hash}-{}.cwasm", self.engine_key))

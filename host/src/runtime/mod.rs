@@ -13,7 +13,7 @@ mod sleep;
 mod worker;
 
 pub use app::{AppError, LoadedApp};
-pub use cache::{ComponentCache, DEFAULT_CACHE_MAX_BYTES};
+pub use cache::{content_hash, ComponentCache, DEFAULT_CACHE_MAX_BYTES};
 pub use host::{AppContext, Clock, OutgoingMessage, MANUAL_WALL_ORIGIN};
 pub use inspect::{inspect, Inspection};
 pub use instance::{AppInstance, Effects, Input, Schedule};
@@ -252,6 +252,23 @@ impl Runtime {
             .with_context(|| format!("cannot read app file {}", path.display()))?;
         self.prepare(&bytes)
             .with_context(|| format!("cannot load app {}", path.display()))
+    }
+
+    /// Whether the disk cache holds this engine's compiled code of the component with
+    /// content hash `hash`.
+    pub fn has_compiled(&self, hash: &str) -> bool {
+        self.cache.path_for(hash).is_file()
+    }
+
+    /// Forgets the compiled code of the component with content hash `hash` (in this
+    /// process and in the disk cache, for every engine's settings); returns the cache
+    /// entries removed.
+    pub fn forget_compiled(&self, hash: &str) -> Result<usize> {
+        self.prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hash);
+        self.cache.remove(hash)
     }
 
     /// A component this process prepared before, by its content hash (SHA-256, hex).

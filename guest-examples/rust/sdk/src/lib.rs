@@ -25,7 +25,7 @@ use std::cell::RefCell;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../../wit",
+        path: "wit",
         world: "stateful-app",
         pub_export_macro: true,
         default_bindings_module: "nodemanager_guest::bindings",
