@@ -121,6 +121,28 @@ fn a_new_python_app_and_a_new_rust_app_build_and_talk_on_two_nodes() {
         assert_eq!(app["call_errors"], 0, "{summary}");
         assert!(app["received"].as_u64() >= Some(1), "{summary}");
     }
+
+    // The same component on virtual nodes.
+    let stdout = ok(nodemanager_in(
+        here,
+        &[
+            "simulate",
+            "--nodes",
+            "20",
+            "--cycles",
+            "3",
+            "--latency",
+            "10ms",
+            "--app",
+            "rs-greeter/build/rs-greeter.wasm",
+            "--out",
+            "sim.csv",
+        ],
+    ));
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let app = &summary["apps"]["rs-greeter"];
+    assert!(app["received"].as_u64() > Some(0), "{summary}");
+    assert_eq!(app["failed"], 0, "{summary}");
 }
 
 #[test]
