@@ -5,7 +5,7 @@ use wasmtime::Store;
 
 use super::bindings::{App, DeliveryOutcome};
 use super::host::{AppContext, HostState, OutgoingMessage};
-use super::worker::Outcome;
+use super::stats::Outcome;
 use super::{CpuBudget, Limits, Prepared};
 
 /// How a `failed` delivery report begins when the message may have arrived after all.

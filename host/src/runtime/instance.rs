@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::worker::{AppState, AppStats, Outcome};
+use super::stats::{AppState, AppStats, Outcome};
 use super::{AppContext, AppError, LoadedApp, OutgoingMessage, Prepared, FUEL_PER_MS};
 use crate::config::ResolvedApp;
 

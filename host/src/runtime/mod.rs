@@ -10,6 +10,7 @@ mod instance;
 pub mod pool;
 pub mod registry;
 mod sleep;
+mod stats;
 mod worker;
 
 pub use app::{AppError, LoadedApp};
@@ -18,9 +19,8 @@ pub use host::{AppContext, Clock, OutgoingMessage, MANUAL_WALL_ORIGIN};
 pub use inspect::{inspect, Inspection};
 pub use instance::{AppInstance, Effects, Input, Schedule};
 pub use registry::{AppInfo, AppRegistry, LoadRequest, Report};
-pub use worker::{
-    AppCommand, AppCounts, AppId, AppState, AppStats, CallTimes, Outcome, WorkerEvent,
-};
+pub use stats::{AppCounts, AppState, AppStats, CallTimes, Outcome};
+pub use worker::{AppCommand, AppId, WorkerEvent};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

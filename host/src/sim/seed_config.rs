@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 
 use super::conditions::{ClockDrift, Outages, Partitions, RandomFailures, ScheduledOutage};
-use super::events::{LinkLatency, NetworkModel};
+use super::network::{LinkLatency, NetworkModel};
 
 /// A seed simulation configuration, in this simulator's terms.
 #[derive(Clone, Debug, PartialEq)]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use super::timeline::LatencyTally;
 use super::{node_peer_id, AppsSummary, Simulation, Status};
 use crate::runtime::{AppCounts, AppState};
 use crate::sampling::SamplingCounts;
@@ -29,36 +30,6 @@ pub(super) struct EventTally {
     pub elapsed: Duration,
     /// The apps' counters of the interval under way.
     pub interval: super::timeline::IntervalCounts,
-}
-
-/// Smallest, mean and largest of a set of latencies.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct LatencyTally {
-    /// How many.
-    pub count: u64,
-    /// The smallest, in µs.
-    pub min_us: u64,
-    /// The mean, in µs.
-    pub mean_us: u64,
-    /// The largest, in µs.
-    pub max_us: u64,
-    #[serde(skip)]
-    sum: u128,
-}
-
-impl LatencyTally {
-    /// Counts one latency of `us` µs.
-    pub fn record(&mut self, us: u64) {
-        self.min_us = if self.count == 0 {
-            us
-        } else {
-            self.min_us.min(us)
-        };
-        self.max_us = self.max_us.max(us);
-        self.count += 1;
-        self.sum += u128::from(us);
-        self.mean_us = (self.sum / u128::from(self.count)) as u64;
-    }
 }
 
 /// Each node's state at the end, written as `{"node_0": "online", ...}` in node order.

@@ -2,7 +2,37 @@
 //! --metrics-out FILE.csv` writes one row per interval, `--plot` draws them beside the
 //! sampler's panels.
 
-use super::summary::LatencyTally;
+use serde::Serialize;
+
+/// Smallest, mean and largest of a set of latencies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LatencyTally {
+    /// How many.
+    pub count: u64,
+    /// The smallest, in µs.
+    pub min_us: u64,
+    /// The mean, in µs.
+    pub mean_us: u64,
+    /// The largest, in µs.
+    pub max_us: u64,
+    #[serde(skip)]
+    sum: u128,
+}
+
+impl LatencyTally {
+    /// Counts one latency of `us` µs.
+    pub fn record(&mut self, us: u64) {
+        self.min_us = if self.count == 0 {
+            us
+        } else {
+            self.min_us.min(us)
+        };
+        self.max_us = self.max_us.max(us);
+        self.count += 1;
+        self.sum += u128::from(us);
+        self.mean_us = (self.sum / u128::from(self.count)) as u64;
+    }
+}
 
 /// The header of `--metrics-out`.
 pub const APPS_CSV_HEADER: &str = "cycle,t_us,nodes_online,sent,delivered,failed,unknown,dropped,\
