@@ -83,6 +83,9 @@ fn three_nodes_python_and_rust_share_vectors() {
             "200ms".into(),
             "--seed".into(),
             i.to_string(),
+            // Not a test of CPU deadlines: a busy machine may stall a call for seconds.
+            "--limit".into(),
+            "call_deadline=120s".into(),
         ];
         for earlier in &nodes {
             args.extend(["--bootstrap".to_string(), earlier.addr()]);
@@ -649,6 +652,25 @@ fn bad_input_is_refused_with_a_message_naming_it() {
         stderr.contains("is a QUIC address but the transport is tcp: use --transport quic or both"),
         "{stderr}"
     );
+
+    for (limit, expected) in [
+        (
+            "memroy_mib=9",
+            "unknown limit `memroy_mib`: the limits are memory_mib",
+        ),
+        (
+            "call_deadline=soon",
+            "limit call_deadline: \"soon\" is not a duration",
+        ),
+        (
+            "memory_mib=lots",
+            "limit memory_mib: \"lots\" is not a whole number",
+        ),
+        ("memory_mib", "\"memory_mib\": expected NAME=VALUE"),
+    ] {
+        let stderr = run_failing(&["run", "--limit", limit]);
+        assert!(stderr.contains(expected), "{limit}: {stderr}");
+    }
 
     let stderr = run_failing(&["apps", "list"]);
     assert!(
@@ -1709,6 +1731,9 @@ fn a_python_exception_is_reported_with_its_traceback_and_the_run_exits_3() {
         "share_vec=not json",
         "--linger",
         "0s",
+        // Not a test of CPU deadlines: a busy machine may stall a call for seconds.
+        "--limit",
+        "call_deadline=120s",
     ]
     .map(String::from)
     .to_vec();
@@ -2196,6 +2221,9 @@ fn a_python_app_takes_bytes_that_are_not_text_from_a_rust_peer() {
             &app,
             "--app-config",
             config,
+            // Not a test of CPU deadlines: a busy machine may stall a call for seconds.
+            "--limit",
+            "call_deadline=120s",
             "--cycles",
             "-1",
             "--period",

@@ -99,6 +99,9 @@ fn a_new_python_app_and_a_new_rust_app_build_and_talk_on_two_nodes() {
             "-1".into(),
             "--period".into(),
             "200ms".into(),
+            // Not a test of CPU deadlines: a busy machine may stall a call for seconds.
+            "--limit".into(),
+            "call_deadline=120s".into(),
         ];
         if let Some(address) = bootstrap {
             args.extend(["--bootstrap".into(), address]);

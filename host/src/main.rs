@@ -356,6 +356,10 @@ struct RunArgs {
     /// Config string for app NAME's init (repeatable).
     #[arg(long, value_name = "NAME=CONFIG", value_parser = name_value)]
     app_config: Vec<(String, String)>,
+    /// A limit of every app, e.g. memory_mib=64 or call_deadline=2s (repeatable; over
+    /// the config file's `[limits]`).
+    #[arg(long = "limit", value_name = "KEY=VALUE", value_parser = name_value)]
+    limits: Vec<(String, String)>,
     /// periodic-run calls for every app; -1 runs forever.
     #[arg(long, allow_negative_numbers = true)]
     cycles: Option<i64>,
@@ -495,6 +499,9 @@ impl RunArgs {
         for app in &mut config.apps {
             app.cycles = self.cycles.or(app.cycles);
             app.period = self.period.or(app.period);
+        }
+        for (name, value) in &self.limits {
+            config.limits.set(name, value)?;
         }
         for (name, app_config) in self.app_config {
             let app = config

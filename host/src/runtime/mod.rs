@@ -118,6 +118,31 @@ impl Limits {
         Ok(())
     }
 
+    /// Sets limit `name` from its text, as `--limit NAME=VALUE` writes it.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        Limits::check_name(name)?;
+        fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T> {
+            value
+                .trim()
+                .parse()
+                .ok()
+                .with_context(|| format!("limit {name}: {value:?} is not a whole number"))
+        }
+        match name {
+            "memory_mib" => self.memory_mib = number(name, value)?,
+            "call_deadline" => {
+                self.call_deadline = crate::config::parse_duration(value)
+                    .map_err(|e| anyhow::anyhow!("limit {name}: {e}"))?
+            }
+            "max_payload_bytes" => self.max_payload_bytes = number(name, value)?,
+            "max_queued_per_call" => self.max_queued_per_call = number(name, value)?,
+            "max_messages_per_sec" => self.max_messages_per_sec = number(name, value)?,
+            "inbox_capacity" => self.inbox_capacity = number(name, value)?,
+            _ => self.inbox_max_mib = number(name, value)?,
+        }
+        Ok(())
+    }
+
     /// Checks the limits are usable, naming the first bad field.
     pub fn validate(&self) -> Result<()> {
         if self.memory_mib == 0 || self.memory_mib > 4096 {
