@@ -2257,3 +2257,87 @@ fn a_python_app_takes_bytes_that_are_not_text_from_a_rust_peer() {
         assert_eq!(summary["apps"]["bin"]["call_errors"], 0, "{summary}");
     }
 }
+
+#[test]
+fn a_cluster_runs_many_full_nodes_in_one_process_and_sums_them_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let app = format!(
+        "{}:share_vec",
+        common::guest("share_vec_rust.wasm").display()
+    );
+    let nodes = 12;
+    let mut child = nodemanager()
+        .args([
+            "cluster",
+            "--nodes",
+            &nodes.to_string(),
+            "--start-rate",
+            "0",
+        ])
+        .args(["--bootstrap-from", "2", "--app", &app, "--cycles", "-1"])
+        .args(["--period", "200ms", "--context", "e2e-cluster"])
+        // Not a test of CPU deadlines: a busy machine may stall a call for seconds.
+        .args(["--limit", "call_deadline=120s", "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut peers = std::collections::HashSet::new();
+    for index in 0..nodes {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let member: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(member["index"], index, "{member}");
+        let address = member["listen_addrs"][0].as_str().unwrap();
+        assert!(address.starts_with("/ip4/127.0.0.1/tcp/"), "{member}");
+        peers.insert(member["peer_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(peers.len(), nodes, "every node its own identity");
+    let log = out.join("cluster.log");
+    wait_for("every node's app to receive a vector", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        (0..nodes).all(|i| text.contains(&format!("node{{index={i}}}: guest: received")))
+    });
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "{rest}");
+    let summary: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["nodes"], nodes, "{summary}");
+    let app = &summary["apps"]["share_vec"];
+    assert_eq!(app["nodes"], nodes, "{summary}");
+    assert!(app["received"].as_u64() >= Some(nodes as u64), "{summary}");
+    assert_eq!(app["call_errors"], 0, "{summary}");
+    assert_eq!(summary["nodes_with_failed_apps"], 0, "{summary}");
+    let lines = std::fs::read_to_string(out.join("nodes.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), nodes);
+    for line in lines.lines() {
+        let node: Value = serde_json::from_str(line).unwrap();
+        assert!(peers.contains(node["peer_id"].as_str().unwrap()), "{node}");
+        assert_eq!(node["apps"]["share_vec"]["state"], "running", "{node}");
+    }
+    let stored: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(stored, summary);
+
+    let elsewhere = dir.path().join("never").display().to_string();
+    let stderr = run_failing(&[
+        "cluster", "--nodes", "2", "--out", &elsewhere, "--admin", "a.sock",
+    ]);
+    assert!(
+        stderr.contains("--admin names one file or folder for one node"),
+        "{stderr}"
+    );
+    let stderr = run_failing(&["cluster", "--nodes", "0", "--out", &elsewhere]);
+    assert!(stderr.contains("--nodes must be at least 1"), "{stderr}");
+    assert!(
+        !dir.path().join("never").exists(),
+        "refused before writing anything"
+    );
+}

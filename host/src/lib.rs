@@ -5,6 +5,7 @@
 //! messages to the same-named app on other nodes.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod logging;
 pub mod network;

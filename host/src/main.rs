@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
 use nodemanager::cli::{limits_json, name_value, CacheArgs};
+use nodemanager::cluster::{self, run_cluster, ClusterOptions};
 use nodemanager::config::{
     parse_duration, AppSpec, LogFormat, NodeConfig, SamplerConfig, Transport,
 };
@@ -38,6 +39,14 @@ enum Command {
     Run(Box<RunArgs>),
     /// Simulate N nodes running a sampler in one process and write per-cycle metrics (CSV).
     Simulate(Box<SimulateArgs>),
+    /// Run N full nodes in one process: each its own identity, 127.0.0.1 port, sampler
+    /// and apps, speaking what `run` speaks.
+    ///
+    /// Prints one JSON line per node as it starts ({"index", "peer_id",
+    /// "listen_addrs"}) and the cluster's summary at the end; writes DIR/nodes.jsonl
+    /// (one `run` summary per node), DIR/summary.json and DIR/cluster.log. Runs until
+    /// every node's apps are done (and the linger passed), or SIGINT/SIGTERM.
+    Cluster(Box<ClusterArgs>),
     /// Static topologies for the `static` sampler and `simulate --topology`.
     #[command(subcommand)]
     Topology(TopologyCommand),
@@ -337,6 +346,25 @@ fn multiaddr(text: &str) -> Result<Multiaddr, String> {
 }
 
 #[derive(Args)]
+struct ClusterArgs {
+    /// How many nodes.
+    #[arg(long)]
+    nodes: usize,
+    /// Nodes started per second; 0: all at once.
+    #[arg(long, default_value_t = 50.0)]
+    start_rate: f64,
+    /// Each node after the first bootstraps from this many random earlier nodes (and
+    /// from every --bootstrap address).
+    #[arg(long, default_value_t = 3)]
+    bootstrap_from: usize,
+    /// Folder for summary.json, nodes.jsonl and cluster.log.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
 struct RunArgs {
     /// TOML config file (see the README for its fields).
     #[arg(long, value_name = "FILE")]
@@ -555,6 +583,53 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// Runs a cluster; returns how many nodes have an app that ended `failed`.
+fn cluster(args: ClusterArgs) -> Result<usize> {
+    let options = ClusterOptions {
+        nodes: args.nodes,
+        start_rate: args.start_rate,
+        bootstrap_from: args.bootstrap_from,
+        out: args.out,
+    };
+    let mut config = args.run.into_config()?;
+    cluster::check(&config, &options)?;
+    config.resolve_apps()?;
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("cannot create {}", options.out.display()))?;
+    let log = config
+        .log_file
+        .take()
+        .unwrap_or_else(|| options.out.join("cluster.log"));
+    let _collector = logging::init(config.log_format, Some(&log), None, "cluster")?;
+    let cache_dir = config
+        .cache_dir
+        .clone()
+        .unwrap_or_else(Runtime::default_cache_dir);
+    let runtime = Arc::new(Runtime::with_cache_bound(
+        &cache_dir,
+        config.cache_max_mib.saturating_mul(1 << 20),
+    )?);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    tokio.block_on(async {
+        let shutdown = shutdown_signal()?;
+        let summary = run_cluster(
+            config,
+            options,
+            runtime,
+            |member| {
+                let _ = print_json(member);
+            },
+            shutdown,
+        )
+        .await?;
+        print_json(&summary)?;
+        Ok(summary.nodes_with_failed_apps)
+    })
+}
+
 /// Runs a node; returns the apps that ended `failed`, with their reasons.
 fn run(args: RunArgs) -> Result<Vec<(String, String)>> {
     let config = args.into_config()?;
@@ -719,6 +794,14 @@ fn main() -> ExitCode {
             other => other.map(|_| true),
         },
         Command::Simulate(args) => simulate(*args).map(|()| true),
+        Command::Cluster(args) => match cluster(*args) {
+            Ok(0) => Ok(true),
+            Ok(failed) => {
+                eprintln!("{failed} nodes have an app that failed (their reasons are in nodes.jsonl)");
+                return ExitCode::from(APPS_FAILED);
+            }
+            Err(e) => Err(e),
+        },
         Command::Topology(command) => generate_topology(command).map(|()| true),
         Command::Apps { admin, command } => admin
             .context("which node? give its admin socket with --admin PATH (e.g. `nodemanager apps list --admin node.sock`)")

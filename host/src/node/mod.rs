@@ -40,6 +40,7 @@ use crate::network::sampling::MAX_ADDRS_PER_PEER;
 use crate::network::{
     self, AppRequest, Inbound, NodeBehaviour, NodeBehaviourEvent, SamplingEnvelope,
 };
+use crate::runtime::pool::WorkerPool;
 use crate::runtime::registry::{derive_seed, Refused};
 use crate::runtime::{
     AppContext, AppId, AppInfo, AppRegistry, AppStats, LoadRequest, Outcome, Report, Runtime,
@@ -126,6 +127,8 @@ pub struct Node {
     /// Inbound app requests answered but whose answer is not yet on the wire.
     answers_owed: HashSet<request_response::InboundRequestId>,
     ready: Ready,
+    /// Threads its apps run on, when shared with other nodes of the process.
+    pool: Option<Arc<WorkerPool>>,
 }
 
 impl Node {
@@ -234,11 +237,19 @@ impl Node {
             mdns_active: true,
             closing: false,
             answers_owed: HashSet::new(),
+            pool: None,
             ready: Ready {
                 peer_id: peer_id.to_string(),
                 listen_addrs,
             },
         })
+    }
+
+    /// Runs this node's apps on `pool` (shared with other nodes of the process) rather
+    /// than on threads of its own.
+    pub fn with_pool(mut self, pool: Arc<WorkerPool>) -> Node {
+        self.pool = Some(pool);
+        self
     }
 
     /// The node's id and full listen addresses.
@@ -250,11 +261,16 @@ impl Node {
     /// (with an admin socket: until `shutdown`).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Summary {
         let (events_tx, mut events) = mpsc::channel(1024);
-        let mut registry = AppRegistry::new(
+        let pool = self
+            .pool
+            .take()
+            .unwrap_or_else(|| Arc::new(WorkerPool::for_this_machine()));
+        let mut registry = AppRegistry::with_pool(
             self.context.clone(),
             self.config.seed,
             events_tx,
             self.max_payload_bytes,
+            pool,
         );
         for (spec, prepared) in std::mem::take(&mut self.apps) {
             let name = spec.name.clone();

@@ -160,14 +160,18 @@ const COMMANDS_PER_STEP: usize = 64;
 pub struct AppTask {
     worker: Worker,
     phase: Phase,
+    /// The span the app was loaded in (a cluster's node): what the app logs, on
+    /// whichever pool thread, is tagged with it.
+    span: tracing::Span,
 }
 
 impl AppTask {
-    /// The task of `worker`'s app, not started yet.
+    /// The task of `worker`'s app, not started yet, in the current span.
     pub fn new(worker: Worker) -> AppTask {
         AppTask {
             worker,
             phase: Phase::Starting,
+            span: tracing::Span::current(),
         }
     }
 
@@ -179,6 +183,8 @@ impl AppTask {
     /// Does what is due at `now` (the context's clock): starting, a due cycle, the
     /// commands waiting (a few at most); says when to run again.
     pub fn step(&mut self, now: Duration) -> Step {
+        let span = self.span.clone();
+        let _entered = span.enter();
         let step = match std::mem::replace(&mut self.phase, Phase::Ended) {
             Phase::Starting => self.start(now),
             Phase::AwaitingState { instance, deadline } => {
