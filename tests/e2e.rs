@@ -2341,3 +2341,29 @@ fn a_cluster_runs_many_full_nodes_in_one_process_and_sums_them_up() {
         "refused before writing anything"
     );
 }
+
+#[test]
+fn a_cluster_raises_its_open_files_limit_and_says_when_the_hard_one_is_too_low() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = format!("{}:calm", common::guest("hostile.wasm").display());
+    let script = format!(
+        "ulimit -S -n 40 && ulimit -H -n 80 && exec \"$0\" cluster --nodes 3 --start-rate 0 \
+         --app '{app}' --app-config calm=calm --cycles 1 --period 100ms --linger 0s \
+         --out '{}'",
+        dir.path().join("out").display()
+    );
+    let output = Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_nodemanager")])
+        .env("NODEMANAGER_CACHE_DIR", common::test_cache_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("3 nodes may need 96 open files, and this process may open 80"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["apps"]["calm"]["nodes"], 3, "{summary}");
+}

@@ -214,6 +214,15 @@ pub async fn run_cluster(
     Ok(summary)
 }
 
+/// Open files a node of a cluster may need: its listener and its connections (peers
+/// of its view, those Kademlia finds, those that dial it), with room to spare.
+pub const OPEN_FILES_PER_NODE: u64 = 32;
+
+/// Raises this process's open-files limit to its hard limit; returns the new limit.
+pub fn raise_open_files_limit() -> Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).context("cannot raise the open-files limit")
+}
+
 /// Threads for the apps of every node: the machine's cores.
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())

@@ -593,6 +593,15 @@ fn cluster(args: ClusterArgs) -> Result<usize> {
     };
     let mut config = args.run.into_config()?;
     cluster::check(&config, &options)?;
+    let open_files = cluster::raise_open_files_limit()?;
+    let wanted = options.nodes as u64 * cluster::OPEN_FILES_PER_NODE;
+    if open_files < wanted {
+        eprintln!(
+            "warning: {} nodes may need {wanted} open files, and this process may open {open_files}: \
+             raise the hard limit (ulimit -Hn, or LimitNOFILE= in a systemd unit)",
+            options.nodes
+        );
+    }
     config.resolve_apps()?;
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("cannot create {}", options.out.display()))?;
