@@ -129,6 +129,8 @@ pub struct Node {
     ready: Ready,
     /// Threads its apps run on, when shared with other nodes of the process.
     pool: Option<Arc<WorkerPool>>,
+    /// The view the apps were last given.
+    published_view: Vec<PeerId>,
 }
 
 impl Node {
@@ -238,6 +240,7 @@ impl Node {
             closing: false,
             answers_owed: HashSet::new(),
             pool: None,
+            published_view: Vec::new(),
             ready: Ready {
                 peer_id: peer_id.to_string(),
                 listen_addrs,
@@ -567,9 +570,15 @@ impl Node {
         self.add_known_peer(peer);
     }
 
-    fn publish_view(&self) {
-        let view: Vec<String> = self.sampler.view().iter().map(PeerId::to_string).collect();
-        *self.context.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+    /// Hands the sampler's view to the apps, as text, when it changed.
+    fn publish_view(&mut self) {
+        let view = self.sampler.view();
+        if view == self.published_view {
+            return;
+        }
+        let text: Vec<String> = view.iter().map(PeerId::to_string).collect();
+        *self.context.view.write().unwrap_or_else(|e| e.into_inner()) = text;
+        self.published_view = view;
     }
 
     /// Records `peer` as a peer of this context the node knows of.
