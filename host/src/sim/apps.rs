@@ -4,7 +4,6 @@
 //! the run's seed, the node and the app, so a run replays exactly.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -270,34 +269,31 @@ struct NodeCalls {
     results: Vec<(usize, Result<Effects, String>)>,
 }
 
-/// A batch of calls, node by node, that threads take nodes of until none is left.
+/// A batch of calls, node by node: each part is one node's calls.
 struct CallBatch {
     catalog: Catalog,
     nodes: Vec<Mutex<NodeCalls>>,
-    next: AtomicUsize,
 }
 
 impl SharedWork for CallBatch {
-    fn work(&self) {
-        loop {
-            let i = self.next.fetch_add(1, Ordering::AcqRel);
-            let Some(slot) = self.nodes.get(i) else {
-                return;
+    fn parts(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn do_part(&self, part: usize) {
+        let mut slot = self.nodes[part].lock().unwrap_or_else(|e| e.into_inner());
+        let NodeCalls {
+            node,
+            apps,
+            calls,
+            results,
+        } = &mut *slot;
+        for (place, call) in calls.drain(..) {
+            let result = match apps.as_mut() {
+                Some(apps) => apps.call(&self.catalog, *node, call),
+                None => Ok(Effects::default()),
             };
-            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-            let NodeCalls {
-                node,
-                apps,
-                calls,
-                results,
-            } = &mut *slot;
-            for (place, call) in calls.drain(..) {
-                let result = match apps.as_mut() {
-                    Some(apps) => apps.call(&self.catalog, *node, call),
-                    None => Ok(Effects::default()),
-                };
-                results.push((place, result));
-            }
+            results.push((place, result));
         }
     }
 }
@@ -540,8 +536,11 @@ impl SimApps {
             now,
             input: CallInput::Start,
         };
-        let mut results = self.run_calls(vec![call], &Helpers::new(0));
-        results.pop().and_then(Result::ok).unwrap_or_default()
+        let catalog = self.catalog();
+        match self.nodes[node as usize].as_mut() {
+            Some(apps) => apps.call(&catalog, node, call).unwrap_or_default(),
+            None => Effects::default(),
+        }
     }
 
     /// Runs `calls` — each node's in the order given — and returns their results in
@@ -582,7 +581,6 @@ impl SimApps {
         let batch = Arc::new(CallBatch {
             catalog,
             nodes: nodes.into_iter().map(Mutex::new).collect(),
-            next: AtomicUsize::new(0),
         });
         helpers.run(batch.clone());
         let mut results = Vec::with_capacity(count);

@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Work that several threads can take parts of until none is left.
+/// Work in parts that several threads can share; each part is done once, by one.
 pub trait SharedWork: Send + Sync {
-    /// Takes parts and does them until none is left.
-    fn work(&self);
+    /// How many parts.
+    fn parts(&self) -> usize;
+    /// Does part `part`.
+    fn do_part(&self, part: usize);
 }
 
 /// How long an idle helper spins before it parks.
@@ -23,6 +25,8 @@ const SPIN: Duration = Duration::from_millis(2);
 /// The batch on offer, and who joined it.
 struct Batch {
     work: Arc<dyn SharedWork>,
+    /// The next part to hand out.
+    next: AtomicUsize,
     /// Helpers that joined, with [`CLOSED`] set once the batch is no longer joinable.
     joined: AtomicUsize,
     /// Helpers that joined and finished.
@@ -30,6 +34,19 @@ struct Batch {
 }
 
 const CLOSED: usize = 1 << (usize::BITS - 1);
+
+impl Batch {
+    /// Takes parts and does them until none is left.
+    fn take_parts(&self) {
+        loop {
+            let part = self.next.fetch_add(1, Ordering::AcqRel);
+            if part >= self.work.parts() {
+                return;
+            }
+            self.work.do_part(part);
+        }
+    }
+}
 
 struct Shared {
     batch: Mutex<Option<Arc<Batch>>>,
@@ -73,11 +90,12 @@ impl Helpers {
     /// is all done.
     pub fn run(&self, work: Arc<dyn SharedWork>) {
         if self.threads.is_empty() {
-            work.work();
+            (0..work.parts()).for_each(|part| work.do_part(part));
             return;
         }
         let batch = Arc::new(Batch {
             work,
+            next: AtomicUsize::new(0),
             joined: AtomicUsize::new(0),
             finished: AtomicUsize::new(0),
         });
@@ -86,7 +104,7 @@ impl Helpers {
         for thread in &self.threads {
             thread.thread().unpark();
         }
-        batch.work.work();
+        batch.take_parts();
         let joined = batch.joined.fetch_or(CLOSED, Ordering::AcqRel) & !CLOSED;
         // A helper that joined has at most one part under way.
         let mut rounds = 0u32;
@@ -155,7 +173,7 @@ fn help(shared: &Shared) {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    batch.work.work();
+                    batch.take_parts();
                     batch.finished.fetch_add(1, Ordering::Release);
                     break;
                 }
@@ -170,19 +188,16 @@ mod tests {
     use super::*;
 
     struct Count {
-        next: AtomicUsize,
         done: Vec<AtomicUsize>,
     }
 
     impl SharedWork for Count {
-        fn work(&self) {
-            loop {
-                let i = self.next.fetch_add(1, Ordering::AcqRel);
-                let Some(slot) = self.done.get(i) else {
-                    return;
-                };
-                slot.fetch_add(1, Ordering::AcqRel);
-            }
+        fn parts(&self) -> usize {
+            self.done.len()
+        }
+
+        fn do_part(&self, part: usize) {
+            self.done[part].fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -192,7 +207,6 @@ mod tests {
             let pool = Helpers::new(helpers);
             for batch in 0..200 {
                 let work = Arc::new(Count {
-                    next: AtomicUsize::new(0),
                     done: (0..batch).map(|_| AtomicUsize::new(0)).collect(),
                 });
                 pool.run(work.clone());
