@@ -583,6 +583,23 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// The wasmtime runtime (with the config's cache) and the tokio runtime nodes run on.
+fn runtimes(config: &NodeConfig) -> Result<(Arc<Runtime>, tokio::runtime::Runtime)> {
+    let cache_dir = config
+        .cache_dir
+        .clone()
+        .unwrap_or_else(Runtime::default_cache_dir);
+    let runtime = Arc::new(Runtime::with_cache_bound(
+        &cache_dir,
+        config.cache_max_mib.saturating_mul(1 << 20),
+    )?);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    Ok((runtime, tokio))
+}
+
 /// Runs a cluster; returns how many nodes have an app that ended `failed`.
 fn cluster(args: ClusterArgs) -> Result<usize> {
     let options = ClusterOptions {
@@ -610,18 +627,7 @@ fn cluster(args: ClusterArgs) -> Result<usize> {
         .take()
         .unwrap_or_else(|| options.out.join("cluster.log"));
     let _collector = logging::init(config.log_format, Some(&log), None, "cluster")?;
-    let cache_dir = config
-        .cache_dir
-        .clone()
-        .unwrap_or_else(Runtime::default_cache_dir);
-    let runtime = Arc::new(Runtime::with_cache_bound(
-        &cache_dir,
-        config.cache_max_mib.saturating_mul(1 << 20),
-    )?);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let (runtime, tokio) = runtimes(&config)?;
     tokio.block_on(async {
         let shutdown = shutdown_signal()?;
         let summary = run_cluster(
@@ -661,18 +667,7 @@ fn run(args: RunArgs) -> Result<Vec<(String, String)>> {
         Some(path) => tracing::info!(%peer_id, path = %path.display(), "identity read"),
         None => tracing::info!(%peer_id, "fresh identity for this run"),
     }
-    let cache_dir = config
-        .cache_dir
-        .clone()
-        .unwrap_or_else(Runtime::default_cache_dir);
-    let runtime = Arc::new(Runtime::with_cache_bound(
-        &cache_dir,
-        config.cache_max_mib.saturating_mul(1 << 20),
-    )?);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let (runtime, tokio) = runtimes(&config)?;
     tokio.block_on(async {
         let shutdown = shutdown_signal()?;
         let node = Node::start(config, runtime, key).await?;
