@@ -295,6 +295,17 @@ impl NodeConfig {
         }
     }
 
+    /// Refuses a node (or cluster) with no apps and no way to load any later.
+    pub fn check_has_apps(&self) -> Result<()> {
+        if self.apps.is_empty() && self.admin.is_none() && self.apps_dir.is_none() {
+            bail!(
+                "no apps to run: give --app PATH[:NAME] or [[apps]] in the config file, \
+                 or --admin PATH / --apps-dir DIR to load apps later"
+            );
+        }
+        Ok(())
+    }
+
     /// Checks everything that can be checked before starting, and applies defaults to
     /// the apps.
     pub fn resolve_apps(&self) -> Result<Vec<ResolvedApp>> {
@@ -316,12 +327,6 @@ impl NodeConfig {
             {
                 bail!("bootstrap address {addr} has no /p2p/<peer id> part");
             }
-        }
-        if self.apps.is_empty() && self.admin.is_none() && self.apps_dir.is_none() {
-            bail!(
-                "no apps to run: give --app PATH[:NAME] or [[apps]] in the config file, \
-                 or --admin PATH / --apps-dir DIR to load apps later"
-            );
         }
         if self.metrics_every.is_zero() {
             bail!("metrics_every must be greater than zero");

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
-use nodemanager::cli::{limits_json, name_value, CacheArgs};
+use nodemanager::cli::{limits_json, name_value, node_list, CacheArgs, NodeList};
 use nodemanager::cluster::{self, run_cluster, ClusterOptions};
 use nodemanager::config::{
     parse_duration, AppSpec, LogFormat, NodeConfig, SamplerConfig, Transport,
@@ -42,21 +42,35 @@ enum Command {
     /// Run N full nodes in one process: each its own identity, 127.0.0.1 port, sampler
     /// and apps, speaking what `run` speaks.
     ///
-    /// Prints one JSON line per node as it starts ({"index", "peer_id",
-    /// "listen_addrs"}) and the cluster's summary at the end; writes DIR/nodes.jsonl
-    /// (one `run` summary per node), DIR/summary.json and DIR/cluster.log. Runs until
-    /// every node's apps are done (and the linger passed), or SIGINT/SIGTERM.
+    /// Prints one JSON line once every node started ({"nodes": [{"index", "peer_id",
+    /// "listen_addrs"}...]}) and the cluster's summary at the end; writes
+    /// DIR/nodes.jsonl (one `run` summary per node and start), DIR/summary.json and
+    /// DIR/cluster.log. Runs until every node's apps are done (and the linger passed),
+    /// or SIGINT/SIGTERM; with --admin PATH (`nodemanager nodes`, `nodemanager apps`
+    /// with --nodes), until SIGINT/SIGTERM.
     Cluster(Box<ClusterArgs>),
     /// Static topologies for the `static` sampler and `simulate --topology`.
     #[command(subcommand)]
     Topology(TopologyCommand),
-    /// Load, unload, replace and list the apps of a running node (its --admin socket).
+    /// Load, unload, replace and list the apps of a running node or cluster (its --admin
+    /// socket).
     Apps {
-        /// The node's admin socket (required; before or after the subcommand).
+        /// The node's or cluster's admin socket (required; before or after the subcommand).
+        #[arg(long, value_name = "PATH", global = true)]
+        admin: Option<PathBuf>,
+        /// A cluster's nodes to act on, e.g. 0,3,5-9 [default: every running node].
+        #[arg(long, value_name = "LIST", global = true, value_parser = node_list)]
+        nodes: Option<NodeList>,
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
+    /// List, stop and restart the nodes of a running cluster (its --admin socket).
+    Nodes {
+        /// The cluster's admin socket (required; before or after the subcommand).
         #[arg(long, value_name = "PATH", global = true)]
         admin: Option<PathBuf>,
         #[command(subcommand)]
-        command: AppsCommand,
+        command: NodesCommand,
     },
     /// Write a ready app project in a new folder DIR (the app is named after it).
     ///
@@ -119,6 +133,24 @@ enum AppsCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum NodesCommand {
+    /// Every node: number, peer id, addresses, state, starts, bootstrap addresses.
+    List,
+    /// Stop nodes (their apps drain and their summaries go to nodes.jsonl).
+    Stop {
+        /// Node numbers, e.g. 0,3,5-9.
+        #[arg(value_parser = node_list)]
+        nodes: NodeList,
+    },
+    /// Stop nodes if running, then start them again with the same identity and address.
+    Restart {
+        /// Node numbers, e.g. 0,3,5-9.
+        #[arg(value_parser = node_list)]
+        nodes: NodeList,
+    },
+}
+
 #[derive(Args)]
 struct LoadArgs {
     /// The component file (.wasm) [or give --component].
@@ -178,19 +210,40 @@ impl LoadArgs {
     }
 }
 
-/// Sends one request to a node's admin socket and prints the answer.
-fn apps_command(admin: &Path, command: AppsCommand) -> Result<()> {
-    use std::io::{BufRead, BufReader};
-    let request = match &command {
+/// Sends one apps request to a node's or cluster's admin socket and prints the answer.
+fn apps_command(admin: &Path, nodes: Option<NodeList>, command: AppsCommand) -> Result<()> {
+    let mut request = match &command {
         AppsCommand::List => serde_json::json!({"cmd": "list"}),
         AppsCommand::Stats => serde_json::json!({"cmd": "stats"}),
         AppsCommand::Load(args) => args.request("load")?,
         AppsCommand::Replace(args) => args.request("replace")?,
         AppsCommand::Unload { name } => serde_json::json!({"cmd": "unload", "name": name}),
     };
+    if let Some(NodeList(nodes)) = nodes {
+        request["nodes"] = nodes.into();
+    }
+    admin_request(admin, &request)
+}
+
+/// Sends one request to a cluster's admin socket about its nodes and prints the answer.
+fn nodes_command(admin: &Path, command: NodesCommand) -> Result<()> {
+    let request = match command {
+        NodesCommand::List => serde_json::json!({"cmd": "nodes"}),
+        NodesCommand::Stop { nodes } => serde_json::json!({"cmd": "stop", "nodes": nodes.0}),
+        NodesCommand::Restart { nodes } => {
+            serde_json::json!({"cmd": "restart", "nodes": nodes.0})
+        }
+    };
+    admin_request(admin, &request)
+}
+
+/// Sends `request` to an admin socket and prints the answer; an answer that is not
+/// `ok` is an error (printed first when it holds several nodes' answers).
+fn admin_request(admin: &Path, request: &serde_json::Value) -> Result<()> {
+    use std::io::{BufRead, BufReader};
     let mut stream = std::os::unix::net::UnixStream::connect(admin).with_context(|| {
         format!(
-            "cannot reach the node's admin socket {} (is the node running with --admin?)",
+            "cannot reach the admin socket {} (is the node or cluster running with --admin?)",
             admin.display()
         )
     })?;
@@ -200,6 +253,9 @@ fn apps_command(admin: &Path, command: AppsCommand) -> Result<()> {
     let answer: serde_json::Value = serde_json::from_str(&line)
         .with_context(|| format!("the node answered something that is not JSON: {line:?}"))?;
     if answer["ok"] != true {
+        if answer.get("nodes").is_some() {
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+        }
         bail!(
             "{}",
             answer["error"]
@@ -609,6 +665,7 @@ fn cluster(args: ClusterArgs) -> Result<usize> {
         out: args.out,
     };
     let mut config = args.run.into_config()?;
+    config.resolve_apps()?;
     cluster::check(&config, &options)?;
     let open_files = cluster::raise_open_files_limit()?;
     let wanted = options.nodes as u64 * cluster::OPEN_FILES_PER_NODE;
@@ -619,7 +676,6 @@ fn cluster(args: ClusterArgs) -> Result<usize> {
             options.nodes
         );
     }
-    config.resolve_apps()?;
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("cannot create {}", options.out.display()))?;
     let log = config
@@ -634,8 +690,8 @@ fn cluster(args: ClusterArgs) -> Result<usize> {
             config,
             options,
             runtime,
-            |member| {
-                let _ = print_json(member);
+            |members| {
+                let _ = print_json(&serde_json::json!({ "nodes": members }));
             },
             shutdown,
         )
@@ -649,6 +705,7 @@ fn cluster(args: ClusterArgs) -> Result<usize> {
 fn run(args: RunArgs) -> Result<Vec<(String, String)>> {
     let config = args.into_config()?;
     config.resolve_apps()?;
+    config.check_has_apps()?;
     let (key, created) = match &config.identity {
         Some(path) => network::identity::load_or_create(path)?,
         None => (libp2p::identity::Keypair::generate_ed25519(), true),
@@ -807,9 +864,17 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Topology(command) => generate_topology(command).map(|()| true),
-        Command::Apps { admin, command } => admin
+        Command::Apps {
+            admin,
+            nodes,
+            command,
+        } => admin
             .context("which node? give its admin socket with --admin PATH (e.g. `nodemanager apps list --admin node.sock`)")
-            .and_then(|admin| apps_command(&admin, command))
+            .and_then(|admin| apps_command(&admin, nodes, command))
+            .map(|()| true),
+        Command::Nodes { admin, command } => admin
+            .context("which cluster? give its admin socket with --admin PATH (e.g. `nodemanager nodes list --admin cluster.sock`)")
+            .and_then(|admin| nodes_command(&admin, command))
             .map(|()| true),
         Command::New { lang, dir } => new_command(&dir, lang).map(|()| true),
         Command::Build { dir, cache } => build_command(&dir, &cache).map(|()| true),

@@ -54,6 +54,7 @@ struct LoadArgs {
 }
 
 /// What the node's event loop is asked to do (components already compiled).
+#[derive(Clone)]
 pub enum AdminCommand {
     /// The loaded apps.
     List,
@@ -69,6 +70,7 @@ pub enum AdminCommand {
 
 /// A new version of a loaded app, and which of its settings were left unsaid (those
 /// the running version keeps).
+#[derive(Clone)]
 pub struct Replacement {
     /// The new version, its unsaid settings resolved against the node's defaults.
     pub request: LoadRequest,
@@ -150,13 +152,8 @@ impl AdminServer {
         })
     }
 
-    /// Serves connections until the node drops `calls`' receiver.
-    pub async fn serve(
-        self,
-        runtime: Arc<Runtime>,
-        defaults: Arc<NodeConfig>,
-        calls: mpsc::Sender<AdminCall>,
-    ) {
+    /// Serves connections, each request answered by `answers`, until aborted.
+    pub async fn serve(self, answers: impl Answer) {
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -166,9 +163,9 @@ impl AdminServer {
                     continue;
                 }
             };
-            let (runtime, defaults, calls) = (runtime.clone(), defaults.clone(), calls.clone());
+            let answers = answers.clone();
             tokio::spawn(async move {
-                if let Err(e) = connection(stream, runtime, defaults, calls).await {
+                if let Err(e) = connection(stream, answers).await {
                     tracing::info!("admin connection ended: {e:#}");
                 }
             });
@@ -182,13 +179,14 @@ impl Drop for AdminServer {
     }
 }
 
+/// What answers the requests of an admin socket: a node's, or a cluster's.
+pub trait Answer: Clone + Send + Sync + 'static {
+    /// The answer to one request (a non-empty line of UTF-8 text).
+    fn answer(&self, request: String) -> impl std::future::Future<Output = Result<Value>> + Send;
+}
+
 /// Answers the requests of one connection, a line each.
-async fn connection(
-    stream: UnixStream,
-    runtime: Arc<Runtime>,
-    defaults: Arc<NodeConfig>,
-    calls: mpsc::Sender<AdminCall>,
-) -> Result<()> {
+async fn connection(stream: UnixStream, answers: impl Answer) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
@@ -205,26 +203,53 @@ async fn connection(
             write.write_all(format!("{answer}\n").as_bytes()).await?;
             return Ok(());
         }
-        let answer = match answer(&line, &runtime, &defaults, &calls).await {
-            Ok(value) => value,
-            Err(e) => refusal(format!("{e:#}")),
+        let answer = match request_text(line) {
+            Ok(text) => answers.answer(text).await,
+            Err(e) => Err(e),
         };
+        let answer = answer.unwrap_or_else(|e| refusal(format!("{e:#}")));
         write.write_all(format!("{answer}\n").as_bytes()).await?;
     }
 }
 
-async fn answer(
-    line: &[u8],
-    runtime: &Arc<Runtime>,
-    defaults: &NodeConfig,
-    calls: &mpsc::Sender<AdminCall>,
-) -> Result<Value> {
-    let text = std::str::from_utf8(line).context("the request is not UTF-8")?;
+/// A request line as text, refused when it is not UTF-8 or empty.
+fn request_text(line: Vec<u8>) -> Result<String> {
+    let text = String::from_utf8(line).context("the request is not UTF-8")?;
     if text.trim().is_empty() {
         bail!("empty request: send one JSON object per line, e.g. {{\"cmd\": \"list\"}}");
     }
-    let request: Request = serde_json::from_str(text).context("malformed request")?;
-    let command = match request {
+    Ok(text)
+}
+
+/// A node's admin requests, carried out by its event loop.
+#[derive(Clone)]
+pub struct NodeAnswers {
+    /// Compiles the components to load.
+    pub runtime: Arc<Runtime>,
+    /// The node's settings, which an app's unsaid settings default to.
+    pub defaults: Arc<NodeConfig>,
+    /// The node's event loop.
+    pub calls: mpsc::Sender<AdminCall>,
+}
+
+impl Answer for NodeAnswers {
+    async fn answer(&self, request: String) -> Result<Value> {
+        if serde_json::from_str::<Value>(&request).is_ok_and(|r| r.get("nodes").is_some()) {
+            bail!("this is one node's admin socket: `nodes` selects the nodes of a cluster");
+        }
+        let command = parse_command(&request, &self.runtime, &self.defaults).await?;
+        call(&self.calls, command).await
+    }
+}
+
+/// Turns a request into a command, compiling the component of a load or replace.
+pub async fn parse_command(
+    request: &str,
+    runtime: &Arc<Runtime>,
+    defaults: &NodeConfig,
+) -> Result<AdminCommand> {
+    let request: Request = serde_json::from_str(request).context("malformed request")?;
+    Ok(match request {
         Request::List => AdminCommand::List,
         Request::Stats => AdminCommand::Stats,
         Request::Unload { name } => AdminCommand::Unload(name),
@@ -242,7 +267,11 @@ async fn answer(
                 keep_limits,
             })
         }
-    };
+    })
+}
+
+/// Hands `command` to a node's event loop and waits for its answer.
+pub async fn call(calls: &mpsc::Sender<AdminCall>, command: AdminCommand) -> Result<Value> {
     let (reply, answer) = oneshot::channel();
     calls
         .send(AdminCall { command, reply })

@@ -13,7 +13,10 @@ mod jsonl;
 mod network_stats;
 mod sampling_data;
 
-pub use admin::MAX_REQUEST as MAX_ADMIN_REQUEST;
+pub use admin::{
+    call as admin_call, parse_command, refusal, AdminCall, AdminCommand, AdminServer, Answer,
+    MAX_REQUEST as MAX_ADMIN_REQUEST,
+};
 pub use network_stats::NetworkStats;
 pub use sampling_data::SamplingStats;
 
@@ -47,7 +50,7 @@ use crate::runtime::{
     WorkerEvent,
 };
 use crate::sampling::{Outgoing, SamplingDriver};
-use admin::{refusal, AdminCall, AdminCommand, AdminServer};
+use admin::NodeAnswers;
 use deliveries::Deliveries;
 use jsonl::JsonLines;
 use sampling_data::SamplingWriter;
@@ -131,6 +134,10 @@ pub struct Node {
     pool: Option<Arc<WorkerPool>>,
     /// The view the apps were last given.
     published_view: Vec<PeerId>,
+    /// Admin commands from the socket, the apps dir and [`Node::control`].
+    admin_calls: (mpsc::Sender<AdminCall>, mpsc::Receiver<AdminCall>),
+    /// Whether someone holds a [`Node::control`] sender: the node then stays up.
+    controlled: bool,
 }
 
 impl Node {
@@ -241,6 +248,8 @@ impl Node {
             answers_owed: HashSet::new(),
             pool: None,
             published_view: Vec::new(),
+            admin_calls: mpsc::channel(16),
+            controlled: false,
             ready: Ready {
                 peer_id: peer_id.to_string(),
                 listen_addrs,
@@ -253,6 +262,13 @@ impl Node {
     pub fn with_pool(mut self, pool: Arc<WorkerPool>) -> Node {
         self.pool = Some(pool);
         self
+    }
+
+    /// A sender of admin commands to this node (as its admin socket sends them); the
+    /// node then runs until `shutdown`, like a node with an admin socket.
+    pub fn control(&mut self) -> mpsc::Sender<AdminCall> {
+        self.controlled = true;
+        self.admin_calls.0.clone()
     }
 
     /// The node's id and full listen addresses.
@@ -281,19 +297,24 @@ impl Node {
                 tracing::error!(app = %name, "cannot start the app: {e:#}");
             }
         }
-        let (admin_tx, mut admin_calls) = mpsc::channel::<AdminCall>(16);
+        let (admin_tx, mut admin_calls) =
+            std::mem::replace(&mut self.admin_calls, mpsc::channel(1));
         let defaults = Arc::new(self.config.clone());
         let mut services = Vec::new();
         if let Some(server) = self.admin.take() {
-            let serve = server.serve(self.runtime.clone(), defaults.clone(), admin_tx.clone());
-            services.push(tokio::spawn(serve));
+            let answers = NodeAnswers {
+                runtime: self.runtime.clone(),
+                defaults: defaults.clone(),
+                calls: admin_tx.clone(),
+            };
+            services.push(tokio::spawn(server.serve(answers)));
         }
         if let Some(dir) = self.config.apps_dir.clone() {
             let watch = apps_dir::watch(dir, self.runtime.clone(), defaults, admin_tx.clone());
             services.push(tokio::spawn(watch));
         }
         drop(admin_tx);
-        let stays_up = !services.is_empty();
+        let stays_up = !services.is_empty() || self.controlled;
         let mut unloading: HashMap<AppId, oneshot::Sender<serde_json::Value>> = HashMap::new();
 
         let mut pending = Deliveries::default();

@@ -247,15 +247,13 @@ impl AppInstance {
 
     fn count_outcome(&self, id: u64, outcome: &Outcome) {
         let name = &self.name;
-        let mut stats = self.stats();
+        self.stats().counts.count(outcome);
         match outcome {
-            Outcome::Delivered => stats.counts.sent += 1,
+            Outcome::Delivered => {}
             Outcome::Failed(reason) => {
-                stats.counts.send_errors += 1;
                 tracing::warn!(app = %name, message_id = id, "message not delivered: {reason}");
             }
             Outcome::Unknown(reason) => {
-                stats.counts.send_unknown += 1;
                 tracing::warn!(app = %name, message_id = id, "message outcome unknown: {reason}");
             }
         }

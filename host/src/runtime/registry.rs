@@ -39,6 +39,7 @@ pub struct Report {
 }
 
 /// An app to start: its settings and its compiled component.
+#[derive(Clone)]
 pub struct LoadRequest {
     /// Name, config, schedule and limits.
     pub spec: ResolvedApp,
@@ -110,8 +111,9 @@ pub struct AppRegistry {
     apps: BTreeMap<String, RunningApp>,
     /// Unloaded or replaced apps still handling their queued messages.
     leaving: HashMap<AppId, RunningApp>,
-    /// Apps that were unloaded, with their final counters, in order.
-    retired: Vec<AppInfo>,
+    /// Apps that were unloaded, in order: their info when they ended, and their
+    /// counters, which outcomes of their messages arriving later still update.
+    retired: Vec<(AppId, AppInfo, Arc<Mutex<AppStats>>)>,
     next_id: u64,
     context: AppContext,
     seed: Option<u64>,
@@ -299,7 +301,7 @@ impl AppRegistry {
         if let Some(app) = self.leaving.remove(&id) {
             app.join();
             let info = app.info();
-            self.retired.push(info.clone());
+            self.retired.push((id, info.clone(), app.stats.clone()));
             return Some(info);
         }
         if let Some(app) = self.apps.values_mut().find(|a| a.id == id) {
@@ -370,7 +372,8 @@ impl AppRegistry {
             .map_err(|_| Refused::new("app_stopped", format!("app {app:?} has stopped")))
     }
 
-    /// Tells app instance `id` how its message `message_id` ended.
+    /// Tells app instance `id` how its message `message_id` ended; for an instance
+    /// already unloaded, only counts it.
     pub fn report(&self, report: Report) {
         let Report {
             app: id,
@@ -387,6 +390,13 @@ impl AppRegistry {
                 id: message_id,
                 outcome,
             });
+        } else if let Some((_, _, stats)) = self.retired.iter().find(|(retired, ..)| *retired == id)
+        {
+            stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .counts
+                .count(&outcome);
         }
     }
 
@@ -395,9 +405,15 @@ impl AppRegistry {
         self.apps.values().map(RunningApp::info).collect()
     }
 
-    /// Apps unloaded so far, with their final counters.
-    pub fn retired(&self) -> &[AppInfo] {
-        &self.retired
+    /// Apps unloaded so far, with their counters.
+    pub fn retired(&self) -> Vec<AppInfo> {
+        self.retired
+            .iter()
+            .map(|(_, info, stats)| AppInfo {
+                stats: stats.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                ..info.clone()
+            })
+            .collect()
     }
 
     /// Stops every app, waits for their threads, and returns the final counters of every
@@ -411,10 +427,10 @@ impl AppRegistry {
             app.join();
             loaded.insert(name, app.stats());
         }
-        for (_, app) in self.leaving.drain() {
+        for (id, app) in std::mem::take(&mut self.leaving) {
             app.join();
-            self.retired.push(app.info());
+            self.retired.push((id, app.info(), app.stats.clone()));
         }
-        (loaded, self.retired)
+        (loaded, self.retired())
     }
 }

@@ -112,6 +112,17 @@ pub struct AppCounts {
     pub call_errors: u64,
 }
 
+impl AppCounts {
+    /// Counts how one sent message ended.
+    pub fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Delivered => self.sent += 1,
+            Outcome::Failed(_) => self.send_errors += 1,
+            Outcome::Unknown(_) => self.send_unknown += 1,
+        }
+    }
+}
+
 impl std::ops::AddAssign for AppCounts {
     fn add_assign(&mut self, other: AppCounts) {
         self.cycles += other.cycles;

@@ -1,0 +1,708 @@
+//! Many full nodes in one process (`nodemanager cluster`): each its own identity,
+//! swarm on its own 127.0.0.1 port, sampler and apps, speaking what `run` speaks; one
+//! tokio runtime, one wasmtime engine with one compiled copy of each component, one
+//! pool of threads for every node's apps. With an admin socket (see [`control`]) nodes
+//! can be stopped and restarted, and apps loaded, replaced and unloaded on any of them.
+
+pub mod control;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use futures::future::join_all;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinError;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::config::NodeConfig;
+use crate::node::{
+    admin_call, refusal, AdminCall, AdminCommand, AdminServer, Node, Ready, Summary,
+};
+use crate::runtime::pool::WorkerPool;
+use crate::runtime::{AppCounts, Runtime};
+use control::{check_listed, gather, ClusterAnswers, ClusterCall, ClusterRequest, Selection};
+
+/// How a cluster starts.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// How many nodes.
+    pub nodes: usize,
+    /// Nodes started per second (0: all at once).
+    pub start_rate: f64,
+    /// Each node after the first bootstraps from this many random earlier nodes (and
+    /// from the config's bootstrap addresses).
+    pub bootstrap_from: usize,
+    /// Where the summary and the per-node lines go.
+    pub out: PathBuf,
+}
+
+/// One node of a cluster, as started.
+#[derive(Clone, Debug, Serialize)]
+pub struct Member {
+    /// Its number, from 0.
+    pub index: usize,
+    /// Who it is and where to reach it.
+    #[serde(flatten)]
+    pub ready: Ready,
+}
+
+/// One line of `nodes.jsonl`: a node and its summary (the fields of `run`'s).
+#[derive(Serialize)]
+struct NodeLine<'a> {
+    index: usize,
+    /// 0 for its first start, 1 after its first restart, ...
+    run: usize,
+    peer_id: &'a str,
+    #[serde(flatten)]
+    summary: &'a Summary,
+}
+
+/// What the whole cluster did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterSummary {
+    /// Nodes started.
+    pub nodes: usize,
+    /// Restarts of nodes (through the admin socket).
+    pub restarts: usize,
+    /// Per app name: the nodes that ran it and their counters added up.
+    pub apps: std::collections::BTreeMap<String, AppTotal>,
+    /// Nodes with an app that ended `failed`.
+    pub nodes_with_failed_apps: usize,
+}
+
+/// One app's counters over the cluster.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AppTotal {
+    /// Nodes that ran it.
+    pub nodes: usize,
+    /// Their counters (every run and version, loaded or unloaded), added up.
+    #[serde(flatten)]
+    pub counts: AppCounts,
+}
+
+/// `base` for node `index`: listening on a free 127.0.0.1 port, `{index}` in app
+/// configs replaced by the node's number, bootstrapping also from `earlier`.
+fn member_config(base: &NodeConfig, index: usize, earlier: Vec<Multiaddr>) -> NodeConfig {
+    let mut config = base.clone();
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")];
+    config.admin = None;
+    config.bootstrap.extend(earlier);
+    for app in &mut config.apps {
+        app.config = app.config.replace("{index}", &index.to_string());
+    }
+    config.seed = base.seed.map(|seed| seed.wrapping_add(index as u64));
+    config
+}
+
+/// Checks the options, and what a cluster cannot take from a node's config.
+pub fn check(base: &NodeConfig, options: &ClusterOptions) -> Result<()> {
+    if options.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if !(options.start_rate >= 0.0 && options.start_rate.is_finite()) {
+        bail!("--start-rate must be 0 (all at once) or a positive number of nodes per second");
+    }
+    if !base.listen.is_empty() {
+        bail!("a cluster's nodes each listen on a free 127.0.0.1 TCP port: drop --listen");
+    }
+    let shared_files = [
+        ("--identity", base.identity.is_some()),
+        ("--sampling-out", base.sampling_out.is_some()),
+        ("--metrics-out", base.metrics_out.is_some()),
+        ("--apps-dir", base.apps_dir.is_some()),
+    ];
+    if let Some((flag, _)) = shared_files.iter().find(|(_, given)| *given) {
+        bail!("{flag} names one file or folder for one node: a cluster does not take it yet");
+    }
+    base.check_has_apps()
+}
+
+/// Starts `options.nodes` nodes of `base` (`base.admin`, if any, is the cluster's admin
+/// socket), tells `up` who they are once all started, runs them until their apps are
+/// done (and the linger passed) or, with an admin socket, until `shutdown` resolves;
+/// writes `nodes.jsonl` and `summary.json` in `options.out`, and returns the summary.
+pub async fn run_cluster(
+    base: NodeConfig,
+    options: ClusterOptions,
+    runtime: Arc<Runtime>,
+    up: impl FnOnce(&[Member]),
+    shutdown: impl Future<Output = ()>,
+) -> Result<ClusterSummary> {
+    check(&base, &options)?;
+    std::fs::create_dir_all(&options.out)
+        .with_context(|| format!("cannot create {}", options.out.display()))?;
+    let (calls_tx, mut calls) = mpsc::channel::<ClusterCall>(16);
+    let admin = match &base.admin {
+        Some(path) => {
+            let server = AdminServer::bind(path)?;
+            let answers = ClusterAnswers {
+                runtime: runtime.clone(),
+                defaults: Arc::new(base.clone()),
+                calls: calls_tx,
+            };
+            Some(tokio::spawn(server.serve(answers)))
+        }
+        None => None,
+    };
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let mut cluster = Cluster {
+        rng: StdRng::seed_from_u64(base.seed.unwrap_or(0)),
+        pool: Arc::new(WorkerPool::named("apps", cores())),
+        controlled: admin.is_some(),
+        base,
+        options,
+        runtime,
+        slots: Vec::new(),
+        ended_tx,
+        runs: Vec::new(),
+        waiting: Vec::new(),
+        abnormal: Vec::new(),
+    };
+    let gap = match cluster.options.start_rate {
+        rate if rate > 0.0 => Duration::from_secs_f64(1.0 / rate),
+        _ => Duration::ZERO,
+    };
+    let mut next_start = Instant::now();
+    let mut up = Some(up);
+    let mut closing = false;
+    tokio::pin!(shutdown);
+    loop {
+        let all_started = cluster.slots.len() == cluster.options.nodes;
+        if (all_started || closing) && up.is_some() {
+            let members = cluster.members();
+            (up.take().expect("checked"))(&members);
+        }
+        let live = cluster
+            .slots
+            .iter()
+            .any(|slot| slot.run.is_some() || slot.stopping);
+        if (all_started || closing) && !live && (closing || !cluster.controlled) {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_start), if !all_started && !closing => {
+                let index = cluster.slots.len();
+                cluster.start_first(index).await.with_context(|| format!("node {index}"))?;
+                next_start += gap;
+            }
+            Some((index, summary)) = ended.recv() => cluster.ended(index, summary).await,
+            Some(call) = calls.recv() => {
+                if closing {
+                    let _ = call.reply.send(refusal("the cluster is shutting down"));
+                } else {
+                    cluster.on_call(call).await;
+                }
+            }
+            _ = &mut shutdown, if !closing => {
+                tracing::info!("shutting down on request");
+                closing = true;
+                for slot in &mut cluster.slots {
+                    if slot.run.take().is_some() {
+                        slot.stopping = true;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    cluster.finish()
+}
+
+/// A cluster's nodes, as its loop keeps them.
+struct Cluster {
+    base: NodeConfig,
+    options: ClusterOptions,
+    runtime: Arc<Runtime>,
+    pool: Arc<WorkerPool>,
+    rng: StdRng,
+    /// Whether nodes stay up until told to stop (the cluster has an admin socket).
+    controlled: bool,
+    slots: Vec<Slot>,
+    /// Where each node's run reports its end.
+    ended_tx: mpsc::UnboundedSender<(usize, Result<Summary, JoinError>)>,
+    /// Every run that ended, in the order they ended.
+    runs: Vec<NodeRun>,
+    /// Stop and restart requests waiting for nodes to stop.
+    waiting: Vec<Waiting>,
+    /// Nodes whose run ended abnormally, and how.
+    abnormal: Vec<(usize, String)>,
+}
+
+/// One node of a cluster, started at least once.
+struct Slot {
+    key: Keypair,
+    config: NodeConfig,
+    ready: Ready,
+    /// How many times it started.
+    starts: usize,
+    /// While running: what stops it, and what sends it admin commands.
+    run: Option<Running>,
+    /// Told to stop and not yet stopped.
+    stopping: bool,
+}
+
+struct Running {
+    /// Dropping it stops the node.
+    _stop: oneshot::Sender<()>,
+    control: Option<mpsc::Sender<AdminCall>>,
+}
+
+/// A stop or restart request waiting for its nodes to stop.
+struct Waiting {
+    stopping: BTreeSet<usize>,
+    nodes: Vec<usize>,
+    restart: bool,
+    reply: oneshot::Sender<Value>,
+}
+
+/// A node's run that ended, with its summary.
+struct NodeRun {
+    index: usize,
+    run: usize,
+    summary: Summary,
+}
+
+impl Cluster {
+    /// The nodes as they are now.
+    fn members(&self) -> Vec<Member> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| Member {
+                index,
+                ready: slot.ready.clone(),
+            })
+            .collect()
+    }
+
+    /// A few running nodes' addresses for `index` to bootstrap from.
+    fn bootstrap_for(&mut self, index: usize) -> Vec<Multiaddr> {
+        let running: Vec<Multiaddr> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(other, slot)| *other != index && slot.run.is_some())
+            .filter_map(|(_, slot)| slot.ready.listen_addrs.first()?.parse().ok())
+            .collect();
+        running
+            .sample(&mut self.rng, self.options.bootstrap_from)
+            .cloned()
+            .collect()
+    }
+
+    /// Starts node `index` for the first time, with a fresh identity.
+    async fn start_first(&mut self, index: usize) -> Result<()> {
+        let earlier = self.bootstrap_for(index);
+        let config = member_config(&self.base, index, earlier);
+        let key = Keypair::generate_ed25519();
+        let (ready, run) = self.launch(index, config.clone(), key.clone()).await?;
+        self.slots.push(Slot {
+            key,
+            config,
+            ready,
+            starts: 1,
+            run: Some(run),
+            stopping: false,
+        });
+        Ok(())
+    }
+
+    /// Starts stopped node `index` again: same identity, same address.
+    async fn restart(&mut self, index: usize) -> Result<()> {
+        let earlier = self.bootstrap_for(index);
+        let slot = &self.slots[index];
+        let mut config = member_config(&self.base, index, earlier);
+        config.listen = slot
+            .ready
+            .listen_addrs
+            .iter()
+            .map(|addr| {
+                let mut addr: Multiaddr = addr.parse().context("a node's own address")?;
+                if let Some(Protocol::P2p(_)) = addr.iter().last() {
+                    addr.pop();
+                }
+                Ok(addr)
+            })
+            .collect::<Result<_>>()?;
+        let (ready, run) = self.launch(index, config.clone(), slot.key.clone()).await?;
+        let slot = &mut self.slots[index];
+        slot.config = config;
+        slot.ready = ready;
+        slot.starts += 1;
+        slot.run = Some(run);
+        Ok(())
+    }
+
+    /// Starts a node and its run; its end comes through `ended_tx`.
+    async fn launch(
+        &self,
+        index: usize,
+        config: NodeConfig,
+        key: Keypair,
+    ) -> Result<(Ready, Running)> {
+        let span = tracing::info_span!("node", index);
+        let mut node = Node::start(config, self.runtime.clone(), key)
+            .instrument(span.clone())
+            .await?
+            .with_pool(self.pool.clone());
+        let ready = node.ready().clone();
+        tracing::info!(parent: &span, addrs = ?ready.listen_addrs, "node started");
+        let control = self.controlled.then(|| node.control());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let ended = self.ended_tx.clone();
+        let run = tokio::spawn(
+            node.run(async move {
+                let _ = stopped.await;
+            })
+            .instrument(span),
+        );
+        tokio::spawn(async move {
+            let _ = ended.send((index, run.await));
+        });
+        Ok((
+            ready,
+            Running {
+                _stop: stop,
+                control,
+            },
+        ))
+    }
+
+    /// Records the end of node `index`'s run; answers the requests that waited for it.
+    async fn ended(&mut self, index: usize, summary: Result<Summary, JoinError>) {
+        let slot = &mut self.slots[index];
+        slot.run = None;
+        slot.stopping = false;
+        match summary {
+            Ok(summary) => self.runs.push(NodeRun {
+                index,
+                run: slot.starts - 1,
+                summary,
+            }),
+            Err(e) => {
+                tracing::error!(node = index, "the node's run ended abnormally: {e}");
+                self.abnormal.push((index, e.to_string()));
+            }
+        }
+        for waiting in &mut self.waiting {
+            waiting.stopping.remove(&index);
+        }
+        let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|waiting| waiting.stopping.is_empty());
+        self.waiting = rest;
+        for waiting in done {
+            self.complete(waiting).await;
+        }
+    }
+
+    /// Answers a stop or restart whose nodes all stopped (restarting them first).
+    async fn complete(&mut self, waiting: Waiting) {
+        if !waiting.restart {
+            let _ = waiting
+                .reply
+                .send(json!({"ok": true, "stopped": waiting.nodes}));
+            return;
+        }
+        let mut restarted = Vec::new();
+        let mut errors = Vec::new();
+        for &index in &waiting.nodes {
+            match self.restart(index).await {
+                Ok(()) => restarted.push(Member {
+                    index,
+                    ready: self.slots[index].ready.clone(),
+                }),
+                Err(e) => errors.push(format!("node {index}: {e:#}")),
+            }
+        }
+        let mut answer = json!({"ok": errors.is_empty(), "restarted": restarted});
+        if !errors.is_empty() {
+            answer["error"] = format!("could not restart {}", errors.join("; ")).into();
+        }
+        let _ = waiting.reply.send(answer);
+    }
+
+    /// Carries out an admin request; a stop or restart answers once its nodes stopped.
+    async fn on_call(&mut self, ClusterCall { request, reply }: ClusterCall) {
+        let answer = match request {
+            ClusterRequest::Nodes => Ok(self.describe()),
+            ClusterRequest::Stop(nodes) => match self.stop(&nodes, false) {
+                Ok(stopping) => {
+                    let waiting = Waiting {
+                        stopping,
+                        nodes,
+                        restart: false,
+                        reply,
+                    };
+                    return self.wait_or_complete(waiting).await;
+                }
+                Err(e) => Err(e),
+            },
+            ClusterRequest::Restart(nodes) => match self.stop(&nodes, true) {
+                Ok(stopping) => {
+                    let waiting = Waiting {
+                        stopping,
+                        nodes,
+                        restart: true,
+                        reply,
+                    };
+                    return self.wait_or_complete(waiting).await;
+                }
+                Err(e) => Err(e),
+            },
+            ClusterRequest::Apps(selection, command) => match self.controls(selection) {
+                Ok(controls) => {
+                    tokio::spawn(async move {
+                        let _ = reply.send(gather(fan_out(controls, *command).await));
+                    });
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let _ = reply.send(answer.unwrap_or_else(|e| refusal(format!("{e:#}"))));
+    }
+
+    async fn wait_or_complete(&mut self, waiting: Waiting) {
+        if waiting.stopping.is_empty() {
+            self.complete(waiting).await;
+        } else {
+            self.waiting.push(waiting);
+        }
+    }
+
+    /// Tells the listed nodes to stop; returns those that were running. Refuses nodes
+    /// that are stopping, and for a plain stop, nodes already stopped.
+    fn stop(&mut self, listed: &[usize], restart: bool) -> Result<BTreeSet<usize>> {
+        check_listed(listed, self.slots.len())?;
+        for &index in listed {
+            let slot = &self.slots[index];
+            if slot.stopping {
+                bail!("node {index} is stopping");
+            }
+            if slot.run.is_none() && !restart {
+                bail!("node {index} is not running");
+            }
+        }
+        let mut stopping = BTreeSet::new();
+        for &index in listed {
+            let slot = &mut self.slots[index];
+            if slot.run.take().is_some() {
+                slot.stopping = true;
+                stopping.insert(index);
+            }
+        }
+        Ok(stopping)
+    }
+
+    /// Where to send the admin commands of the selected nodes, which must be running.
+    fn controls(&self, selection: Selection) -> Result<Vec<(usize, mpsc::Sender<AdminCall>)>> {
+        let running = |index: usize| {
+            self.slots[index]
+                .run
+                .as_ref()
+                .and_then(|run| run.control.clone())
+        };
+        match selection {
+            Selection::All => Ok((0..self.slots.len())
+                .filter_map(|index| Some((index, running(index)?)))
+                .collect()),
+            Selection::Listed(listed) => {
+                check_listed(&listed, self.slots.len())?;
+                listed
+                    .into_iter()
+                    .map(|index| {
+                        let control = running(index)
+                            .with_context(|| format!("node {index} is not running"))?;
+                        Ok((index, control))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The `nodes` answer: every node and its state.
+    fn describe(&self) -> Value {
+        let nodes: Vec<Value> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| {
+                let state = match (&slot.run, slot.stopping) {
+                    (Some(_), _) => "running",
+                    (None, true) => "stopping",
+                    (None, false) => "stopped",
+                };
+                json!({
+                    "index": index,
+                    "peer_id": slot.ready.peer_id,
+                    "listen_addrs": slot.ready.listen_addrs,
+                    "state": state,
+                    "starts": slot.starts,
+                    "bootstrap": slot.config.bootstrap.iter().map(Multiaddr::to_string).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({"ok": true, "nodes": nodes})
+    }
+
+    /// Writes `nodes.jsonl` (a line per run) and `summary.json`; returns the summary.
+    fn finish(mut self) -> Result<ClusterSummary> {
+        self.runs.sort_by_key(|run| (run.index, run.run));
+        let mut summary = ClusterSummary {
+            nodes: self.slots.len(),
+            restarts: self.slots.iter().map(|slot| slot.starts - 1).sum(),
+            ..ClusterSummary::default()
+        };
+        let mut app_nodes: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+        let mut failed_nodes = BTreeSet::new();
+        let mut lines = String::new();
+        for run in &self.runs {
+            if !run.summary.failed_apps().is_empty() {
+                failed_nodes.insert(run.index);
+            }
+            let finished = run.summary.apps.iter();
+            let unloaded = run
+                .summary
+                .unloaded
+                .iter()
+                .map(|info| (&info.name, &info.stats));
+            for (name, stats) in finished.chain(unloaded) {
+                summary.apps.entry(name.clone()).or_default().counts += stats.counts;
+                app_nodes.entry(name).or_default().insert(run.index);
+            }
+            let line = NodeLine {
+                index: run.index,
+                run: run.run,
+                peer_id: &self.slots[run.index].ready.peer_id,
+                summary: &run.summary,
+            };
+            lines.push_str(&serde_json::to_string(&line)?);
+            lines.push('\n');
+        }
+        for (name, nodes) in app_nodes {
+            if let Some(total) = summary.apps.get_mut(name) {
+                total.nodes = nodes.len();
+            }
+        }
+        summary.nodes_with_failed_apps = failed_nodes.len();
+        let out = &self.options.out;
+        let nodes_path = out.join("nodes.jsonl");
+        std::fs::write(&nodes_path, lines)
+            .with_context(|| format!("cannot write {}", nodes_path.display()))?;
+        let summary_path = out.join("summary.json");
+        std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)?)
+            .with_context(|| format!("cannot write {}", summary_path.display()))?;
+        if let Some((index, how)) = self.abnormal.first() {
+            bail!(
+                "node {index} stopped abnormally: {how} (the others' summaries are in {})",
+                nodes_path.display()
+            );
+        }
+        Ok(summary)
+    }
+}
+
+/// Hands `command` to each node (a loaded app's `{index}` becoming the node's number)
+/// and collects their answers.
+async fn fan_out(
+    controls: Vec<(usize, mpsc::Sender<AdminCall>)>,
+    command: AdminCommand,
+) -> Vec<(usize, Value)> {
+    let calls = controls.into_iter().map(|(index, control)| {
+        let mut command = command.clone();
+        let request = match &mut command {
+            AdminCommand::Load(request) => Some(request),
+            AdminCommand::Replace(replacement) => Some(&mut replacement.request),
+            _ => None,
+        };
+        if let Some(request) = request {
+            request.spec.config = request.spec.config.replace("{index}", &index.to_string());
+        }
+        async move {
+            let answer = admin_call(&control, command)
+                .await
+                .unwrap_or_else(|e| refusal(format!("{e:#}")));
+            (index, answer)
+        }
+    });
+    join_all(calls).await
+}
+
+/// Open files a node of a cluster may need: its listener and its connections (peers
+/// of its view, those Kademlia finds, those that dial it), with room to spare.
+pub const OPEN_FILES_PER_NODE: u64 = 32;
+
+/// Raises this process's open-files limit to its hard limit; returns the new limit.
+pub fn raise_open_files_limit() -> Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).context("cannot raise the open-files limit")
+}
+
+/// Threads for the apps of every node: the machine's cores.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_member_gets_its_own_port_index_and_seed() {
+        let mut base = NodeConfig {
+            seed: Some(10),
+            ..NodeConfig::default()
+        };
+        base.apps
+            .push(crate::config::AppSpec::from_arg("/x/app.wasm").expect("a valid app argument"));
+        base.apps[0].config = "me={index}".into();
+        let earlier: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
+        let config = member_config(&base, 7, vec![earlier.clone()]);
+        assert_eq!(config.apps[0].config, "me=7");
+        assert_eq!(config.seed, Some(17));
+        assert_eq!(config.bootstrap, vec![earlier]);
+        assert_eq!(config.listen[0].to_string(), "/ip4/127.0.0.1/tcp/0");
+
+        let options = ClusterOptions {
+            nodes: 3,
+            start_rate: 0.0,
+            bootstrap_from: 1,
+            out: PathBuf::from("/tmp"),
+        };
+        let identity = NodeConfig {
+            identity: Some("/tmp/id.key".into()),
+            ..base.clone()
+        };
+        let error = check(&identity, &options).unwrap_err().to_string();
+        assert!(error.contains("--identity"), "{error}");
+        let idle = check(&NodeConfig::default(), &options)
+            .unwrap_err()
+            .to_string();
+        assert!(idle.contains("no apps to run"), "{idle}");
+        let controlled = NodeConfig {
+            admin: Some("/tmp/c.sock".into()),
+            ..NodeConfig::default()
+        };
+        assert!(check(&controlled, &options).is_ok());
+        let none = ClusterOptions {
+            nodes: 0,
+            ..options
+        };
+        assert!(check(&base, &none).is_err());
+    }
+}
