@@ -93,11 +93,11 @@ pub struct AppTotal {
     pub counts: AppCounts,
 }
 
-/// `base` for node `index`: listening on a free 127.0.0.1 port, `{index}` in app
+/// `base` for node `index`: listening on a free 127.0.0.1 port of each transport, `{index}` in app
 /// configs replaced by the node's number, bootstrapping also from `earlier`.
 fn member_config(base: &NodeConfig, index: usize, earlier: Vec<Multiaddr>) -> NodeConfig {
     let mut config = base.clone();
-    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")];
+    config.listen = base.network.transport.default_listen();
     config.admin = None;
     config.bootstrap.extend(earlier);
     for app in &mut config.apps {
@@ -131,8 +131,9 @@ pub fn check(base: &NodeConfig, options: &ClusterOptions) -> Result<()> {
 }
 
 /// Starts `options.nodes` nodes of `base` (`base.admin`, if any, is the cluster's admin
-/// socket), tells `up` who they are once all started, runs them until their apps are
-/// done (and the linger passed) or, with an admin socket, until `shutdown` resolves;
+/// socket), tells `up` who they are once all started, runs them until every node's apps
+/// are done and the linger passed (then stops them together) or `shutdown` resolves
+/// (with an admin socket: only then);
 /// writes `nodes.jsonl` and `summary.json` in `options.out`, and returns the summary.
 pub async fn run_cluster(
     base: NodeConfig,
@@ -158,6 +159,7 @@ pub async fn run_cluster(
         None => None,
     };
     let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let (done_tx, mut done) = mpsc::unbounded_channel();
     let mut cluster = Cluster {
         rng: StdRng::seed_from_u64(base.seed.unwrap_or(0)),
         pool: Arc::new(WorkerPool::named("apps", cores())),
@@ -167,6 +169,8 @@ pub async fn run_cluster(
         runtime,
         slots: Vec::new(),
         ended_tx,
+        done_tx,
+        done: BTreeSet::new(),
         runs: Vec::new(),
         waiting: Vec::new(),
         abnormal: Vec::new(),
@@ -178,18 +182,25 @@ pub async fn run_cluster(
     let mut next_start = Instant::now();
     let mut up = Some(up);
     let mut closing = false;
-    tokio::pin!(shutdown);
+    let linger = tokio::time::sleep(Duration::MAX / 4);
+    let mut lingering = false;
+    tokio::pin!(shutdown, linger);
     loop {
         let all_started = cluster.slots.len() == cluster.options.nodes;
         if (all_started || closing) && up.is_some() {
             let members = cluster.members();
             (up.take().expect("checked"))(&members);
         }
+        if all_started && !lingering && cluster.done.len() == cluster.options.nodes {
+            lingering = true;
+            tracing::info!(linger = ?cluster.base.linger, "every node's apps are done; lingering");
+            linger.as_mut().reset(Instant::now() + cluster.base.linger);
+        }
         let live = cluster
             .slots
             .iter()
             .any(|slot| slot.run.is_some() || slot.stopping);
-        if (all_started || closing) && !live && (closing || !cluster.controlled) {
+        if (all_started || closing) && !live {
             break;
         }
         tokio::select! {
@@ -199,6 +210,9 @@ pub async fn run_cluster(
                 next_start += gap;
             }
             Some((index, summary)) = ended.recv() => cluster.ended(index, summary).await,
+            Some(index) = done.recv() => {
+                cluster.done.insert(index);
+            }
             Some(call) = calls.recv() => {
                 if closing {
                     let _ = call.reply.send(refusal("the cluster is shutting down"));
@@ -206,14 +220,14 @@ pub async fn run_cluster(
                     cluster.on_call(call).await;
                 }
             }
+            _ = &mut linger, if !closing => {
+                closing = true;
+                cluster.stop_all();
+            }
             _ = &mut shutdown, if !closing => {
                 tracing::info!("shutting down on request");
                 closing = true;
-                for slot in &mut cluster.slots {
-                    if slot.run.take().is_some() {
-                        slot.stopping = true;
-                    }
-                }
+                cluster.stop_all();
             }
         }
     }
@@ -235,6 +249,11 @@ struct Cluster {
     slots: Vec<Slot>,
     /// Where each node's run reports its end.
     ended_tx: mpsc::UnboundedSender<(usize, Result<Summary, JoinError>)>,
+    /// Where a node says every app of it is done (without an admin socket).
+    done_tx: mpsc::UnboundedSender<usize>,
+    /// Nodes whose apps are all done: once every node's are, the cluster lingers and
+    /// stops them together.
+    done: BTreeSet<usize>,
     /// Every run that ended, in the order they ended.
     runs: Vec<NodeRun>,
     /// Stop and restart requests waiting for nodes to stop.
@@ -288,6 +307,15 @@ impl Cluster {
                 ready: slot.ready.clone(),
             })
             .collect()
+    }
+
+    /// Tells every running node to stop.
+    fn stop_all(&mut self) {
+        for slot in &mut self.slots {
+            if slot.run.take().is_some() {
+                slot.stopping = true;
+            }
+        }
     }
 
     /// A few running nodes' addresses for `index` to bootstrap from.
@@ -363,6 +391,15 @@ impl Cluster {
         let ready = node.ready().clone();
         tracing::info!(parent: &span, addrs = ?ready.listen_addrs, "node started");
         let control = self.controlled.then(|| node.control());
+        if !self.controlled {
+            let mut apps_done = node.apps_done();
+            let done = self.done_tx.clone();
+            tokio::spawn(async move {
+                if apps_done.wait_for(|done| *done).await.is_ok() {
+                    let _ = done.send(index);
+                }
+            });
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let ended = self.ended_tx.clone();
         let run = tokio::spawn(

@@ -35,7 +35,7 @@ use libp2p::swarm::{ListenError, SwarmEvent};
 use libp2p::{identify, kad, mdns, Multiaddr, PeerId, Swarm};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{NodeConfig, ResolvedApp};
@@ -136,8 +136,11 @@ pub struct Node {
     published_view: Vec<PeerId>,
     /// Admin commands from the socket, the apps dir and [`Node::control`].
     admin_calls: (mpsc::Sender<AdminCall>, mpsc::Receiver<AdminCall>),
-    /// Whether someone holds a [`Node::control`] sender: the node then stays up.
+    /// Whether someone holds a [`Node::control`] sender or [`Node::apps_done`]
+    /// receiver: the node then stays up until told to stop.
     controlled: bool,
+    /// Tells [`Node::apps_done`] whether every app is done.
+    apps_done: Option<watch::Sender<bool>>,
 }
 
 impl Node {
@@ -250,6 +253,7 @@ impl Node {
             published_view: Vec::new(),
             admin_calls: mpsc::channel(16),
             controlled: false,
+            apps_done: None,
             ready: Ready {
                 peer_id: peer_id.to_string(),
                 listen_addrs,
@@ -269,6 +273,16 @@ impl Node {
     pub fn control(&mut self) -> mpsc::Sender<AdminCall> {
         self.controlled = true;
         self.admin_calls.0.clone()
+    }
+
+    /// Says whether every app is done (finished its cycles or failed); the node then
+    /// stays up until `shutdown` rather than lingering and stopping by itself (many
+    /// nodes of one experiment stop together).
+    pub fn apps_done(&mut self) -> watch::Receiver<bool> {
+        self.controlled = true;
+        let (done, receiver) = watch::channel(false);
+        self.apps_done = Some(done);
+        receiver
     }
 
     /// The node's id and full listen addresses.
@@ -358,6 +372,10 @@ impl Node {
                     tracing::info!("shutting down on request");
                     break;
                 }
+            }
+            if let Some(done) = &self.apps_done {
+                let finished = registry.all_finished();
+                done.send_if_modified(|was| std::mem::replace(was, finished) != finished);
             }
             if !stays_up && !lingering && registry.all_finished() {
                 lingering = true;
