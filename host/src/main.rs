@@ -672,7 +672,8 @@ fn cluster(args: ClusterArgs) -> Result<usize> {
     if open_files < wanted {
         eprintln!(
             "warning: {} nodes may need {wanted} open files, and this process may open {open_files}: \
-             raise the hard limit (ulimit -Hn, or LimitNOFILE= in a systemd unit)",
+             raise the hard limit (ulimit -Hn, or LimitNOFILE= in a systemd unit), or close idle \
+             connections sooner ([network] idle_connection_timeout_secs, 60 by default)",
             options.nodes
         );
     }

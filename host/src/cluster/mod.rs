@@ -32,7 +32,7 @@ use crate::node::{
     admin_call, refusal, AdminCall, AdminCommand, AdminServer, Node, Ready, Summary,
 };
 use crate::runtime::pool::WorkerPool;
-use crate::runtime::{AppCounts, Runtime};
+use crate::runtime::{AppCounts, CallTimes, Runtime};
 use control::{check_listed, gather, ClusterAnswers, ClusterCall, ClusterRequest, Selection};
 
 /// How a cluster starts.
@@ -91,6 +91,10 @@ pub struct AppTotal {
     /// Their counters (every run and version, loaded or unloaded), added up.
     #[serde(flatten)]
     pub counts: AppCounts,
+    /// Median lateness of their `periodic-run` calls, in microseconds (within ~19%).
+    pub cycle_lateness_p50_us: u64,
+    /// 99th-percentile lateness of their `periodic-run` calls, in microseconds.
+    pub cycle_lateness_p99_us: u64,
 }
 
 /// `base` for node `index`: listening on a free 127.0.0.1 port of each transport, `{index}` in app
@@ -607,6 +611,7 @@ impl Cluster {
             ..ClusterSummary::default()
         };
         let mut app_nodes: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
+        let mut lateness: BTreeMap<&str, CallTimes> = BTreeMap::new();
         let mut failed_nodes = BTreeSet::new();
         let mut lines = String::new();
         for run in &self.runs {
@@ -622,6 +627,10 @@ impl Cluster {
             for (name, stats) in finished.chain(unloaded) {
                 summary.apps.entry(name.clone()).or_default().counts += stats.counts;
                 app_nodes.entry(name).or_default().insert(run.index);
+                lateness
+                    .entry(name)
+                    .or_default()
+                    .merge(stats.cycle_lateness());
             }
             let line = NodeLine {
                 index: run.index,
@@ -635,6 +644,9 @@ impl Cluster {
         for (name, nodes) in app_nodes {
             if let Some(total) = summary.apps.get_mut(name) {
                 total.nodes = nodes.len();
+                let lateness = &lateness[name];
+                total.cycle_lateness_p50_us = lateness.quantile(0.5);
+                total.cycle_lateness_p99_us = lateness.quantile(0.99);
             }
         }
         summary.nodes_with_failed_apps = failed_nodes.len();

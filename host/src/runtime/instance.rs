@@ -150,6 +150,9 @@ impl AppInstance {
         if self.poll_timeout().is_none_or(|due| now < due) {
             return Effects::default();
         }
+        let late = now.saturating_sub(self.schedule.due());
+        self.stats()
+            .record_lateness(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
         let (due, skipped) = self.schedule.advance(now);
         let cycle = self.stats().counts.cycles + 1;
         let name = &self.name;

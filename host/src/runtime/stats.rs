@@ -143,6 +143,11 @@ pub struct AppStats {
     pub call_time_p50_us: u64,
     /// 99th-percentile call time, in microseconds (within ~19%).
     pub call_time_p99_us: u64,
+    /// Median lateness of `periodic-run` calls (how long after its slot a call began),
+    /// in microseconds (within ~19%; 0 in a simulation, whose clock waits for calls).
+    pub cycle_lateness_p50_us: u64,
+    /// 99th-percentile lateness of `periodic-run` calls, in microseconds.
+    pub cycle_lateness_p99_us: u64,
     /// Linear memory the app holds, in bytes.
     pub memory_bytes: u64,
     /// Payload bytes handed to `handle-message`.
@@ -159,12 +164,26 @@ pub struct AppStats {
     pub reason: Option<String>,
     #[serde(skip)]
     call_times: CallTimes,
+    #[serde(skip)]
+    cycle_lateness: CallTimes,
 }
 
 impl AppStats {
     /// The durations of its calls.
     pub fn call_times(&self) -> &CallTimes {
         &self.call_times
+    }
+
+    /// How late its `periodic-run` calls began.
+    pub fn cycle_lateness(&self) -> &CallTimes {
+        &self.cycle_lateness
+    }
+
+    /// Counts a `periodic-run` call that began `micros` microseconds after its slot.
+    pub(super) fn record_lateness(&mut self, micros: u64) {
+        self.cycle_lateness.record(micros);
+        self.cycle_lateness_p50_us = self.cycle_lateness.quantile(0.5);
+        self.cycle_lateness_p99_us = self.cycle_lateness.quantile(0.99);
     }
 
     /// Counts one call of `micros` microseconds.
