@@ -324,9 +324,14 @@ fn a_hundred_node_cluster_converges_beyond_its_bootstrap_peers() {
 fn cluster_nodes_stop_and_restart_through_the_admin_socket_with_their_identity_and_address() {
     let dir = tempfile::tempdir().unwrap();
     let app = share_vec();
+    let metrics = dir.path().join("metrics");
     let cluster = RunningCluster::start(
         dir.path(),
         &[
+            "--metrics-out",
+            metrics.to_str().unwrap(),
+            "--metrics-every",
+            "100ms",
             "--nodes",
             "6",
             "--start-rate",
@@ -410,6 +415,16 @@ fn cluster_nodes_stop_and_restart_through_the_admin_socket_with_their_identity_a
             .unwrap()
             .iter()
             .all(|node| received(node) > 0)
+    });
+    // Each node and run writes its own metrics file.
+    let mut files: Vec<String> = (0..6).map(|index| format!("node-{index}.jsonl")).collect();
+    files.extend(["node-2.run-1.jsonl".into(), "node-4.run-1.jsonl".into()]);
+    wait_for("a metrics line from every node and run", || {
+        files.iter().all(|file| {
+            let text = read(&metrics.join(file));
+            let first = text.lines().next().unwrap_or_default();
+            serde_json::from_str::<Value>(first).is_ok_and(|line| line["apps"].is_array())
+        })
     });
     let described = cluster.ok(json!({"cmd": "nodes"}));
     assert_eq!(described["nodes"][2]["starts"], 2, "{described}");

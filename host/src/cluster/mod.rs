@@ -99,10 +99,23 @@ pub struct AppTotal {
 
 /// `base` for node `index`: listening on a free 127.0.0.1 port of each transport, `{index}` in app
 /// configs replaced by the node's number, bootstrapping also from `earlier`.
-fn member_config(base: &NodeConfig, index: usize, earlier: Vec<Multiaddr>) -> NodeConfig {
+/// `--metrics-out` and `--sampling-out` name folders: node `index` writes `node-INDEX.jsonl`
+/// there in its first run, `node-INDEX.run-RUN.jsonl` after a restart.
+fn member_config(
+    base: &NodeConfig,
+    index: usize,
+    run: usize,
+    earlier: Vec<Multiaddr>,
+) -> NodeConfig {
     let mut config = base.clone();
     config.listen = base.network.transport.default_listen();
     config.admin = None;
+    let file = match run {
+        0 => format!("node-{index}.jsonl"),
+        run => format!("node-{index}.run-{run}.jsonl"),
+    };
+    config.metrics_out = base.metrics_out.as_ref().map(|dir| dir.join(&file));
+    config.sampling_out = base.sampling_out.as_ref().map(|dir| dir.join(&file));
     config.bootstrap.extend(earlier);
     for app in &mut config.apps {
         app.config = app.config.replace("{index}", &index.to_string());
@@ -124,8 +137,6 @@ pub fn check(base: &NodeConfig, options: &ClusterOptions) -> Result<()> {
     }
     let shared_files = [
         ("--identity", base.identity.is_some()),
-        ("--sampling-out", base.sampling_out.is_some()),
-        ("--metrics-out", base.metrics_out.is_some()),
         ("--apps-dir", base.apps_dir.is_some()),
     ];
     if let Some((flag, _)) = shared_files.iter().find(|(_, given)| *given) {
@@ -147,8 +158,15 @@ pub async fn run_cluster(
     shutdown: impl Future<Output = ()>,
 ) -> Result<ClusterSummary> {
     check(&base, &options)?;
-    std::fs::create_dir_all(&options.out)
-        .with_context(|| format!("cannot create {}", options.out.display()))?;
+    let folders = [
+        Some(&options.out),
+        base.metrics_out.as_ref(),
+        base.sampling_out.as_ref(),
+    ];
+    for folder in folders.into_iter().flatten() {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("cannot create {}", folder.display()))?;
+    }
     let (calls_tx, mut calls) = mpsc::channel::<ClusterCall>(16);
     let admin = match &base.admin {
         Some(path) => {
@@ -340,7 +358,7 @@ impl Cluster {
     /// Starts node `index` for the first time, with a fresh identity.
     async fn start_first(&mut self, index: usize) -> Result<()> {
         let earlier = self.bootstrap_for(index);
-        let config = member_config(&self.base, index, earlier);
+        let config = member_config(&self.base, index, 0, earlier);
         let key = Keypair::generate_ed25519();
         let (ready, run) = self.launch(index, config.clone(), key.clone()).await?;
         self.slots.push(Slot {
@@ -358,7 +376,7 @@ impl Cluster {
     async fn restart(&mut self, index: usize) -> Result<()> {
         let earlier = self.bootstrap_for(index);
         let slot = &self.slots[index];
-        let mut config = member_config(&self.base, index, earlier);
+        let mut config = member_config(&self.base, index, slot.starts, earlier);
         config.listen = slot
             .ready
             .listen_addrs
@@ -721,7 +739,15 @@ mod tests {
             .push(crate::config::AppSpec::from_arg("/x/app.wasm").expect("a valid app argument"));
         base.apps[0].config = "me={index}".into();
         let earlier: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
-        let config = member_config(&base, 7, vec![earlier.clone()]);
+        base.metrics_out = Some("/tmp/metrics".into());
+        let config = member_config(&base, 7, 0, vec![earlier.clone()]);
+        let restarted = member_config(&base, 7, 2, vec![]);
+        assert_eq!(config.metrics_out, Some("/tmp/metrics/node-7.jsonl".into()));
+        assert_eq!(
+            restarted.metrics_out,
+            Some("/tmp/metrics/node-7.run-2.jsonl".into())
+        );
+        assert_eq!(config.sampling_out, None);
         assert_eq!(config.apps[0].config, "me=7");
         assert_eq!(config.seed, Some(17));
         assert_eq!(config.bootstrap, vec![earlier]);
