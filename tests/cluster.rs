@@ -613,3 +613,101 @@ fn a_cluster_and_outside_run_nodes_bootstrap_to_each_other() {
         assert_eq!(summary["apps"]["share_vec"]["call_errors"], 0, "{summary}");
     }
 }
+
+#[test]
+fn a_cluster_scenario_stops_restarts_and_loads_at_its_times_then_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = common::guest("share_vec_rust.wasm");
+    let scenario = dir.path().join("churn.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            "[[action]]\nat = \"2s\"\ndo = \"disconnect\"\nnodes = [1]\nduration = \"1s\"\n\n\
+             [[action]]\nat = \"2s\"\ndo = \"load\"\napp = \"second\"\npath = \"{0}\"\nnodes = [0, 2]\n\n\
+             [[action]]\nat = \"2500ms\"\ndo = \"unload\"\napp = \"second\"\nnodes = [\"node_0\"]\n",
+            guest.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = nodemanager()
+        .args([
+            "cluster",
+            "--nodes",
+            "4",
+            "--start-rate",
+            "0",
+            "--bootstrap-from",
+            "2",
+        ])
+        .args(["--app", &share_vec(), "--cycles", "15", "--period", "200ms"])
+        .args(["--linger", "1s", "--context", "e2e-scenario"])
+        .args(["--limit", "call_deadline=120s", "--scenario"])
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let log = read(&out.join("cluster.log"));
+    assert!(
+        output.status.success(),
+        "{}\n{log}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["restarts"], 1, "{summary}");
+    assert_eq!(summary["nodes_with_failed_apps"], 0, "{summary}");
+    assert_eq!(summary["apps"]["second"]["nodes"], 2, "{summary}");
+    for step in ["stop [1]", "restart [1]", "apps on [0, 2]", "apps on [0]"] {
+        assert!(
+            log.contains(&format!("scenario step done: {step}")),
+            "{step}:\n{log}"
+        );
+    }
+    let lines: Vec<Value> = read(&out.join("nodes.jsonl"))
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let runs: Vec<(u64, u64)> = lines
+        .iter()
+        .map(|line| {
+            (
+                line["index"].as_u64().unwrap(),
+                line["run"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(runs, [(0, 0), (1, 0), (1, 1), (2, 0), (3, 0)]);
+    // The restarted run did all its cycles before the cluster ended.
+    assert_eq!(lines[2]["apps"]["share_vec"]["cycles"], 15, "{}", lines[2]);
+    assert_eq!(lines[0]["unloaded"][0]["name"], "second", "{}", lines[0]);
+    // Loaded with the node's default schedule; done before the cluster ended.
+    assert_eq!(lines[3]["apps"]["second"]["state"], "done", "{}", lines[3]);
+
+    std::fs::write(
+        &scenario,
+        "[[action]]\nat = \"1s\"\ndo = \"latency\"\nlatency = \"5ms\"\n",
+    )
+    .unwrap();
+    let output = nodemanager()
+        .args([
+            "cluster",
+            "--nodes",
+            "2",
+            "--app",
+            &share_vec(),
+            "--scenario",
+        ])
+        .arg(&scenario)
+        .arg("--out")
+        .arg(dir.path().join("never"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("a live cluster's latency is the machine's"),
+        "{stderr}"
+    );
+}

@@ -19,7 +19,7 @@ use nodemanager::node::Node;
 use nodemanager::project::{self, new_project, Lang};
 use nodemanager::runtime::{inspect, Runtime};
 use nodemanager::sampling::{StaticConfig, Topology, TopologyKind};
-use nodemanager::sim::{Engine, PreparedSimulation, SimulateArgs, APPS_CSV_HEADER};
+use nodemanager::sim::{Engine, PreparedSimulation, Scenario, SimulateArgs, APPS_CSV_HEADER};
 use nodemanager::{logging, network};
 
 /// Host for peer-to-peer apps written as sandboxed WebAssembly components.
@@ -416,6 +416,10 @@ struct ClusterArgs {
     /// Folder for summary.json, nodes.jsonl and cluster.log.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Timed actions from the start, in `simulate --scenario`'s format: disconnect (stop;
+    /// with `duration`, restart after it), reconnect (restart), load, replace, unload.
+    #[arg(long, value_name = "FILE.toml")]
+    scenario: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -658,11 +662,16 @@ fn runtimes(config: &NodeConfig) -> Result<(Arc<Runtime>, tokio::runtime::Runtim
 
 /// Runs a cluster; returns how many nodes have an app that ended `failed`.
 fn cluster(args: ClusterArgs) -> Result<usize> {
+    let scenario = match &args.scenario {
+        Some(path) => Scenario::from_file(path, args.nodes)?,
+        None => Scenario::default(),
+    };
     let options = ClusterOptions {
         nodes: args.nodes,
         start_rate: args.start_rate,
         bootstrap_from: args.bootstrap_from,
         out: args.out,
+        scenario,
     };
     let mut config = args.run.into_config()?;
     config.resolve_apps()?;

@@ -5,6 +5,7 @@
 //! can be stopped and restarted, and apps loaded, replaced and unloaded on any of them.
 
 pub mod control;
+pub mod scenario;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -33,7 +34,9 @@ use crate::node::{
 };
 use crate::runtime::pool::WorkerPool;
 use crate::runtime::{AppCounts, CallTimes, Runtime};
+use crate::sim::scenario::{Nodes, Scenario};
 use control::{check_listed, gather, ClusterAnswers, ClusterCall, ClusterRequest, Selection};
+use scenario::{StepKind, Steps};
 
 /// How a cluster starts.
 #[derive(Clone, Debug)]
@@ -47,6 +50,8 @@ pub struct ClusterOptions {
     pub bootstrap_from: usize,
     /// Where the summary and the per-node lines go.
     pub out: PathBuf,
+    /// Timed actions (stop, restart, load, replace, unload), from the cluster's start.
+    pub scenario: Scenario,
 }
 
 /// One node of a cluster, as started.
@@ -180,6 +185,7 @@ pub async fn run_cluster(
         }
         None => None,
     };
+    let mut steps = Steps::prepare(&options.scenario, &base, &runtime)?;
     let (ended_tx, mut ended) = mpsc::unbounded_channel();
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let mut cluster = Cluster {
@@ -201,7 +207,8 @@ pub async fn run_cluster(
         rate if rate > 0.0 => Duration::from_secs_f64(1.0 / rate),
         _ => Duration::ZERO,
     };
-    let mut next_start = Instant::now();
+    let began = Instant::now();
+    let mut next_start = began;
     let mut up = Some(up);
     let mut closing = false;
     let linger = tokio::time::sleep(Duration::MAX / 4);
@@ -213,7 +220,7 @@ pub async fn run_cluster(
             let members = cluster.members();
             (up.take().expect("checked"))(&members);
         }
-        if all_started && !lingering && cluster.done.len() == cluster.options.nodes {
+        if all_started && !lingering && steps.is_empty() && cluster.all_done() {
             lingering = true;
             tracing::info!(linger = ?cluster.base.linger, "every node's apps are done; lingering");
             linger.as_mut().reset(Instant::now() + cluster.base.linger);
@@ -232,8 +239,12 @@ pub async fn run_cluster(
                 next_start += gap;
             }
             Some((index, summary)) = ended.recv() => cluster.ended(index, summary).await,
-            Some(index) = done.recv() => {
-                cluster.done.insert(index);
+            Some((index, run)) = done.recv() => cluster.apps_done(index, run),
+            _ = tokio::time::sleep_until(began + steps.next_at().unwrap_or_default()),
+                if steps.next_at().is_some() && !closing =>
+            {
+                let (at, kind) = steps.take().expect("a step is due");
+                cluster.take_step(at, kind, &mut steps).await;
             }
             Some(call) = calls.recv() => {
                 if closing {
@@ -271,10 +282,11 @@ struct Cluster {
     slots: Vec<Slot>,
     /// Where each node's run reports its end.
     ended_tx: mpsc::UnboundedSender<(usize, Result<Summary, JoinError>)>,
-    /// Where a node says every app of it is done (without an admin socket).
-    done_tx: mpsc::UnboundedSender<usize>,
-    /// Nodes whose apps are all done: once every node's are, the cluster lingers and
-    /// stops them together.
+    /// Where a node's run (index, run) says every app of it is done (without an admin
+    /// socket).
+    done_tx: mpsc::UnboundedSender<(usize, usize)>,
+    /// Nodes whose current run's apps are all done: once every running node's are, the
+    /// cluster lingers and stops them together.
     done: BTreeSet<usize>,
     /// Every run that ended, in the order they ended.
     runs: Vec<NodeRun>,
@@ -300,7 +312,7 @@ struct Slot {
 struct Running {
     /// Dropping it stops the node.
     _stop: oneshot::Sender<()>,
-    control: Option<mpsc::Sender<AdminCall>>,
+    control: mpsc::Sender<AdminCall>,
 }
 
 /// A stop or restart request waiting for its nodes to stop.
@@ -329,6 +341,77 @@ impl Cluster {
                 ready: slot.ready.clone(),
             })
             .collect()
+    }
+
+    /// Records that run `run` of node `index` has all its apps done (unless that run
+    /// has ended since).
+    fn apps_done(&mut self, index: usize, run: usize) {
+        let slot = &self.slots[index];
+        if slot.run.is_some() && slot.starts - 1 == run {
+            self.done.insert(index);
+        }
+    }
+
+    /// Whether every node's apps are done, a stopped node having none to do.
+    fn all_done(&self) -> bool {
+        self.slots.iter().enumerate().all(|(index, slot)| {
+            self.done.contains(&index) || (slot.run.is_none() && !slot.stopping)
+        })
+    }
+
+    /// The listed nodes (all: `None`) that have started and satisfy `keep`.
+    fn nodes_where(&self, nodes: &Nodes, keep: impl Fn(&Slot) -> bool) -> Vec<usize> {
+        nodes
+            .list(self.options.nodes)
+            .into_iter()
+            .map(|index| index as usize)
+            .filter(|&index| self.slots.get(index).is_some_and(&keep))
+            .collect()
+    }
+
+    /// Takes a scenario step due at `at` (a stop with a duration adds the restart).
+    async fn take_step(&mut self, at: Duration, kind: StepKind, steps: &mut Steps) {
+        let running = |slot: &Slot| slot.run.is_some();
+        let request = match kind {
+            StepKind::Stop(nodes, duration) => {
+                let listed = self.nodes_where(&nodes, running);
+                if let Some(duration) = duration.filter(|_| !listed.is_empty()) {
+                    let again = Nodes::Some(listed.iter().map(|&index| index as u32).collect());
+                    steps.add(at + duration, StepKind::Restart(again));
+                }
+                (!listed.is_empty()).then_some(ClusterRequest::Stop(listed))
+            }
+            StepKind::Restart(nodes) => {
+                let listed = self.nodes_where(&nodes, |slot| slot.run.is_none() && !slot.stopping);
+                (!listed.is_empty()).then_some(ClusterRequest::Restart(listed))
+            }
+            StepKind::Apps(nodes, command) => {
+                let listed = self.nodes_where(&nodes, running);
+                (!listed.is_empty())
+                    .then_some(ClusterRequest::Apps(Selection::Listed(listed), command))
+            }
+        };
+        let Some(request) = request else {
+            tracing::warn!(?at, "scenario step: no node to act on");
+            return;
+        };
+        let what = match &request {
+            ClusterRequest::Stop(nodes) => format!("stop {nodes:?}"),
+            ClusterRequest::Restart(nodes) => format!("restart {nodes:?}"),
+            ClusterRequest::Apps(Selection::Listed(nodes), _) => format!("apps on {nodes:?}"),
+            _ => "step".into(),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.on_call(ClusterCall { request, reply }).await;
+        tokio::spawn(async move {
+            match answer.await {
+                Ok(answer) if answer["ok"] == true => {
+                    tracing::info!(?at, "scenario step done: {what}")
+                }
+                Ok(answer) => tracing::warn!(?at, "scenario step {what}: {}", answer["error"]),
+                Err(_) => tracing::warn!(?at, "scenario step {what}: the cluster stopped first"),
+            }
+        });
     }
 
     /// Tells every running node to stop.
@@ -390,6 +473,7 @@ impl Cluster {
             })
             .collect::<Result<_>>()?;
         let (ready, run) = self.launch(index, config.clone(), slot.key.clone()).await?;
+        self.done.remove(&index);
         let slot = &mut self.slots[index];
         slot.config = config;
         slot.ready = ready;
@@ -412,13 +496,14 @@ impl Cluster {
             .with_pool(self.pool.clone());
         let ready = node.ready().clone();
         tracing::info!(parent: &span, addrs = ?ready.listen_addrs, "node started");
-        let control = self.controlled.then(|| node.control());
+        let control = node.control();
         if !self.controlled {
             let mut apps_done = node.apps_done();
             let done = self.done_tx.clone();
+            let run = self.slots.get(index).map_or(0, |slot| slot.starts);
             tokio::spawn(async move {
                 if apps_done.wait_for(|done| *done).await.is_ok() {
-                    let _ = done.send(index);
+                    let _ = done.send((index, run));
                 }
             });
         }
@@ -575,7 +660,7 @@ impl Cluster {
             self.slots[index]
                 .run
                 .as_ref()
-                .and_then(|run| run.control.clone())
+                .map(|run| run.control.clone())
         };
         match selection {
             Selection::All => Ok((0..self.slots.len())
@@ -758,6 +843,7 @@ mod tests {
             start_rate: 0.0,
             bootstrap_from: 1,
             out: PathBuf::from("/tmp"),
+            scenario: Scenario::default(),
         };
         let identity = NodeConfig {
             identity: Some("/tmp/id.key".into()),

@@ -15,7 +15,7 @@ mod sampling_data;
 
 pub use admin::{
     call as admin_call, parse_command, refusal, AdminCall, AdminCommand, AdminServer, Answer,
-    MAX_REQUEST as MAX_ADMIN_REQUEST,
+    Replacement, MAX_REQUEST as MAX_ADMIN_REQUEST,
 };
 pub use network_stats::NetworkStats;
 pub use sampling_data::SamplingStats;
