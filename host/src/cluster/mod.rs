@@ -6,8 +6,11 @@
 
 pub mod control;
 pub mod scenario;
+mod summary;
 
-use std::collections::{BTreeMap, BTreeSet};
+pub use summary::{AppTotal, ClusterSummary};
+
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,10 +36,11 @@ use crate::node::{
     admin_call, refusal, AdminCall, AdminCommand, AdminServer, Node, Ready, Summary,
 };
 use crate::runtime::pool::WorkerPool;
-use crate::runtime::{AppCounts, CallTimes, Runtime};
+use crate::runtime::Runtime;
 use crate::sim::scenario::{Nodes, Scenario};
 use control::{check_listed, gather, ClusterAnswers, ClusterCall, ClusterRequest, Selection};
 use scenario::{StepKind, Steps};
+use summary::NodeRun;
 
 /// How a cluster starts.
 #[derive(Clone, Debug)]
@@ -62,44 +66,6 @@ pub struct Member {
     /// Who it is and where to reach it.
     #[serde(flatten)]
     pub ready: Ready,
-}
-
-/// One line of `nodes.jsonl`: a node and its summary (the fields of `run`'s).
-#[derive(Serialize)]
-struct NodeLine<'a> {
-    index: usize,
-    /// 0 for its first start, 1 after its first restart, ...
-    run: usize,
-    peer_id: &'a str,
-    #[serde(flatten)]
-    summary: &'a Summary,
-}
-
-/// What the whole cluster did.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ClusterSummary {
-    /// Nodes started.
-    pub nodes: usize,
-    /// Restarts of nodes (through the admin socket).
-    pub restarts: usize,
-    /// Per app name: the nodes that ran it and their counters added up.
-    pub apps: std::collections::BTreeMap<String, AppTotal>,
-    /// Nodes with an app that ended `failed`.
-    pub nodes_with_failed_apps: usize,
-}
-
-/// One app's counters over the cluster.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct AppTotal {
-    /// Nodes that ran it.
-    pub nodes: usize,
-    /// Their counters (every run and version, loaded or unloaded), added up.
-    #[serde(flatten)]
-    pub counts: AppCounts,
-    /// Median lateness of their `periodic-run` calls, in microseconds (within ~19%).
-    pub cycle_lateness_p50_us: u64,
-    /// 99th-percentile lateness of their `periodic-run` calls, in microseconds.
-    pub cycle_lateness_p99_us: u64,
 }
 
 /// `base` for node `index`: listening on a free 127.0.0.1 port of each transport, `{index}` in app
@@ -321,13 +287,6 @@ struct Waiting {
     nodes: Vec<usize>,
     restart: bool,
     reply: oneshot::Sender<Value>,
-}
-
-/// A node's run that ended, with its summary.
-struct NodeRun {
-    index: usize,
-    run: usize,
-    summary: Summary,
 }
 
 impl Cluster {
@@ -706,64 +665,18 @@ impl Cluster {
     }
 
     /// Writes `nodes.jsonl` (a line per run) and `summary.json`; returns the summary.
-    fn finish(mut self) -> Result<ClusterSummary> {
-        self.runs.sort_by_key(|run| (run.index, run.run));
-        let mut summary = ClusterSummary {
-            nodes: self.slots.len(),
-            restarts: self.slots.iter().map(|slot| slot.starts - 1).sum(),
-            ..ClusterSummary::default()
-        };
-        let mut app_nodes: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
-        let mut lateness: BTreeMap<&str, CallTimes> = BTreeMap::new();
-        let mut failed_nodes = BTreeSet::new();
-        let mut lines = String::new();
-        for run in &self.runs {
-            if !run.summary.failed_apps().is_empty() {
-                failed_nodes.insert(run.index);
-            }
-            let finished = run.summary.apps.iter();
-            let unloaded = run
-                .summary
-                .unloaded
-                .iter()
-                .map(|info| (&info.name, &info.stats));
-            for (name, stats) in finished.chain(unloaded) {
-                summary.apps.entry(name.clone()).or_default().counts += stats.counts;
-                app_nodes.entry(name).or_default().insert(run.index);
-                lateness
-                    .entry(name)
-                    .or_default()
-                    .merge(stats.cycle_lateness());
-            }
-            let line = NodeLine {
-                index: run.index,
-                run: run.run,
-                peer_id: &self.slots[run.index].ready.peer_id,
-                summary: &run.summary,
-            };
-            lines.push_str(&serde_json::to_string(&line)?);
-            lines.push('\n');
-        }
-        for (name, nodes) in app_nodes {
-            if let Some(total) = summary.apps.get_mut(name) {
-                total.nodes = nodes.len();
-                let lateness = &lateness[name];
-                total.cycle_lateness_p50_us = lateness.quantile(0.5);
-                total.cycle_lateness_p99_us = lateness.quantile(0.99);
-            }
-        }
-        summary.nodes_with_failed_apps = failed_nodes.len();
-        let out = &self.options.out;
-        let nodes_path = out.join("nodes.jsonl");
-        std::fs::write(&nodes_path, lines)
-            .with_context(|| format!("cannot write {}", nodes_path.display()))?;
-        let summary_path = out.join("summary.json");
-        std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)?)
-            .with_context(|| format!("cannot write {}", summary_path.display()))?;
+    fn finish(self) -> Result<ClusterSummary> {
+        let peer_ids: Vec<&str> = self
+            .slots
+            .iter()
+            .map(|slot| slot.ready.peer_id.as_str())
+            .collect();
+        let restarts = self.slots.iter().map(|slot| slot.starts - 1).sum();
+        let summary = summary::write(&self.options.out, self.runs, &peer_ids, restarts)?;
         if let Some((index, how)) = self.abnormal.first() {
             bail!(
                 "node {index} stopped abnormally: {how} (the others' summaries are in {})",
-                nodes_path.display()
+                self.options.out.join("nodes.jsonl").display()
             );
         }
         Ok(summary)
