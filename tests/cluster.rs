@@ -211,6 +211,7 @@ fn a_cluster_runs_many_full_nodes_in_one_process_and_sums_them_up() {
         ),
         (vec!["--nodes", "0"], "--nodes must be at least 1"),
         (vec!["--start-rate=-1"], "--start-rate must be 0"),
+        (vec!["--bootstrap-from", "some"], "or `first` for node 0"),
     ] {
         let output = nodemanager()
             .args(["cluster", "--out", &elsewhere, "--app", &share_vec()])
@@ -638,7 +639,7 @@ fn a_cluster_scenario_stops_restarts_and_loads_at_its_times_then_ends() {
             "--start-rate",
             "0",
             "--bootstrap-from",
-            "2",
+            "first",
         ])
         .args(["--app", &share_vec(), "--cycles", "15", "--period", "200ms"])
         .args(["--linger", "1s", "--context", "e2e-scenario"])

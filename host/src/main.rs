@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
 use nodemanager::cli::{limits_json, name_value, node_list, CacheArgs, NodeList};
-use nodemanager::cluster::{self, run_cluster, ClusterOptions};
+use nodemanager::cluster::{self, run_cluster, BootstrapFrom, ClusterOptions};
 use nodemanager::config::{
     parse_duration, AppSpec, LogFormat, NodeConfig, SamplerConfig, Transport,
 };
@@ -409,10 +409,10 @@ struct ClusterArgs {
     /// Nodes started per second; 0: all at once.
     #[arg(long, default_value_t = 50.0)]
     start_rate: f64,
-    /// Each node after the first bootstraps from this many random earlier nodes (and
-    /// from every --bootstrap address).
-    #[arg(long, default_value_t = 3)]
-    bootstrap_from: usize,
+    /// Each node bootstraps from this many random running nodes of the cluster, or from
+    /// node 0 with `first` (and from every --bootstrap address).
+    #[arg(long, value_name = "K|first", default_value = "3")]
+    bootstrap_from: BootstrapFrom,
     /// Folder for summary.json, nodes.jsonl and cluster.log.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,

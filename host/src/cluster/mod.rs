@@ -49,13 +49,35 @@ pub struct ClusterOptions {
     pub nodes: usize,
     /// Nodes started per second (0: all at once).
     pub start_rate: f64,
-    /// Each node after the first bootstraps from this many random earlier nodes (and
-    /// from the config's bootstrap addresses).
-    pub bootstrap_from: usize,
+    /// Which of the cluster's running nodes each node bootstraps from (besides the
+    /// config's bootstrap addresses).
+    pub bootstrap_from: BootstrapFrom,
     /// Where the summary and the per-node lines go.
     pub out: PathBuf,
     /// Timed actions (stop, restart, load, replace, unload), from the cluster's start.
     pub scenario: Scenario,
+}
+
+/// Which running nodes of the cluster a starting node bootstraps from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootstrapFrom {
+    /// This many random ones (0: none, only the config's addresses).
+    Random(usize),
+    /// Node 0 (node 0 itself: none).
+    First,
+}
+
+impl std::str::FromStr for BootstrapFrom {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<BootstrapFrom, String> {
+        match text {
+            "first" => Ok(BootstrapFrom::First),
+            count => count.parse().map(BootstrapFrom::Random).map_err(|_| {
+                format!("{text:?}: give a number of random earlier nodes, or `first` for node 0")
+            }),
+        }
+    }
 }
 
 /// One node of a cluster, as started.
@@ -382,19 +404,23 @@ impl Cluster {
         }
     }
 
-    /// A few running nodes' addresses for `index` to bootstrap from.
+    /// The running nodes' addresses for `index` to bootstrap from.
     fn bootstrap_for(&mut self, index: usize) -> Vec<Multiaddr> {
-        let running: Vec<Multiaddr> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(other, slot)| *other != index && slot.run.is_some())
-            .filter_map(|(_, slot)| slot.ready.listen_addrs.first()?.parse().ok())
-            .collect();
-        running
-            .sample(&mut self.rng, self.options.bootstrap_from)
-            .cloned()
-            .collect()
+        let address = |slot: &Slot| slot.ready.listen_addrs.first()?.parse().ok();
+        let running = |(other, slot): &(usize, &Slot)| *other != index && slot.run.is_some();
+        match self.options.bootstrap_from {
+            BootstrapFrom::First => (self.slots.iter().enumerate().take(1))
+                .filter(running)
+                .filter_map(|(_, slot)| address(slot))
+                .collect(),
+            BootstrapFrom::Random(count) => {
+                let addresses: Vec<Multiaddr> = (self.slots.iter().enumerate())
+                    .filter(running)
+                    .filter_map(|(_, slot)| address(slot))
+                    .collect();
+                addresses.sample(&mut self.rng, count).cloned().collect()
+            }
+        }
     }
 
     /// Starts node `index` for the first time, with a fresh identity.
@@ -754,7 +780,7 @@ mod tests {
         let options = ClusterOptions {
             nodes: 3,
             start_rate: 0.0,
-            bootstrap_from: 1,
+            bootstrap_from: BootstrapFrom::Random(1),
             out: PathBuf::from("/tmp"),
             scenario: Scenario::default(),
         };
@@ -773,6 +799,10 @@ mod tests {
             ..NodeConfig::default()
         };
         assert!(check(&controlled, &options).is_ok());
+        assert_eq!("first".parse(), Ok(BootstrapFrom::First));
+        assert_eq!("2".parse(), Ok(BootstrapFrom::Random(2)));
+        let error = "some".parse::<BootstrapFrom>().unwrap_err();
+        assert!(error.contains("`first` for node 0"), "{error}");
         let none = ClusterOptions {
             nodes: 0,
             ..options
