@@ -2,7 +2,8 @@
 //! answered, refused, fails or passes its deadline, and bounded so that an app sending
 //! faster than the network carries gets failures instead of an ever-growing queue.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
 use libp2p::request_response::{OutboundFailure, OutboundRequestId};
@@ -58,6 +59,8 @@ pub struct Batch {
 pub struct Deliveries {
     requests: HashMap<OutboundRequestId, Vec<Option<Pending>>>,
     in_flight: usize,
+    /// Every deadline of a message sent, earliest first (some already settled).
+    deadlines: BinaryHeap<Reverse<Instant>>,
 }
 
 fn report(p: Pending, outcome: Outcome) -> Report {
@@ -153,12 +156,30 @@ impl Deliveries {
     /// Tracks a batch sent as request `id`.
     pub fn sent(&mut self, id: OutboundRequestId, batch: Batch) {
         self.in_flight += batch.pending.len();
+        let deadlines = batch.pending.iter().map(|p| Reverse(p.deadline));
+        self.deadlines.extend(deadlines);
         self.requests
             .insert(id, batch.pending.into_iter().map(Some).collect());
     }
 
+    /// When [`Deliveries::expire`] may next settle a message (perhaps none, if the
+    /// message with that deadline was answered meanwhile); `None` with nothing in flight.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        if self.in_flight == 0 {
+            self.deadlines.clear();
+        }
+        self.deadlines.peek().map(|Reverse(deadline)| *deadline)
+    }
+
     /// Settles every message whose deadline passed: its outcome is unknown.
     pub fn expire(&mut self, now: Instant) -> Vec<Report> {
+        while self
+            .deadlines
+            .peek()
+            .is_some_and(|Reverse(deadline)| *deadline <= now)
+        {
+            self.deadlines.pop();
+        }
         let mut reports = Vec::new();
         self.requests.retain(|_, batch| {
             for slot in batch.iter_mut() {
@@ -223,6 +244,7 @@ impl Deliveries {
     /// Settles every message still waiting at shutdown: its outcome is unknown.
     pub fn shutdown(&mut self) -> Vec<Report> {
         self.in_flight = 0;
+        self.deadlines.clear();
         self.requests
             .drain()
             .flat_map(|(_, batch)| batch.into_iter().flatten())
@@ -386,7 +408,14 @@ mod tests {
             ],
         );
         assert_eq!(deliveries.in_flight(), 4);
+        let first = deliveries.next_deadline().expect("messages in flight");
+        assert!(
+            first <= Instant::now() + short,
+            "the short deadline comes first"
+        );
         let expired = outcomes(deliveries.expire(Instant::now() + Duration::from_secs(1)));
+        let next = deliveries.next_deadline().expect("three still in flight");
+        assert!(next > first, "the expired deadline is gone");
         assert_eq!(
             expired,
             [(
@@ -412,6 +441,7 @@ mod tests {
             ]
         );
         assert_eq!(deliveries.in_flight(), 0);
+        assert_eq!(deliveries.next_deadline(), None, "nothing left to wake for");
         assert!(
             deliveries.answered(id, peer, Vec::new()).is_empty(),
             "settled once"

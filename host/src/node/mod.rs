@@ -59,7 +59,7 @@ use sampling_data::SamplingWriter;
 const LISTEN_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most app events handled per wake-up of the event loop.
 const MAX_EVENTS_PER_WAKE: usize = 256;
-/// How often message deadlines are checked.
+/// How often message deadlines are checked while a node stops.
 const DEADLINE_SWEEP: Duration = Duration::from_millis(50);
 
 /// The first line `nodemanager run` prints: who the node is and where to reach it.
@@ -332,7 +332,9 @@ impl Node {
         let mut unloading: HashMap<AppId, oneshot::Sender<serde_json::Value>> = HashMap::new();
 
         let mut pending = Deliveries::default();
-        let mut sweep = tokio::time::interval(DEADLINE_SWEEP);
+        // Wakes at the earliest deadline of a message in flight, if any.
+        let expiry = tokio::time::sleep(Duration::MAX / 4);
+        let mut armed: Option<Instant> = None;
         let mut sampler_tick = self
             .config
             .sampler
@@ -344,9 +346,15 @@ impl Node {
             tokio::time::interval_at(Instant::now() + every, every)
         });
         let linger = tokio::time::sleep(Duration::MAX / 4);
-        tokio::pin!(linger, shutdown);
+        tokio::pin!(linger, shutdown, expiry);
         let mut lingering = false;
         loop {
+            let next_deadline = pending.next_deadline();
+            if next_deadline != armed {
+                armed = next_deadline;
+                let far = Instant::now() + Duration::from_secs(86_400);
+                expiry.as_mut().reset(next_deadline.unwrap_or(far));
+            }
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event, &registry, &mut pending),
                 Some(first) = events.recv() => {
@@ -364,7 +372,10 @@ impl Node {
                     }
                 }
                 Some(call) = admin_calls.recv() => self.on_admin_call(call, &mut registry, &mut unloading),
-                _ = sweep.tick() => report_all(&registry, pending.expire(Instant::now())),
+                _ = &mut expiry, if armed.is_some() => {
+                    report_all(&registry, pending.expire(Instant::now()));
+                    armed = None;
+                }
                 _ = next_tick(&mut sampler_tick) => self.on_sampler_tick(),
                 _ = next_tick(&mut metrics_tick) => self.write_metrics(&registry, started),
                 _ = &mut linger => break,
