@@ -46,53 +46,10 @@ use anyhow::{bail, Context as _, Result};
 use libp2p::Multiaddr;
 use serde::Deserialize;
 
+use crate::logging::LogFormat;
 pub use crate::network::{NetworkSettings, Transport};
 use crate::runtime::Limits;
 pub use crate::sampling::SamplerConfig;
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Reading durations written as `"500ms"`, `"2s"`, `"1m 30s"`.
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    /// Reads text such as `"500ms"` or `"2s"`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        super::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Reading optional durations.
-mod option_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        super::parse_duration(&text)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// Parses a duration such as `500ms`, `2s` or `1m 30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration like \"500ms\" or \"2s\" ({e})"))
-}
 
 /// The whole configuration of one node.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -110,10 +67,10 @@ pub struct NodeConfig {
     /// Default number of `periodic-run` calls per app; -1 runs forever.
     pub cycles: i64,
     /// Default time between `periodic-run` calls.
-    #[serde(with = "duration")]
+    #[serde(with = "crate::duration::text")]
     pub period: Duration,
     /// How long the node stays up once every app is done.
-    #[serde(with = "duration")]
+    #[serde(with = "crate::duration::text")]
     pub linger: Duration,
     /// Seed for the apps' randomness (reproducible runs); none draws from the OS.
     pub seed: Option<u64>,
@@ -135,7 +92,7 @@ pub struct NodeConfig {
     /// `metrics_every`.
     pub metrics_out: Option<PathBuf>,
     /// Time between two `metrics_out` lines.
-    #[serde(with = "duration")]
+    #[serde(with = "crate::duration::text")]
     pub metrics_every: Duration,
     /// Folder of compiled components; none uses the default cache folder.
     pub cache_dir: Option<PathBuf>,
@@ -199,7 +156,7 @@ pub struct AppSpec {
     /// Time between `periodic-run` calls; default: the node's `period`.
     #[serde(
         default,
-        with = "option_duration",
+        with = "crate::duration::optional_text",
         skip_serializing_if = "Option::is_none"
     )]
     pub period: Option<Duration>,

@@ -12,9 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use libp2p::Multiaddr;
 use nodemanager::cli::{limits_json, name_value, node_list, CacheArgs, NodeList};
 use nodemanager::cluster::{self, run_cluster, BootstrapFrom, ClusterOptions};
-use nodemanager::config::{
-    parse_duration, AppSpec, LogFormat, NodeConfig, SamplerConfig, Transport,
-};
+use nodemanager::config::{AppSpec, NodeConfig, SamplerConfig, Transport};
+use nodemanager::duration::parse_duration;
+use nodemanager::logging::LogFormat;
 use nodemanager::node::Node;
 use nodemanager::project::{self, new_project, Lang};
 use nodemanager::runtime::{inspect, Runtime};

@@ -324,7 +324,7 @@ pub fn app_spec(
     limits: Option<Limits>,
 ) -> Result<AppSpec> {
     let period = period
-        .map(crate::config::parse_duration)
+        .map(crate::duration::parse_duration)
         .transpose()
         .map_err(anyhow::Error::msg)
         .context("period")?;

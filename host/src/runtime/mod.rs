@@ -65,7 +65,7 @@ pub struct Limits {
     /// Most linear memory the app may hold, in MiB (all its memories together).
     pub memory_mib: u64,
     /// Longest one call into the app may run (e.g. `"500ms"`, `"2s"`).
-    #[serde(with = "crate::config::duration")]
+    #[serde(with = "crate::duration::text")]
     pub call_deadline: Duration,
     /// Largest payload `send-message` accepts, in bytes.
     pub max_payload_bytes: u64,
@@ -131,7 +131,7 @@ impl Limits {
         match name {
             "memory_mib" => self.memory_mib = number(name, value)?,
             "call_deadline" => {
-                self.call_deadline = crate::config::parse_duration(value)
+                self.call_deadline = crate::duration::parse_duration(value)
                     .map_err(|e| anyhow::anyhow!("limit {name}: {e}"))?
             }
             "max_payload_bytes" => self.max_payload_bytes = number(name, value)?,

@@ -39,7 +39,7 @@ pub struct StaticConfig {
     #[serde(default)]
     pub node: Option<String>,
     /// Time between ticks (introductions to new peers go out on ticks).
-    #[serde(with = "crate::config::duration", default = "one_second")]
+    #[serde(with = "crate::duration::text", default = "one_second")]
     pub period: Duration,
 }
 
@@ -60,7 +60,7 @@ pub struct BrahmsConfig {
     /// β: share of the view taken from pull answers.
     pub beta: f64,
     /// Time between rounds (the seed's `delay`, stored as `time`).
-    #[serde(with = "crate::config::duration", default = "two_seconds")]
+    #[serde(with = "crate::duration::text", default = "two_seconds")]
     pub period: Duration,
 }
 
@@ -105,7 +105,7 @@ struct BasaltFields {
     view_size: usize,
     refresh: usize,
     reset_interval: Option<u64>,
-    #[serde(with = "crate::config::duration", default = "two_seconds")]
+    #[serde(with = "crate::duration::text", default = "two_seconds")]
     period: Duration,
 }
 
@@ -193,7 +193,7 @@ pub struct GbpsConfig {
     #[serde(default = "one")]
     pub age: u32,
     /// Time between active exchanges (the seed's `delay`, stored as `time`).
-    #[serde(with = "crate::config::duration", default = "two_seconds")]
+    #[serde(with = "crate::duration::text", default = "two_seconds")]
     pub period: Duration,
 }
 

@@ -10,7 +10,8 @@ use clap::Args;
 
 use super::{Engine, LinkLatency, NetworkModel, Scenario, SeedSimConfig, SimConfig, Simulation};
 use crate::cli::{limits_json, name_value, CacheArgs};
-use crate::config::{parse_duration, AppSpec, SamplerConfig};
+use crate::config::{AppSpec, SamplerConfig};
+use crate::duration::parse_duration;
 use crate::runtime::{Limits, Runtime};
 use crate::sampling::{StaticConfig, Topology};
 
