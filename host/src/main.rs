@@ -416,7 +416,7 @@ struct ClusterArgs {
     /// Folder for summary.json, nodes.jsonl and cluster.log.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Timed actions from the start, in `simulate --scenario`'s format: disconnect (stop;
+    /// Timed actions from when every node started, in `simulate --scenario`'s format: disconnect (stop;
     /// with `duration`, restart after it), reconnect (restart), load, replace, unload.
     #[arg(long, value_name = "FILE.toml")]
     scenario: Option<PathBuf>,

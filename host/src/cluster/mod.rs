@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use futures::future::join_all;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
@@ -32,9 +31,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::config::NodeConfig;
-use crate::node::{
-    admin_call, refusal, AdminCall, AdminCommand, AdminServer, Node, Ready, Summary,
-};
+use crate::node::{refusal, AdminCall, AdminCommand, AdminServer, Node, Ready, Summary};
 use crate::runtime::pool::WorkerPool;
 use crate::runtime::Runtime;
 use crate::sim::scenario::{Nodes, Scenario};
@@ -54,7 +51,7 @@ pub struct ClusterOptions {
     pub bootstrap_from: BootstrapFrom,
     /// Where the summary and the per-node lines go.
     pub out: PathBuf,
-    /// Timed actions (stop, restart, load, replace, unload), from the cluster's start.
+    /// Timed actions (stop, restart, load, replace, unload), from when every node started.
     pub scenario: Scenario,
 }
 
@@ -195,8 +192,9 @@ pub async fn run_cluster(
         rate if rate > 0.0 => Duration::from_secs_f64(1.0 / rate),
         _ => Duration::ZERO,
     };
-    let began = Instant::now();
-    let mut next_start = began;
+    let mut next_start = Instant::now();
+    // Scenario steps count from the moment every node started.
+    let mut all_up: Option<Instant> = None;
     let mut up = Some(up);
     let mut closing = false;
     let linger = tokio::time::sleep(Duration::MAX / 4);
@@ -205,9 +203,11 @@ pub async fn run_cluster(
     loop {
         let all_started = cluster.slots.len() == cluster.options.nodes;
         if (all_started || closing) && up.is_some() {
+            all_up = Some(Instant::now());
             let members = cluster.members();
             (up.take().expect("checked"))(&members);
         }
+        let next_step = all_up.zip(steps.next_at()).map(|(up, at)| up + at);
         if all_started && !lingering && steps.is_empty() && cluster.all_done() {
             lingering = true;
             tracing::info!(linger = ?cluster.base.linger, "every node's apps are done; lingering");
@@ -228,8 +228,8 @@ pub async fn run_cluster(
             }
             Some((index, summary)) = ended.recv() => cluster.ended(index, summary).await,
             Some((index, run)) = done.recv() => cluster.apps_done(index, run),
-            _ = tokio::time::sleep_until(began + steps.next_at().unwrap_or_default()),
-                if steps.next_at().is_some() && !closing =>
+            _ = tokio::time::sleep_until(next_step.unwrap_or(next_start)),
+                if next_step.is_some() && !closing =>
             {
                 let (at, kind) = steps.take().expect("a step is due");
                 cluster.take_step(at, kind, &mut steps).await;
@@ -363,7 +363,7 @@ impl Cluster {
                 (!listed.is_empty()).then_some(ClusterRequest::Stop(listed))
             }
             StepKind::Restart(nodes) => {
-                let listed = self.nodes_where(&nodes, |slot| slot.run.is_none() && !slot.stopping);
+                let listed = self.nodes_where(&nodes, |slot| slot.run.is_none());
                 (!listed.is_empty()).then_some(ClusterRequest::Restart(listed))
             }
             StepKind::Apps(nodes, command) => {
@@ -568,43 +568,80 @@ impl Cluster {
 
     /// Carries out an admin request; a stop or restart answers once its nodes stopped.
     async fn on_call(&mut self, ClusterCall { request, reply }: ClusterCall) {
-        let answer = match request {
-            ClusterRequest::Nodes => Ok(self.describe()),
-            ClusterRequest::Stop(nodes) => match self.stop(&nodes, false) {
-                Ok(stopping) => {
-                    let waiting = Waiting {
-                        stopping,
-                        nodes,
-                        restart: false,
-                        reply,
-                    };
-                    return self.wait_or_complete(waiting).await;
-                }
-                Err(e) => Err(e),
-            },
-            ClusterRequest::Restart(nodes) => match self.stop(&nodes, true) {
-                Ok(stopping) => {
-                    let waiting = Waiting {
-                        stopping,
-                        nodes,
-                        restart: true,
-                        reply,
-                    };
-                    return self.wait_or_complete(waiting).await;
-                }
-                Err(e) => Err(e),
-            },
-            ClusterRequest::Apps(selection, command) => match self.controls(selection) {
-                Ok(controls) => {
-                    tokio::spawn(async move {
-                        let _ = reply.send(gather(fan_out(controls, *command).await));
-                    });
-                    return;
-                }
-                Err(e) => Err(e),
-            },
+        let (nodes, restart) = match request {
+            ClusterRequest::Nodes => {
+                let _ = reply.send(self.describe());
+                return;
+            }
+            ClusterRequest::Apps(selection, command) => {
+                return self.hand_out(selection, *command, reply).await;
+            }
+            ClusterRequest::Stop(nodes) => (nodes, false),
+            ClusterRequest::Restart(nodes) => (nodes, true),
         };
-        let _ = reply.send(answer.unwrap_or_else(|e| refusal(format!("{e:#}"))));
+        match self.stop(&nodes, restart) {
+            Ok(stopping) => {
+                let waiting = Waiting {
+                    stopping,
+                    nodes,
+                    restart,
+                    reply,
+                };
+                self.wait_or_complete(waiting).await;
+            }
+            Err(e) => {
+                let _ = reply.send(refusal(format!("{e:#}")));
+            }
+        }
+    }
+
+    /// Hands `command` to the selected nodes (a loaded app's `{index}` becoming each
+    /// node's number) now, so that each node gets requests in the order they came;
+    /// answers with theirs once all answered.
+    async fn hand_out(
+        &self,
+        selection: Selection,
+        command: AdminCommand,
+        reply: oneshot::Sender<Value>,
+    ) {
+        let controls = match self.controls(selection) {
+            Ok(controls) => controls,
+            Err(e) => {
+                let _ = reply.send(refusal(format!("{e:#}")));
+                return;
+            }
+        };
+        let mut answers = Vec::new();
+        for (index, control) in controls {
+            let mut command = command.clone();
+            let request = match &mut command {
+                AdminCommand::Load(request) => Some(request),
+                AdminCommand::Replace(replacement) => Some(&mut replacement.request),
+                _ => None,
+            };
+            if let Some(request) = request {
+                request.spec.config = request.spec.config.replace("{index}", &index.to_string());
+            }
+            let (answer_tx, answer) = oneshot::channel();
+            let call = AdminCall {
+                command,
+                reply: answer_tx,
+            };
+            let sent = control.send(call).await.is_ok();
+            answers.push((index, sent.then_some(answer)));
+        }
+        tokio::spawn(async move {
+            let mut gathered = Vec::new();
+            for (index, answer) in answers {
+                let answer = match answer {
+                    Some(answer) => answer.await.ok(),
+                    None => None,
+                };
+                let answer = answer.unwrap_or_else(|| refusal("the node is shutting down"));
+                gathered.push((index, answer));
+            }
+            let _ = reply.send(gather(gathered));
+        });
     }
 
     async fn wait_or_complete(&mut self, waiting: Waiting) {
@@ -615,24 +652,23 @@ impl Cluster {
         }
     }
 
-    /// Tells the listed nodes to stop; returns those that were running. Refuses nodes
-    /// that are stopping, and for a plain stop, nodes already stopped.
+    /// Tells the listed nodes to stop; returns those to wait for (running or already
+    /// stopping). For a plain stop, refuses nodes already stopped.
     fn stop(&mut self, listed: &[usize], restart: bool) -> Result<BTreeSet<usize>> {
         check_listed(listed, self.slots.len())?;
-        for &index in listed {
+        if let Some(index) = listed.iter().find(|&&index| {
             let slot = &self.slots[index];
-            if slot.stopping {
-                bail!("node {index} is stopping");
-            }
-            if slot.run.is_none() && !restart {
-                bail!("node {index} is not running");
-            }
+            !restart && slot.run.is_none() && !slot.stopping
+        }) {
+            bail!("node {index} is not running");
         }
         let mut stopping = BTreeSet::new();
         for &index in listed {
             let slot = &mut self.slots[index];
             if slot.run.take().is_some() {
                 slot.stopping = true;
+            }
+            if slot.stopping {
                 stopping.insert(index);
             }
         }
@@ -707,32 +743,6 @@ impl Cluster {
         }
         Ok(summary)
     }
-}
-
-/// Hands `command` to each node (a loaded app's `{index}` becoming the node's number)
-/// and collects their answers.
-async fn fan_out(
-    controls: Vec<(usize, mpsc::Sender<AdminCall>)>,
-    command: AdminCommand,
-) -> Vec<(usize, Value)> {
-    let calls = controls.into_iter().map(|(index, control)| {
-        let mut command = command.clone();
-        let request = match &mut command {
-            AdminCommand::Load(request) => Some(request),
-            AdminCommand::Replace(replacement) => Some(&mut replacement.request),
-            _ => None,
-        };
-        if let Some(request) = request {
-            request.spec.config = request.spec.config.replace("{index}", &index.to_string());
-        }
-        async move {
-            let answer = admin_call(&control, command)
-                .await
-                .unwrap_or_else(|e| refusal(format!("{e:#}")));
-            (index, answer)
-        }
-    });
-    join_all(calls).await
 }
 
 /// Open files a node of a cluster may need: its listener and its connections (peers

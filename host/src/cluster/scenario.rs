@@ -1,8 +1,8 @@
 //! A cluster's timed actions (`cluster --scenario FILE.toml`), in the format of
-//! `simulate --scenario` (see [`crate::sim::scenario`]), on live nodes and from the
-//! cluster's start: `disconnect` stops nodes (for `duration`, then restarts them with
+//! `simulate --scenario` (see [`crate::sim::scenario`]), on live nodes and from when
+//! every node started: `disconnect` stops nodes (for `duration`, then restarts them with
 //! their identity and address; their apps start again from `init`), `reconnect`
-//! restarts stopped ones, `load` / `replace` / `unload` act as through the admin
+//! restarts stopped ones (once they have stopped), `load` / `replace` / `unload` act as through the admin
 //! socket. `latency` is refused: a live cluster's latency is the machine's.
 
 use std::collections::HashMap;
@@ -100,7 +100,7 @@ impl Steps {
         self.steps.insert(position, (at, kind));
     }
 
-    /// When the next step is due, from the cluster's start.
+    /// When the next step is due, from when every node started.
     pub fn next_at(&self) -> Option<Duration> {
         self.steps.first().map(|(at, _)| *at)
     }
