@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NodeConfig;
-use crate::node::{parse_command, AdminCommand, Answer};
+use crate::node::{ask, parse_command, AdminCommand, Answer};
 use crate::runtime::Runtime;
 
 /// The nodes a request is for.
@@ -112,12 +112,12 @@ impl Answer for ClusterAnswers {
                 ClusterRequest::Apps(selection, Box::new(command))
             }
         };
-        let (reply, answer) = oneshot::channel();
-        self.calls
-            .send(ClusterCall { request, reply })
-            .await
-            .context("the cluster is shutting down")?;
-        answer.await.context("the cluster is shutting down")
+        ask(
+            &self.calls,
+            |reply| ClusterCall { request, reply },
+            "cluster",
+        )
+        .await
     }
 }
 

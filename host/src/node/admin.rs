@@ -238,7 +238,7 @@ impl Answer for NodeAnswers {
             bail!("this is one node's admin socket: `nodes` selects the nodes of a cluster");
         }
         let command = parse_command(&request, &self.runtime, &self.defaults).await?;
-        call(&self.calls, command).await
+        ask(&self.calls, |reply| AdminCall { command, reply }, "node").await
     }
 }
 
@@ -270,14 +270,20 @@ pub async fn parse_command(
     })
 }
 
-/// Hands `command` to a node's event loop and waits for its answer.
-pub async fn call(calls: &mpsc::Sender<AdminCall>, command: AdminCommand) -> Result<Value> {
+/// Sends a request, made with the channel its answer comes back on, to an event loop
+/// (a node's or a cluster's, `who`) and waits for the answer.
+pub async fn ask<C>(
+    calls: &mpsc::Sender<C>,
+    request: impl FnOnce(oneshot::Sender<Value>) -> C,
+    who: &str,
+) -> Result<Value> {
     let (reply, answer) = oneshot::channel();
+    let shutting_down = || anyhow::anyhow!("the {who} is shutting down");
     calls
-        .send(AdminCall { command, reply })
+        .send(request(reply))
         .await
-        .context("the node is shutting down")?;
-    answer.await.context("the node is shutting down")
+        .map_err(|_| shutting_down())?;
+    answer.await.map_err(|_| shutting_down())
 }
 
 /// Resolves a load request against the node's defaults and compiles its component (off

@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::admin::{app_spec, compile, AdminCall, AdminCommand, Replacement};
+use super::admin::{app_spec, ask, compile, AdminCall, AdminCommand, Replacement};
 use crate::config::{AppSpec, NodeConfig};
 use crate::runtime::{Limits, Runtime};
 
@@ -152,9 +152,9 @@ async fn call(
     calls: &mpsc::Sender<AdminCall>,
     command: AdminCommand,
 ) -> Option<Result<(), String>> {
-    let (reply, answer) = oneshot::channel();
-    calls.send(AdminCall { command, reply }).await.ok()?;
-    let answer = answer.await.ok()?;
+    let answer = ask(calls, |reply| AdminCall { command, reply }, "node")
+        .await
+        .ok()?;
     Some(if answer["ok"] == true {
         Ok(())
     } else {

@@ -14,8 +14,8 @@ mod network_stats;
 mod sampling_data;
 
 pub use admin::{
-    call as admin_call, parse_command, refusal, AdminCall, AdminCommand, AdminServer, Answer,
-    Replacement, MAX_REQUEST as MAX_ADMIN_REQUEST,
+    ask, parse_command, refusal, AdminCall, AdminCommand, AdminServer, Answer, Replacement,
+    MAX_REQUEST as MAX_ADMIN_REQUEST,
 };
 pub use network_stats::NetworkStats;
 pub use sampling_data::SamplingStats;
