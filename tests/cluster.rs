@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::node::{nodemanager, read, wait_for, RunningNode};
+use common::node::{nodemanager, read, sigterm_child, wait_for, RunningNode};
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read as _, Write as _};
@@ -22,6 +22,25 @@ fn share_vec() -> String {
     )
 }
 
+/// The Rust ShareVec on every node, forever, a call every `period`, in `context`. Not
+/// a test of CPU deadlines: a busy machine may stall a call for seconds.
+fn share_vec_forever(period: &str, context: &str) -> Vec<String> {
+    let app = share_vec();
+    let args = [
+        "--app",
+        &app,
+        "--cycles",
+        "-1",
+        "--period",
+        period,
+        "--context",
+        context,
+    ];
+    let mut args: Vec<String> = args.map(String::from).into();
+    args.extend(["--limit".into(), "call_deadline=120s".into()]);
+    args
+}
+
 /// A running cluster: its process, its first line's nodes, its admin socket and output.
 struct RunningCluster {
     child: Child,
@@ -32,13 +51,14 @@ struct RunningCluster {
 }
 
 impl RunningCluster {
-    /// Starts `cluster` with `args`, an admin socket and an output folder in `dir`;
-    /// returns once every node started (the first line).
-    fn start(dir: &Path, args: &[&str]) -> RunningCluster {
+    /// Starts `cluster` with `args` and `apps`, an admin socket and an output folder in
+    /// `dir`; returns once every node started (the first line).
+    fn start(dir: &Path, args: &[&str], apps: &[String]) -> RunningCluster {
         let (admin, out) = (dir.join("cluster.sock"), dir.join("out"));
         let mut child = nodemanager()
             .arg("cluster")
             .args(args)
+            .args(apps)
             .arg("--admin")
             .arg(&admin)
             .arg("--out")
@@ -93,12 +113,7 @@ impl RunningCluster {
 
     /// SIGTERM; waits for a successful exit; returns the summary and `nodes.jsonl`.
     fn stop(mut self) -> (Value, Vec<Value>) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        sigterm_child(&self.child);
         let mut rest = String::new();
         self.stdout.read_to_string(&mut rest).unwrap();
         let status = self.child.wait().unwrap();
@@ -142,17 +157,9 @@ fn a_cluster_runs_many_full_nodes_in_one_process_and_sums_them_up() {
             "--start-rate",
             "0",
         ])
-        .args([
-            "--bootstrap-from",
-            "2",
-            "--app",
-            &share_vec(),
-            "--cycles",
-            "-1",
-        ])
-        .args(["--period", "200ms", "--context", "e2e-cluster"])
-        // Not a test of CPU deadlines: a busy machine may stall a call for seconds.
-        .args(["--limit", "call_deadline=120s", "--out"])
+        .args(["--bootstrap-from", "2"])
+        .args(share_vec_forever("200ms", "e2e-cluster"))
+        .arg("--out")
         .arg(&out)
         .stdout(Stdio::piped())
         .spawn()
@@ -176,11 +183,7 @@ fn a_cluster_runs_many_full_nodes_in_one_process_and_sums_them_up() {
         let text = read(&log);
         (0..nodes).all(|i| text.contains(&format!("node{{index={i}}}: guest: received")))
     });
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    sigterm_child(&child);
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     assert!(child.wait().unwrap().success(), "{rest}");
@@ -276,6 +279,7 @@ fn a_hundred_node_cluster_converges_beyond_its_bootstrap_peers() {
             "--context",
             "e2e-converge",
         ],
+        &[],
     );
     let described = cluster.ok(json!({"cmd": "nodes"}));
     let bootstrap: Vec<HashSet<String>> = described["nodes"]
@@ -324,7 +328,6 @@ fn a_hundred_node_cluster_converges_beyond_its_bootstrap_peers() {
 #[test]
 fn cluster_nodes_stop_and_restart_through_the_admin_socket_with_their_identity_and_address() {
     let dir = tempfile::tempdir().unwrap();
-    let app = share_vec();
     let metrics = dir.path().join("metrics");
     let cluster = RunningCluster::start(
         dir.path(),
@@ -339,17 +342,8 @@ fn cluster_nodes_stop_and_restart_through_the_admin_socket_with_their_identity_a
             "0",
             "--bootstrap-from",
             "2",
-            "--app",
-            &app,
-            "--cycles",
-            "-1",
-            "--period",
-            "200ms",
-            "--context",
-            "e2e-churn",
-            "--limit",
-            "call_deadline=120s",
         ],
+        &share_vec_forever("200ms", "e2e-churn"),
     );
     wait_for("every node's app to receive", || {
         cluster.stats().iter().all(|node| received(node) > 0)
@@ -461,28 +455,11 @@ fn cluster_nodes_stop_and_restart_through_the_admin_socket_with_their_identity_a
 #[test]
 fn an_app_replaced_on_every_node_while_messages_flow_loses_nothing_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    let app = share_vec();
     let nodes = 8;
     let cluster = RunningCluster::start(
         dir.path(),
-        &[
-            "--nodes",
-            "8",
-            "--start-rate",
-            "0",
-            "--bootstrap-from",
-            "2",
-            "--app",
-            &app,
-            "--cycles",
-            "-1",
-            "--period",
-            "100ms",
-            "--context",
-            "e2e-upgrade",
-            "--limit",
-            "call_deadline=120s",
-        ],
+        &["--nodes", "8", "--start-rate", "0", "--bootstrap-from", "2"],
+        &share_vec_forever("100ms", "e2e-upgrade"),
     );
     wait_for("every node's app to receive", || {
         cluster.stats().iter().all(|node| received(node) > 0)
@@ -530,24 +507,9 @@ fn an_app_replaced_on_every_node_while_messages_flow_loses_nothing_accepted() {
 #[test]
 fn a_cluster_and_outside_run_nodes_bootstrap_to_each_other() {
     let dir = tempfile::tempdir().unwrap();
-    let app = share_vec();
     let run_args = |bootstrap: Option<&str>| {
-        let mut args: Vec<String> = [
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--app",
-            &app,
-            "--cycles",
-            "-1",
-            "--period",
-            "200ms",
-            "--context",
-            "e2e-interop",
-            "--limit",
-            "call_deadline=120s",
-        ]
-        .map(String::from)
-        .into();
+        let mut args: Vec<String> = vec!["--listen".into(), "/ip4/127.0.0.1/tcp/0".into()];
+        args.extend(share_vec_forever("200ms", "e2e-interop"));
         if let Some(bootstrap) = bootstrap {
             args.extend(["--bootstrap".into(), bootstrap.into()]);
         }
@@ -568,17 +530,8 @@ fn a_cluster_and_outside_run_nodes_bootstrap_to_each_other() {
             "1",
             "--bootstrap",
             &a_addr,
-            "--app",
-            &app,
-            "--cycles",
-            "-1",
-            "--period",
-            "200ms",
-            "--context",
-            "e2e-interop",
-            "--limit",
-            "call_deadline=120s",
         ],
+        &share_vec_forever("200ms", "e2e-interop"),
     );
     let into = cluster.nodes[3]["listen_addrs"][0].as_str().unwrap();
     let outside_b = RunningNode::spawn(&run_args(Some(into)), dir.path().join("b.log"));

@@ -139,7 +139,12 @@ pub fn stop_all(nodes: Vec<RunningNode>) -> Vec<Value> {
 
 /// Sends SIGTERM to `node`.
 pub fn sigterm(node: &RunningNode) {
-    let pid = node.child.id().to_string();
+    sigterm_child(&node.child);
+}
+
+/// Sends SIGTERM to a `nodemanager` process.
+pub fn sigterm_child(child: &Child) {
+    let pid = child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
