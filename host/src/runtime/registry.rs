@@ -372,31 +372,27 @@ impl AppRegistry {
             .map_err(|_| Refused::new("app_stopped", format!("app {app:?} has stopped")))
     }
 
-    /// Tells app instance `id` how its message `message_id` ended; for an instance
-    /// already unloaded, only counts it.
+    /// Tells app instance `id` how its message `message_id` ended. An instance told to
+    /// drain (unloaded or replaced) ends once it reaches that command, so for it, and
+    /// after its end, the outcome is only counted.
     pub fn report(&self, report: Report) {
         let Report {
             app: id,
             message_id,
             outcome,
         } = report;
-        if let Some(app) = self
-            .apps
-            .values()
-            .chain(self.leaving.values())
-            .find(|a| a.id == id)
-        {
+        if let Some(app) = self.apps.values().find(|a| a.id == id) {
             let _ = app.commands.send(AppCommand::Delivery {
                 id: message_id,
                 outcome,
             });
-        } else if let Some((_, _, stats)) = self.retired.iter().find(|(retired, ..)| *retired == id)
-        {
-            stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .counts
-                .count(&outcome);
+            return;
+        }
+        let leaving = self.leaving.get(&id).map(|app| &app.stats);
+        let retired = self.retired.iter().find(|(retired, ..)| *retired == id);
+        if let Some(stats) = leaving.or(retired.map(|(_, _, stats)| stats)) {
+            let mut stats = stats.lock().unwrap_or_else(|e| e.into_inner());
+            stats.counts.count(&outcome);
         }
     }
 
