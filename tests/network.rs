@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::node::{logged_views, nodemanager, read, sigterm, wait_for, RunningNode};
-use nodemanager::network::{codec, AppRequest};
+use nodemanager::network::{codec, AppBatch, AppRequest};
 use serde_json::Value;
 
 /// `--app` arguments for the hostile guest in `mode` (calm, greet, greet_known), named
@@ -447,13 +447,13 @@ fn peak_rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// An app request frame: version 1, the name, the payload.
+/// An app request frame of one message.
 fn frame(app: &str, payload: &[u8]) -> Vec<u8> {
     let message = AppRequest {
         app: app.into(),
         payload: payload.to_vec(),
     };
-    codec::encode_request(&[message]).unwrap()
+    codec::encode_request(&AppBatch::new(vec![message])).unwrap()
 }
 
 /// The node's answers in a response frame: one per message.
@@ -494,7 +494,7 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
         let mut peer = raw_peer::swarm("default");
         let node_id = raw_peer::connect(&mut peer, &addr).await;
         let oversized = frame("hello", &[7; 200_000]);
-        let both = codec::encode_request(&[
+        let both = codec::encode_request(&AppBatch::new(vec![
             AppRequest {
                 app: "nope".into(),
                 payload: b"x".to_vec(),
@@ -503,16 +503,16 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
                 app: "hello".into(),
                 payload: b"hi".to_vec(),
             },
-        ])
+        ]))
         .unwrap();
         let answers = raw_peer::send_all(
             &mut peer,
             node_id,
             false,
             vec![
-                vec![2],                            // ends inside the message count
-                vec![2, 0, 1, 10, b'h'],            // ends inside the app name
-                Vec::new(),                         // empty
+                vec![3, 0, 0, 0, 0, 0, 0, 0, 1], // ends inside the message count
+                vec![3, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 10, b'h'], // inside the app name
+                Vec::new(),                      // empty
                 vec![9, 0, 1, 1, b'h', 0, 0, 0, 0], // another wire version
                 oversized,
                 both, // one for no such app, one fine
@@ -635,6 +635,129 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
         "{summary}"
     );
     assert!(app["cycles"].as_u64().unwrap() >= 1, "{summary}");
+}
+
+/// The first app request the node sends the raw peer: its key and its answer channel.
+async fn next_app_request(
+    swarm: &mut libp2p::Swarm<raw_peer::Behaviour>,
+) -> (u64, libp2p::request_response::ResponseChannel<Vec<u8>>) {
+    use futures::StreamExt;
+    use libp2p::request_response::{Event, Message};
+    loop {
+        if let libp2p::swarm::SwarmEvent::Behaviour(raw_peer::BehaviourEvent::App(
+            Event::Message {
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            },
+        )) = swarm.select_next_some().await
+        {
+            let key = u64::from_be_bytes(request[1..9].try_into().unwrap());
+            return (key, channel);
+        }
+    }
+}
+
+#[test]
+fn a_request_cut_off_by_its_connection_closing_is_sent_again_and_delivered_once() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    // The node greets every peer it knows, the raw peer among them, every 100 ms.
+    let (node, socket) = start_configured(dir.path(), "", hostile_app("greet_known", "100ms", -1));
+    let addr = node.addr();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop_peer, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let (answered_again, repeats) = runtime.block_on(async {
+        let mut peer = raw_peer::swarm("default");
+        peer.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        // Listening before connecting: identify then tells the node where to dial back.
+        while !matches!(
+            peer.select_next_some().await,
+            libp2p::swarm::SwarmEvent::NewListenAddr { .. }
+        ) {}
+        let node_id = raw_peer::connect(&mut peer, &addr).await;
+        // The first greeting: cut the connection instead of answering.
+        let (first, channel) = next_app_request(&mut peer).await;
+        peer.disconnect_peer_id(node_id).unwrap();
+        drop(channel);
+        // The node dials back and sends the same request (same key) again; answer
+        // every greeting from now on.
+        let accepted = codec::encode_response(&[Ok(())]);
+        let again = async {
+            loop {
+                let (key, channel) = next_app_request(&mut peer).await;
+                let _ = peer
+                    .behaviour_mut()
+                    .app
+                    .send_response(channel, accepted.clone());
+                if key == first {
+                    return;
+                }
+            }
+        };
+        let answered_again = tokio::time::timeout(Duration::from_secs(120), again)
+            .await
+            .is_ok();
+        // The receiving side: the same request twice is delivered once, answered twice.
+        let twice = frame("hello", b"once");
+        let repeats =
+            raw_peer::send_all(&mut peer, node_id, false, vec![twice.clone(), twice]).await;
+        // Go on answering the node's greetings until the test is done.
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    (_, channel) = next_app_request(&mut peer) => {
+                        let _ = peer.behaviour_mut().app.send_response(channel, accepted.clone());
+                    }
+                }
+            }
+        });
+        (answered_again, repeats)
+    });
+    assert!(answered_again, "the cut request was never sent again");
+    for answer in &repeats {
+        let answer = answer.as_ref().expect("answered");
+        assert_eq!(
+            answers(answer),
+            [Ok(())],
+            "the repeat gets the first answer"
+        );
+    }
+    wait_for(
+        "the cut request to count as delivered, nothing unknown or failed",
+        || {
+            let stats = stats(&socket);
+            let app = &stats["apps"][0]["stats"];
+            let network = &stats["network"];
+            network["requests_sent_again"].as_u64() >= Some(1)
+                && network["repeats_answered"] == 1
+                && app["sent"].as_u64() >= Some(3)
+                && app["send_unknown"] == 0
+                && app["send_errors"] == 0
+                && app["received"] == 1
+        },
+    );
+    let log = read(&node.log);
+    assert!(
+        log.contains("greet got once from"),
+        "the raw peer's message arrived"
+    );
+    assert_eq!(
+        log.matches("greet got once from").count(),
+        1,
+        "delivered once, not twice"
+    );
+    let _ = stop_peer.send(());
+    let summary = stop(node);
+    assert_eq!(summary["network"]["repeats_answered"], 1, "{summary}");
 }
 
 // ------------------------------------------------------------------------- logs

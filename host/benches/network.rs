@@ -32,7 +32,7 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, Swarm};
 use nodemanager::config::{AppSpec, NodeConfig};
-use nodemanager::network::{app_protocol, AppCodec, AppRequest};
+use nodemanager::network::{app_protocol, AppBatch, AppCodec, AppRequest};
 use nodemanager::node::Node;
 use nodemanager::runtime::{Limits, Runtime};
 
@@ -95,10 +95,11 @@ async fn plain_echo_server() -> Multiaddr {
             }) = server.select_next_some().await
             {
                 let batch = request.expect("a well-formed request");
-                let acks = vec![Ok(()); batch.len()];
+                let acks = vec![Ok(()); batch.messages.len()];
                 let _ = server.behaviour_mut().send_response(channel, acks);
-                if batch[0].app == "echo" {
-                    server.behaviour_mut().send_request(&peer, Ok(batch));
+                if batch.messages[0].app == "echo" {
+                    let back = AppBatch::new(batch.into_messages());
+                    server.behaviour_mut().send_request(&peer, Ok(back));
                 }
             }
         }
@@ -174,7 +175,7 @@ impl Client {
                 };
                 self.swarm
                     .behaviour_mut()
-                    .send_request(&self.server, Ok(vec![request; batch]));
+                    .send_request(&self.server, Ok(AppBatch::new(vec![request; batch])));
                 sent += batch;
             }
             match self.swarm.select_next_some().await {
@@ -212,7 +213,7 @@ impl Client {
                 };
                 self.swarm
                     .behaviour_mut()
-                    .send_request(&self.server, Ok(vec![request]));
+                    .send_request(&self.server, Ok(AppBatch::new(vec![request])));
                 sent += 1;
             }
             match self.swarm.select_next_some().await {
@@ -224,7 +225,7 @@ impl Client {
                     ..
                 }) => {
                     // The node sends echoes that queued up meanwhile in one request.
-                    let echoes = request.expect("a well-formed echo").len();
+                    let echoes = request.expect("a well-formed echo").messages.len();
                     let _ = self
                         .swarm
                         .behaviour_mut()

@@ -2,9 +2,12 @@
 //! frames. One request carries a batch of messages for one peer (all the messages an
 //! app call queued for it), so a burst costs one stream, not one per message.
 //!
-//! Request: `[version = 2][count: u16]`, then per message
+//! Request: `[version = 3][key: u64][count: u16]`, then per message
 //! `[app name length: u8][app name][payload length: u32][payload]`; nothing after.
-//! Response: `[version = 2][count: u16]`, then per message `[status: 0 accepted]` or
+//! The key is the sender's random name for the batch: a batch sent again after its
+//! connection closed carries the same key, so the receiver can answer a repeat without
+//! delivering it twice.
+//! Response: `[version = 3][count: u16]`, then per message `[status: 0 accepted]` or
 //! `[status: 1 refused][reason length: u16][reason, UTF-8]`.
 //! Numbers are big-endian.
 
@@ -17,14 +20,14 @@ use futures::prelude::*;
 use libp2p::StreamProtocol;
 
 /// The wire version this build speaks.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 /// Most messages in one request frame.
 pub const MAX_BATCH: usize = 1024;
 
 /// Bytes a request frame adds around the payloads: the header, and per message the
 /// longest name with its two lengths.
-pub const REQUEST_OVERHEAD: u64 = 3 + MAX_BATCH as u64 * (1 + 255 + 4);
+pub const REQUEST_OVERHEAD: u64 = 11 + MAX_BATCH as u64 * (1 + 255 + 4);
 
 /// Longest refusal reason sent back.
 const MAX_REASON: usize = 1024;
@@ -36,6 +39,30 @@ pub struct AppRequest {
     pub app: String,
     /// The app's bytes.
     pub payload: Vec<u8>,
+}
+
+/// One request: messages for one peer, in order, under the sender's key for the batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppBatch {
+    /// Chosen at random by the sender, the same when it sends the batch again.
+    pub key: u64,
+    /// The messages (shared, so that the sender keeps them for a retry without a copy).
+    pub messages: Arc<Vec<AppRequest>>,
+}
+
+impl AppBatch {
+    /// A batch of `messages` under a fresh random key.
+    pub fn new(messages: Vec<AppRequest>) -> AppBatch {
+        AppBatch {
+            key: rand::random(),
+            messages: Arc::new(messages),
+        }
+    }
+
+    /// The messages, taken out without a copy when no one else holds them.
+    pub fn into_messages(self) -> Vec<AppRequest> {
+        Arc::try_unwrap(self.messages).unwrap_or_else(|shared| (*shared).clone())
+    }
 }
 
 /// The receiver's answer to one message: accepted for the app, or refused with a reason.
@@ -65,7 +92,8 @@ pub(crate) fn not_a_request() -> io::Error {
 }
 
 /// Encodes a request frame of 1 to `MAX_BATCH` messages.
-pub fn encode_request(batch: &[AppRequest]) -> io::Result<Vec<u8>> {
+pub fn encode_request(request: &AppBatch) -> io::Result<Vec<u8>> {
+    let batch = &request.messages[..];
     if batch.is_empty() || batch.len() > MAX_BATCH {
         return Err(invalid(format!(
             "an app request carries 1 to {MAX_BATCH} messages, not {}",
@@ -76,8 +104,9 @@ pub fn encode_request(batch: &[AppRequest]) -> io::Result<Vec<u8>> {
         .iter()
         .map(|m| 5 + m.app.len() + m.payload.len())
         .sum();
-    let mut frame = Vec::with_capacity(3 + size);
+    let mut frame = Vec::with_capacity(11 + size);
     frame.push(WIRE_VERSION);
+    frame.extend_from_slice(&request.key.to_be_bytes());
     frame.extend_from_slice(&(batch.len() as u16).to_be_bytes());
     for message in batch {
         let name = message.app.as_bytes();
@@ -131,12 +160,21 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    /// The version and message count of a frame.
-    fn header(&mut self) -> io::Result<usize> {
+    fn u64(&mut self, field: &str) -> io::Result<u64> {
+        let b = self.take(8, field)?;
+        Ok(u64::from_be_bytes(b.try_into().expect("8 bytes taken")))
+    }
+
+    /// The version of a frame.
+    fn version(&mut self) -> io::Result<()> {
         if self.rest.is_empty() {
             return Err(invalid(format!("empty {}", self.what)));
         }
-        check_version(self.u8("the version")?)?;
+        check_version(self.u8("the version")?)
+    }
+
+    /// The message count of a frame.
+    fn count(&mut self) -> io::Result<usize> {
         let count = self.u16("the message count")? as usize;
         if count == 0 || count > MAX_BATCH {
             return Err(invalid(format!(
@@ -160,12 +198,14 @@ impl<'a> Reader<'a> {
 }
 
 /// Decodes a request frame, naming what is wrong with a bad one.
-pub fn decode_request(frame: &[u8]) -> io::Result<Vec<AppRequest>> {
+pub fn decode_request(frame: &[u8]) -> io::Result<AppBatch> {
     let mut r = Reader {
         rest: frame,
         what: "app request",
     };
-    let count = r.header()?;
+    r.version()?;
+    let key = r.u64("the request key")?;
+    let count = r.count()?;
     let mut batch = Vec::with_capacity(count.min(64));
     for i in 0..count {
         let len = r.u8("an app name length")? as usize;
@@ -182,7 +222,10 @@ pub fn decode_request(frame: &[u8]) -> io::Result<Vec<AppRequest>> {
         });
     }
     r.finish()?;
-    Ok(batch)
+    Ok(AppBatch {
+        key,
+        messages: Arc::new(batch),
+    })
 }
 
 /// Encodes a response frame, one answer per message of the request.
@@ -209,7 +252,8 @@ pub fn decode_response(frame: &[u8]) -> io::Result<Vec<AppResponse>> {
         rest: frame,
         what: "app response",
     };
-    let count = r.header()?;
+    r.version()?;
+    let count = r.count()?;
     let mut answers = Vec::with_capacity(count.min(64));
     for _ in 0..count {
         answers.push(match r.u8("a status")? {
@@ -326,19 +370,19 @@ pub struct AppCodec {
 
 impl libp2p::request_response::Codec for AppCodec {
     type Protocol = StreamProtocol;
-    type Request = Inbound<Vec<AppRequest>>;
+    type Request = Inbound<AppBatch>;
     type Response = Vec<AppResponse>;
 
     async fn read_request<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> io::Result<Inbound<Vec<AppRequest>>> {
+    ) -> io::Result<Inbound<AppBatch>> {
         let limit = self.max_payload_bytes + REQUEST_OVERHEAD;
         let frame = read_bounded(io, limit, "app request", Some(&self.budget)).await;
         verdict(frame.and_then(|frame| {
             let batch = decode_request(&frame)?;
-            let payload: u64 = batch.iter().map(|m| m.payload.len() as u64).sum();
+            let payload: u64 = batch.messages.iter().map(|m| m.payload.len() as u64).sum();
             if payload > self.max_payload_bytes {
                 return Err(invalid(format!(
                     "app request carries {payload} payload bytes, larger than the limit of {}",
@@ -361,7 +405,7 @@ impl libp2p::request_response::Codec for AppCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        request: Inbound<Vec<AppRequest>>,
+        request: Inbound<AppBatch>,
     ) -> io::Result<()> {
         let request = request.map_err(|_| not_a_request())?;
         io.write_all(&encode_request(&request)?).await?;
@@ -391,13 +435,19 @@ mod tests {
         }
     }
 
+    fn batch(messages: Vec<AppRequest>) -> AppBatch {
+        AppBatch {
+            key: 0x0102_0304_0506_0708,
+            messages: Arc::new(messages),
+        }
+    }
+
     #[test]
     fn requests_and_responses_round_trip() {
-        let batch = vec![message("share_vec", &[1, 2, 3]), message("a", &[])];
-        assert_eq!(
-            decode_request(&encode_request(&batch).unwrap()).unwrap(),
-            batch
-        );
+        let request = batch(vec![message("share_vec", &[1, 2, 3]), message("a", &[])]);
+        let frame = encode_request(&request).unwrap();
+        assert_eq!(&frame[..11], &[3, 1, 2, 3, 4, 5, 6, 7, 8, 0, 2]);
+        assert_eq!(decode_request(&frame).unwrap(), request);
         let answers = vec![Ok(()), Err("no app named x".to_string()), Ok(())];
         assert_eq!(
             decode_response(&encode_response(&answers)).unwrap(),
@@ -407,34 +457,41 @@ mod tests {
 
     #[test]
     fn bad_batches_are_not_encoded() {
-        assert!(encode_request(&[]).is_err());
-        assert!(encode_request(&vec![message("a", b"x"); MAX_BATCH + 1]).is_err());
-        assert!(encode_request(&[message("", b"x")]).is_err());
-        assert!(encode_request(&[message(&"n".repeat(256), b"x")]).is_err());
+        assert!(encode_request(&batch(vec![])).is_err());
+        assert!(encode_request(&batch(vec![message("a", b"x"); MAX_BATCH + 1])).is_err());
+        assert!(encode_request(&batch(vec![message("", b"x")])).is_err());
+        assert!(encode_request(&batch(vec![message(&"n".repeat(256), b"x")])).is_err());
     }
 
     #[test]
     fn bad_frames_are_refused_with_a_reason() {
-        let cases: [(&[u8], &str); 9] = [
-            (&[], "empty app request"),
-            (&[1, 0, 1, 1, b'a'], "unsupported app wire version 1"),
-            (&[2], "ends inside the message count"),
-            (&[2, 0, 0], "carries 0 messages"),
-            (&[2, 0, 1], "ends inside an app name length"),
-            (&[2, 0, 1, 5, b'a'], "ends inside an app name"),
-            (&[2, 0, 1, 1, 0xff, 0, 0, 0, 0], "not UTF-8"),
-            (&[2, 0, 1, 1, b'a', 0, 0, 0, 9, 1], "ends inside a payload"),
+        let key = [3, 0, 0, 0, 0, 0, 0, 0, 9];
+        let with_key = |rest: &[u8]| [&key[..], rest].concat();
+        let cases: [(Vec<u8>, &str); 11] = [
+            (vec![], "empty app request"),
+            (vec![2, 0, 1, 1, b'a'], "unsupported app wire version 2"),
+            (vec![3, 0, 0], "ends inside the request key"),
+            (with_key(&[0]), "ends inside the message count"),
+            (with_key(&[0, 0]), "carries 0 messages"),
+            (with_key(&[0, 1]), "ends inside an app name length"),
+            (with_key(&[0, 1, 5, b'a']), "ends inside an app name"),
+            (with_key(&[0, 1, 1, 0xff, 0, 0, 0, 0]), "not UTF-8"),
             (
-                &[2, 0, 1, 1, b'a', 0, 0, 0, 0, 7],
+                with_key(&[0, 1, 1, b'a', 0, 0, 0, 9, 1]),
+                "ends inside a payload",
+            ),
+            (
+                with_key(&[0, 1, 1, b'a', 0, 0, 0, 0, 7]),
                 "1 bytes after its last message",
             ),
+            (with_key(&[0, 1, 0]), "message 0 has an empty app name"),
         ];
         for (frame, expected) in cases {
-            let error = decode_request(frame).unwrap_err().to_string();
+            let error = decode_request(&frame).unwrap_err().to_string();
             assert!(error.contains(expected), "{frame:?}: {error}");
         }
-        assert!(decode_response(&[2, 0, 1, 7]).is_err());
-        assert!(decode_response(&[2, 0, 2, 0]).is_err());
+        assert!(decode_response(&[3, 0, 1, 7]).is_err());
+        assert!(decode_response(&[3, 0, 2, 0]).is_err());
     }
 
     #[test]
@@ -444,7 +501,7 @@ mod tests {
             max_payload_bytes: 8,
             max_response_bytes: 8,
         };
-        let big = encode_request(&[message("a", &[0; 100])]).unwrap();
+        let big = encode_request(&batch(vec![message("a", &[0; 100])])).unwrap();
         let protocol = StreamProtocol::new("/t");
         let error = futures::executor::block_on(libp2p::request_response::Codec::read_request(
             &mut codec,
@@ -459,7 +516,7 @@ mod tests {
     #[test]
     fn frames_past_the_node_wide_budget_are_refused_and_the_budget_is_returned() {
         let budget = ReadBudget::new(1000);
-        let frame = encode_request(&[message("a", &[0; 600])]).unwrap();
+        let frame = encode_request(&batch(vec![message("a", &[0; 600])])).unwrap();
         let read = |budget: &ReadBudget| {
             futures::executor::block_on(read_bounded(
                 &mut futures::io::Cursor::new(frame.clone()),
@@ -484,13 +541,16 @@ mod tests {
         );
     }
 
-    fn batches() -> impl Strategy<Value = Vec<AppRequest>> {
+    fn batches() -> impl Strategy<Value = AppBatch> {
         let one = (
             "[a-z_]{1,40}",
             proptest::collection::vec(any::<u8>(), 0..300),
         )
             .prop_map(|(app, payload)| AppRequest { app, payload });
-        proptest::collection::vec(one, 1..20)
+        (any::<u64>(), proptest::collection::vec(one, 1..20)).prop_map(|(key, messages)| AppBatch {
+            key,
+            messages: Arc::new(messages),
+        })
     }
 
     proptest! {

@@ -19,7 +19,7 @@ use libp2p::{
 };
 
 pub use codec::{
-    AppCodec, AppRequest, AppResponse, Inbound, ReadBudget, MAX_BATCH, REQUEST_OVERHEAD,
+    AppBatch, AppCodec, AppRequest, AppResponse, Inbound, ReadBudget, MAX_BATCH, REQUEST_OVERHEAD,
 };
 pub use sampling::{SamplingCodec, SamplingEnvelope};
 pub use settings::{NetworkSettings, Transport};

@@ -1,6 +1,11 @@
 //! App messages on their way to peers: batched per destination, tracked until each is
 //! answered, refused, fails or passes its deadline, and bounded so that an app sending
 //! faster than the network carries gets failures instead of an ever-growing queue.
+//!
+//! A request whose connection closed before the answer (the peer closed it as idle just
+//! as the request went out, the usual case) is sent once more under the same key; the
+//! receiver answers a repeat from memory without delivering it twice
+//! (`node/answers.rs`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -10,7 +15,7 @@ use libp2p::request_response::{OutboundFailure, OutboundRequestId};
 use libp2p::PeerId;
 use tokio::time::Instant;
 
-use crate::network::{AppRequest, AppResponse, MAX_BATCH};
+use crate::network::{AppBatch, AppRequest, AppResponse, MAX_BATCH};
 use crate::runtime::{AppId, Outcome, OutgoingMessage, Report, WorkerEvent};
 
 /// Most messages waiting for an answer on one node.
@@ -46,18 +51,28 @@ pub fn coalesce(events: Vec<WorkerEvent>) -> Vec<WorkerEvent> {
 pub struct Batch {
     /// The destination.
     pub peer: PeerId,
-    /// The messages, in the order the app queued them.
-    pub requests: Vec<AppRequest>,
-    pending: Vec<Pending>,
+    /// The request: its key and the messages, in the order the app queued them.
+    pub request: AppBatch,
+    /// One per message; `None` once its outcome is reported.
+    slots: Vec<Option<Pending>>,
+    /// Why the first attempt failed, when this is the batch sent again.
+    first_failure: Option<String>,
 }
 
-/// The messages in flight, by request; `None` once a message's outcome is reported.
+impl Batch {
+    /// Messages of the batch still waiting for an outcome.
+    fn waiting(&self) -> usize {
+        self.slots.iter().flatten().count()
+    }
+}
+
+/// The messages in flight, by request.
 ///
 /// Sans-IO: every method returns the [`Report`]s it settles, and the node hands them
 /// to the apps.
 #[derive(Default)]
 pub struct Deliveries {
-    requests: HashMap<OutboundRequestId, Vec<Option<Pending>>>,
+    requests: HashMap<OutboundRequestId, Batch>,
     in_flight: usize,
     /// Every deadline of a message sent, earliest first (some already settled).
     deadlines: BinaryHeap<Reverse<Instant>>,
@@ -75,7 +90,7 @@ fn report(p: Pending, outcome: Outcome) -> Report {
 /// peer could not be reached or does not speak the protocol) is a failure; sent but
 /// unanswered (timeout, connection closed, I/O error) is an unknown outcome, since
 /// the peer may have accepted them.
-pub fn outcome_of_failure(peer: PeerId, error: &OutboundFailure) -> Outcome {
+fn outcome_of_failure(peer: PeerId, error: &OutboundFailure) -> Outcome {
     let reason = format!("could not reach {peer}: {error}");
     match error {
         OutboundFailure::DialFailure | OutboundFailure::UnsupportedProtocols => {
@@ -103,7 +118,7 @@ impl Deliveries {
         messages: Vec<OutgoingMessage>,
         max_bytes: u64,
     ) -> (Vec<Batch>, Vec<Report>) {
-        let mut batches: Vec<Batch> = Vec::new();
+        let mut batches: Vec<(PeerId, Vec<AppRequest>, Vec<Option<Pending>>)> = Vec::new();
         let mut refused = Vec::new();
         let mut open: HashMap<PeerId, (usize, u64)> = HashMap::new();
         let mut room = MAX_IN_FLIGHT.saturating_sub(self.in_flight);
@@ -123,43 +138,48 @@ impl Deliveries {
             let slot = open
                 .get(&message.destination)
                 .copied()
-                .filter(|&(i, bytes)| {
-                    batches[i].requests.len() < MAX_BATCH && bytes + size <= max_bytes
-                });
+                .filter(|&(i, bytes)| batches[i].1.len() < MAX_BATCH && bytes + size <= max_bytes);
             let index = match slot {
                 Some((i, _)) => i,
                 None => {
-                    batches.push(Batch {
-                        peer: message.destination,
-                        requests: Vec::new(),
-                        pending: Vec::new(),
-                    });
+                    batches.push((message.destination, Vec::new(), Vec::new()));
                     batches.len() - 1
                 }
             };
             let bytes = slot.map_or(0, |(_, b)| b) + size;
             open.insert(message.destination, (index, bytes));
-            batches[index].requests.push(AppRequest {
+            let (_, requests, slots) = &mut batches[index];
+            requests.push(AppRequest {
                 app: name.to_string(),
                 payload: message.payload,
             });
-            batches[index].pending.push(Pending {
+            slots.push(Some(Pending {
                 app,
                 message_id: message.id,
                 deadline: Instant::now() + message.timeout,
                 timeout: message.timeout,
-            });
+            }));
         }
+        let batches = batches
+            .into_iter()
+            .map(|(peer, requests, slots)| Batch {
+                peer,
+                request: AppBatch::new(requests),
+                slots,
+                first_failure: None,
+            })
+            .collect();
         (batches, refused)
     }
 
-    /// Tracks a batch sent as request `id`.
+    /// Tracks a batch sent as request `id` (a new one, or one sent again).
     pub fn sent(&mut self, id: OutboundRequestId, batch: Batch) {
-        self.in_flight += batch.pending.len();
-        let deadlines = batch.pending.iter().map(|p| Reverse(p.deadline));
-        self.deadlines.extend(deadlines);
-        self.requests
-            .insert(id, batch.pending.into_iter().map(Some).collect());
+        self.in_flight += batch.waiting();
+        if batch.first_failure.is_none() {
+            let deadlines = batch.slots.iter().flatten().map(|p| Reverse(p.deadline));
+            self.deadlines.extend(deadlines);
+        }
+        self.requests.insert(id, batch);
     }
 
     /// When [`Deliveries::expire`] may next settle a message (perhaps none, if the
@@ -182,14 +202,14 @@ impl Deliveries {
         }
         let mut reports = Vec::new();
         self.requests.retain(|_, batch| {
-            for slot in batch.iter_mut() {
+            for slot in batch.slots.iter_mut() {
                 if slot.as_ref().is_some_and(|p| p.deadline <= now) {
                     let p = slot.take().expect("checked above");
                     let reason = format!("timed out after {:?} without an answer", p.timeout);
                     reports.push(report(p, Outcome::Unknown(reason)));
                 }
             }
-            batch.iter().any(Option::is_some)
+            batch.slots.iter().any(Option::is_some)
         });
         self.in_flight -= reports.len();
         reports
@@ -205,10 +225,10 @@ impl Deliveries {
         let Some(batch) = self.requests.remove(&id) else {
             return Vec::new();
         };
-        let count = batch.len();
+        let count = batch.slots.len();
         let mut answers = answers.into_iter();
         let mut reports = Vec::new();
-        for slot in batch {
+        for slot in batch.slots {
             // Keep answers aligned with messages whose deadline already passed.
             let answer = answers.next();
             let Some(p) = slot else { continue };
@@ -225,20 +245,42 @@ impl Deliveries {
         reports
     }
 
-    /// Request `id` failed as a whole: every message still waiting gets `outcome`.
-    pub fn failed(&mut self, id: OutboundRequestId, outcome: Outcome) -> Vec<Report> {
-        let waiting: Vec<Pending> = self
-            .requests
-            .remove(&id)
+    /// Request `id` to `peer` failed as a whole. When its connection closed or broke
+    /// before an answer on the first attempt, the batch comes back to be sent again
+    /// (same key); otherwise every message still waiting gets its outcome: failed if it
+    /// was never sent, unknown if the peer may have accepted it (on either attempt).
+    pub fn failed(
+        &mut self,
+        id: OutboundRequestId,
+        peer: PeerId,
+        error: &OutboundFailure,
+    ) -> (Vec<Report>, Option<Batch>) {
+        let Some(mut batch) = self.requests.remove(&id) else {
+            return (Vec::new(), None);
+        };
+        let waiting = batch.waiting();
+        self.in_flight -= waiting;
+        let broken = matches!(
+            error,
+            OutboundFailure::ConnectionClosed | OutboundFailure::Io(_)
+        );
+        if waiting > 0 && broken && batch.first_failure.is_none() {
+            batch.first_failure = Some(error.to_string());
+            return (Vec::new(), Some(batch));
+        }
+        let outcome = match batch.first_failure {
+            Some(first) => Outcome::Unknown(format!(
+                "no answer from {peer}: {first}; sent again: {error}"
+            )),
+            None => outcome_of_failure(peer, error),
+        };
+        let reports = batch
+            .slots
             .into_iter()
             .flatten()
-            .flatten()
-            .collect();
-        self.in_flight -= waiting.len();
-        waiting
-            .into_iter()
             .map(|p| report(p, outcome.clone()))
-            .collect()
+            .collect();
+        (reports, None)
     }
 
     /// Settles every message still waiting at shutdown: its outcome is unknown.
@@ -247,7 +289,7 @@ impl Deliveries {
         self.deadlines.clear();
         self.requests
             .drain()
-            .flat_map(|(_, batch)| batch.into_iter().flatten())
+            .flat_map(|(_, batch)| batch.slots.into_iter().flatten())
             .map(|p| {
                 report(
                     p,
@@ -314,7 +356,7 @@ mod tests {
             .map(|batch| {
                 (
                     batch.peer,
-                    batch.pending.iter().map(|p| p.message_id).collect(),
+                    batch.slots.iter().flatten().map(|p| p.message_id).collect(),
                 )
             })
             .collect();
@@ -327,7 +369,7 @@ mod tests {
             .map(|id| message(id, a, 1))
             .collect();
         let (batches, _) = Deliveries::default().batch(AppId(1), "x", many, 1 << 20);
-        let sizes: Vec<usize> = batches.iter().map(|b| b.requests.len()).collect();
+        let sizes: Vec<usize> = batches.iter().map(|b| b.request.messages.len()).collect();
         assert_eq!(sizes, vec![MAX_BATCH, 1]);
     }
 
@@ -376,7 +418,11 @@ mod tests {
         let messages = (0..5).map(|id| message(id, peer, 1)).collect();
         let (batches, refused) = deliveries.batch(AppId(1), "x", messages, 1 << 20);
         assert_eq!(batches.len(), 1);
-        assert_eq!(batches[0].requests.len(), 2, "only two fit under the bound");
+        assert_eq!(
+            batches[0].request.messages.len(),
+            2,
+            "only two fit under the bound"
+        );
         let refused = outcomes(refused);
         assert_eq!(
             refused.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
@@ -471,14 +517,10 @@ mod tests {
             &mut deliveries,
             vec![message(1, peer, 1), message(2, peer, 1)],
         );
-        let failed = outcomes(deliveries.failed(id, Outcome::Failed("down".into())));
-        assert_eq!(
-            failed,
-            [
-                (1, Outcome::Failed("down".into())),
-                (2, Outcome::Failed("down".into()))
-            ]
-        );
+        let (failed, again) = deliveries.failed(id, peer, &OutboundFailure::DialFailure);
+        assert!(again.is_none(), "never sent: nothing to send again");
+        let down = outcome_of_failure(peer, &OutboundFailure::DialFailure);
+        assert_eq!(outcomes(failed), [(1, down.clone()), (2, down)]);
         assert_eq!(deliveries.in_flight(), 0);
 
         send(&mut deliveries, vec![message(3, peer, 1)]);
@@ -491,6 +533,61 @@ mod tests {
             )]
         );
         assert_eq!(deliveries.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_connection_closed_is_sent_once_more_under_the_same_key() {
+        let (peer, _) = peers();
+        let mut deliveries = Deliveries::default();
+        let short = Duration::from_millis(10);
+        let id = send(
+            &mut deliveries,
+            vec![message_within(1, peer, 1, short), message(2, peer, 1)],
+        );
+        // The first message's deadline passes: it is settled, but stays in the request
+        // so that the answers of the repeat still line up.
+        assert_eq!(
+            deliveries
+                .expire(Instant::now() + Duration::from_secs(1))
+                .len(),
+            1
+        );
+        let (reports, again) = deliveries.failed(id, peer, &OutboundFailure::ConnectionClosed);
+        assert!(reports.is_empty(), "nothing settled yet");
+        let again = again.expect("sent again");
+        assert_eq!(again.request.messages.len(), 2, "the same request");
+        let key = again.request.key;
+        assert_eq!(deliveries.in_flight(), 0, "counted again when sent");
+        let second = outbound_request_id();
+        deliveries.sent(second, again);
+        assert_eq!(deliveries.in_flight(), 1);
+        let answered = outcomes(deliveries.answered(second, peer, vec![Ok(()), Ok(())]));
+        assert_eq!(answered, [(2, Outcome::Delivered)]);
+
+        // A repeat that fails too leaves the outcome unknown, whatever the second error:
+        // the first attempt may have reached the app.
+        let id = send(&mut deliveries, vec![message(3, peer, 1)]);
+        let (_, again) = deliveries.failed(id, peer, &OutboundFailure::ConnectionClosed);
+        let again = again.expect("sent again");
+        assert_ne!(again.request.key, key, "every batch its own key");
+        let third = outbound_request_id();
+        deliveries.sent(third, again);
+        let (reports, none) = deliveries.failed(third, peer, &OutboundFailure::DialFailure);
+        assert!(none.is_none(), "sent again only once");
+        let [(3, Outcome::Unknown(reason))] = &outcomes(reports)[..] else {
+            panic!("one unknown outcome")
+        };
+        assert!(
+            reason.contains("Connection was closed") && reason.contains("sent again: "),
+            "{reason}"
+        );
+        assert_eq!(deliveries.in_flight(), 0);
+
+        // A timeout is not sent again: the deadline is what it waited for.
+        let id = send(&mut deliveries, vec![message(4, peer, 1)]);
+        let (reports, none) = deliveries.failed(id, peer, &OutboundFailure::Timeout);
+        assert!(none.is_none());
+        assert!(matches!(outcomes(reports)[0].1, Outcome::Unknown(_)));
     }
 
     /// A request id, which libp2p only hands out when sending: send one to nobody.
@@ -508,6 +605,6 @@ mod tests {
             [(protocol, ProtocolSupport::Full)],
             Config::default(),
         );
-        behaviour.send_request(&PeerId::random(), Ok(Vec::new()))
+        behaviour.send_request(&PeerId::random(), Ok(AppBatch::new(Vec::new())))
     }
 }

@@ -7,6 +7,7 @@
 //! with an admin socket, only on a signal.
 
 mod admin;
+mod answers;
 mod apps_dir;
 mod deliveries;
 mod jsonl;
@@ -41,7 +42,7 @@ use tokio::time::Instant;
 use crate::config::{NodeConfig, ResolvedApp};
 use crate::network::sampling::MAX_ADDRS_PER_PEER;
 use crate::network::{
-    self, AppRequest, Inbound, NodeBehaviour, NodeBehaviourEvent, SamplingEnvelope,
+    self, AppBatch, Inbound, NodeBehaviour, NodeBehaviourEvent, SamplingEnvelope,
 };
 use crate::runtime::pool::WorkerPool;
 use crate::runtime::registry::{derive_seed, Refused};
@@ -51,6 +52,7 @@ use crate::runtime::{
 };
 use crate::sampling::{Outgoing, SamplingDriver};
 use admin::NodeAnswers;
+use answers::RecentAnswers;
 use deliveries::Deliveries;
 use jsonl::JsonLines;
 use sampling_data::SamplingWriter;
@@ -129,6 +131,8 @@ pub struct Node {
     closing: bool,
     /// Inbound app requests answered but whose answer is not yet on the wire.
     answers_owed: HashSet<request_response::InboundRequestId>,
+    /// Answers given lately, for requests their senders send again.
+    recent_answers: RecentAnswers,
     ready: Ready,
     /// Threads its apps run on, when shared with other nodes of the process.
     pool: Option<Arc<WorkerPool>>,
@@ -229,6 +233,7 @@ impl Node {
             .as_deref()
             .map(|path| JsonLines::create(path, "metrics output"))
             .transpose()?;
+        let recent_answers = RecentAnswers::new(2 * config.network.request_timeout());
         Ok(Node {
             swarm,
             config,
@@ -249,6 +254,7 @@ impl Node {
             mdns_active: true,
             closing: false,
             answers_owed: HashSet::new(),
+            recent_answers,
             pool: None,
             published_view: Vec::new(),
             admin_calls: mpsc::channel(16),
@@ -474,13 +480,7 @@ impl Node {
                     pending.batch(app, &name, messages, self.max_payload_bytes);
                 report_all(registry, refused);
                 for batch in batches {
-                    let requests = Ok(batch.requests.clone());
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .apps
-                        .send_request(&batch.peer, requests);
-                    pending.sent(id, batch);
+                    self.send_batch(batch, pending);
                 }
             }
             WorkerEvent::Finished { app } => registry.finished(app),
@@ -492,6 +492,17 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Sends a batch of app messages to its peer and tracks it until it is answered.
+    fn send_batch(&mut self, batch: deliveries::Batch, pending: &mut Deliveries) {
+        let request = Ok(batch.request.clone());
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .apps
+            .send_request(&batch.peer, request);
+        pending.sent(id, batch);
     }
 
     /// Writes one `--metrics-out` line: every loaded app's info and the sampler's counters.
@@ -836,7 +847,7 @@ impl Node {
 
     fn on_app_event(
         &mut self,
-        event: request_response::Event<Inbound<Vec<AppRequest>>, Vec<network::AppResponse>>,
+        event: request_response::Event<Inbound<AppBatch>, Vec<network::AppResponse>>,
         registry: &AppRegistry,
         pending: &mut Deliveries,
     ) {
@@ -847,6 +858,13 @@ impl Node {
                     channel,
                     request_id,
                 } => {
+                    let key = request.as_ref().ok().map(|batch| batch.key);
+                    if let Some(answer) = key.and_then(|key| self.recent_answers.get(peer, key)) {
+                        // Sent again after its connection closed: delivered already.
+                        self.network.repeats_answered += 1;
+                        self.answer(channel, request_id, answer);
+                        return;
+                    }
                     let admitted = self.sampler.admits(peer);
                     let closing = self.closing;
                     let outcomes: Vec<Result<(), Refused>> = match request {
@@ -856,6 +874,7 @@ impl Node {
                             message: reason,
                         })],
                         Ok(batch) => batch
+                            .into_messages()
                             .into_iter()
                             .map(|request| {
                                 if closing {
@@ -876,7 +895,7 @@ impl Node {
                             })
                             .collect(),
                     };
-                    let answer = outcomes
+                    let answer: Vec<network::AppResponse> = outcomes
                         .into_iter()
                         .map(|outcome| {
                             outcome.map_err(|refused| {
@@ -888,14 +907,11 @@ impl Node {
                             })
                         })
                         .collect();
-                    let sent = self
-                        .swarm
-                        .behaviour_mut()
-                        .apps
-                        .send_response(channel, answer);
-                    if sent.is_ok() {
-                        self.answers_owed.insert(request_id);
+                    if let Some(key) = key {
+                        self.recent_answers
+                            .remember(Instant::now(), peer, key, &answer);
                     }
+                    self.answer(channel, request_id, answer);
                 }
                 request_response::Message::Response {
                     request_id,
@@ -910,8 +926,13 @@ impl Node {
                 error,
                 ..
             } => {
-                let outcome = deliveries::outcome_of_failure(peer, &error);
-                report_all(registry, pending.failed(request_id, outcome));
+                let (reports, again) = pending.failed(request_id, peer, &error);
+                report_all(registry, reports);
+                if let Some(batch) = again {
+                    tracing::debug!(peer = %peer, "sending app messages again: {error}");
+                    self.network.requests_sent_again += 1;
+                    self.send_batch(batch, pending);
+                }
             }
             request_response::Event::InboundFailure {
                 peer,
@@ -925,6 +946,23 @@ impl Node {
             request_response::Event::ResponseSent { request_id, .. } => {
                 self.answers_owed.remove(&request_id);
             }
+        }
+    }
+
+    /// Sends the answer to an inbound app request.
+    fn answer(
+        &mut self,
+        channel: request_response::ResponseChannel<Vec<network::AppResponse>>,
+        request_id: request_response::InboundRequestId,
+        answer: Vec<network::AppResponse>,
+    ) {
+        let sent = self
+            .swarm
+            .behaviour_mut()
+            .apps
+            .send_response(channel, answer);
+        if sent.is_ok() {
+            self.answers_owed.insert(request_id);
         }
     }
 }

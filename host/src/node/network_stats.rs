@@ -1,5 +1,6 @@
 //! The network's counters in the node's summary: peers discovered, the most
-//! connections open at once, and everything refused, by reason.
+//! connections open at once, everything refused, by reason, and app requests sent
+//! again.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -22,6 +23,10 @@ pub struct NetworkStats {
     pub connections_peak: usize,
     /// Inbound connections, frames and messages refused, by reason.
     pub refused: BTreeMap<&'static str, u64>,
+    /// App requests sent once more because their connection closed before the answer.
+    pub requests_sent_again: u64,
+    /// App requests a peer sent again that were answered from memory, not delivered twice.
+    pub repeats_answered: u64,
 }
 
 fn count<S: serde::Serializer>(set: &HashSet<PeerId>, s: S) -> Result<S::Ok, S::Error> {
