@@ -237,7 +237,7 @@ fn a_cluster_runs_many_full_nodes_in_one_process_and_sums_them_up() {
 }
 
 #[test]
-fn a_cluster_raises_its_open_files_limit_and_says_when_the_hard_one_is_too_low() {
+fn a_cluster_raises_its_open_files_limit_says_when_the_hard_one_is_too_low_and_stays_within_it() {
     let dir = tempfile::tempdir().unwrap();
     let app = format!("{}:calm", common::guest("hostile.wasm").display());
     let script = format!(
@@ -254,12 +254,23 @@ fn a_cluster_raises_its_open_files_limit_and_says_when_the_hard_one_is_too_low()
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
-        stderr.contains("3 nodes may need 96 open files, and this process may open 80"),
+        stderr.contains(
+            "3 nodes may need 112 open files, and this process may open 80: past 4 connections in all"
+        ),
         "{stderr}"
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(summary["apps"]["calm"]["nodes"], 3, "{summary}");
+    // Three nodes bootstrapping from each other want three connections, six open files:
+    // the process's budget of four refuses the rest, counted, and the nodes go on.
+    let network = &summary["network"];
+    assert_eq!(network["connection_budget"], 4, "{summary}");
+    assert!(network["connections_peak"].as_u64() <= Some(4), "{summary}");
+    assert!(
+        network["refused"]["connection_budget"].as_u64() >= Some(1),
+        "{summary}"
+    );
 }
 
 #[test]

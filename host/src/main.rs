@@ -15,6 +15,7 @@ use nodemanager::cluster::{self, run_cluster, BootstrapFrom, ClusterOptions};
 use nodemanager::config::{AppSpec, NodeConfig, SamplerConfig, Transport};
 use nodemanager::duration::parse_duration;
 use nodemanager::logging::LogFormat;
+use nodemanager::network::ProcessLimits;
 use nodemanager::node::Node;
 use nodemanager::project::{self, new_project, Lang};
 use nodemanager::runtime::{inspect, Runtime};
@@ -676,14 +677,20 @@ fn cluster(args: ClusterArgs) -> Result<usize> {
     let mut config = args.run.into_config()?;
     config.resolve_apps()?;
     cluster::check(&config, &options)?;
-    let open_files = cluster::raise_open_files_limit()?;
-    let wanted = options.nodes as u64 * cluster::OPEN_FILES_PER_NODE;
+    let open_files = network::budget::raise_open_files_limit()?;
+    let wanted = ProcessLimits::files_needed(
+        options.nodes,
+        options.nodes as u64 * cluster::CONNECTIONS_PER_NODE,
+    );
     if open_files < wanted {
+        let budget = ProcessLimits::new(&config.network, options.nodes, open_files);
         eprintln!(
             "warning: {} nodes may need {wanted} open files, and this process may open {open_files}: \
+             past {} connections in all, new ones are refused (counted as `connection_budget`); \
              raise the hard limit (ulimit -Hn, or LimitNOFILE= in a systemd unit), or close idle \
              connections sooner ([network] idle_connection_timeout_secs, 60 by default)",
-            options.nodes
+            options.nodes,
+            budget.connections.limit()
         );
     }
     std::fs::create_dir_all(&options.out)
@@ -734,6 +741,7 @@ fn run(args: RunArgs) -> Result<Vec<(String, String)>> {
         Some(path) => tracing::info!(%peer_id, path = %path.display(), "identity read"),
         None => tracing::info!(%peer_id, "fresh identity for this run"),
     }
+    network::budget::raise_open_files_limit()?;
     let (runtime, tokio) = runtimes(&config)?;
     tokio.block_on(async {
         let shutdown = shutdown_signal()?;

@@ -1,5 +1,6 @@
 //! What a cluster writes at the end: `nodes.jsonl`, one `run` summary per node and run,
-//! and `summary.json`, the counters of every app added up over the cluster.
+//! and `summary.json`, the counters of every app and of the network added up over the
+//! cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -7,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
+use crate::network::ConnectionBudget;
 use crate::node::Summary;
 use crate::runtime::{AppCounts, CallTimes};
 
@@ -32,6 +34,23 @@ pub struct ClusterSummary {
     pub apps: std::collections::BTreeMap<String, AppTotal>,
     /// Nodes with an app that ended `failed`.
     pub nodes_with_failed_apps: usize,
+    /// The network's counters over every node.
+    pub network: NetworkTotal,
+}
+
+/// The network's counters over the cluster.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NetworkTotal {
+    /// Most connections open or being opened at once, by all nodes together.
+    pub connections_peak: usize,
+    /// The process's connection budget (from its open-files limit).
+    pub connection_budget: usize,
+    /// Connections, frames and messages refused, by reason, over every node.
+    pub refused: BTreeMap<&'static str, u64>,
+    /// App requests sent once more because their connection closed before the answer.
+    pub requests_sent_again: u64,
+    /// App requests sent again that were answered from memory, not delivered twice.
+    pub repeats_answered: u64,
 }
 
 /// One app's counters over the cluster.
@@ -59,17 +78,24 @@ pub(super) struct NodeRun {
 }
 
 /// Writes `out/nodes.jsonl` (the runs by node, then run) and `out/summary.json` (the
-/// nodes being `peer_ids.len()`, restarted `restarts` times); returns the summary.
+/// nodes being `peer_ids.len()`, restarted `restarts` times, within `connections`);
+/// returns the summary.
 pub(super) fn write(
     out: &Path,
     mut runs: Vec<NodeRun>,
     peer_ids: &[&str],
     restarts: usize,
+    connections: &ConnectionBudget,
 ) -> Result<ClusterSummary> {
     runs.sort_by_key(|run| (run.index, run.run));
     let mut summary = ClusterSummary {
         nodes: peer_ids.len(),
         restarts,
+        network: NetworkTotal {
+            connections_peak: connections.peak(),
+            connection_budget: connections.limit(),
+            ..NetworkTotal::default()
+        },
         ..ClusterSummary::default()
     };
     let mut app_nodes: BTreeMap<&str, BTreeSet<usize>> = BTreeMap::new();
@@ -80,6 +106,12 @@ pub(super) fn write(
         if !run.summary.failed_apps().is_empty() {
             failed_nodes.insert(run.index);
         }
+        let network = &run.summary.network;
+        for (reason, count) in &network.refused {
+            *summary.network.refused.entry(reason).or_default() += count;
+        }
+        summary.network.requests_sent_again += network.requests_sent_again;
+        summary.network.repeats_answered += network.repeats_answered;
         let finished = run.summary.apps.iter();
         let unloaded = run
             .summary

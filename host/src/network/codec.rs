@@ -303,6 +303,11 @@ impl ReadBudget {
         }
     }
 
+    /// The most bytes read at once.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// Bytes being read now.
     pub fn reading(&self) -> u64 {
         self.reading.load(Ordering::Relaxed)

@@ -1,6 +1,8 @@
 //! The libp2p side: a swarm on tokio with TCP (noise + yamux) and QUIC, connection
-//! limits, identify, Kademlia and mDNS discovery, and the app and sampling protocols.
+//! limits (the node's and the process's), identify, Kademlia and mDNS discovery, and
+//! the app and sampling protocols.
 
+pub mod budget;
 pub mod codec;
 pub mod identity;
 pub mod sampling;
@@ -18,6 +20,7 @@ use libp2p::{
     Swarm,
 };
 
+pub use budget::{ConnectionBudget, ProcessLimits};
 pub use codec::{
     AppBatch, AppCodec, AppRequest, AppResponse, Inbound, ReadBudget, MAX_BATCH, REQUEST_OVERHEAD,
 };
@@ -35,6 +38,8 @@ pub const SAMPLING_TIMEOUT: Duration = Duration::from_secs(10);
 /// The node's libp2p behaviour.
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
+    /// Refuses connections over the process's budget, shared with its other nodes.
+    pub budget: budget::ConnectionGate,
     /// Refuses connections over the configured limits (total, per peer, pending).
     pub limits: connection_limits::Behaviour,
     /// Exchanges listen addresses and protocols with peers.
@@ -70,15 +75,17 @@ fn protocol(context: &str, what: &str) -> Result<StreamProtocol> {
         .with_context(|| format!("context {context:?} cannot be part of a protocol name"))
 }
 
-/// Builds the swarm for `context` with the identity `key` and the `[network]` settings.
+/// Builds the swarm for `context` with the identity `key` and the `[network]` settings,
+/// within the process's `limits`.
 pub fn build_swarm(
     key: Keypair,
     context: &str,
     settings: &NetworkSettings,
+    limits: &ProcessLimits,
 ) -> Result<Swarm<NodeBehaviour>> {
     let rr = &settings.request_response;
     let codec = AppCodec {
-        budget: ReadBudget::new(MIN_READ_BUDGET.max(4 * (rr.max_requests_size + REQUEST_OVERHEAD))),
+        budget: limits.reads.clone(),
         max_payload_bytes: rr.max_requests_size,
         max_response_bytes: rr.max_responses_size,
     };
@@ -98,7 +105,7 @@ pub fn build_swarm(
     );
     let yamux = &settings.yamux;
     let to_u32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
-    let limits = connection_limits::ConnectionLimits::default()
+    let node_limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(settings.max_connections))
         .with_max_established_per_peer(Some(settings.max_connections_per_peer))
         .with_max_pending_incoming(Some(settings.max_pending_incoming));
@@ -154,7 +161,8 @@ pub fn build_swarm(
                     None
                 };
                 Ok(NodeBehaviour {
-                    limits: connection_limits::Behaviour::new(limits),
+                    budget: budget::ConnectionGate::new(limits.connections.clone()),
+                    limits: connection_limits::Behaviour::new(node_limits),
                     identify: identify::Behaviour::new(identify::Config::new(
                         identify_protocol,
                         key.public(),

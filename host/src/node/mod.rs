@@ -32,7 +32,7 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{ListenError, SwarmEvent};
+use libp2p::swarm::{ConnectionDenied, DialError, ListenError, SwarmEvent};
 use libp2p::{identify, kad, mdns, Multiaddr, PeerId, Swarm};
 use serde::Serialize;
 use serde_json::json;
@@ -149,8 +149,19 @@ pub struct Node {
 
 impl Node {
     /// Checks the config, compiles the apps, listens and dials the bootstrap peers; the
-    /// node's identity is `key`.
+    /// node's identity is `key`. The node has the process's limits to itself.
     pub async fn start(config: NodeConfig, runtime: Arc<Runtime>, key: Keypair) -> Result<Node> {
+        let limits = network::ProcessLimits::for_this_process(&config.network, 1);
+        Node::start_within(config, runtime, key, &limits).await
+    }
+
+    /// As [`Node::start`], within `limits` shared with the process's other nodes.
+    pub async fn start_within(
+        config: NodeConfig,
+        runtime: Arc<Runtime>,
+        key: Keypair,
+        limits: &network::ProcessLimits,
+    ) -> Result<Node> {
         let resolved = config.resolve_apps()?;
         let mut apps = Vec::new();
         for app in resolved {
@@ -163,7 +174,7 @@ impl Node {
             apps.push((app, prepared));
         }
         let max_payload_bytes = config.network.request_response.max_requests_size;
-        let mut swarm = network::build_swarm(key, &config.context, &config.network)?;
+        let mut swarm = network::build_swarm(key, &config.context, &config.network, limits)?;
         let mut listeners = HashSet::new();
         for addr in &config.listen_addrs() {
             let id = swarm
@@ -689,7 +700,8 @@ impl Node {
                 error,
                 ..
             } => {
-                let reason = match error {
+                let reason = match &error {
+                    ListenError::Denied { cause } if over_budget(cause) => "connection_budget",
                     ListenError::Denied { .. } => "connection_limit",
                     _ => "handshake",
                 };
@@ -699,7 +711,13 @@ impl Node {
                 );
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::warn!(peer = ?peer_id, "dial failed: {error}");
+                match &error {
+                    DialError::Denied { cause } if over_budget(cause) => self.network.refuse(
+                        "connection_budget",
+                        format_args!("dialling {peer_id:?}: {cause}"),
+                    ),
+                    _ => tracing::warn!(peer = ?peer_id, "dial failed: {error}"),
+                }
                 // A dial that lost the race to a connection the peer opened is no news.
                 if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
                     self.sampler.disconnected(peer);
@@ -965,6 +983,13 @@ impl Node {
             self.answers_owed.insert(request_id);
         }
     }
+}
+
+/// Whether a connection was refused by the process's connection budget.
+fn over_budget(cause: &ConnectionDenied) -> bool {
+    cause
+        .downcast_ref::<network::budget::BudgetSpent>()
+        .is_some()
 }
 
 /// Hands each settled message's outcome to its app.
