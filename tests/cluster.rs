@@ -241,7 +241,7 @@ fn a_cluster_raises_its_open_files_limit_says_when_the_hard_one_is_too_low_and_s
     let dir = tempfile::tempdir().unwrap();
     let app = format!("{}:calm", common::guest("hostile.wasm").display());
     let script = format!(
-        "ulimit -S -n 40 && ulimit -H -n 80 && exec \"$0\" cluster --nodes 3 --start-rate 0 \
+        "ulimit -S -n 40 && ulimit -H -n 72 && exec \"$0\" cluster --nodes 3 --start-rate 0 \
          --app '{app}' --app-config calm=calm --cycles 1 --period 100ms --linger 0s \
          --out '{}'",
         dir.path().join("out").display()
@@ -255,7 +255,7 @@ fn a_cluster_raises_its_open_files_limit_says_when_the_hard_one_is_too_low_and_s
     assert!(output.status.success(), "{stderr}");
     assert!(
         stderr.contains(
-            "3 nodes may need 112 open files, and this process may open 80: past 4 connections in all"
+            "3 nodes may need 106 open files, and this process may open 72: past 2 connections in all"
         ),
         "{stderr}"
     );
@@ -263,10 +263,10 @@ fn a_cluster_raises_its_open_files_limit_says_when_the_hard_one_is_too_low_and_s
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(summary["apps"]["calm"]["nodes"], 3, "{summary}");
     // Three nodes bootstrapping from each other want three connections, six open files:
-    // the process's budget of four refuses the rest, counted, and the nodes go on.
+    // the process's budget of two refuses the rest, counted, and the nodes go on.
     let network = &summary["network"];
-    assert_eq!(network["connection_budget"], 4, "{summary}");
-    assert!(network["connections_peak"].as_u64() <= Some(4), "{summary}");
+    assert_eq!(network["connection_budget"], 2, "{summary}");
+    assert!(network["connections_peak"].as_u64() <= Some(2), "{summary}");
     assert!(
         network["refused"]["connection_budget"].as_u64() >= Some(1),
         "{summary}"

@@ -24,8 +24,9 @@ use super::{NetworkSettings, ReadBudget, MIN_READ_BUDGET};
 /// Open files kept out of the connection budget: the process's own (logs, sockets of
 /// the admin, the runtime) and each node's listeners.
 pub const RESERVED_FILES: u64 = 64;
-/// Open files each node keeps for its listeners, out of the connection budget.
-pub const RESERVED_FILES_PER_NODE: u64 = 4;
+/// Open files each node keeps for its listeners (a TCP and a QUIC one at most), out of
+/// the connection budget.
+pub const RESERVED_FILES_PER_NODE: u64 = 2;
 
 /// Connections open or being opened by every node of the process, against a limit.
 #[derive(Clone, Debug)]
@@ -294,8 +295,8 @@ mod tests {
     fn the_open_files_limit_less_the_reserve_is_the_connection_budget() {
         let settings = NetworkSettings::default();
         let limits = ProcessLimits::new(&settings, 1000, 20_000);
-        assert_eq!(limits.connections.limit(), 20_000 - 64 - 4_000);
-        assert_eq!(ProcessLimits::files_needed(1000, 15_936), 20_000);
+        assert_eq!(limits.connections.limit(), 20_000 - 64 - 2_000);
+        assert_eq!(ProcessLimits::files_needed(1000, 17_936), 20_000);
         assert_eq!(ProcessLimits::new(&settings, 3, 10).connections.limit(), 1);
         assert_eq!(limits.reads.limit(), MIN_READ_BUDGET);
     }

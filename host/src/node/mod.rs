@@ -209,6 +209,7 @@ impl Node {
         waiting
             .await
             .context("the listen addresses did not come up in time")??;
+        let mut network = NetworkStats::default();
         for addr in &config.bootstrap {
             if let (Some(Protocol::P2p(peer)), Some(kad)) =
                 (addr.iter().last(), swarm.behaviour_mut().kad.as_mut())
@@ -219,9 +220,17 @@ impl Node {
                 .address(addr.clone())
                 .allocate_new_port()
                 .build();
-            swarm
-                .dial(opts)
-                .with_context(|| format!("cannot dial bootstrap address {addr}"))?;
+            match swarm.dial(opts) {
+                // The process's other nodes hold every connection it may open: this
+                // node starts all the same, and peers may still dial it.
+                Err(DialError::Denied { cause }) if over_budget(&cause) => network.refuse(
+                    "connection_budget",
+                    format_args!("bootstrap address {addr}: {cause}"),
+                ),
+                dialled => {
+                    dialled.with_context(|| format!("cannot dial bootstrap address {addr}"))?
+                }
+            }
         }
         let app_protocol = network::app_protocol(&config.context)?;
         let context = AppContext::new(peer_id.to_string());
@@ -260,7 +269,7 @@ impl Node {
             app_protocol,
             own_addrs,
             addresses: HashMap::new(),
-            network: NetworkStats::default(),
+            network,
             mdns_last_new: Instant::now(),
             mdns_active: true,
             closing: false,
