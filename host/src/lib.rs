@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod deploy;
 pub mod duration;
 pub mod logging;
 pub mod network;

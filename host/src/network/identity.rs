@@ -13,48 +13,70 @@ use libp2p::identity::Keypair;
 /// caller logs which). A file readable by others, or one that holds no ed25519 key, is
 /// refused.
 pub fn load_or_create(path: &Path) -> Result<(Keypair, bool)> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                bail!(
-                    "identity file {} can be read by others (mode {mode:o}): run chmod 600 on it",
-                    path.display()
-                );
-            }
-            let key = Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
-                anyhow::anyhow!(
-                    "identity file {} does not hold a libp2p private key ({e})",
-                    path.display()
-                )
-            })?;
-            if key.clone().try_into_ed25519().is_err() {
-                bail!(
-                    "identity file {} holds a {:?} key; nodemanager uses ed25519",
-                    path.display(),
-                    key.key_type()
-                );
-            }
-            Ok((key, false))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    match read_private_key(path, "identity file") {
+        Ok(key) => Ok((key, false)),
+        Err(e) if not_found(&e) => {
             let key = Keypair::generate_ed25519();
-            let bytes = key
-                .to_protobuf_encoding()
-                .context("cannot encode the new key")?;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create identity file {}", path.display()))?;
-            file.write_all(&bytes)
-                .and_then(|()| file.sync_all())
-                .with_context(|| format!("cannot write identity file {}", path.display()))?;
+            write_private_key(path, &key, "identity file")?;
             Ok((key, true))
         }
-        Err(e) => Err(e).with_context(|| format!("cannot read identity file {}", path.display())),
+        Err(e) => Err(e),
     }
+}
+
+/// Whether reading a key failed because its file does not exist.
+pub fn not_found(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Reads the ed25519 private key in `path` (the `what` of the messages), refusing a
+/// file others can read or one that holds no such key. A missing file is an I/O error
+/// of kind `NotFound` (see [`not_found`]).
+pub fn read_private_key(path: &Path, what: &str) -> Result<Keypair> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(e.into()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {what} {}", path.display())),
+    };
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "{what} {} can be read by others (mode {mode:o}): run chmod 600 on it",
+            path.display()
+        );
+    }
+    let key = Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{what} {} does not hold a libp2p private key ({e})",
+            path.display()
+        )
+    })?;
+    if key.clone().try_into_ed25519().is_err() {
+        bail!(
+            "{what} {} holds a {:?} key; nodemanager uses ed25519",
+            path.display(),
+            key.key_type()
+        );
+    }
+    Ok(key)
+}
+
+/// Writes `key` to a new file `path`, mode 0600 (an existing file is not overwritten).
+pub fn write_private_key(path: &Path, key: &Keypair, what: &str) -> Result<()> {
+    let bytes = key
+        .to_protobuf_encoding()
+        .context("cannot encode the new key")?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {what} {}", path.display()))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {what} {}", path.display()))
 }
 
 #[cfg(test)]
