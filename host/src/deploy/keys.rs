@@ -72,7 +72,10 @@ mod tests {
         let public = generate(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(public.starts_with("ed25519:") && public.len() == 8 + 64, "{public}");
+        assert!(
+            public.starts_with("ed25519:") && public.len() == 8 + 64,
+            "{public}"
+        );
         let key = load(&path).unwrap();
         assert_eq!(public_text(&key.public()), public);
         assert_eq!(parse_public(&public).unwrap(), key.public());

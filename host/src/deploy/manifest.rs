@@ -226,7 +226,10 @@ impl Trust {
             }
         }
         check_shape(&manifest)?;
-        if let Some(size) = manifest.size.filter(|&size| size > self.max_component_bytes) {
+        if let Some(size) = manifest
+            .size
+            .filter(|&size| size > self.max_component_bytes)
+        {
             return Err(Refusal::TooLarge {
                 size,
                 max: self.max_component_bytes,
@@ -251,7 +254,9 @@ fn check_shape(manifest: &Manifest) -> Result<(), Refusal> {
                 return malformed("sha256 must be 64 hex digits");
             }
         }
-        (Action::Deploy, _, _) => return malformed("a deploy names its component's sha256 and size"),
+        (Action::Deploy, _, _) => {
+            return malformed("a deploy names its component's sha256 and size")
+        }
         (Action::Undeploy, None, None) => {}
         (Action::Undeploy, _, _) => return malformed("an undeploy names no component"),
     }
@@ -370,7 +375,11 @@ mod tests {
             ..good.clone()
         };
         assert_eq!(refusal(&trust, &signed(&big)), "too_large");
-        for limits in [("memory_mib", "0"), ("nope", "1"), ("call_deadline", "soon")] {
+        for limits in [
+            ("memory_mib", "0"),
+            ("nope", "1"),
+            ("call_deadline", "soon"),
+        ] {
             let bad = Manifest {
                 limits: BTreeMap::from([(limits.0.into(), limits.1.into())]),
                 ..good.clone()
@@ -401,7 +410,10 @@ mod tests {
         };
         let error = trust.check(&not_a_manifest).unwrap_err();
         assert_eq!(error.reason(), "malformed");
-        assert!(error.to_string().contains("unknown field `extra`"), "{error}");
+        assert!(
+            error.to_string().contains("unknown field `extra`"),
+            "{error}"
+        );
     }
 
     #[test]
