@@ -140,6 +140,10 @@ pub enum Refusal {
         /// The manifest's size.
         want: u64,
     },
+    /// The node could not load, replace or unload the app (not a component of the app
+    /// world, an app of that name not deployed, ...).
+    #[error("not applied: {0}")]
+    NotApplied(String),
     /// The component fetched does not hash to the manifest's sha256.
     #[error("the component's sha256 is {got}, the manifest says {want}")]
     HashMismatch {
@@ -162,6 +166,7 @@ impl Refusal {
             Refusal::NotNewer { .. } => "not_newer",
             Refusal::TooLarge { .. } => "too_large",
             Refusal::LimitsOutOfRange(_) => "limits_out_of_range",
+            Refusal::NotApplied(_) => "not_applied",
             Refusal::SizeMismatch { .. } => "size_mismatch",
             Refusal::HashMismatch { .. } => "hash_mismatch",
         }
