@@ -46,6 +46,7 @@ use anyhow::{bail, Context as _, Result};
 use libp2p::Multiaddr;
 use serde::Deserialize;
 
+use crate::deploy::DeploySettings;
 use crate::logging::LogFormat;
 pub use crate::network::{NetworkSettings, Transport};
 use crate::runtime::Limits;
@@ -105,6 +106,8 @@ pub struct NodeConfig {
     pub sampler: SamplerConfig,
     /// Default limits for every app.
     pub limits: Limits,
+    /// Deployment over the overlay: the keys trusted, the largest component.
+    pub deploy: DeploySettings,
     /// The apps to run.
     pub apps: Vec<AppSpec>,
 }
@@ -133,6 +136,7 @@ impl Default for NodeConfig {
             network: NetworkSettings::default(),
             sampler: SamplerConfig::default(),
             limits: Limits::default(),
+            deploy: DeploySettings::default(),
             apps: Vec::new(),
         }
     }
@@ -270,6 +274,7 @@ impl NodeConfig {
         self.sampler.validate()?;
         self.limits.validate()?;
         self.network.validate()?;
+        self.deploy.validate()?;
         for addr in &self.listen {
             self.network.transport.check("listen address", addr)?;
         }

@@ -228,7 +228,8 @@ impl Deployments {
             return steps;
         }
         let size = manifest.size.unwrap_or(0) as usize;
-        let offsets = (0..size.div_ceil(CHUNK as usize).max(1)).map(|i| (i * CHUNK as usize) as u64);
+        let offsets =
+            (0..size.div_ceil(CHUNK as usize).max(1)).map(|i| (i * CHUNK as usize) as u64);
         self.fetches.insert(
             name.clone(),
             Fetch {
@@ -352,10 +353,8 @@ impl Deployments {
         origins: Vec<Origin>,
         component: Option<Arc<Vec<u8>>>,
     ) -> Vec<Step> {
-        self.applying.insert(
-            manifest.name.clone(),
-            (manifest.clone(), signed, origins),
-        );
+        self.applying
+            .insert(manifest.name.clone(), (manifest.clone(), signed, origins));
         if let (Some(hash), Some(bytes)) = (&manifest.sha256, &component) {
             self.components.insert(hash.clone(), bytes.clone());
         }
@@ -376,7 +375,11 @@ impl Deployments {
         let Some(old) = before.as_ref().and_then(hash_of) else {
             return;
         };
-        if !self.manifests.values().any(|m| hash_of(m).as_ref() == Some(&old)) {
+        if !self
+            .manifests
+            .values()
+            .any(|m| hash_of(m).as_ref() == Some(&old))
+        {
             self.components.remove(&old);
         }
     }
@@ -500,18 +503,29 @@ mod tests {
         assert_eq!(node.chunk(&sha, 3, 4), Some(component[3..7].to_vec()));
         let settled = node.applied("app", Ok(()));
         assert_eq!(settled.len(), 2, "both gossip messages are settled");
-        assert!(settled.iter().all(|s| matches!(s, Step::Settle { result: Ok(()), .. })));
+        assert!(settled
+            .iter()
+            .all(|s| matches!(s, Step::Settle { result: Ok(()), .. })));
         assert_eq!(node.manifests(), vec![signed.clone()]);
         assert_eq!(node.counts().applied, 1);
         // A replay is refused; the same component under a newer version needs no fetch.
         let replay = node.received(gossip(a), signed);
         assert!(matches!(
             &replay[..],
-            [Step::Settle { result: Err(Refusal::NotNewer { .. }), .. }]
+            [Step::Settle {
+                result: Err(Refusal::NotNewer { .. }),
+                ..
+            }]
         ));
         let (_, newer) = deploy(&key, size, 2);
         let steps = node.received(gossip(a), newer);
-        assert!(matches!(&steps[..], [Step::Apply { component: Some(_), .. }]));
+        assert!(matches!(
+            &steps[..],
+            [Step::Apply {
+                component: Some(_),
+                ..
+            }]
+        ));
     }
 
     #[test]
@@ -572,7 +586,10 @@ mod tests {
         let steps = node.applied("app", Err("not a component of the app world".into()));
         assert!(matches!(
             &steps[..],
-            [Step::Settle { result: Err(Refusal::NotApplied(_)), .. }]
+            [Step::Settle {
+                result: Err(Refusal::NotApplied(_)),
+                ..
+            }]
         ));
         assert_eq!(node.chunk(&sha, 0, 10), None, "not served");
         assert!(node.manifests().is_empty());

@@ -91,7 +91,10 @@ fn frame(header: &impl Serialize, bytes: &[u8]) -> io::Result<Vec<u8>> {
 /// Splits a frame into its JSON header and bytes, naming what is wrong.
 fn unframe<'a>(frame: &'a [u8], what: &str) -> io::Result<(&'a [u8], &'a [u8])> {
     if frame.len() < 5 {
-        return Err(invalid(format!("{what} of {} bytes: too short", frame.len())));
+        return Err(invalid(format!(
+            "{what} of {} bytes: too short",
+            frame.len()
+        )));
     }
     if frame[0] != 1 {
         return Err(invalid(format!(
@@ -124,8 +127,8 @@ pub fn decode_request(bytes: &[u8]) -> io::Result<DeployRequest> {
             rest.len()
         )));
     }
-    let request: DeployRequest = serde_json::from_slice(header)
-        .map_err(|e| invalid(format!("deploy request: {e}")))?;
+    let request: DeployRequest =
+        serde_json::from_slice(header).map_err(|e| invalid(format!("deploy request: {e}")))?;
     if let DeployRequest::Fetch { len, .. } = request {
         if len > CHUNK {
             return Err(invalid(format!(
@@ -159,8 +162,8 @@ pub fn encode_response(response: &DeployResponse) -> io::Result<Vec<u8>> {
 /// Decodes a response.
 pub fn decode_response(bytes: &[u8]) -> io::Result<DeployResponse> {
     let (header, rest) = unframe(bytes, "deploy response")?;
-    let header: ResponseHeader = serde_json::from_slice(header)
-        .map_err(|e| invalid(format!("deploy response: {e}")))?;
+    let header: ResponseHeader =
+        serde_json::from_slice(header).map_err(|e| invalid(format!("deploy response: {e}")))?;
     if !rest.is_empty() && !matches!(header, ResponseHeader::Chunk) {
         return Err(invalid(format!(
             "deploy response has {} bytes after its header",
@@ -242,9 +245,7 @@ mod tests {
     #[test]
     fn requests_and_responses_round_trip() {
         let requests = [
-            DeployRequest::Publish {
-                manifest: signed(),
-            },
+            DeployRequest::Publish { manifest: signed() },
             DeployRequest::Fetch {
                 sha256: "ab".repeat(32),
                 offset: 3 << 20,
@@ -286,7 +287,10 @@ mod tests {
             (vec![1, 0], "too short"),
             (vec![2, 0, 0, 0, 0], "unknown frame version 2"),
             (vec![1, 0, 0, 0, 9, b'{'], "a header of 9 bytes in 1 bytes"),
-            (frame(&"hello", &[]).unwrap(), "deploy request: invalid type"),
+            (
+                frame(&"hello", &[]).unwrap(),
+                "deploy request: invalid type",
+            ),
             (fetch(CHUNK + 1), "at most 1048576"),
             (trailing, "1 bytes after its header"),
         ];
