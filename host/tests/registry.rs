@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use nodemanager::config::ResolvedApp;
+use nodemanager::runtime::registry::Unloading;
 use nodemanager::runtime::{
     AppContext, AppId, AppInfo, AppRegistry, AppState, Limits, LoadRequest, Outcome, Report,
     Runtime, WorkerEvent,
@@ -80,7 +81,7 @@ fn an_unloaded_app_handles_what_was_queued_for_it_then_leaves() {
             .deliver("peer", "calm", format!("hello {i}").into_bytes())
             .unwrap();
     }
-    assert_eq!(registry.unload("calm").unwrap(), id);
+    assert!(matches!(registry.unload("calm").unwrap(), Unloading::Draining(d) if d == id));
     let refused = registry
         .deliver("peer", "calm", b"late".to_vec())
         .unwrap_err();
@@ -237,4 +238,46 @@ fn many_apps_share_a_small_pool_of_threads_and_each_keeps_its_schedule() {
     }
     let info = once(&registry, "app7", |a| a.stats.counts.received == 20);
     assert_eq!(info.stats.state, AppState::Running);
+}
+
+/// Loads app `name` in a mode the guest refuses at init, and waits until its task ended.
+fn load_failing(registry: &mut AppRegistry, events: &mut mpsc::Receiver<WorkerEvent>, name: &str) {
+    let id = registry
+        .load(request(name, "no such mode", None, Limits::default()))
+        .unwrap();
+    loop {
+        match events.blocking_recv().expect("the registry lives") {
+            WorkerEvent::Exited { app } if app == id => {
+                assert!(registry.exited(id).is_none(), "still loaded, failed");
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_failed_app_is_unloaded_or_replaced_at_once() {
+    let (mut registry, mut events) = registry(Duration::from_secs(3600));
+    load_failing(&mut registry, &mut events, "bad");
+    // Nothing is left to drain and no `Exited` will come again: gone at once.
+    let Unloading::Gone(info) = registry.unload("bad").unwrap() else {
+        panic!("an unload that waits for a task that ended never answers")
+    };
+    assert_eq!(info.stats.state, AppState::Failed);
+    assert_eq!(registry.retired().len(), 1);
+
+    // Replaced, the failed one is retired at once and the new one starts without
+    // waiting (an hour) for a state that will never come.
+    load_failing(&mut registry, &mut events, "bad");
+    registry
+        .replace(request(
+            "bad",
+            "calm",
+            Some(Duration::from_millis(10)),
+            Limits::default(),
+        ))
+        .unwrap();
+    assert_eq!(registry.retired().len(), 2);
+    once(&registry, "bad", |app| app.stats.counts.cycles >= 1);
 }

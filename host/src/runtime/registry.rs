@@ -81,6 +81,9 @@ struct RunningApp {
     stats: Arc<Mutex<AppStats>>,
     inbox: Arc<InboxLevel>,
     finished: bool,
+    /// Its task ended already (it failed, or finished and stopped): nothing is left to
+    /// drain, and no other `Exited` will come.
+    exited: bool,
     ended: Arc<Ended>,
 }
 
@@ -104,6 +107,15 @@ impl RunningApp {
     fn join(&self) {
         self.ended.wait();
     }
+}
+
+/// What [`AppRegistry::unload`] started.
+#[derive(Debug)]
+pub enum Unloading {
+    /// The app handles what is queued for it; `exited` says when it is gone.
+    Draining(AppId),
+    /// The app's task had ended already: it is gone, with this final info.
+    Gone(AppInfo),
 }
 
 /// The apps of one node.
@@ -236,6 +248,7 @@ impl AppRegistry {
                 stats,
                 inbox,
                 finished: false,
+                exited: false,
                 ended,
             },
         );
@@ -255,15 +268,21 @@ impl AppRegistry {
     }
 
     /// Takes app `name` out of routing and lets it handle what is queued, then stop;
-    /// [`exited`](Self::exited) says when it is gone.
-    pub fn unload(&mut self, name: &str) -> Result<AppId> {
+    /// [`exited`](Self::exited) says when it is gone — or, when its task ended already
+    /// (a failed app), it is gone at once, with its final info.
+    pub fn unload(&mut self, name: &str) -> Result<Unloading> {
         let Some(app) = self.apps.remove(name) else {
             bail!("no app named {name:?} is loaded");
         };
-        let _ = app.commands.send(AppCommand::Drain(None));
         let id = app.id;
+        let exited = app.exited;
+        let _ = app.commands.send(AppCommand::Drain(None));
         self.leaving.insert(id, app);
-        Ok(id)
+        if exited {
+            let info = self.exited(id).expect("leaving, so retired");
+            return Ok(Unloading::Gone(info));
+        }
+        Ok(Unloading::Draining(id))
     }
 
     /// Unloads the app of the request's name and loads the request in its place, handing
@@ -293,6 +312,10 @@ impl AppRegistry {
             state,
             successor: successor.waker(),
         })));
+        if self.leaving.get(&old_id).is_some_and(|old| old.exited) {
+            // Its task ended (it failed): no state to hand over, nothing to drain.
+            self.exited(old_id);
+        }
         Ok((old_id, new))
     }
 
@@ -307,6 +330,7 @@ impl AppRegistry {
         if let Some(app) = self.apps.values_mut().find(|a| a.id == id) {
             app.join();
             app.finished = true;
+            app.exited = true;
         }
         None
     }
