@@ -258,10 +258,12 @@ impl NodeConfig {
 
     /// Refuses a node (or cluster) with no apps and no way to load any later.
     pub fn check_has_apps(&self) -> Result<()> {
-        if self.apps.is_empty() && self.admin.is_none() && self.apps_dir.is_none() {
+        let later =
+            self.admin.is_some() || self.apps_dir.is_some() || !self.deploy.trusted_keys.is_empty();
+        if self.apps.is_empty() && !later {
             bail!(
                 "no apps to run: give --app PATH[:NAME] or [[apps]] in the config file, \
-                 or --admin PATH / --apps-dir DIR to load apps later"
+                 or --admin PATH / --apps-dir DIR / [deploy] trusted_keys to load apps later"
             );
         }
         Ok(())

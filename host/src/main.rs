@@ -13,6 +13,7 @@ use libp2p::Multiaddr;
 use nodemanager::cli::{limits_json, name_value, node_list, CacheArgs, NodeList};
 use nodemanager::cluster::{self, run_cluster, BootstrapFrom, ClusterOptions};
 use nodemanager::config::{AppSpec, NodeConfig, SamplerConfig, Transport};
+use nodemanager::deploy;
 use nodemanager::duration::parse_duration;
 use nodemanager::logging::LogFormat;
 use nodemanager::network::ProcessLimits;
@@ -65,6 +66,9 @@ enum Command {
         #[command(subcommand)]
         command: AppsCommand,
     },
+    /// Deployment keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// List, stop and restart the nodes of a running cluster (its --admin socket).
     Nodes {
         /// The cluster's admin socket (required; before or after the subcommand).
@@ -131,6 +135,66 @@ enum AppsCommand {
     Unload {
         /// The app's name.
         name: String,
+    },
+    /// Deploy an app to every node of a context that trusts the key: a signed manifest
+    /// goes to the node at --via, which fetches the component from here, runs it and
+    /// spreads the manifest; the others fetch the component from their peers.
+    Deploy(DeployArgs),
+    /// Unload an app from every node of a context that trusts the key.
+    Undeploy(UndeployArgs),
+}
+
+/// Where and as whom to deploy.
+#[derive(Args)]
+struct DeployTarget {
+    /// The deployment key file (`nodemanager keys generate`).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// A node of the context, e.g. /ip4/10.0.0.5/tcp/4001[/p2p/<peer id>].
+    #[arg(long, value_name = "MULTIADDR")]
+    via: libp2p::Multiaddr,
+    /// The nodes' context.
+    #[arg(long, default_value = "default")]
+    context: String,
+    /// The app's name on every node.
+    #[arg(long)]
+    name: String,
+}
+
+#[derive(Args)]
+struct DeployArgs {
+    #[command(flatten)]
+    target: DeployTarget,
+    /// The string given to the app's init.
+    #[arg(long, default_value = "")]
+    config: String,
+    /// periodic-run calls; -1 runs forever [default: the nodes'].
+    #[arg(long, allow_negative_numbers = true)]
+    cycles: Option<i64>,
+    /// Time between calls, e.g. 500ms [default: the nodes'].
+    #[arg(long, value_parser = parse_duration)]
+    period: Option<std::time::Duration>,
+    /// A limit, e.g. memory_mib=64 (repeatable; the others are the nodes' defaults).
+    #[arg(long = "limit", value_name = "KEY=VALUE", value_parser = name_value)]
+    limits: Vec<(String, String)>,
+    /// The component (.wasm).
+    path: PathBuf,
+}
+
+#[derive(Args)]
+struct UndeployArgs {
+    #[command(flatten)]
+    target: DeployTarget,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a deployment key pair in a new file (mode 0600) and print its public key,
+    /// for the nodes' `[deploy] trusted_keys`.
+    Generate {
+        /// The key file to create.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 
@@ -212,6 +276,32 @@ impl LoadArgs {
 }
 
 /// Sends one apps request to a node's or cluster's admin socket and prints the answer.
+/// Deploys (`component`) or undeploys an app through a node of the context; prints the
+/// result.
+fn deploy_command(
+    target: DeployTarget,
+    component: Option<PathBuf>,
+    settings: impl FnOnce(&mut deploy::client::Order),
+) -> Result<()> {
+    let mut order = deploy::client::Order {
+        via: target.via,
+        context: target.context,
+        key: target.key,
+        name: target.name,
+        component,
+        config: String::new(),
+        cycles: None,
+        period: None,
+        limits: Vec::new(),
+    };
+    settings(&mut order);
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = tokio.block_on(deploy::client::carry_out(order))?;
+    print_json(&result)
+}
+
 fn apps_command(admin: &Path, nodes: Option<NodeList>, command: AppsCommand) -> Result<()> {
     let mut request = match &command {
         AppsCommand::List => serde_json::json!({"cmd": "list"}),
@@ -219,6 +309,9 @@ fn apps_command(admin: &Path, nodes: Option<NodeList>, command: AppsCommand) -> 
         AppsCommand::Load(args) => args.request("load")?,
         AppsCommand::Replace(args) => args.request("replace")?,
         AppsCommand::Unload { name } => serde_json::json!({"cmd": "unload", "name": name}),
+        AppsCommand::Deploy(_) | AppsCommand::Undeploy(_) => {
+            bail!("deployments go through a node of the context (--via), not an admin socket")
+        }
     };
     if let Some(NodeList(nodes)) = nodes {
         request["nodes"] = nodes.into();
@@ -882,6 +975,23 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Topology(command) => generate_topology(command).map(|()| true),
+        Command::Apps {
+            command: AppsCommand::Deploy(args),
+            ..
+        } => deploy_command(args.target, Some(args.path), |order| {
+            order.config = args.config;
+            order.cycles = args.cycles;
+            order.period = args.period;
+            order.limits = args.limits;
+        })
+        .map(|()| true),
+        Command::Apps {
+            command: AppsCommand::Undeploy(args),
+            ..
+        } => deploy_command(args.target, None, |_| {}).map(|()| true),
+        Command::Keys(KeysCommand::Generate { out }) => deploy::keys::generate(&out)
+            .and_then(|public| print_json(&serde_json::json!({"key_file": out, "public_key": public})))
+            .map(|()| true),
         Command::Apps {
             admin,
             nodes,

@@ -5,6 +5,7 @@
 //! it must be one of the node's `[deploy] trusted_keys`. [`manifest::Trust`] is the
 //! node's judge, sans-IO: every refusal has a reason a counter can be keyed by.
 
+pub mod client;
 pub mod keys;
 pub mod manifest;
 pub mod state;

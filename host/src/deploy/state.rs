@@ -22,12 +22,13 @@ pub const PARALLEL_CHUNKS: usize = 4;
 /// How a manifest reached the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
-    /// Gossip: the message to accept (forward) or reject once judged.
+    /// Gossip (forwarded as soon as its signature is judged good, before its component
+    /// is fetched: the node that published it holds the component, those on the way
+    /// may hold it already).
     Gossip {
-        /// Gossipsub's id of the message.
-        message_id: Vec<u8>,
-        /// The peer it came from (it holds the component: peers forward a manifest only
-        /// once they applied it).
+        /// The peer that published it into the gossip.
+        publisher: Option<PeerId>,
+        /// The peer it came from.
         source: PeerId,
     },
     /// A deployer's publish request, answered once applied (then the node spreads it).
@@ -45,12 +46,18 @@ pub enum Origin {
 }
 
 impl Origin {
-    /// The peer that holds the manifest's component.
-    fn holder(&self) -> PeerId {
+    /// The peers that may hold the manifest's component, the surest first.
+    fn holders(&self) -> Vec<PeerId> {
         match self {
-            Origin::Gossip { source, .. } => *source,
-            Origin::Publish { deployer, .. } => *deployer,
-            Origin::CatchUp { peer } => *peer,
+            Origin::Gossip { publisher, source } => {
+                let mut holders: Vec<PeerId> = publisher.iter().copied().collect();
+                if !holders.contains(source) {
+                    holders.push(*source);
+                }
+                holders
+            }
+            Origin::Publish { deployer, .. } => vec![*deployer],
+            Origin::CatchUp { peer } => vec![*peer],
         }
     }
 }
@@ -153,6 +160,11 @@ impl Deployments {
         }
     }
 
+    /// Judges a manifest as it arrived, accepting nothing: gossip forwards what passes.
+    pub fn judge(&self, signed: &SignedManifest) -> Result<Manifest, Refusal> {
+        self.trust.check(signed)
+    }
+
     /// The counters.
     pub fn counts(&self) -> &DeployCounts {
         &self.counts
@@ -171,8 +183,13 @@ impl Deployments {
         Some(bytes[start..end].to_vec())
     }
 
-    fn refuse(&mut self, origin: Origin, signed: SignedManifest, refusal: Refusal) -> Vec<Step> {
+    /// Counts a refusal that never became a manifest (gossip that is not one).
+    pub fn count(&mut self, refusal: &Refusal) {
         *self.counts.refused.entry(refusal.reason()).or_default() += 1;
+    }
+
+    fn refuse(&mut self, origin: Origin, signed: SignedManifest, refusal: Refusal) -> Vec<Step> {
+        self.count(&refusal);
         vec![Step::Settle {
             origin,
             signed,
@@ -180,8 +197,18 @@ impl Deployments {
         }]
     }
 
-    /// A manifest arrived from `origin`.
+    /// A manifest arrived from `origin`. The newest one arriving again (from the gossip
+    /// and from a peer asked on connecting) is no news, not a replay.
     pub fn received(&mut self, origin: Origin, signed: SignedManifest) -> Vec<Step> {
+        let again = serde_json::from_str::<Manifest>(&signed.manifest)
+            .is_ok_and(|m| self.manifests.get(&m.name) == Some(&signed));
+        if again {
+            return vec![Step::Settle {
+                origin,
+                signed,
+                result: Ok(()),
+            }];
+        }
         let manifest = match self.trust.check(&signed) {
             Ok(manifest) => manifest,
             Err(refusal) => return self.refuse(origin, signed, refusal),
@@ -193,9 +220,10 @@ impl Deployments {
             .get_mut(&name)
             .filter(|f| f.manifest.version == manifest.version)
         {
-            let holder = origin.holder();
-            if !fetch.holders.contains(&holder) {
-                fetch.holders.push(holder);
+            for holder in origin.holders() {
+                if !fetch.holders.contains(&holder) {
+                    fetch.holders.push(holder);
+                }
             }
             fetch.origins.push(origin);
             return self.ask(&name);
@@ -233,7 +261,7 @@ impl Deployments {
         self.fetches.insert(
             name.clone(),
             Fetch {
-                holders: vec![origin.holder()],
+                holders: origin.holders(),
                 origins: vec![origin],
                 bytes: vec![0; size],
                 waiting: offsets.collect(),
@@ -455,7 +483,7 @@ mod tests {
 
     fn gossip(source: PeerId) -> Origin {
         Origin::Gossip {
-            message_id: vec![1],
+            publisher: None,
             source,
         }
     }

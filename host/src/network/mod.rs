@@ -16,9 +16,12 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    connection_limits, identify, kad, mdns, noise, request_response, tcp, yamux, StreamProtocol,
-    Swarm,
+    connection_limits, gossipsub, identify, kad, mdns, noise, request_response, tcp, yamux,
+    StreamProtocol, Swarm,
 };
+use sha2::{Digest, Sha256};
+
+use crate::deploy::wire::DeployCodec;
 
 pub use budget::{ConnectionBudget, ProcessLimits};
 pub use codec::{
@@ -52,7 +55,18 @@ pub struct NodeBehaviour {
     pub kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     /// Finds peers on the local network, when enabled.
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Spreads deployment manifests through the context.
+    pub gossip: gossipsub::Behaviour,
+    /// Carries deployers' manifests, component chunks and manifests for late joiners.
+    pub deploy: request_response::Behaviour<DeployCodec>,
 }
+
+/// Largest gossip message: a signed manifest.
+pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
+
+/// How long a deployment request may take: a chunk, or a deployer's publish (fetch,
+/// compile and load of a large component).
+pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Protocol names for a context: the context is part of every name, so nodes of
 /// different contexts never exchange messages.
@@ -63,6 +77,32 @@ pub fn app_protocol(context: &str) -> Result<StreamProtocol> {
 /// The sampling protocol's name for a context.
 pub fn sampling_protocol(context: &str) -> Result<StreamProtocol> {
     protocol(context, "sampling")
+}
+
+/// The deployment protocol's name for a context.
+pub fn deploy_protocol(context: &str) -> Result<StreamProtocol> {
+    protocol(context, "deploy")
+}
+
+/// The gossip topic of a context's deployment manifests.
+pub fn deploy_topic(context: &str) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("/nodemanager/{context}/deployments"))
+}
+
+/// Gossipsub for a context: its own protocol name (contexts never mesh), messages
+/// signed by the sending node, identified by their content, and judged by the node
+/// before they are forwarded.
+fn gossip(context: &str, key: &Keypair) -> Result<gossipsub::Behaviour> {
+    let config = gossipsub::ConfigBuilder::default()
+        .protocol_id_prefix(format!("/nodemanager/{context}/meshsub"))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(MAX_GOSSIP_BYTES)
+        .message_id_fn(|message| gossipsub::MessageId::new(&Sha256::digest(&message.data)))
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot configure gossipsub: {e}"))?;
+    gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), config)
+        .map_err(|e| anyhow::anyhow!("cannot set up gossipsub: {e}"))
 }
 
 /// The Kademlia protocol's name for a context.
@@ -114,7 +154,9 @@ pub fn build_swarm(
         app_protocol(context)?,
         sampling_protocol(context)?,
         kad_protocol(context)?,
+        deploy_protocol(context)?,
     );
+    let mut gossip = Some(gossip(context, &key)?);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -179,6 +221,12 @@ pub fn build_swarm(
                     ),
                     kad: kad.into(),
                     mdns: mdns.into(),
+                    gossip: gossip.take().expect("the behaviour is built once"),
+                    deploy: request_response::Behaviour::with_codec(
+                        DeployCodec,
+                        [(protocols.3.clone(), request_response::ProtocolSupport::Full)],
+                        request_response::Config::default().with_request_timeout(DEPLOY_TIMEOUT),
+                    ),
                 })
             },
         )

@@ -10,6 +10,7 @@ mod admin;
 mod answers;
 mod apps_dir;
 mod deliveries;
+mod deploying;
 mod jsonl;
 mod network_stats;
 mod sampling_data;
@@ -40,12 +41,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{NodeConfig, ResolvedApp};
+use crate::deploy::state::DeployCounts;
 use crate::network::sampling::MAX_ADDRS_PER_PEER;
 use crate::network::{
     self, AppBatch, Inbound, NodeBehaviour, NodeBehaviourEvent, SamplingEnvelope,
 };
 use crate::runtime::pool::WorkerPool;
-use crate::runtime::registry::{derive_seed, Refused};
+use crate::runtime::registry::{derive_seed, Refused, Unloading};
 use crate::runtime::{
     AppContext, AppId, AppInfo, AppRegistry, AppStats, LoadRequest, Outcome, Report, Runtime,
     WorkerEvent,
@@ -54,6 +56,7 @@ use crate::sampling::{Outgoing, SamplingDriver};
 use admin::NodeAnswers;
 use answers::RecentAnswers;
 use deliveries::Deliveries;
+use deploying::{DeployEvent, Deploying};
 use jsonl::JsonLines;
 use sampling_data::SamplingWriter;
 
@@ -85,6 +88,8 @@ pub struct Summary {
     pub sampling: SamplingStats,
     /// What the network layer saw.
     pub network: NetworkStats,
+    /// Deployments applied and refused.
+    pub deploy: DeployCounts,
 }
 
 impl Summary {
@@ -133,6 +138,10 @@ pub struct Node {
     answers_owed: HashSet<request_response::InboundRequestId>,
     /// Answers given lately, for requests their senders send again.
     recent_answers: RecentAnswers,
+    /// Apps deployed over the overlay.
+    deploying: Deploying,
+    /// What work beside the loop reports on deployments (taken when the node runs).
+    deploy_events: Option<mpsc::UnboundedReceiver<DeployEvent>>,
     ready: Ready,
     /// Threads its apps run on, when shared with other nodes of the process.
     pool: Option<Arc<WorkerPool>>,
@@ -254,6 +263,12 @@ impl Node {
             .map(|path| JsonLines::create(path, "metrics output"))
             .transpose()?;
         let recent_answers = RecentAnswers::new(2 * config.network.request_timeout());
+        let (deploying, deploy_events) = Deploying::new(&config)?;
+        swarm
+            .behaviour_mut()
+            .gossip
+            .subscribe(deploying.topic())
+            .context("cannot subscribe to the deployments topic")?;
         Ok(Node {
             swarm,
             config,
@@ -275,6 +290,8 @@ impl Node {
             closing: false,
             answers_owed: HashSet::new(),
             recent_answers,
+            deploying,
+            deploy_events: Some(deploy_events),
             pool: None,
             published_view: Vec::new(),
             admin_calls: mpsc::channel(16),
@@ -354,7 +371,8 @@ impl Node {
             services.push(tokio::spawn(watch));
         }
         drop(admin_tx);
-        let stays_up = !services.is_empty() || self.controlled;
+        let stays_up = !services.is_empty() || self.controlled || self.deploying.enabled();
+        let mut deploy_events = self.deploy_events.take().expect("a node runs once");
         let mut unloading: HashMap<AppId, oneshot::Sender<serde_json::Value>> = HashMap::new();
 
         let mut pending = Deliveries::default();
@@ -398,6 +416,7 @@ impl Node {
                     }
                 }
                 Some(call) = admin_calls.recv() => self.on_admin_call(call, &mut registry, &mut unloading),
+                Some(event) = deploy_events.recv() => self.on_deploy_done(event, &mut registry, &mut unloading),
                 _ = &mut expiry, if armed.is_some() => {
                     report_all(&registry, pending.expire(Instant::now()));
                     armed = None;
@@ -436,6 +455,7 @@ impl Node {
             unloaded,
             sampling: self.sampling.clone(),
             network: self.network.clone(),
+            deploy: self.deploying.state.counts().clone(),
         }
     }
 
@@ -560,6 +580,7 @@ impl Node {
                     "unloaded": registry.retired(),
                     "sampling": self.sampling,
                     "network": self.network,
+                    "deploy": self.deploying.state.counts(),
                 })
             }
             AdminCommand::Load(request) => {
@@ -583,10 +604,11 @@ impl Node {
                 }
             }
             AdminCommand::Unload(name) => match registry.unload(&name) {
-                Ok(id) => {
+                Ok(Unloading::Draining(id)) => {
                     unloading.insert(id, reply);
                     return;
                 }
+                Ok(Unloading::Gone(info)) => json!({"ok": true, "app": info}),
                 Err(e) => refusal(format!("{e:#}")),
             },
         };
@@ -702,6 +724,7 @@ impl Node {
                     tracing::info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "disconnected");
                     self.sampler.disconnected(peer_id);
                     self.publish_view();
+                    self.deploy_peer_gone(peer_id);
                 }
             }
             SwarmEvent::IncomingConnectionError {
@@ -747,6 +770,7 @@ impl Node {
                     self.learn_addresses(peer_id, info.listen_addrs);
                     self.sampler.connected(peer_id);
                     self.publish_view();
+                    self.catch_up_from(peer_id);
                 } else {
                     self.network.refuse(
                         "other_context",
@@ -772,6 +796,8 @@ impl Node {
             SwarmEvent::Behaviour(NodeBehaviourEvent::Apps(event)) => {
                 self.on_app_event(event, registry, pending)
             }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Gossip(event)) => self.on_gossip_event(event),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Deploy(event)) => self.on_deploy_event(event),
             _ => {}
         }
     }

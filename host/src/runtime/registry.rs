@@ -115,7 +115,7 @@ pub enum Unloading {
     /// The app handles what is queued for it; `exited` says when it is gone.
     Draining(AppId),
     /// The app's task had ended already: it is gone, with this final info.
-    Gone(AppInfo),
+    Gone(Box<AppInfo>),
 }
 
 /// The apps of one node.
@@ -280,7 +280,7 @@ impl AppRegistry {
         self.leaving.insert(id, app);
         if exited {
             let info = self.exited(id).expect("leaving, so retired");
-            return Ok(Unloading::Gone(info));
+            return Ok(Unloading::Gone(Box::new(info)));
         }
         Ok(Unloading::Draining(id))
     }
