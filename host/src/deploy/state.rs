@@ -22,10 +22,11 @@ pub const PARALLEL_CHUNKS: usize = 4;
 /// How a manifest reached the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
-    /// Gossip (forwarded as soon as its signature is judged good, before its component
-    /// is fetched: the node that published it holds the component, those on the way
-    /// may hold it already).
+    /// Gossip, forwarded once the node holds the component (so that whoever forwards
+    /// a manifest can serve its component).
     Gossip {
+        /// Gossipsub's id of the message.
+        message_id: Vec<u8>,
         /// The peer that published it into the gossip.
         publisher: Option<PeerId>,
         /// The peer it came from.
@@ -49,11 +50,11 @@ impl Origin {
     /// The peers that may hold the manifest's component, the surest first.
     fn holders(&self) -> Vec<PeerId> {
         match self {
-            Origin::Gossip { publisher, source } => {
-                let mut holders: Vec<PeerId> = publisher.iter().copied().collect();
-                if !holders.contains(source) {
-                    holders.push(*source);
-                }
+            Origin::Gossip {
+                publisher, source, ..
+            } => {
+                let mut holders = vec![*source];
+                holders.extend(publisher.iter().filter(|&p| p != source));
                 holders
             }
             Origin::Publish { deployer, .. } => vec![*deployer],
@@ -75,6 +76,12 @@ pub enum Step {
         offset: u64,
         /// How many bytes.
         len: u32,
+    },
+    /// The node holds the component of the manifest these gossip messages carry: they
+    /// may be forwarded now.
+    Forward {
+        /// The messages' origins.
+        origins: Vec<Origin>,
     },
     /// Load, replace or unload the app as `manifest` says (`component`: its bytes, for a
     /// deploy); then call [`Deployments::applied`].
@@ -381,15 +388,25 @@ impl Deployments {
         origins: Vec<Origin>,
         component: Option<Arc<Vec<u8>>>,
     ) -> Vec<Step> {
+        let gossip: Vec<Origin> = origins
+            .iter()
+            .filter(|o| matches!(o, Origin::Gossip { .. }))
+            .cloned()
+            .collect();
         self.applying
             .insert(manifest.name.clone(), (manifest.clone(), signed, origins));
         if let (Some(hash), Some(bytes)) = (&manifest.sha256, &component) {
             self.components.insert(hash.clone(), bytes.clone());
         }
-        vec![Step::Apply {
+        let mut steps = Vec::new();
+        if !gossip.is_empty() {
+            steps.push(Step::Forward { origins: gossip });
+        }
+        steps.push(Step::Apply {
             manifest,
             component,
-        }]
+        });
+        steps
     }
 
     /// Drops the component of a manifest no longer the newest, unless another app's
@@ -483,6 +500,7 @@ mod tests {
 
     fn gossip(source: PeerId) -> Origin {
         Origin::Gossip {
+            message_id: vec![1],
             publisher: None,
             source,
         }
@@ -518,13 +536,18 @@ mod tests {
         }
         assert!(asked_b > 0, "the second holder was asked too");
         assert_eq!(node.counts().bytes_fetched, size as u64);
-        let [Step::Apply {
+        let [Step::Forward { origins }, Step::Apply {
             manifest,
             component: Some(got),
         }] = &steps[..]
         else {
             panic!("{steps:?}")
         };
+        assert_eq!(
+            origins.len(),
+            2,
+            "both messages forwarded once the component is held"
+        );
         assert_eq!(manifest.version, 1);
         assert_eq!(**got, component);
         // Served to peers while being applied, and after.
@@ -536,8 +559,14 @@ mod tests {
             .all(|s| matches!(s, Step::Settle { result: Ok(()), .. })));
         assert_eq!(node.manifests(), vec![signed.clone()]);
         assert_eq!(node.counts().applied, 1);
-        // A replay is refused; the same component under a newer version needs no fetch.
-        let replay = node.received(gossip(a), signed);
+        // The same manifest again is no news; another of the same version is a replay;
+        // the same component under a newer version needs no fetch.
+        let again = node.received(gossip(a), signed.clone());
+        assert!(matches!(&again[..], [Step::Settle { result: Ok(()), .. }]));
+        assert_eq!(node.counts().applied, 1, "not applied twice");
+        let mut other: Manifest = serde_json::from_str(&signed.manifest).unwrap();
+        other.config = "other".into();
+        let replay = node.received(gossip(a), other.sign(&key).unwrap());
         assert!(matches!(
             &replay[..],
             [Step::Settle {
@@ -549,10 +578,13 @@ mod tests {
         let steps = node.received(gossip(a), newer);
         assert!(matches!(
             &steps[..],
-            [Step::Apply {
-                component: Some(_),
-                ..
-            }]
+            [
+                Step::Forward { .. },
+                Step::Apply {
+                    component: Some(_),
+                    ..
+                }
+            ]
         ));
     }
 

@@ -80,18 +80,6 @@ impl Deploying {
     }
 }
 
-/// How gossip treats a manifest judged so: forwarded, dropped, or dropped with a
-/// penalty for the peer that sent it.
-fn acceptance(verdict: &Result<Manifest, Refusal>) -> gossipsub::MessageAcceptance {
-    match verdict {
-        Ok(_) => gossipsub::MessageAcceptance::Accept,
-        Err(Refusal::NotNewer { .. } | Refusal::UnknownKey(_) | Refusal::TooLarge { .. }) => {
-            gossipsub::MessageAcceptance::Ignore
-        }
-        Err(_) => gossipsub::MessageAcceptance::Reject,
-    }
-}
-
 impl Node {
     /// A manifest (or something else) on the gossip.
     pub(super) fn on_gossip_event(&mut self, event: gossipsub::Event) {
@@ -120,24 +108,40 @@ impl Node {
                 return;
             }
         };
-        let verdict = self.deploying.state.judge(&signed);
-        if let Err(refusal) = &verdict {
+        // Judged now; forwarded only once the component is here (`Step::Forward`).
+        if let Err(refusal) = self.deploying.state.judge(&signed) {
             tracing::info!(peer = %propagation_source, "deployment refused: {refusal}");
+            self.deploying.state.count(&refusal);
+            self.report_gossip(&message_id.0, propagation_source, Err(&refusal));
+            return;
         }
-        self.swarm
-            .behaviour_mut()
-            .gossip
-            .report_message_validation_result(
-                &message_id,
-                &propagation_source,
-                acceptance(&verdict),
-            );
         let origin = Origin::Gossip {
+            message_id: message_id.0,
             publisher: message.source,
             source: propagation_source,
         };
         let steps = self.deploying.state.received(origin, signed);
         self.run_deploy_steps(steps);
+    }
+
+    /// Tells gossipsub what became of a message: forward it, or drop it (with a penalty
+    /// for its sender when it was bad rather than old or not for this node).
+    fn report_gossip(&mut self, message_id: &[u8], source: PeerId, verdict: Result<(), &Refusal>) {
+        let acceptance = match verdict {
+            Ok(()) => gossipsub::MessageAcceptance::Accept,
+            Err(Refusal::NotNewer { .. } | Refusal::UnknownKey(_) | Refusal::TooLarge { .. }) => {
+                gossipsub::MessageAcceptance::Ignore
+            }
+            Err(_) => gossipsub::MessageAcceptance::Reject,
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .report_message_validation_result(
+                &gossipsub::MessageId(message_id.to_vec()),
+                &source,
+                acceptance,
+            );
     }
 
     /// A request of the deployment protocol, or the answer to one of ours.
@@ -292,6 +296,16 @@ impl Node {
                     manifest,
                     component,
                 } => self.compile_deployed(manifest, component),
+                Step::Forward { origins } => {
+                    for origin in origins {
+                        if let Origin::Gossip {
+                            message_id, source, ..
+                        } = origin
+                        {
+                            self.report_gossip(&message_id, source, Ok(()));
+                        }
+                    }
+                }
                 Step::Settle {
                     origin,
                     signed,
@@ -378,8 +392,17 @@ impl Node {
     /// A manifest is judged: a deployer gets its answer, and one applied from a deployer
     /// goes out on the gossip.
     fn settle(&mut self, origin: Origin, signed: SignedManifest, result: Result<(), Refusal>) {
-        let Origin::Publish { request, .. } = origin else {
-            return;
+        let request = match origin {
+            Origin::Publish { request, .. } => request,
+            // Forwarded already if its component arrived (gossipsub ignores a second
+            // verdict); a duplicate of the newest is forwarded, a refused one dropped.
+            Origin::Gossip {
+                message_id, source, ..
+            } => {
+                self.report_gossip(&message_id, source, result.as_ref().map(|_| ()));
+                return;
+            }
+            Origin::CatchUp { .. } => return,
         };
         let Some(channel) = self.deploying.publishes.remove(&request) else {
             return;
