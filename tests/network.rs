@@ -760,6 +760,43 @@ fn a_request_cut_off_by_its_connection_closing_is_sent_again_and_delivered_once(
     assert_eq!(summary["network"]["repeats_answered"], 1, "{summary}");
 }
 
+#[test]
+fn a_node_bootstraps_from_a_dns_name_without_a_peer_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = RunningNode::spawn(&hostile_app("calm", "100ms", -1), dir.path().join("a.log"));
+    let port = first.addr().split('/').nth(4).unwrap().to_string();
+    let first_id = first.ready["peer_id"].as_str().unwrap().to_string();
+    // As on an orchestrator: a host name and a port, no peer id.
+    let mut flags = hostile_app("greet", "100ms", -1);
+    flags.extend(["--bootstrap".into(), format!("/dns4/localhost/tcp/{port}")]);
+    let second = RunningNode::spawn(&flags, dir.path().join("b.log"));
+    wait_for("the second node to greet the first, found by name", || {
+        read(&first.log).contains("greet got hello from")
+            && read(&second.log).contains(&format!(
+                "connected peer={first_id} addr=/dns4/localhost/tcp/{port}"
+            ))
+    });
+    for node in [first, second] {
+        stop(node);
+    }
+    // An IP address still needs the peer id.
+    let output = nodemanager()
+        .args([
+            "run",
+            "--app",
+            common::guest("hostile.wasm").to_str().unwrap(),
+        ])
+        .args(["--bootstrap", &format!("/ip4/127.0.0.1/tcp/{port}")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("has no /p2p/<peer id> part (only a /dns4/HOST/"),
+        "{stderr}"
+    );
+}
+
 // ------------------------------------------------------------------------- logs
 
 /// A tiny HTTP collector on 127.0.0.1: stores every JSON body POSTed to it.

@@ -230,6 +230,23 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A bootstrap address names its peer (`/p2p/<peer id>`), unless it names its host by
+/// DNS (`/dns4/HOST/tcp/PORT`): on an orchestrator the peer id is not known in advance,
+/// and the peer is whoever answers there.
+fn check_bootstrap_address(addr: &Multiaddr) -> Result<()> {
+    use libp2p::multiaddr::Protocol;
+    let named = addr.iter().any(|p| matches!(p, Protocol::P2p(_)));
+    let by_dns = addr
+        .iter()
+        .any(|p| matches!(p, Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)));
+    if !named && !by_dns {
+        bail!(
+            "bootstrap address {addr} has no /p2p/<peer id> part (only a /dns4/HOST/... address may leave it out)"
+        );
+    }
+    Ok(())
+}
+
 impl NodeConfig {
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<NodeConfig> {
@@ -285,12 +302,7 @@ impl NodeConfig {
         }
         for addr in &self.bootstrap {
             self.network.transport.check("bootstrap address", addr)?;
-            if !addr
-                .iter()
-                .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
-            {
-                bail!("bootstrap address {addr} has no /p2p/<peer id> part");
-            }
+            check_bootstrap_address(addr)?;
         }
         if self.metrics_every.is_zero() {
             bail!("metrics_every must be greater than zero");

@@ -38,6 +38,8 @@ impl Deployer {
             )
             .context("cannot set up TCP + noise + yamux")?
             .with_quic()
+            .with_dns()
+            .context("cannot set up DNS resolution")?
             .with_behaviour(|_| {
                 request_response::Behaviour::with_codec(
                     DeployCodec,

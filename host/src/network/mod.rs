@@ -171,6 +171,8 @@ pub fn build_swarm(
             quic.max_concurrent_stream_limit = to_u32(yamux.max_num_streams as u64);
             quic
         })
+        .with_dns()
+        .context("cannot set up DNS resolution (/dns4/ addresses)")?
         .with_behaviour(
             |key| -> Result<NodeBehaviour, Box<dyn std::error::Error + Send + Sync>> {
                 let peer_id = key.public().to_peer_id();
