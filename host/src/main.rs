@@ -348,7 +348,7 @@ fn admin_request(admin: &Path, request: &serde_json::Value) -> Result<()> {
         .with_context(|| format!("the node answered something that is not JSON: {line:?}"))?;
     if answer["ok"] != true {
         if answer.get("nodes").is_some() {
-            println!("{}", serde_json::to_string_pretty(&answer)?);
+            print_text(&serde_json::to_string_pretty(&answer)?)?;
         }
         bail!(
             "{}",
@@ -357,8 +357,7 @@ fn admin_request(admin: &Path, request: &serde_json::Value) -> Result<()> {
                 .unwrap_or("the node refused the request")
         );
     }
-    println!("{}", serde_json::to_string_pretty(&answer)?);
-    Ok(())
+    print_text(&serde_json::to_string_pretty(&answer)?)
 }
 
 #[derive(Subcommand)]
@@ -713,6 +712,15 @@ fn write_json_lines<T: serde::Serialize>(
     }
     out.flush()
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Prints `text` and a newline; a reader that went away (`| head`) is not an error.
+fn print_text(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
