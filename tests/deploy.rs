@@ -179,6 +179,20 @@ fn a_deployment_reaches_every_trusting_node_of_its_context_and_late_ones_catch_u
             .iter()
             .all(|n| running(d, n, "share").as_deref() == Some(new_hash.as_str()))
     });
+    // Asked node by node over the overlay: all four run version 2.
+    let status = deploy_cli(&[
+        "status",
+        "--via",
+        &addr,
+        "--context",
+        "lab",
+        "--within",
+        "60s",
+    ])
+    .unwrap();
+    assert_eq!(status["versions"]["share"]["2"], 4, "{status}");
+    assert_eq!(status["nodes"].as_object().unwrap().len(), 4, "{status}");
+    assert_eq!(status["unanswered_in_time"], 0, "{status}");
     let undeployed = deploy_cli(&[
         "undeploy",
         "--key",

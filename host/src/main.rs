@@ -142,6 +142,19 @@ enum AppsCommand {
     Deploy(DeployArgs),
     /// Unload an app from every node of a context that trusts the key.
     Undeploy(UndeployArgs),
+    /// Which version of each deployed app every node reachable from --via runs (asked
+    /// node by node over the overlay, for at most --within).
+    Status {
+        /// A node of the context.
+        #[arg(long, value_name = "MULTIADDR")]
+        via: libp2p::Multiaddr,
+        /// The nodes' context.
+        #[arg(long, default_value = "default")]
+        context: String,
+        /// How long to ask, e.g. 5s.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        within: std::time::Duration,
+    },
 }
 
 /// Where and as whom to deploy.
@@ -309,7 +322,7 @@ fn apps_command(admin: &Path, nodes: Option<NodeList>, command: AppsCommand) -> 
         AppsCommand::Load(args) => args.request("load")?,
         AppsCommand::Replace(args) => args.request("replace")?,
         AppsCommand::Unload { name } => serde_json::json!({"cmd": "unload", "name": name}),
-        AppsCommand::Deploy(_) | AppsCommand::Undeploy(_) => {
+        AppsCommand::Deploy(_) | AppsCommand::Undeploy(_) | AppsCommand::Status { .. } => {
             bail!("deployments go through a node of the context (--via), not an admin socket")
         }
     };
@@ -997,6 +1010,21 @@ fn main() -> ExitCode {
             command: AppsCommand::Undeploy(args),
             ..
         } => deploy_command(args.target, None, |_| {}).map(|()| true),
+        Command::Apps {
+            command:
+                AppsCommand::Status {
+                    via,
+                    context,
+                    within,
+                },
+            ..
+        } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|tokio| tokio.block_on(deploy::client::status(&via, &context, within)))
+            .and_then(|status| print_json(&status))
+            .map(|()| true),
         Command::Keys(KeysCommand::Generate { out }) => deploy::keys::generate(&out)
             .and_then(|public| print_json(&serde_json::json!({"key_file": out, "public_key": public})))
             .map(|()| true),

@@ -232,3 +232,98 @@ pub async fn carry_out(order: Order) -> Result<serde_json::Value> {
         "via": deployer.node.to_string(),
     }))
 }
+
+/// Which version of each deployed app every node reachable from `via` runs: asks `via`
+/// for its status and the peers it knows, then those, and so on, until every node
+/// answered or failed, or `within` passed. Returns what to print: per node its apps,
+/// per app how many nodes run each version, the nodes that could not be asked, and how
+/// many had not answered in time.
+pub async fn status(via: &Multiaddr, context: &str, within: Duration) -> Result<serde_json::Value> {
+    use std::collections::{BTreeMap, HashMap, HashSet};
+    let mut deployer = Deployer::connect(via, context).await?;
+    let deadline = tokio::time::sleep(within);
+    tokio::pin!(deadline);
+    let swarm = &mut deployer.swarm;
+    let mut asked: HashSet<PeerId> = HashSet::from([deployer.node]);
+    let mut pending = HashMap::new();
+    pending.insert(
+        swarm
+            .behaviour_mut()
+            .send_request(&deployer.node, Ok(DeployRequest::Status)),
+        deployer.node,
+    );
+    let mut nodes = BTreeMap::new();
+    let mut versions: BTreeMap<String, BTreeMap<u64, usize>> = BTreeMap::new();
+    let mut unreachable = BTreeMap::new();
+    while !pending.is_empty() {
+        let event = tokio::select! {
+            event = swarm.select_next_some() => event,
+            _ = &mut deadline => break,
+        };
+        let SwarmEvent::Behaviour(event) = event else {
+            continue;
+        };
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response: DeployResponse::Status(status),
+                    },
+                ..
+            } => {
+                pending.remove(&request_id);
+                for addr in status
+                    .peers
+                    .iter()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok())
+                {
+                    let Some(Protocol::P2p(next)) = addr.iter().last() else {
+                        continue;
+                    };
+                    if asked.insert(next) {
+                        swarm.add_peer_address(next, addr.clone());
+                        let id = swarm
+                            .behaviour_mut()
+                            .send_request(&next, Ok(DeployRequest::Status));
+                        pending.insert(id, next);
+                    }
+                }
+                for app in &status.apps {
+                    *versions
+                        .entry(app.name.clone())
+                        .or_default()
+                        .entry(app.version)
+                        .or_default() += 1;
+                }
+                nodes.insert(peer.to_string(), serde_json::json!({ "apps": status.apps }));
+            }
+            request_response::Event::Message {
+                message: request_response::Message::Response { request_id, .. },
+                ..
+            } => {
+                if let Some(peer) = pending.remove(&request_id) {
+                    unreachable.insert(peer.to_string(), "answered something else".to_string());
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                pending.remove(&request_id);
+                unreachable.insert(peer.to_string(), error.to_string());
+            }
+            _ => {}
+        }
+    }
+    Ok(serde_json::json!({
+        "ok": true,
+        "nodes": nodes,
+        "versions": versions,
+        "unreachable": unreachable,
+        "unanswered_in_time": pending.len(),
+    }))
+}

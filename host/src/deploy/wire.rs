@@ -43,6 +43,29 @@ pub enum DeployRequest {
     },
     /// The newest manifest of each app the node accepted.
     Manifests,
+    /// Which version of each deployed app the node runs, and the peers it knows.
+    Status,
+}
+
+/// One node's deployed apps and known peers (`apps status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The deployed apps it runs: name, version, component hash.
+    pub apps: Vec<DeployedApp>,
+    /// Peers of its context it knows, as full multiaddrs (`.../p2p/<peer id>`).
+    pub peers: Vec<String>,
+}
+
+/// A deployed app as a node runs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployedApp {
+    /// Its name.
+    pub name: String,
+    /// The manifest's version.
+    pub version: u64,
+    /// The component's hash (none after an undeploy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// A node's answer.
@@ -56,6 +79,8 @@ pub enum DeployResponse {
     Missing,
     /// The manifests the node holds.
     Manifests(Vec<SignedManifest>),
+    /// The node's deployed apps and known peers.
+    Status(NodeStatus),
 }
 
 /// The JSON header of a response frame.
@@ -70,6 +95,9 @@ enum ResponseHeader {
     Missing,
     Manifests {
         manifests: Vec<SignedManifest>,
+    },
+    Status {
+        status: NodeStatus,
     },
 }
 
@@ -156,6 +184,12 @@ pub fn encode_response(response: &DeployResponse) -> io::Result<Vec<u8>> {
             },
             &[],
         ),
+        DeployResponse::Status(status) => frame(
+            &ResponseHeader::Status {
+                status: status.clone(),
+            },
+            &[],
+        ),
     }
 }
 
@@ -178,6 +212,7 @@ pub fn decode_response(bytes: &[u8]) -> io::Result<DeployResponse> {
         ResponseHeader::Chunk => DeployResponse::Chunk(rest.to_vec()),
         ResponseHeader::Missing => DeployResponse::Missing,
         ResponseHeader::Manifests { manifests } => DeployResponse::Manifests(manifests),
+        ResponseHeader::Status { status } => DeployResponse::Status(status),
     })
 }
 
@@ -252,6 +287,7 @@ mod tests {
                 len: CHUNK,
             },
             DeployRequest::Manifests,
+            DeployRequest::Status,
         ];
         for request in requests {
             let bytes = encode_request(&request).unwrap();
@@ -264,6 +300,14 @@ mod tests {
             DeployResponse::Chunk(Vec::new()),
             DeployResponse::Missing,
             DeployResponse::Manifests(vec![signed(), signed()]),
+            DeployResponse::Status(NodeStatus {
+                apps: vec![DeployedApp {
+                    name: "share".into(),
+                    version: 3,
+                    sha256: Some("ab".repeat(32)),
+                }],
+                peers: vec!["/ip4/127.0.0.1/tcp/1/p2p/12D3KooW".into()],
+            }),
         ];
         for response in responses {
             let bytes = encode_response(&response).unwrap();

@@ -14,7 +14,7 @@ use super::Node;
 use crate::config::NodeConfig;
 use crate::deploy::manifest::{Action, Manifest, Refusal, SignedManifest, Trust};
 use crate::deploy::state::{Deployments, Origin, Step};
-use crate::deploy::wire::{DeployRequest, DeployResponse};
+use crate::deploy::wire::{DeployRequest, DeployResponse, DeployedApp, NodeStatus};
 use crate::network::{self, Inbound};
 use crate::runtime::{AppId, AppRegistry, LoadRequest, Runtime};
 
@@ -234,6 +234,7 @@ impl Node {
             Ok(DeployRequest::Manifests) => {
                 DeployResponse::Manifests(self.deploying.state.manifests())
             }
+            Ok(DeployRequest::Status) => DeployResponse::Status(self.deploy_status()),
             Ok(DeployRequest::Publish { manifest }) => {
                 let request = self.deploying.next_publish;
                 self.deploying.next_publish += 1;
@@ -251,6 +252,31 @@ impl Node {
             .behaviour_mut()
             .deploy
             .send_response(channel, answer);
+    }
+
+    /// The deployed apps this node runs and the peers of its context it knows.
+    fn deploy_status(&self) -> NodeStatus {
+        let apps = self
+            .deploying
+            .state
+            .manifests()
+            .iter()
+            .filter_map(|signed| serde_json::from_str::<Manifest>(&signed.manifest).ok())
+            .map(|manifest| DeployedApp {
+                name: manifest.name,
+                version: manifest.version,
+                sha256: manifest.sha256,
+            })
+            .collect();
+        let peers = self
+            .addresses
+            .iter()
+            .filter_map(|(peer, addrs)| {
+                let addr = addrs.first()?.clone();
+                Some(addr.with_p2p(*peer).unwrap_or_else(|addr| addr).to_string())
+            })
+            .collect();
+        NodeStatus { apps, peers }
     }
 
     /// Asks `peer`, a peer of this context that just connected, for its manifests.
