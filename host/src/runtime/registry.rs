@@ -308,13 +308,17 @@ impl AppRegistry {
                 return Err(e);
             }
         };
+        let waker = successor.waker();
         let _ = old_commands.send(AppCommand::Drain(Some(Handoff {
             state,
-            successor: successor.waker(),
+            successor: waker.clone(),
         })));
         if self.leaving.get(&old_id).is_some_and(|old| old.exited) {
-            // Its task ended (it failed): no state to hand over, nothing to drain.
+            // Its task ended (it failed): nothing to drain, and no state will come (the
+            // hand-off was dropped with the command): the successor goes on from init now
+            // rather than at the hand-off timeout.
             self.exited(old_id);
+            waker.wake();
         }
         Ok((old_id, new))
     }
