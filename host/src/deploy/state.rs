@@ -144,7 +144,7 @@ pub struct DeployCounts {
 pub struct Deployments {
     trust: Trust,
     /// The newest applied manifest of each app, as signed.
-    manifests: BTreeMap<String, SignedManifest>,
+    manifests: BTreeMap<String, (Manifest, SignedManifest)>,
     /// Components held, by sha256.
     components: HashMap<String, Arc<Vec<u8>>>,
     /// Fetches under way, by app name.
@@ -179,7 +179,15 @@ impl Deployments {
 
     /// The newest applied manifest of each app.
     pub fn manifests(&self) -> Vec<SignedManifest> {
-        self.manifests.values().cloned().collect()
+        self.manifests
+            .values()
+            .map(|(_, signed)| signed.clone())
+            .collect()
+    }
+
+    /// The newest applied manifest of each app, read.
+    pub fn deployed(&self) -> impl Iterator<Item = &Manifest> {
+        self.manifests.values().map(|(manifest, _)| manifest)
     }
 
     /// `len` bytes from `offset` of component `sha256`, if this node holds it.
@@ -207,8 +215,7 @@ impl Deployments {
     /// A manifest arrived from `origin`. The newest one arriving again (from the gossip
     /// and from a peer asked on connecting) is no news, not a replay.
     pub fn received(&mut self, origin: Origin, signed: SignedManifest) -> Vec<Step> {
-        let again = serde_json::from_str::<Manifest>(&signed.manifest)
-            .is_ok_and(|m| self.manifests.get(&m.name) == Some(&signed));
+        let again = self.manifests.values().any(|(_, newest)| *newest == signed);
         if again {
             return vec![Step::Settle {
                 origin,
@@ -411,20 +418,11 @@ impl Deployments {
 
     /// Drops the component of a manifest no longer the newest, unless another app's
     /// newest one names it too.
-    fn forget_unused(&mut self, before: Option<SignedManifest>) {
-        let hash_of = |signed: &SignedManifest| {
-            serde_json::from_str::<Manifest>(&signed.manifest)
-                .ok()
-                .and_then(|m| m.sha256)
-        };
-        let Some(old) = before.as_ref().and_then(hash_of) else {
+    fn forget_unused(&mut self, before: Option<Manifest>) {
+        let Some(old) = before.and_then(|m| m.sha256) else {
             return;
         };
-        if !self
-            .manifests
-            .values()
-            .any(|m| hash_of(m).as_ref() == Some(&old))
-        {
+        if !self.deployed().any(|m| m.sha256.as_ref() == Some(&old)) {
             self.components.remove(&old);
         }
     }
@@ -438,8 +436,10 @@ impl Deployments {
             Ok(()) => {
                 self.counts.applied += 1;
                 self.trust.accept(&manifest);
-                let before = self.manifests.insert(manifest.name.clone(), signed.clone());
-                self.forget_unused(before);
+                let before = self
+                    .manifests
+                    .insert(manifest.name.clone(), (manifest.clone(), signed.clone()));
+                self.forget_unused(before.map(|(manifest, _)| manifest));
                 Ok(())
             }
             Err(reason) => {

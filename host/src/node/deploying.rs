@@ -259,13 +259,11 @@ impl Node {
         let apps = self
             .deploying
             .state
-            .manifests()
-            .iter()
-            .filter_map(|signed| serde_json::from_str::<Manifest>(&signed.manifest).ok())
+            .deployed()
             .map(|manifest| DeployedApp {
-                name: manifest.name,
+                name: manifest.name.clone(),
                 version: manifest.version,
-                sha256: manifest.sha256,
+                sha256: manifest.sha256.clone(),
             })
             .collect();
         let peers = self
