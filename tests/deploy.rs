@@ -70,6 +70,15 @@ fn running(dir: &Path, n: &str, name: &str) -> Option<String> {
         .map(|app| app["component"].as_str().unwrap_or_default().to_string())
 }
 
+/// Waits until every node of `nodes` runs `hash` as app `name` (`None`: not at all).
+fn wait_all(dir: &Path, nodes: &[&str], name: &str, hash: Option<&str>, what: &str) {
+    wait_for(what, || {
+        nodes
+            .iter()
+            .all(|n| running(dir, n, name).as_deref() == hash)
+    });
+}
+
 /// `nodemanager apps deploy|undeploy ...`: its JSON answer, or its error text.
 fn deploy_cli(args: &[&str]) -> Result<Value, String> {
     let output = nodemanager().arg("apps").args(args).output().unwrap();
@@ -131,11 +140,14 @@ fn a_deployment_reaches_every_trusting_node_of_its_context_and_late_ones_catch_u
     .unwrap();
     assert_eq!(deployed["version"], 1, "{deployed}");
     let hash = deployed["sha256"].as_str().unwrap().to_string();
-    wait_for("every lab node to run the deployed app", || {
-        ["n0", "n1", "n2"]
-            .iter()
-            .all(|n| running(d, n, "share").as_deref() == Some(hash.as_str()))
-    });
+    let lab = ["n0", "n1", "n2", "late"];
+    wait_all(
+        d,
+        &lab[..3],
+        "share",
+        Some(&hash),
+        "every lab node to run the deployed app",
+    );
 
     // A node that joins afterwards, started with an old app of that name, catches up.
     nodes.push(node(
@@ -174,11 +186,13 @@ fn a_deployment_reaches_every_trusting_node_of_its_context_and_late_ones_catch_u
     .unwrap();
     assert_eq!(replaced["version"], 2, "{replaced}");
     let new_hash = replaced["sha256"].as_str().unwrap().to_string();
-    wait_for("every lab node to run version 2", || {
-        ["n0", "n1", "n2", "late"]
-            .iter()
-            .all(|n| running(d, n, "share").as_deref() == Some(new_hash.as_str()))
-    });
+    wait_all(
+        d,
+        &lab,
+        "share",
+        Some(&new_hash),
+        "every lab node to run version 2",
+    );
     // Asked node by node over the overlay: all four run version 2.
     let status = deploy_cli(&[
         "status",
@@ -206,11 +220,7 @@ fn a_deployment_reaches_every_trusting_node_of_its_context_and_late_ones_catch_u
     ])
     .unwrap();
     assert_eq!(undeployed["version"], 3);
-    wait_for("every lab node to unload it", || {
-        ["n0", "n1", "n2", "late"]
-            .iter()
-            .all(|n| running(d, n, "share").is_none())
-    });
+    wait_all(d, &lab, "share", None, "every lab node to unload it");
     let other = stats(d, "x");
     assert!(other["apps"].as_array().unwrap().is_empty(), "{other}");
     assert_eq!(other["deploy"]["applied"], 0, "{other}");
