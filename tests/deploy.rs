@@ -293,6 +293,11 @@ fn every_bad_manifest_or_component_is_refused_named_and_counted() {
         limits: [("memory_mib".to_string(), "0".to_string())].into(),
         ..manifest(6)
     };
+    // The manifest says one byte more than the component the deployer serves has.
+    let wrong_size = Manifest {
+        size: Some(component.len() as u64 + 1),
+        ..manifest(6)
+    };
     let garbage = vec![7u8; 1000];
     let not_a_component = Manifest {
         sha256: Some(nodemanager::runtime::content_hash(&garbage)),
@@ -339,6 +344,12 @@ fn every_bad_manifest_or_component_is_refused_named_and_counted() {
             "sha256",
         ),
         (
+            "size_mismatch",
+            wrong_size.sign(&key).unwrap(),
+            &component,
+            "the manifest says",
+        ),
+        (
             "not_applied",
             not_a_component.sign(&key).unwrap(),
             &garbage,
@@ -376,4 +387,97 @@ fn every_bad_manifest_or_component_is_refused_named_and_counted() {
     assert!(running(d, "n0", "pp").is_some());
     sigterm(&n);
     n.finish();
+}
+
+/// The counters of app `name` in a run's summary, added up over its versions (the one
+/// loaded at the end and those replaced).
+fn counted(summary: &Value, name: &str, counter: &str) -> u64 {
+    let current = summary["apps"][name][counter].as_u64().unwrap_or(0);
+    let replaced: u64 = summary["unloaded"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|app| app["name"] == name)
+        .map(|app| app["stats"][counter].as_u64().unwrap_or(0))
+        .sum();
+    current + replaced
+}
+
+#[test]
+fn an_app_replaced_by_a_deployment_while_messages_flow_loses_nothing_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("deploy.key");
+    let trusted = public_key(&key);
+    let key_arg = key.display().to_string();
+    let rust = common::guest("share_vec_rust.wasm");
+    let first = node(d, "n0", "flow", &trusted, None, &[]);
+    let addr = first.addr();
+    let mut nodes = vec![first];
+    for n in ["n1", "n2", "n3"] {
+        nodes.push(node(d, n, "flow", &trusted, Some(&addr), &[]));
+    }
+    let names = ["n0", "n1", "n2", "n3"];
+    let received = |n: &str| {
+        stats(d, n)["apps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|app| app["name"] == "share")
+            .map_or(0, |app| app["stats"]["received"].as_u64().unwrap_or(0))
+    };
+    let deploy = |config: &str| {
+        deploy_cli(&[
+            "deploy",
+            "--key",
+            &key_arg,
+            "--via",
+            &addr,
+            "--context",
+            "flow",
+            "--name",
+            "share",
+            "--config",
+            config,
+            "--cycles",
+            "-1",
+            "--period",
+            "50ms",
+            "--limit",
+            "call_deadline=120s",
+            rust.to_str().unwrap(),
+        ])
+        .unwrap()
+    };
+    assert_eq!(deploy("")["version"], 1);
+    wait_for("every node's first version to receive vectors", || {
+        names.iter().all(|n| received(n) > 0)
+    });
+    // The same component under new settings: every node replaces the running app,
+    // its state handed over, while the others go on sending to it.
+    assert_eq!(deploy("{}")["version"], 2);
+    wait_for("every node's second version to receive vectors", || {
+        names.iter().all(|n| {
+            let stats = stats(d, n);
+            stats["unloaded"]
+                .as_array()
+                .is_some_and(|old| old.len() == 1)
+                && received(n) > 0
+        })
+    });
+    let (mut sent, mut got, mut unknown) = (0, 0, 0);
+    for node in nodes {
+        sigterm(&node);
+        let summary = node.finish();
+        assert_eq!(counted(&summary, "share", "call_errors"), 0, "{summary}");
+        sent += counted(&summary, "share", "sent");
+        got += counted(&summary, "share", "received");
+        unknown += counted(&summary, "share", "send_unknown");
+    }
+    // Every message a node accepted reached an app, old version or new.
+    assert!(sent > 0);
+    assert!(
+        sent <= got && got <= sent + unknown,
+        "sent {sent}, received {got}, unknown {unknown}"
+    );
 }

@@ -140,6 +140,12 @@ pub enum Refusal {
         /// The manifest's size.
         want: u64,
     },
+    /// Every peer known to hold the component failed to give it (or went away).
+    #[error("no peer could give the component ({chunks_failed} chunk requests failed)")]
+    Unavailable {
+        /// Chunk requests that failed for this component.
+        chunks_failed: u64,
+    },
     /// The node could not load, replace or unload the app (not a component of the app
     /// world, an app of that name not deployed, ...).
     #[error("not applied: {0}")]
@@ -168,6 +174,7 @@ impl Refusal {
             Refusal::LimitsOutOfRange(_) => "limits_out_of_range",
             Refusal::NotApplied(_) => "not_applied",
             Refusal::SizeMismatch { .. } => "size_mismatch",
+            Refusal::Unavailable { .. } => "unavailable",
             Refusal::HashMismatch { .. } => "hash_mismatch",
         }
     }

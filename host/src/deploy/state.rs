@@ -119,6 +119,10 @@ struct Fetch {
     done: usize,
     /// Next holder to ask (round robin).
     next: usize,
+    /// Chunk requests that failed.
+    failed: u64,
+    /// Where a holder's component ended, when it gave fewer bytes than asked for.
+    ended_at: Option<u64>,
 }
 
 impl Fetch {
@@ -282,6 +286,8 @@ impl Deployments {
                 asked: BTreeMap::new(),
                 done: 0,
                 next: 0,
+                failed: 0,
+                ended_at: None,
                 manifest,
                 signed,
             },
@@ -312,6 +318,33 @@ impl Deployments {
                 len,
             });
         }
+        if fetch.holders.is_empty() && fetch.asked.is_empty() {
+            steps.extend(self.give_up(name));
+        }
+        steps
+    }
+
+    /// No holder is left to ask for the component of app `name`'s manifest: it is
+    /// refused (a later arrival of it starts again). A holder whose component ended
+    /// early says the manifest's size is wrong.
+    fn give_up(&mut self, name: &str) -> Vec<Step> {
+        let fetch = self
+            .fetches
+            .remove(name)
+            .expect("asked for a fetch under way");
+        let refusal = match fetch.ended_at {
+            Some(got) => Refusal::SizeMismatch {
+                got,
+                want: fetch.bytes.len() as u64,
+            },
+            None => Refusal::Unavailable {
+                chunks_failed: fetch.failed,
+            },
+        };
+        let mut steps = Vec::new();
+        for origin in fetch.origins {
+            steps.extend(self.refuse(origin, fetch.signed.clone(), refusal.clone()));
+        }
         steps
     }
 
@@ -338,15 +371,19 @@ impl Deployments {
         fetch.asked.remove(&offset);
         let start = offset as usize;
         let want = (fetch.bytes.len() - start).min(CHUNK as usize);
-        match bytes.filter(|b| b.len() == want) {
-            Some(chunk) => {
+        match bytes {
+            Some(chunk) if chunk.len() == want => {
                 fetch.bytes[start..start + want].copy_from_slice(&chunk);
                 fetch.done += 1;
                 self.counts.bytes_fetched += want as u64;
             }
-            None => {
+            other => {
+                if let Some(short) = other.filter(|chunk| chunk.len() < want) {
+                    fetch.ended_at = Some(offset + short.len() as u64);
+                }
                 // Another holder gets the chunk; this one is not asked again.
                 self.counts.chunks_failed += 1;
+                fetch.failed += 1;
                 fetch.holders.retain(|&h| h != peer);
                 fetch.waiting.push_back(offset);
             }
@@ -613,6 +650,52 @@ mod tests {
         let (p, o, _) = again[0];
         node.chunk_arrived(p, &sha, o, Some(vec![0; 3]));
         assert_eq!(node.counts().chunks_failed, 2);
+    }
+
+    /// The refusal of the one settle step in `steps`.
+    fn refused(steps: &[Step]) -> &Refusal {
+        match steps {
+            [Step::Settle {
+                result: Err(refusal),
+                ..
+            }] => refusal,
+            _ => panic!("not one refusal: {steps:?}"),
+        }
+    }
+
+    #[test]
+    fn a_fetch_no_holder_can_give_is_refused_and_may_start_again() {
+        let key = Keypair::generate_ed25519();
+        let mut node = Deployments::new(Trust::new(vec![key.public()], "lab", 1 << 30));
+        let (component, signed) = deploy(&key, 100, 1);
+        let sha = crate::runtime::content_hash(&component);
+        let deployer = PeerId::random();
+        let publish = Origin::Publish {
+            deployer,
+            request: 1,
+        };
+        // The deployer goes away mid-fetch.
+        node.received(publish.clone(), signed.clone());
+        let steps = node.peer_gone(deployer);
+        assert_eq!(refused(&steps).reason(), "unavailable");
+        // It comes back and says it has no such component.
+        node.received(publish.clone(), signed.clone());
+        let steps = node.chunk_arrived(deployer, &sha, 0, None);
+        assert_eq!(refused(&steps).reason(), "unavailable");
+        // Its component ends before the size the manifest says.
+        node.received(publish, signed.clone());
+        let steps = node.chunk_arrived(deployer, &sha, 0, Some(component[..60].to_vec()));
+        let refusal = refused(&steps);
+        assert_eq!(refusal.reason(), "size_mismatch");
+        assert_eq!(
+            refusal.to_string(),
+            "the component has 60 bytes, the manifest says 100"
+        );
+        // Nothing of it was accepted: it is fetched again when it comes back.
+        let again = fetches(&node.received(gossip(deployer), signed));
+        assert_eq!(again.len(), 1);
+        assert_eq!(node.counts().refused["unavailable"], 2);
+        assert_eq!(node.counts().refused["size_mismatch"], 1);
     }
 
     #[test]

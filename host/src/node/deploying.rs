@@ -125,13 +125,16 @@ impl Node {
     }
 
     /// Tells gossipsub what became of a message: forward it, or drop it (with a penalty
-    /// for its sender when it was bad rather than old or not for this node).
+    /// for its sender when it was bad rather than old, not for this node, or not fetched).
     fn report_gossip(&mut self, message_id: &[u8], source: PeerId, verdict: Result<(), &Refusal>) {
         let acceptance = match verdict {
             Ok(()) => gossipsub::MessageAcceptance::Accept,
-            Err(Refusal::NotNewer { .. } | Refusal::UnknownKey(_) | Refusal::TooLarge { .. }) => {
-                gossipsub::MessageAcceptance::Ignore
-            }
+            Err(
+                Refusal::NotNewer { .. }
+                | Refusal::UnknownKey(_)
+                | Refusal::TooLarge { .. }
+                | Refusal::Unavailable { .. },
+            ) => gossipsub::MessageAcceptance::Ignore,
             Err(_) => gossipsub::MessageAcceptance::Reject,
         };
         self.swarm
