@@ -797,6 +797,34 @@ fn a_node_bootstraps_from_a_dns_name_without_a_peer_id() {
     );
 }
 
+#[test]
+fn a_node_whose_bootstrap_peer_starts_later_dials_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nobody listens on yet.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut flags = hostile_app("greet", "100ms", -1);
+    flags.extend(["--bootstrap".into(), format!("/dns4/localhost/tcp/{port}")]);
+    let early = RunningNode::spawn(&flags, dir.path().join("early.log"));
+    wait_for("the early node's first dial to fail", || {
+        read(&early.log).contains("dial failed")
+    });
+    // As on an orchestrator, the bootstrap node comes up afterwards.
+    let mut flags = hostile_app("calm", "100ms", -1);
+    flags.extend(["--listen".into(), format!("/ip4/127.0.0.1/tcp/{port}")]);
+    let late = RunningNode::spawn(&flags, dir.path().join("late.log"));
+    wait_for("the early node to find the late one and greet it", || {
+        read(&early.log).contains("dialling the bootstrap address again")
+            && read(&late.log).contains("greet got hello from")
+    });
+    for node in [early, late] {
+        stop(node);
+    }
+}
+
 // ------------------------------------------------------------------------- logs
 
 /// A tiny HTTP collector on 127.0.0.1: stores every JSON body POSTed to it.

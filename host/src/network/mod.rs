@@ -5,6 +5,7 @@
 pub mod budget;
 pub mod codec;
 pub mod identity;
+pub mod rejoin;
 pub mod sampling;
 pub mod settings;
 

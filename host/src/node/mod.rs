@@ -42,6 +42,7 @@ use tokio::time::Instant;
 
 use crate::config::{NodeConfig, ResolvedApp};
 use crate::deploy::state::DeployCounts;
+use crate::network::rejoin::Rejoin;
 use crate::network::sampling::MAX_ADDRS_PER_PEER;
 use crate::network::{
     self, AppBatch, Inbound, NodeBehaviour, NodeBehaviourEvent, SamplingEnvelope,
@@ -66,6 +67,8 @@ const LISTEN_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_EVENTS_PER_WAKE: usize = 256;
 /// How often message deadlines are checked while a node stops.
 const DEADLINE_SWEEP: Duration = Duration::from_millis(50);
+/// How often a node with bootstrap addresses checks whether it is alone.
+const REJOIN_CHECK: Duration = Duration::from_secs(1);
 
 /// The first line `nodemanager run` prints: who the node is and where to reach it.
 #[derive(Clone, Debug, Serialize)]
@@ -132,6 +135,8 @@ pub struct Node {
     mdns_last_new: Instant,
     /// Whether the node still acts on mDNS discoveries.
     mdns_active: bool,
+    /// When to dial the bootstrap addresses again while the node has no peer.
+    rejoin: Rejoin,
     /// Stopping: inbound app messages are refused and apps' new messages not sent.
     closing: bool,
     /// Inbound app requests answered but whose answer is not yet on the wire.
@@ -220,27 +225,9 @@ impl Node {
             .context("the listen addresses did not come up in time")??;
         let mut network = NetworkStats::default();
         for addr in &config.bootstrap {
-            if let (Some(Protocol::P2p(peer)), Some(kad)) =
-                (addr.iter().last(), swarm.behaviour_mut().kad.as_mut())
-            {
-                kad.add_address(&peer, addr.clone());
-            }
-            let opts = DialOpts::unknown_peer_id()
-                .address(addr.clone())
-                .allocate_new_port()
-                .build();
-            match swarm.dial(opts) {
-                // The process's other nodes hold every connection it may open: this
-                // node starts all the same, and peers may still dial it.
-                Err(DialError::Denied { cause }) if over_budget(&cause) => network.refuse(
-                    "connection_budget",
-                    format_args!("bootstrap address {addr}: {cause}"),
-                ),
-                dialled => {
-                    dialled.with_context(|| format!("cannot dial bootstrap address {addr}"))?
-                }
-            }
+            dial_bootstrap(&mut swarm, addr, &mut network)?;
         }
+        let rejoin = Rejoin::new(config.bootstrap.clone(), Instant::now());
         let app_protocol = network::app_protocol(&config.context)?;
         let context = AppContext::new(peer_id.to_string());
         let sampler_seed = config
@@ -287,6 +274,7 @@ impl Node {
             network,
             mdns_last_new: Instant::now(),
             mdns_active: true,
+            rejoin,
             closing: false,
             answers_owed: HashSet::new(),
             recent_answers,
@@ -389,6 +377,10 @@ impl Node {
             let every = self.config.metrics_every;
             tokio::time::interval_at(Instant::now() + every, every)
         });
+        let mut rejoin_tick = self
+            .rejoin
+            .has_addresses()
+            .then(|| tokio::time::interval_at(Instant::now() + REJOIN_CHECK, REJOIN_CHECK));
         let linger = tokio::time::sleep(Duration::MAX / 4);
         tokio::pin!(linger, shutdown, expiry);
         let mut lingering = false;
@@ -423,6 +415,7 @@ impl Node {
                 }
                 _ = next_tick(&mut sampler_tick) => self.on_sampler_tick(),
                 _ = next_tick(&mut metrics_tick) => self.write_metrics(&registry, started),
+                _ = next_tick(&mut rejoin_tick) => self.rejoin_if_alone(),
                 _ = &mut linger => break,
                 _ = &mut shutdown => {
                     tracing::info!("shutting down on request");
@@ -613,6 +606,21 @@ impl Node {
             },
         };
         let _ = reply.send(answer);
+    }
+
+    /// Dials the bootstrap addresses again when the node has had no peer for a while.
+    fn rejoin_if_alone(&mut self) {
+        if self.closing {
+            return;
+        }
+        let peers = self.swarm.network_info().num_peers();
+        let addrs = self.rejoin.due(Instant::now(), peers).to_vec();
+        for addr in addrs {
+            tracing::info!(%addr, "no peer: dialling the bootstrap address again");
+            if let Err(e) = dial_bootstrap(&mut self.swarm, &addr, &mut self.network) {
+                tracing::warn!("{e:#}");
+            }
+        }
     }
 
     /// Runs the sampler's active part and records the tick.
@@ -1017,6 +1025,35 @@ impl Node {
         if sent.is_ok() {
             self.answers_owed.insert(request_id);
         }
+    }
+}
+
+/// Dials bootstrap address `addr` (its peer id, if it has one, goes to Kademlia). A dial
+/// the process's connection budget refuses is counted, not an error: the node goes on,
+/// and peers may still dial it.
+fn dial_bootstrap(
+    swarm: &mut Swarm<NodeBehaviour>,
+    addr: &Multiaddr,
+    network: &mut NetworkStats,
+) -> Result<()> {
+    if let (Some(Protocol::P2p(peer)), Some(kad)) =
+        (addr.iter().last(), swarm.behaviour_mut().kad.as_mut())
+    {
+        kad.add_address(&peer, addr.clone());
+    }
+    let opts = DialOpts::unknown_peer_id()
+        .address(addr.clone())
+        .allocate_new_port()
+        .build();
+    match swarm.dial(opts) {
+        Err(DialError::Denied { cause }) if over_budget(&cause) => {
+            network.refuse(
+                "connection_budget",
+                format_args!("bootstrap address {addr}: {cause}"),
+            );
+            Ok(())
+        }
+        dialled => dialled.with_context(|| format!("cannot dial bootstrap address {addr}")),
     }
 }
 
