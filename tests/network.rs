@@ -11,6 +11,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::netns::{Children, NamespacePair, ADDRESSES};
 use common::node::{logged_views, nodemanager, read, sigterm, wait_for, RunningNode};
 use nodemanager::network::{codec, AppBatch, AppRequest};
 use serde_json::Value;
@@ -953,79 +954,10 @@ fn a_collector_that_is_down_costs_records_not_the_node() {
 
 // ------------------------------------------------------------------------- mDNS
 
-/// Runs `ip` with `args`; false when it fails (no permission for namespaces).
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Two network namespaces joined by a veth pair, removed on drop.
-struct NamespacePair {
-    names: [String; 2],
-}
-
-impl NamespacePair {
-    fn create() -> Result<NamespacePair, String> {
-        let tag = std::process::id() % 100_000;
-        let names = [format!("nm-a-{tag}"), format!("nm-b-{tag}")];
-        let pair = NamespacePair {
-            names: names.clone(),
-        };
-        let (a, b) = (&names[0], &names[1]);
-        let (va, vb) = (format!("nma{tag}"), format!("nmb{tag}"));
-        let steps: Vec<Vec<&str>> = vec![
-            vec!["netns", "add", a],
-            vec!["netns", "add", b],
-            vec![
-                "link", "add", &va, "netns", a, "type", "veth", "peer", "name", &vb, "netns", b,
-            ],
-            vec!["-n", a, "addr", "add", "10.231.0.1/24", "dev", &va],
-            vec!["-n", b, "addr", "add", "10.231.0.2/24", "dev", &vb],
-            vec!["-n", a, "link", "set", &va, "up", "multicast", "on"],
-            vec!["-n", b, "link", "set", &vb, "up", "multicast", "on"],
-            vec!["-n", a, "link", "set", "lo", "up"],
-            vec!["-n", b, "link", "set", "lo", "up"],
-        ];
-        for step in steps {
-            if !ip(&step) {
-                return Err(format!("`ip {}` failed", step.join(" ")));
-            }
-        }
-        Ok(pair)
-    }
-}
-
-impl Drop for NamespacePair {
-    fn drop(&mut self) {
-        for name in &self.names {
-            ip(&["netns", "delete", name]);
-        }
-    }
-}
-
-/// Processes killed when the test ends, passed or not.
-struct Children(Vec<std::process::Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[test]
 fn mdns_finds_a_peer_without_bootstrap_in_network_namespaces() {
     // Not a silent pass where namespaces are missing: skipping is the runner's choice.
-    let pair = NamespacePair::create().unwrap_or_else(|reason| {
-        panic!(
-            "cannot create network namespaces here ({reason}): run as root with iproute2 \
-             (scripts/setup installs it), or leave this test out with `-- --skip mdns`"
-        )
-    });
+    let pair = NamespacePair::create("mdns");
     let dir = tempfile::tempdir().unwrap();
     let exe = env!("CARGO_BIN_EXE_nodemanager");
     // Query every second, so a lost first query costs a second, not five minutes.
@@ -1034,8 +966,8 @@ fn mdns_finds_a_peer_without_bootstrap_in_network_namespaces() {
     let mut children = Children(Vec::new());
     let mut sockets = Vec::new();
     for (i, (ns, ip)) in [
-        (&pair.names[0], "10.231.0.1"),
-        (&pair.names[1], "10.231.0.2"),
+        (&pair.names[0], ADDRESSES[0]),
+        (&pair.names[1], ADDRESSES[1]),
     ]
     .into_iter()
     .enumerate()

@@ -30,3 +30,6 @@ pub fn test_cache_dir() -> PathBuf {
 
 /// Helpers for tests that run `nodemanager` processes.
 pub mod node;
+
+/// Network namespaces standing for separate hosts.
+pub mod netns;
