@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io;
 
 use futures::prelude::*;
+use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,19 @@ pub const SAMPLING_WIRE_VERSION: u8 = 1;
 pub const MAX_SAMPLING_BYTES: u64 = 64 * 1024;
 /// Most addresses carried per peer.
 pub const MAX_ADDRS_PER_PEER: usize = 4;
+
+/// Orders `addrs` so that the ones another host can reach come first: loopback and
+/// unspecified addresses go last (a node listening on 0.0.0.0 hears of 127.0.0.1 first),
+/// so that the few addresses carried per peer are useful ones.
+pub fn reachable_first(addrs: &mut [Multiaddr]) {
+    addrs.sort_by_key(|addr| {
+        addr.iter().any(|part| match part {
+            Protocol::Ip4(ip) => ip.is_loopback() || ip.is_unspecified(),
+            Protocol::Ip6(ip) => ip.is_loopback() || ip.is_unspecified(),
+            _ => false,
+        })
+    });
+}
 
 /// A sampling message on the wire.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,6 +145,34 @@ impl libp2p::request_response::Codec for SamplingCodec {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn addresses_other_hosts_can_reach_come_first() {
+        let mut addrs: Vec<Multiaddr> = [
+            "/ip4/127.0.0.1/tcp/4001",
+            "/ip6/::1/tcp/4001",
+            "/ip4/10.0.0.7/tcp/4001",
+            "/dns4/node-3/tcp/4001",
+            "/ip4/0.0.0.0/tcp/4001",
+            "/ip6/fd00::7/tcp/4001",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        reachable_first(&mut addrs);
+        let text: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            text,
+            [
+                "/ip4/10.0.0.7/tcp/4001",
+                "/dns4/node-3/tcp/4001",
+                "/ip6/fd00::7/tcp/4001",
+                "/ip4/127.0.0.1/tcp/4001",
+                "/ip6/::1/tcp/4001",
+                "/ip4/0.0.0.0/tcp/4001",
+            ]
+        );
+    }
+
     use super::*;
     use crate::sampling::{Descriptor, GbpsMessage};
 

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use crate::config::{NodeConfig, ResolvedApp};
 use crate::deploy::state::DeployCounts;
 use crate::network::rejoin::Rejoin;
-use crate::network::sampling::MAX_ADDRS_PER_PEER;
+use crate::network::sampling::{reachable_first, MAX_ADDRS_PER_PEER};
 use crate::network::{
     self, AppBatch, Inbound, NodeBehaviour, NodeBehaviourEvent, SamplingEnvelope,
 };
@@ -223,6 +223,7 @@ impl Node {
         waiting
             .await
             .context("the listen addresses did not come up in time")??;
+        reachable_first(&mut own_addrs);
         let mut network = NetworkStats::default();
         for addr in &config.bootstrap {
             dial_bootstrap(&mut swarm, addr, &mut network)?;
@@ -673,11 +674,14 @@ impl Node {
         }
         let known = self.addresses.entry(peer).or_default();
         for addr in addrs {
-            if known.len() < MAX_ADDRS_PER_PEER && !known.contains(&addr) {
+            if !known.contains(&addr) {
                 known.push(addr.clone());
                 self.swarm.add_peer_address(peer, addr);
             }
         }
+        // The few kept are those other hosts can reach, if the peer told any.
+        reachable_first(known);
+        known.truncate(MAX_ADDRS_PER_PEER);
         self.add_known_peer(peer);
     }
 
@@ -734,6 +738,14 @@ impl Node {
                     self.publish_view();
                     self.deploy_peer_gone(peer_id);
                 }
+            }
+            // A listener on 0.0.0.0 reports each interface's address in turn.
+            SwarmEvent::NewListenAddr { address, .. } if !self.own_addrs.contains(&address) => {
+                self.own_addrs.push(address);
+                reachable_first(&mut self.own_addrs);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.own_addrs.retain(|known| known != &address);
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
