@@ -95,14 +95,17 @@ impl ComponentCache {
     ) -> Result<(Component, bool)> {
         check_is_component(bytes)?;
         let path = self.path_for(hash);
-        // Read into memory rather than map the file: a cache file truncated or rewritten
-        // by another process while mapped would crash the node (SIGBUS).
-        if let Ok(compiled) = std::fs::read(&path) {
+        // Mapped, not read: only the pages of code that run take memory (a Python
+        // component's CPython is 34 MB compiled).
+        if path.exists() {
             // SAFETY: files in the cache folder are written only by `store` below, from
             // `Component::serialize` of this engine configuration (the engine hash is in
-            // the name); the folder is created private to the user. wasmtime checks the
-            // header and refuses data from another engine version or configuration.
-            match unsafe { Component::deserialize(engine, &compiled) } {
+            // the name), into a new file renamed into place; no file is ever changed in
+            // place (eviction unlinks, and a mapped file outlives its name), so a mapping
+            // never sees its file change. The folder is created private to the user.
+            // wasmtime checks the header and refuses data from another engine version or
+            // configuration.
+            match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => {
                     touch(&path);
                     return Ok((component, true));
