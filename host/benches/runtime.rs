@@ -1,5 +1,6 @@
 //! Runtime costs per guest (Rust and Python ShareVec): compile cold, load from the disk
-//! cache, instantiate + init, and one `handle-message` call with a 1 KiB payload.
+//! cache, instantiate + init, and one `handle-message` call with a 1 KiB payload; and the
+//! host's share of such a call: the same call into a guest that does nothing with it.
 //!
 //! Run: `cargo bench --bench runtime` (after scripts/build-guests).
 
@@ -92,7 +93,27 @@ fn bench_guest(c: &mut Criterion, label: &str, file: &str, cold_samples: usize) 
     group.finish();
 }
 
+/// A `handle-message` call with a 1 KiB payload into a guest that ignores it (the hostile
+/// guest's `sink` mode): what the host costs per call, without the app's own work.
+fn bench_call_floor(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(dir.path()).unwrap();
+    let bytes = std::fs::read(common::guest("hostile.wasm")).unwrap();
+    let prepared = runtime.prepare(&bytes).unwrap();
+    let context = AppContext::new(libp2p::PeerId::random().to_string());
+    let mut app =
+        LoadedApp::instantiate(&prepared, "sink", Limits::default(), context, Some(1)).unwrap();
+    app.init("sink").unwrap();
+    let message = one_kib_message();
+    let mut group = c.benchmark_group("host_only");
+    group.bench_function("handle_message_1KiB", |b| {
+        b.iter(|| app.handle_message("peer", &message).unwrap())
+    });
+    group.finish();
+}
+
 fn runtime_benches(c: &mut Criterion) {
+    bench_call_floor(c);
     bench_guest(c, "rust_share_vec", "share_vec_rust.wasm", 10);
     bench_guest(c, "python_share_vec", "share_vec_py.wasm", 10);
 }
