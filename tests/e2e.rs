@@ -1855,15 +1855,17 @@ fn a_simulated_cpu_budget_stops_an_app_on_the_same_call_under_any_load() {
         std::fs::read_to_string(nodes).unwrap()
     };
     let quiet = rows("quiet");
-    // The work doubles every cycle: 10 ms of instructions runs out at cycle 6.
+    // The work doubles every cycle: 10 ms of instructions runs out at the same cycle on
+    // every node (which one depends on the instructions the guest's compiler made of
+    // its loop: the 7th for the hostile guest at opt-level 3).
+    let mut stopped_at = None;
     for line in quiet.lines() {
         let row: Value = serde_json::from_str(line).unwrap();
         let app = &row["apps"]["grow"];
-        assert_eq!(
-            (&app["state"], &app["cycles"]),
-            (&"failed".into(), &6.into()),
-            "{row}"
-        );
+        assert_eq!(app["state"], "failed", "{row}");
+        let cycle = app["cycles"].as_u64().unwrap();
+        assert!((2..14).contains(&cycle), "{row}");
+        assert_eq!(*stopped_at.get_or_insert(cycle), cycle, "{row}");
         assert_eq!(
             app["reason"],
             "app grow ran past its CPU deadline of 10ms per call, counted as 10000000 instructions"

@@ -200,9 +200,13 @@ fn compiled_components_come_from_the_cache_the_second_time() {
         second.load_component(&path).unwrap().from_cache,
         "from disk"
     );
-    // A corrupt cache entry is recompiled, not trusted.
+    // A corrupt cache entry is recompiled, not trusted. (Put in place as every writer of
+    // the cache does, by renaming a new file over it: `second` still maps the old one.)
     for entry in std::fs::read_dir(dir.path()).unwrap() {
-        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+        let path = entry.unwrap().path();
+        let garbage = path.with_extension("garbage");
+        std::fs::write(&garbage, b"garbage").unwrap();
+        std::fs::rename(&garbage, &path).unwrap();
     }
     let third = Runtime::new(dir.path()).unwrap();
     assert!(!third.load_component(&path).unwrap().from_cache);

@@ -102,7 +102,8 @@ impl ComponentCache {
             // `Component::serialize` of this engine configuration (the engine hash is in
             // the name), into a new file renamed into place; no file is ever changed in
             // place (eviction unlinks, and a mapped file outlives its name), so a mapping
-            // never sees its file change. The folder is created private to the user.
+            // never sees its file change. The folder is created private to the user, and
+            // its files must not be edited in place while nodes run (README).
             // wasmtime checks the header and refuses data from another engine version or
             // configuration.
             match unsafe { Component::deserialize_file(engine, &path) } {
