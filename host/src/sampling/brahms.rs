@@ -15,8 +15,6 @@
 //!
 //! Samples: each round emits the ids the sampler array holds (the paper's output S).
 
-use std::collections::BTreeSet;
-
 use libp2p::PeerId;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -40,19 +38,21 @@ pub enum BrahmsMessage<I = PeerId> {
     },
 }
 
+/// Ids of one round kept as they come, up to this many before repeats are dropped (a
+/// flood of pushes or replies takes no more memory than its distinct ids).
+const COMPACT_AT: usize = 4096;
+
+fn compact_if_long<I: Ord>(ids: &mut Vec<I>) {
+    if ids.len() > COMPACT_AT {
+        ids.sort_unstable();
+        ids.dedup();
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Sampler<I> {
     key: (u64, u64),
     best: Option<(u64, I)>,
-}
-
-impl<I: NodeId> Sampler<I> {
-    fn next(&mut self, id: I) {
-        let rank = keyed_rank(self.key, &id);
-        if self.best.is_none_or(|(best, _)| rank < best) {
-            self.best = Some((rank, id));
-        }
-    }
 }
 
 /// One node's Brahms state.
@@ -61,8 +61,12 @@ pub struct Brahms<I = PeerId> {
     config: BrahmsConfig,
     view: Vec<I>,
     samplers: Vec<Sampler<I>>,
-    pushed: BTreeSet<I>,
-    pulled: BTreeSet<I>,
+    /// This round's pushed and pulled ids, as they came (sorted and deduplicated when
+    /// the round closes; their buffers are kept for the next round).
+    pushed: Vec<I>,
+    pulled: Vec<I>,
+    /// The ids the samplers see next (a buffer kept between rounds).
+    heard: Vec<I>,
     flooded_rounds: u64,
     emitted: Vec<I>,
     rng: StdRng,
@@ -83,8 +87,9 @@ impl<I: NodeId> Brahms<I> {
             config,
             view: Vec::new(),
             samplers,
-            pushed: BTreeSet::new(),
-            pulled: BTreeSet::new(),
+            pushed: Vec::new(),
+            pulled: Vec::new(),
+            heard: Vec::new(),
             flooded_rounds: 0,
             emitted: Vec::new(),
             rng,
@@ -125,18 +130,40 @@ impl<I: NodeId> Brahms<I> {
             .max(usize::from(self.config.beta > 0.0))
     }
 
-    fn learn(&mut self, id: I) {
-        if id != self.me {
-            for sampler in &mut self.samplers {
-                sampler.next(id);
+    /// Every sampler sees the ids of `batches`, in order (sampler by sampler, over one
+    /// flat slice: its key and minimum stay in registers).
+    fn learn(&mut self, batches: &[&[I]]) {
+        let me = self.me;
+        let mut heard = std::mem::take(&mut self.heard);
+        heard.extend(
+            batches
+                .iter()
+                .flat_map(|batch| batch.iter())
+                .filter(|&&id| id != me),
+        );
+        for sampler in &mut self.samplers {
+            let key = sampler.key;
+            let mut best = sampler.best;
+            for &id in &heard {
+                let rank = keyed_rank(key, &id);
+                if best.is_none_or(|(least, _)| rank < least) {
+                    best = Some((rank, id));
+                }
             }
+            sampler.best = best;
         }
+        heard.clear();
+        self.heard = heard;
     }
 
     /// Closes a round: the paper's view update and sampler update.
     fn end_round(&mut self) {
-        let pushed: Vec<I> = std::mem::take(&mut self.pushed).into_iter().collect();
-        let pulled: Vec<I> = std::mem::take(&mut self.pulled).into_iter().collect();
+        let mut pushed = std::mem::take(&mut self.pushed);
+        let mut pulled = std::mem::take(&mut self.pulled);
+        for ids in [&mut pushed, &mut pulled] {
+            ids.sort_unstable();
+            ids.dedup();
+        }
         let (alpha_l1, beta_l1) = (self.push_count(), self.pull_count());
         if pushed.len() > alpha_l1 {
             self.flooded_rounds += 1;
@@ -158,9 +185,10 @@ impl<I: NodeId> Brahms<I> {
             view.truncate(self.config.view_size);
             self.view = view;
         }
-        for id in pushed.into_iter().chain(pulled) {
-            self.learn(id);
-        }
+        self.learn(&[&pushed, &pulled]);
+        pushed.clear();
+        pulled.clear();
+        (self.pushed, self.pulled) = (pushed, pulled);
         let samples = self.samples();
         self.emitted.extend(samples);
     }
@@ -200,7 +228,8 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
         }
         match message {
             BrahmsMessage::Push => {
-                self.pushed.insert(from);
+                self.pushed.push(from);
+                compact_if_long(&mut self.pushed);
                 Vec::new()
             }
             BrahmsMessage::Pull => {
@@ -214,6 +243,7 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
                 let cap = self.config.view_size;
                 self.pulled
                     .extend(peers.into_iter().filter(|p| *p != self.me).take(cap));
+                compact_if_long(&mut self.pulled);
                 Vec::new()
             }
         }
@@ -224,7 +254,7 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
         {
             self.view.push(peer);
         }
-        self.learn(peer);
+        self.learn(&[&[peer]]);
     }
 
     fn handle_peer_unreachable(&mut self, peer: I) {
@@ -290,10 +320,14 @@ mod tests {
         let p = ids(30);
         let mut a = Brahms::new(p[0], config(4, 6, 0.4, 0.4), 7);
         let mut b = Brahms::new(p[0], config(4, 6, 0.4, 0.4), 7);
-        p[1..].iter().for_each(|&id| a.learn(id));
-        p[1..].iter().rev().for_each(|&id| b.learn(id));
+        // In one batch, or one by one backwards: the same minimum.
+        a.learn(&[&p[1..15], &p[15..]]);
+        p[1..]
+            .iter()
+            .rev()
+            .for_each(|id| b.learn(&[std::slice::from_ref(id)]));
         assert_eq!(a.samples(), b.samples());
-        p[1..].iter().for_each(|&id| a.learn(id));
+        a.learn(&[&p[1..]]);
         assert_eq!(a.samples(), b.samples(), "seeing ids again changes nothing");
     }
 
