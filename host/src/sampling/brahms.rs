@@ -38,6 +38,38 @@ pub enum BrahmsMessage<I = PeerId> {
     },
 }
 
+/// Ids with a dense number below this are remembered in a bitset of at most 2 KiB per
+/// node (the simulator's first 16,384 nodes); others are ranked every time they come.
+const RANKED_BITS: u32 = 16_384;
+
+/// The ids every sampler ranked under its current key: ranking one again changes
+/// nothing (a sampler's minimum only goes down), so it is skipped. Cleared when a
+/// sampler gets a new key. Ids without a dense number are not remembered.
+#[derive(Default)]
+struct Ranked {
+    bits: Vec<u64>,
+}
+
+impl Ranked {
+    /// Whether `id` was ranked; marks it as ranked from now on.
+    fn check_and_mark<I: NodeId>(&mut self, id: &I) -> bool {
+        let Some(index) = id.dense_index().filter(|&i| i < RANKED_BITS) else {
+            return false;
+        };
+        let (word, bit) = ((index / 64) as usize, 1u64 << (index % 64));
+        if word >= self.bits.len() {
+            self.bits.resize(word + 1, 0);
+        }
+        let seen = self.bits[word] & bit != 0;
+        self.bits[word] |= bit;
+        seen
+    }
+
+    fn clear(&mut self) {
+        self.bits.clear();
+    }
+}
+
 /// Ids of one round kept as they come, up to this many before repeats are dropped (a
 /// flood of pushes or replies takes no more memory than its distinct ids).
 const COMPACT_AT: usize = 4096;
@@ -67,6 +99,8 @@ pub struct Brahms<I = PeerId> {
     pulled: Vec<I>,
     /// The ids the samplers see next (a buffer kept between rounds).
     heard: Vec<I>,
+    /// Ids every sampler already ranked under its current key.
+    ranked: Ranked,
     flooded_rounds: u64,
     emitted: Vec<I>,
     rng: StdRng,
@@ -90,6 +124,7 @@ impl<I: NodeId> Brahms<I> {
             pushed: Vec::new(),
             pulled: Vec::new(),
             heard: Vec::new(),
+            ranked: Ranked::default(),
             flooded_rounds: 0,
             emitted: Vec::new(),
             rng,
@@ -131,15 +166,17 @@ impl<I: NodeId> Brahms<I> {
     }
 
     /// Every sampler sees the ids of `batches`, in order (sampler by sampler, over one
-    /// flat slice: its key and minimum stay in registers).
+    /// flat slice: its key and minimum stay in registers), but for ids they all ranked
+    /// already under their current keys.
     fn learn(&mut self, batches: &[&[I]]) {
         let me = self.me;
         let mut heard = std::mem::take(&mut self.heard);
+        let ranked = &mut self.ranked;
         heard.extend(
             batches
                 .iter()
                 .flat_map(|batch| batch.iter())
-                .filter(|&&id| id != me),
+                .filter(|&&id| id != me && !ranked.check_and_mark(&id)),
         );
         for sampler in &mut self.samplers {
             let key = sampler.key;
@@ -268,6 +305,7 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
                 key: (self.rng.random(), self.rng.random()),
                 best: None,
             };
+            self.ranked.clear();
         }
     }
 
@@ -329,6 +367,34 @@ mod tests {
         assert_eq!(a.samples(), b.samples());
         a.learn(&[&p[1..]]);
         assert_eq!(a.samples(), b.samples(), "seeing ids again changes nothing");
+    }
+
+    #[test]
+    fn ids_every_sampler_ranked_are_skipped_until_a_sampler_gets_a_new_key() {
+        let mut node = Brahms::<u32>::new(0, config(4, 6, 0.4, 0.4), 3);
+        let ids: Vec<u32> = (1..200).collect();
+        node.learn(&[&ids]);
+        let held = node.samples();
+        // Skipping what was ranked leaves the same samples as ranking it all again.
+        let mut fresh = Brahms::<u32>::new(0, config(4, 6, 0.4, 0.4), 3);
+        fresh.learn(&[&ids, &ids]);
+        assert_eq!(held, fresh.samples());
+        assert!(node.ranked.check_and_mark(&5), "5 was ranked");
+        // A reset sampler must see ids again, even ones ranked before.
+        node.handle_peer_unreachable(held[0]);
+        assert!(
+            !node.ranked.check_and_mark(&7),
+            "forgotten with the new key"
+        );
+        node.ranked.clear();
+        node.learn(&[&ids]);
+        assert!(
+            node.samplers.iter().all(|s| s.best.is_some()),
+            "every sampler refilled"
+        );
+        // Ids past the bitset are always ranked.
+        assert!(!node.ranked.check_and_mark(&RANKED_BITS));
+        assert!(!node.ranked.check_and_mark(&RANKED_BITS));
     }
 
     #[test]

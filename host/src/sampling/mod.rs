@@ -40,6 +40,12 @@ pub trait NodeId: Copy + Eq + Ord + Hash + Debug + Send + 'static {
     /// The id's rank under the secret `key`: the min-wise independent permutations of
     /// Brahms's samplers and Basalt's slots.
     fn keyed_rank(&self, key: (u64, u64)) -> u64;
+
+    /// A small dense number for the id, if it has one (the simulator's indices): lets
+    /// a sampler remember ids in a bitset.
+    fn dense_index(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Live ids are ranked with SipHash-1-3, a keyed PRF: a peer that does not know the
@@ -64,6 +70,10 @@ impl NodeId for u32 {
             z ^ (z >> 31)
         }
         mix(u64::from(*self) ^ key.0) ^ key.1
+    }
+
+    fn dense_index(&self) -> Option<u32> {
+        Some(*self)
     }
 }
 
