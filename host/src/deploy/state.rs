@@ -227,10 +227,19 @@ impl Deployments {
                 result: Ok(()),
             }];
         }
-        let manifest = match self.trust.check(&signed) {
-            Ok(manifest) => manifest,
-            Err(refusal) => return self.refuse(origin, signed, refusal),
-        };
+        match self.trust.check(&signed) {
+            Ok(manifest) => self.judged(origin, signed, manifest),
+            Err(refusal) => self.refuse(origin, signed, refusal),
+        }
+    }
+
+    /// A manifest arrived from `origin` that [`judge`](Self::judge) passed already.
+    pub fn judged(
+        &mut self,
+        origin: Origin,
+        signed: SignedManifest,
+        manifest: Manifest,
+    ) -> Vec<Step> {
         let name = manifest.name.clone();
         // The same version again while it is fetched or applied: one more holder.
         if let Some(fetch) = self

@@ -109,18 +109,21 @@ impl Node {
             }
         };
         // Judged now; forwarded only once the component is here (`Step::Forward`).
-        if let Err(refusal) = self.deploying.state.judge(&signed) {
-            tracing::info!(peer = %propagation_source, "deployment refused: {refusal}");
-            self.deploying.state.count(&refusal);
-            self.report_gossip(&message_id.0, propagation_source, Err(&refusal));
-            return;
-        }
+        let manifest = match self.deploying.state.judge(&signed) {
+            Ok(manifest) => manifest,
+            Err(refusal) => {
+                tracing::info!(peer = %propagation_source, "deployment refused: {refusal}");
+                self.deploying.state.count(&refusal);
+                self.report_gossip(&message_id.0, propagation_source, Err(&refusal));
+                return;
+            }
+        };
         let origin = Origin::Gossip {
             message_id: message_id.0,
             publisher: message.source,
             source: propagation_source,
         };
-        let steps = self.deploying.state.received(origin, signed);
+        let steps = self.deploying.state.judged(origin, signed, manifest);
         self.run_deploy_steps(steps);
     }
 
