@@ -157,7 +157,7 @@ pub fn build_swarm(
         kad_protocol(context)?,
         deploy_protocol(context)?,
     );
-    let mut gossip = Some(gossip(context, &key)?);
+    let gossip = gossip(context, &key)?;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -224,7 +224,7 @@ pub fn build_swarm(
                     ),
                     kad: kad.into(),
                     mdns: mdns.into(),
-                    gossip: gossip.take().expect("the behaviour is built once"),
+                    gossip,
                     deploy: request_response::Behaviour::with_codec(
                         DeployCodec,
                         [(protocols.3.clone(), request_response::ProtocolSupport::Full)],
