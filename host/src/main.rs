@@ -308,11 +308,17 @@ fn deploy_command(
         limits: Vec::new(),
     };
     settings(&mut order);
+    print_over_overlay(deploy::client::carry_out(order))
+}
+
+/// Runs `work`, a short-lived peer's talk with the nodes, and prints its answer.
+fn print_over_overlay(
+    work: impl std::future::Future<Output = Result<serde_json::Value>>,
+) -> Result<()> {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = tokio.block_on(deploy::client::carry_out(order))?;
-    print_json(&result)
+    print_json(&tokio.block_on(work)?)
 }
 
 fn apps_command(admin: &Path, nodes: Option<NodeList>, command: AppsCommand) -> Result<()> {
@@ -1018,13 +1024,7 @@ fn main() -> ExitCode {
                     within,
                 },
             ..
-        } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|tokio| tokio.block_on(deploy::client::status(&via, &context, within)))
-            .and_then(|status| print_json(&status))
-            .map(|()| true),
+        } => print_over_overlay(deploy::client::status(&via, &context, within)).map(|()| true),
         Command::Keys(KeysCommand::Generate { out }) => deploy::keys::generate(&out)
             .and_then(|public| print_json(&serde_json::json!({"key_file": out, "public_key": public})))
             .map(|()| true),
