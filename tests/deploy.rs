@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::node::{nodemanager, read, sigterm, wait_for, RunningNode};
+use common::node::{admin_stats, deploy_key, nodemanager, read, sigterm, wait_for, RunningNode};
 use nodemanager::deploy::client::Deployer;
 use nodemanager::deploy::keys;
 use nodemanager::deploy::manifest::{Action, Manifest, SignedManifest};
@@ -46,18 +46,9 @@ fn node(
     RunningNode::spawn(&args, dir.join(format!("{n}.log")))
 }
 
+/// Node `n`'s counters, through its admin socket.
 fn stats(dir: &Path, n: &str) -> Value {
-    let output = nodemanager()
-        .args(["apps", "stats", "--admin"])
-        .arg(dir.join(format!("{n}.sock")))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    admin_stats(&dir.join(format!("{n}.sock")))
 }
 
 /// The component hash of app `name` on node `n`, if it runs it.
@@ -89,19 +80,29 @@ fn deploy_cli(args: &[&str]) -> Result<Value, String> {
     }
 }
 
-fn public_key(key: &Path) -> String {
-    let output = nodemanager()
-        .args(["keys", "generate", "--out"])
-        .arg(key)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let line: Value = serde_json::from_slice(&output.stdout).unwrap();
-    line["public_key"].as_str().unwrap().to_string()
+/// `nodemanager apps ACTION` (deploy or undeploy) of app `name` in `context`, signed with
+/// `key`, through the node at `via`, with the flags `rest`.
+fn order(
+    action: &str,
+    key: &str,
+    via: &str,
+    context: &str,
+    name: &str,
+    rest: &[&str],
+) -> Result<Value, String> {
+    let mut args = vec![
+        action,
+        "--key",
+        key,
+        "--via",
+        via,
+        "--context",
+        context,
+        "--name",
+        name,
+    ];
+    args.extend_from_slice(rest);
+    deploy_cli(&args)
 }
 
 #[test]
@@ -109,7 +110,7 @@ fn a_deployment_reaches_every_trusting_node_of_its_context_and_late_ones_catch_u
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let key = d.join("deploy.key");
-    let trusted = public_key(&key);
+    let trusted = deploy_key(&key);
     let rust = common::guest("share_vec_rust.wasm");
     let echo = common::guest("ping_pong.wasm");
     let first = node(d, "n0", "lab", &trusted, None, &[]);
@@ -121,22 +122,20 @@ fn a_deployment_reaches_every_trusting_node_of_its_context_and_late_ones_catch_u
     // Same key, same overlay, another context: it must never run lab's apps.
     let stranger = node(d, "x", "elsewhere", &trusted, Some(&addr), &[]);
     let key_arg = key.display().to_string();
-    let deployed = deploy_cli(&[
+    let deployed = order(
         "deploy",
-        "--key",
         &key_arg,
-        "--via",
         &addr,
-        "--context",
         "lab",
-        "--name",
         "share",
-        "--cycles",
-        "-1",
-        "--period",
-        "200ms",
-        rust.to_str().unwrap(),
-    ])
+        &[
+            "--cycles",
+            "-1",
+            "--period",
+            "200ms",
+            rust.to_str().unwrap(),
+        ],
+    )
     .unwrap();
     assert_eq!(deployed["version"], 1, "{deployed}");
     let hash = deployed["sha256"].as_str().unwrap().to_string();
@@ -169,20 +168,14 @@ fn a_deployment_reaches_every_trusting_node_of_its_context_and_late_ones_catch_u
     );
 
     // A new version replaces the old everywhere; the version counts up by itself.
-    let replaced = deploy_cli(&[
+    let replaced = order(
         "deploy",
-        "--key",
         &key_arg,
-        "--via",
         &addr,
-        "--context",
         "lab",
-        "--name",
         "share",
-        "--config",
-        "3",
-        echo.to_str().unwrap(),
-    ])
+        &["--config", "3", echo.to_str().unwrap()],
+    )
     .unwrap();
     assert_eq!(replaced["version"], 2, "{replaced}");
     let new_hash = replaced["sha256"].as_str().unwrap().to_string();
@@ -207,18 +200,7 @@ fn a_deployment_reaches_every_trusting_node_of_its_context_and_late_ones_catch_u
     assert_eq!(status["versions"]["share"]["2"], 4, "{status}");
     assert_eq!(status["nodes"].as_object().unwrap().len(), 4, "{status}");
     assert_eq!(status["unanswered_in_time"], 0, "{status}");
-    let undeployed = deploy_cli(&[
-        "undeploy",
-        "--key",
-        &key_arg,
-        "--via",
-        &addr,
-        "--context",
-        "lab",
-        "--name",
-        "share",
-    ])
-    .unwrap();
+    let undeployed = order("undeploy", &key_arg, &addr, "lab", "share", &[]).unwrap();
     assert_eq!(undeployed["version"], 3);
     wait_all(d, &lab, "share", None, "every lab node to unload it");
     let other = stats(d, "x");
@@ -255,7 +237,7 @@ fn every_bad_manifest_or_component_is_refused_named_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let key_file = d.join("deploy.key");
-    let trusted = public_key(&key_file);
+    let trusted = deploy_key(&key_file);
     let key = keys::load(&key_file).unwrap();
     let stranger = libp2p::identity::Keypair::generate_ed25519();
     let n = node(d, "n0", "lab", &trusted, None, &[]);
@@ -408,7 +390,7 @@ fn an_app_replaced_by_a_deployment_while_messages_flow_loses_nothing_accepted() 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let key = d.join("deploy.key");
-    let trusted = public_key(&key);
+    let trusted = deploy_key(&key);
     let key_arg = key.display().to_string();
     let rust = common::guest("share_vec_rust.wasm");
     let first = node(d, "n0", "flow", &trusted, None, &[]);
@@ -427,16 +409,7 @@ fn an_app_replaced_by_a_deployment_while_messages_flow_loses_nothing_accepted() 
             .map_or(0, |app| app["stats"]["received"].as_u64().unwrap_or(0))
     };
     let deploy = |config: &str| {
-        deploy_cli(&[
-            "deploy",
-            "--key",
-            &key_arg,
-            "--via",
-            &addr,
-            "--context",
-            "flow",
-            "--name",
-            "share",
+        let rest = [
             "--config",
             config,
             "--cycles",
@@ -446,8 +419,8 @@ fn an_app_replaced_by_a_deployment_while_messages_flow_loses_nothing_accepted() 
             "--limit",
             "call_deadline=120s",
             rust.to_str().unwrap(),
-        ])
-        .unwrap()
+        ];
+        order("deploy", &key_arg, &addr, "flow", "share", &rest).unwrap()
     };
     assert_eq!(deploy("")["version"], 1);
     wait_for("every node's first version to receive vectors", || {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::netns::{Children, NamespacePair, ADDRESSES};
-use common::node::{logged_views, nodemanager, read, sigterm, wait_for, RunningNode};
+use common::node::{admin_stats, logged_views, nodemanager, read, sigterm, wait_for, RunningNode};
 use nodemanager::network::{codec, AppBatch, AppRequest};
 use serde_json::Value;
 
@@ -33,23 +33,6 @@ fn hostile_app(mode: &str, period: &str, cycles: i64) -> Vec<String> {
 
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
-}
-
-/// The node's counters through its admin socket.
-fn stats(socket: &Path) -> Value {
-    let output = nodemanager()
-        .arg("apps")
-        .arg("--admin")
-        .arg(socket)
-        .arg("stats")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "stats failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// SIGTERM, then the summary; the node must exit 0.
@@ -97,7 +80,7 @@ fn kademlia_finds_peers_beyond_the_bootstrap(transport: &str) {
         wait_for(
             &format!("node {i} to learn 5 peers over {transport}"),
             || {
-                stats(socket)["network"]["peers_discovered"]
+                admin_stats(socket)["network"]["peers_discovered"]
                     .as_u64()
                     .unwrap()
                     >= 5
@@ -153,7 +136,7 @@ fn ipv6_and_both_transports_listen_and_connect() {
         "{addrs}"
     );
     wait_for("the IPv6 peers to connect", || {
-        stats(&sockets[1])["network"]["peers_discovered"] == 1
+        admin_stats(&sockets[1])["network"]["peers_discovered"] == 1
     });
     for node in nodes {
         stop(node);
@@ -604,7 +587,7 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
     wait_for(
         "every refusal to be counted and the app to run a cycle",
         || {
-            let stats = stats(&socket);
+            let stats = admin_stats(&socket);
             let cycles = stats["apps"][0]["stats"]["cycles"].as_u64();
             let refused = &stats["network"]["refused"];
             cycles >= Some(1)
@@ -735,7 +718,7 @@ fn a_request_cut_off_by_its_connection_closing_is_sent_again_and_delivered_once(
     wait_for(
         "the cut request to count as delivered, nothing unknown or failed",
         || {
-            let stats = stats(&socket);
+            let stats = admin_stats(&socket);
             let app = &stats["apps"][0]["stats"];
             let network = &stats["network"];
             network["requests_sent_again"].as_u64() >= Some(1)
@@ -1010,7 +993,7 @@ fn mdns_finds_a_peer_without_bootstrap_in_network_namespaces() {
     }
     for (i, socket) in sockets.iter().enumerate() {
         wait_for(&format!("node {i} to find the other through mDNS"), || {
-            stats(socket)["network"]["peers_discovered"] == 1
+            admin_stats(socket)["network"]["peers_discovered"] == 1
         });
     }
     for (child, reader) in children.0.iter_mut().zip(&mut readers) {
@@ -1059,7 +1042,7 @@ fn connections_over_the_limit_are_refused_and_counted() {
         }
     });
     wait_for("the refused connection to be counted", || {
-        stats(&socket)["network"]["refused"]["connection_limit"] == 1
+        admin_stats(&socket)["network"]["refused"]["connection_limit"] == 1
     });
     let summary = stop(node);
     assert_eq!(summary["network"]["connections_peak"], 2, "{summary}");

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 use common::netns::{NamespacePair, ADDRESSES};
-use common::node::{nodemanager, read, sigterm_child, wait_for};
+use common::node::{admin_stats, deploy_key, read, sigterm_child, wait_for};
 use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_nodemanager");
@@ -204,12 +204,7 @@ impl Container {
 
     /// `nodemanager apps stats` through the admin socket in its /data volume.
     fn stats(&self) -> Value {
-        let out = nodemanager()
-            .args(["apps", "stats", "--admin"])
-            .arg(self.data.join("admin.sock"))
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        admin_stats(&self.data.join("admin.sock"))
     }
 
     /// Stops it as the orchestrator does (SIGTERM); its summary line.
@@ -269,22 +264,11 @@ fn the_compose_file_starts_nodes_from_the_image_that_find_each_other_and_take_a_
     let d = dir.path();
     let image = build_image(d);
     let key = d.join("deploy.key");
-    let generated: Value = serde_json::from_slice(
-        &nodemanager()
-            .args(["keys", "generate", "--out"])
-            .arg(&key)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let public = deploy_key(&key);
     let config = d.join("node.toml");
     std::fs::write(
         &config,
-        format!(
-            "[deploy]\ntrusted_keys = [\"{}\"]\n",
-            generated["public_key"].as_str().unwrap()
-        ),
+        format!("[deploy]\ntrusted_keys = [\"{}\"]\n", public),
     )
     .unwrap();
     // The Compose file as docker-compose reads it, with the user's node.toml.

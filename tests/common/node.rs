@@ -16,6 +16,39 @@ pub fn nodemanager() -> Command {
     command
 }
 
+/// `nodemanager apps stats` through the admin socket at `socket`: every app's counters,
+/// the sampler's, the network's and the deployments'.
+pub fn admin_stats(socket: &Path) -> Value {
+    let output = nodemanager()
+        .args(["apps", "stats", "--admin"])
+        .arg(socket)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "stats failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// A new deployment key pair in file `key` (`nodemanager keys generate`); its public
+/// key, as nodes list it in `[deploy] trusted_keys`.
+pub fn deploy_key(key: &Path) -> String {
+    let output = nodemanager()
+        .args(["keys", "generate", "--out"])
+        .arg(key)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line: Value = serde_json::from_slice(&output.stdout).unwrap();
+    line["public_key"].as_str().unwrap().to_string()
+}
+
 /// A running node: its process, its stdout, and what its first line said.
 pub struct RunningNode {
     pub child: Child,
