@@ -186,7 +186,9 @@ fn a_deployment_reaches_every_trusting_node_of_its_context_and_late_ones_catch_u
         Some(&new_hash),
         "every lab node to run version 2",
     );
-    // Asked node by node over the overlay: all four run version 2.
+    // Asked node by node over the overlay: all four run version 2. (The bound is the
+    // tests' wait limit; the command returns as soon as every node answered.)
+    let within = format!("{}s", common::node::WAIT_LIMIT.as_secs());
     let status = deploy_cli(&[
         "status",
         "--via",
@@ -194,7 +196,7 @@ fn a_deployment_reaches_every_trusting_node_of_its_context_and_late_ones_catch_u
         "--context",
         "lab",
         "--within",
-        "60s",
+        &within,
     ])
     .unwrap();
     assert_eq!(status["versions"]["share"]["2"], 4, "{status}");
