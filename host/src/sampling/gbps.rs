@@ -20,7 +20,9 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::{GbpsConfig, NodeId, Outgoing, PeerSampler, Propagation, SamplingMessage, Selection};
+use super::{
+    GbpsConfig, IdFilter, NodeId, Outgoing, PeerSampler, Propagation, SamplingMessage, Selection,
+};
 
 /// A node descriptor: a peer and how old the information about it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,13 +145,19 @@ impl<I: NodeId> Gbps<I> {
     fn select(&mut self, buffer: &[Descriptor<I>]) {
         // view.append(buffer) then removeDuplicates: the view holds no duplicates, so
         // each buffer entry is looked up in what is there so far; the freshest copy
-        // stays, at the first copy's place. Views are small (c + c/2 entries), so a
-        // scan beats hashing ids.
+        // stays, at the first copy's place. Views are small (c + c/2 entries): a scan,
+        // skipped for the ids a filter says the view surely lacks.
+        let mut held = IdFilter::default();
+        self.view.iter().for_each(|d| held.insert(&d.peer));
         for d in buffer.iter().filter(|d| d.peer != self.me) {
-            match self.view.iter_mut().find(|m| m.peer == d.peer) {
-                Some(m) => m.age = m.age.min(d.age),
-                None => self.view.push(*d),
+            if held.may_contain(&d.peer) {
+                if let Some(m) = self.view.iter_mut().find(|m| m.peer == d.peer) {
+                    m.age = m.age.min(d.age);
+                    continue;
+                }
             }
+            held.insert(&d.peer);
+            self.view.push(*d);
         }
         let c = self.config.view_size;
         // removeOldItems(min(H, size - c))

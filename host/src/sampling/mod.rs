@@ -46,6 +46,60 @@ pub trait NodeId: Copy + Eq + Ord + Hash + Debug + Send + 'static {
     fn dense_index(&self) -> Option<u32> {
         None
     }
+
+    /// A cheap, well-spread hash of the id, for [`IdFilter`] (not keyed: never for
+    /// anything a peer could exploit).
+    fn filter_hash(&self) -> u32 {
+        let mut hasher = FilterHasher::default();
+        self.hash(&mut hasher);
+        hasher.0 as u32
+    }
+}
+
+/// FNV-1a over what an id hashes: [`NodeId::filter_hash`]'s default.
+struct FilterHasher(u64);
+
+impl Default for FilterHasher {
+    fn default() -> FilterHasher {
+        FilterHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for FilterHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A 1,024-bit filter of ids: "surely absent" or "maybe present". Lets a sampler
+/// merging a few ids into a view of a few dozen skip the scan for ids it does not hold
+/// (most of them, in a large network).
+#[derive(Clone, Default)]
+pub(crate) struct IdFilter([u64; 16]);
+
+impl IdFilter {
+    fn slot<I: NodeId>(id: &I) -> (usize, u64) {
+        let bit = id.filter_hash() as usize % 1024;
+        (bit / 64, 1 << (bit % 64))
+    }
+
+    /// Remembers `id`.
+    pub(crate) fn insert<I: NodeId>(&mut self, id: &I) {
+        let (word, mask) = IdFilter::slot(id);
+        self.0[word] |= mask;
+    }
+
+    /// Whether `id` may have been inserted (false: it surely was not).
+    pub(crate) fn may_contain<I: NodeId>(&self, id: &I) -> bool {
+        let (word, mask) = IdFilter::slot(id);
+        self.0[word] & mask != 0
+    }
 }
 
 /// Live ids are ranked with SipHash-1-3, a keyed PRF: a peer that does not know the
@@ -74,6 +128,10 @@ impl NodeId for u32 {
 
     fn dense_index(&self) -> Option<u32> {
         Some(*self)
+    }
+
+    fn filter_hash(&self) -> u32 {
+        *self
     }
 }
 

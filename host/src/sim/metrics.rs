@@ -1,7 +1,5 @@
 //! Per-cycle metrics of the overlay the views form, written as one CSV row per cycle.
 
-use std::collections::VecDeque;
-
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 
@@ -12,6 +10,8 @@ pub const CSV_HEADER: &str = "cycle,indegree_mean,indegree_std,indegree_max,clus
 const CLUSTERING_SAMPLE: usize = 1000;
 /// Sources sampled for the average shortest path.
 const PATH_SOURCES: usize = 8;
+// The breadth-first search carries one bit per source in a byte.
+const _: () = assert!(PATH_SOURCES <= 8);
 
 /// One cycle's metrics. `None` marks a metric not computed this cycle (an empty cell).
 #[derive(Clone, Debug, PartialEq)]
@@ -257,46 +257,72 @@ pub fn measure(
     }
 }
 
-/// Sorted, deduplicated undirected neighbour lists among the nodes `keep` accepts.
-fn undirected(views: &Views, keep: &impl Fn(usize) -> bool) -> Vec<Vec<usize>> {
-    let mut neighbours = vec![Vec::new(); views.len()];
-    for i in (0..views.len()).filter(|&i| keep(i)) {
-        for j in views
-            .of(i)
-            .iter()
-            .map(|&j| j as usize)
-            .filter(|&j| keep(j) && j != i)
-        {
-            neighbours[i].push(j);
-            neighbours[j].push(i);
-        }
+/// Sorted, deduplicated undirected neighbour lists among the nodes `keep` accepts, in
+/// one flat array.
+fn undirected(views: &Views, keep: &impl Fn(usize) -> bool) -> Views {
+    let n = views.len();
+    let links = || {
+        (0..n).filter(|&i| keep(i)).flat_map(move |i| {
+            views
+                .of(i)
+                .iter()
+                .map(|&j| j as usize)
+                .filter(move |&j| keep(j) && j != i)
+                .map(move |j| (i, j))
+        })
+    };
+    let mut start = vec![0usize; n + 1];
+    for (i, j) in links() {
+        start[i + 1] += 1;
+        start[j + 1] += 1;
     }
-    for list in &mut neighbours {
+    for i in 0..n {
+        start[i + 1] += start[i];
+    }
+    let mut targets = vec![0u32; start[n]];
+    let mut next = start.clone();
+    for (i, j) in links() {
+        targets[next[i]] = j as u32;
+        next[i] += 1;
+        targets[next[j]] = i as u32;
+        next[j] += 1;
+    }
+    let mut neighbours = Views::with_capacity(n, 0);
+    let mut list = Vec::new();
+    for i in 0..n {
+        list.clear();
+        list.extend_from_slice(&targets[start[i]..start[i + 1]]);
         list.sort_unstable();
         list.dedup();
+        neighbours.push_with(|out| out.extend_from_slice(&list));
     }
     neighbours
 }
 
-fn clustering(neighbours: &[Vec<usize>], live: &[usize], rng: &mut StdRng) -> f64 {
+fn clustering(neighbours: &Views, live: &[usize], rng: &mut StdRng) -> f64 {
     let sample: Vec<usize> = live
         .sample(rng, CLUSTERING_SAMPLE.min(live.len()))
         .copied()
         .collect();
+    // marked[b] == stamp: b is a neighbour of the node being measured.
+    let mut marked = vec![0u32; neighbours.len()];
     let total: f64 = sample
         .iter()
-        .map(|&i| {
-            let adjacent = &neighbours[i];
+        .zip(1u32..)
+        .map(|(&i, stamp)| {
+            let adjacent = neighbours.of(i);
             let k = adjacent.len();
             if k < 2 {
                 return 0.0;
             }
+            adjacent.iter().for_each(|&b| marked[b as usize] = stamp);
             let closed: usize = adjacent
                 .iter()
                 .map(|&a| {
-                    adjacent
+                    neighbours
+                        .of(a as usize)
                         .iter()
-                        .filter(|&&b| b > a && neighbours[a].binary_search(&b).is_ok())
+                        .filter(|&&b| b > a && marked[b as usize] == stamp)
                         .count()
                 })
                 .sum();
@@ -306,27 +332,46 @@ fn clustering(neighbours: &[Vec<usize>], live: &[usize], rng: &mut StdRng) -> f6
     total / sample.len() as f64
 }
 
-fn average_path(neighbours: &[Vec<usize>], live: &[usize], rng: &mut StdRng) -> f64 {
+/// The mean distance from up to [`PATH_SOURCES`] sampled nodes to every node they
+/// reach: one breadth-first search for all of them, each node carrying a bit per source.
+fn average_path(neighbours: &Views, live: &[usize], rng: &mut StdRng) -> f64 {
     let sources: Vec<usize> = live
         .sample(rng, PATH_SOURCES.min(live.len()))
         .copied()
         .collect();
+    let n = neighbours.len();
+    let (mut seen, mut reached) = (vec![0u8; n], vec![0u8; n]);
+    let mut frontier: Vec<usize> = Vec::new();
+    for (bit, &source) in sources.iter().enumerate() {
+        seen[source] |= 1 << bit;
+        reached[source] |= 1 << bit;
+        frontier.push(source);
+    }
     let (mut sum, mut pairs) = (0u64, 0u64);
-    let mut distance = vec![u32::MAX; neighbours.len()];
-    for source in sources {
-        distance.iter_mut().for_each(|d| *d = u32::MAX);
-        distance[source] = 0;
-        let mut queue = VecDeque::from([source]);
-        while let Some(i) = queue.pop_front() {
-            for &j in &neighbours[i] {
-                if distance[j] == u32::MAX {
-                    distance[j] = distance[i] + 1;
-                    sum += u64::from(distance[j]);
-                    pairs += 1;
-                    queue.push_back(j);
+    let (mut next, mut arriving) = (Vec::new(), vec![0u8; n]);
+    let mut distance = 0u64;
+    while !frontier.is_empty() {
+        distance += 1;
+        for &i in &frontier {
+            let carried = reached[i];
+            for &j in neighbours.of(i) {
+                let j = j as usize;
+                let new = carried & !seen[j];
+                if new != 0 {
+                    if arriving[j] == 0 {
+                        next.push(j);
+                    }
+                    arriving[j] |= new;
+                    seen[j] |= new;
+                    sum += distance * u64::from(new.count_ones());
+                    pairs += u64::from(new.count_ones());
                 }
             }
         }
+        frontier.iter().for_each(|&i| reached[i] = 0);
+        std::mem::swap(&mut reached, &mut arriving);
+        std::mem::swap(&mut frontier, &mut next);
+        next.clear();
     }
     if pairs == 0 {
         0.0
