@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::{keyed_rank, BasaltConfig, NodeId, Outgoing, PeerSampler, SamplingMessage};
+use super::{keyed_rank, BasaltConfig, IdFilter, NodeId, Outgoing, PeerSampler, SamplingMessage};
 
 /// Basalt wire messages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,6 +44,31 @@ struct Slot<I> {
     hits: u64,
 }
 
+impl<I: NodeId> Slot<I> {
+    fn holds(&self, id: I) -> bool {
+        self.peer.is_some_and(|(peer, _)| peer == id)
+    }
+
+    /// Hears `ids` in turn: its peer again adds a hit; an id ranked lower (or any, when
+    /// empty) becomes its peer.
+    fn rank(&mut self, ids: &[I]) {
+        for &id in ids {
+            let rank = match self.peer {
+                Some((current, _)) if current == id => {
+                    self.hits += 1;
+                    continue;
+                }
+                Some((_, best)) => Some(keyed_rank(self.seed, &id)).filter(|&r| r < best),
+                None => Some(keyed_rank(self.seed, &id)),
+            };
+            if let Some(rank) = rank {
+                self.peer = Some((id, rank));
+                self.hits = 0;
+            }
+        }
+    }
+}
+
 /// One node's Basalt state.
 pub struct Basalt<I = PeerId> {
     me: I,
@@ -52,6 +77,8 @@ pub struct Basalt<I = PeerId> {
     round: u64,
     next_reset: usize,
     emitted: Vec<I>,
+    /// Scratch for `update`: the ids it ranks.
+    fresh: Vec<I>,
     rng: StdRng,
 }
 
@@ -80,52 +107,59 @@ impl<I: NodeId> Basalt<I> {
             round,
             next_reset: 0,
             emitted: Vec::new(),
+            fresh: Vec::new(),
             rng,
         }
     }
 
-    /// The paper's `updateSample`: every slot keeps the lowest-ranked id it saw.
-    /// An id some slot already holds was ranked against every other slot's current
-    /// seed when it entered the view (or when that slot was re-ranked since), and lost,
-    /// so only its hit counters change — unless a slot is empty.
+    /// The paper's `updateSample`: every slot keeps the lowest-ranked id it saw, and a
+    /// slot whose peer is heard of again gains a hit.
+    ///
+    /// Every id in the view was ranked in every filled slot since that slot last got a
+    /// seed (when it entered the view, and whenever a slot was reset or refilled, which
+    /// re-ranks the view), and lost or won there. So an id some slot holds only adds
+    /// hits — unless a slot is empty — and only the other ids are ranked. A slot's peer
+    /// is the lowest-ranked of the ids it heard, and its hits the later hearings of that
+    /// id, whatever the order: so slots rank their ids in one pass each.
     fn update(&mut self, ids: &[I]) {
-        self.rank(ids, true);
+        let any_empty = self.slots.iter().any(|s| s.peer.is_none());
+        // Most ids heard are held by no slot: a filter of the slots' peers spares
+        // scanning the slots for them (worth building for more than a few ids).
+        let mut held = IdFilter::default();
+        if ids.len() > 4 {
+            self.slots
+                .iter()
+                .filter_map(|s| s.peer)
+                .for_each(|(peer, _)| held.insert(&peer));
+        }
+        let mut fresh = std::mem::take(&mut self.fresh);
+        fresh.clear();
+        for &id in ids.iter().filter(|id| **id != self.me) {
+            let maybe_held = ids.len() <= 4 || held.may_contain(&id);
+            if !any_empty && maybe_held && self.slots.iter().any(|s| s.holds(id)) {
+                self.slots
+                    .iter_mut()
+                    .filter(|s| s.holds(id))
+                    .for_each(|s| s.hits += 1);
+            } else {
+                fresh.push(id);
+            }
+        }
+        if !fresh.is_empty() {
+            self.slots.iter_mut().for_each(|slot| slot.rank(&fresh));
+        }
+        self.fresh = fresh;
     }
 
-    /// Ranks `ids` in every slot; `skip_held` skips ids a slot holds (see `update`),
-    /// which a re-rank after new seeds must not do.
-    fn rank(&mut self, ids: &[I], skip_held: bool) {
-        for id in ids.iter().filter(|id| **id != self.me) {
-            let (mut held, mut empty) = (false, false);
-            for slot in &self.slots {
-                match slot.peer {
-                    Some((peer, _)) => held |= peer == *id,
-                    None => empty = true,
-                }
-            }
-            if skip_held && held && !empty {
-                for slot in &mut self.slots {
-                    if slot.peer.is_some_and(|(peer, _)| peer == *id) {
-                        slot.hits += 1;
-                    }
-                }
-                continue;
-            }
-            for slot in &mut self.slots {
-                match slot.peer {
-                    Some((current, _)) if current == *id => slot.hits += 1,
-                    Some((_, best)) => {
-                        let rank = keyed_rank(slot.seed, id);
-                        if rank < best {
-                            slot.peer = Some((*id, rank));
-                            slot.hits = 0;
-                        }
-                    }
-                    None => {
-                        slot.peer = Some((*id, keyed_rank(slot.seed, id)));
-                        slot.hits = 0;
-                    }
-                }
+    /// Ranks `known`, the view (before the slots were emptied), in the empty slots (new
+    /// seeds, or peers lost). Every filled slot already ranked each id of the view (see
+    /// `update`): it only gains the hit of hearing its own peer again.
+    fn rerank(&mut self, known: &[I]) {
+        for slot in &mut self.slots {
+            if slot.peer.is_some() {
+                slot.hits += 1;
+            } else {
+                slot.rank(known);
             }
         }
     }
@@ -156,7 +190,7 @@ impl<I: NodeId> Basalt<I> {
             };
             self.next_reset = (self.next_reset + 1) % v;
         }
-        self.rank(&known, false);
+        self.rerank(&known);
     }
 }
 
@@ -227,15 +261,17 @@ impl<I: NodeId> PeerSampler<I> for Basalt<I> {
         if emptied {
             // Refill the emptied slots from the peers still in the view.
             let known = self.view();
-            self.rank(&known, false);
+            self.rerank(&known);
         }
     }
 
     /// The distinct peers of the slots, in slot order.
     fn view(&self) -> Vec<I> {
         let mut view: Vec<I> = Vec::with_capacity(self.slots.len());
+        let mut listed = IdFilter::default();
         for (peer, _) in self.slots.iter().filter_map(|s| s.peer) {
-            if !view.contains(&peer) {
+            if !(listed.may_contain(&peer) && view.contains(&peer)) {
+                listed.insert(&peer);
                 view.push(peer);
             }
         }
