@@ -278,8 +278,8 @@ impl<I: NodeId> PeerSampler<I> for Basalt<I> {
         view
     }
 
-    fn take_samples(&mut self) -> Vec<I> {
-        std::mem::take(&mut self.emitted)
+    fn drain_samples(&mut self, out: &mut Vec<I>) {
+        out.append(&mut self.emitted);
     }
 }
 

@@ -317,8 +317,8 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
         out.extend_from_slice(&self.view);
     }
 
-    fn take_samples(&mut self) -> Vec<I> {
-        std::mem::take(&mut self.emitted)
+    fn drain_samples(&mut self, out: &mut Vec<I>) {
+        out.append(&mut self.emitted);
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

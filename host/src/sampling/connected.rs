@@ -43,9 +43,7 @@ impl<I: NodeId> PeerSampler<I> for Connected<I> {
     }
 
     /// The baseline emits no samples.
-    fn take_samples(&mut self) -> Vec<I> {
-        Vec::new()
-    }
+    fn drain_samples(&mut self, _out: &mut Vec<I>) {}
 }
 
 #[cfg(test)]

@@ -82,6 +82,11 @@ impl<I: NodeId> SamplingDriver<I> {
         self.sampler.take_samples()
     }
 
+    /// Moves the samples emitted since the last call to `out`.
+    pub fn drain_samples(&mut self, out: &mut Vec<I>) {
+        self.sampler.drain_samples(out)
+    }
+
     /// The current view.
     pub fn view(&self) -> Vec<I> {
         self.sampler.view()

@@ -74,8 +74,9 @@ impl<I: NodeId> Gbps<I> {
     pub fn new(me: I, config: GbpsConfig, seed: u64) -> Gbps<I> {
         Gbps {
             me,
+            // Room for a merge (c + c/2), so the view is allocated once.
+            view: Vec::with_capacity(config.view_size + config.view_size / 2 + 1),
             config,
-            view: Vec::new(),
             samples: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
         }
@@ -117,11 +118,12 @@ impl<I: NodeId> Gbps<I> {
     fn make_buffer(&mut self) -> Vec<Descriptor<I>> {
         self.view.shuffle(&mut self.rng);
         self.move_oldest_to_end(self.config.heal);
-        let mut buffer = vec![Descriptor {
+        let take = (self.config.view_size / 2).saturating_sub(1);
+        let mut buffer = Vec::with_capacity(take + 1);
+        buffer.push(Descriptor {
             peer: self.me,
             age: 0,
-        }];
-        let take = (self.config.view_size / 2).saturating_sub(1);
+        });
         buffer.extend(self.view.iter().take(take).copied());
         buffer
     }
@@ -252,8 +254,8 @@ impl<I: NodeId> PeerSampler<I> for Gbps<I> {
         out.extend(self.view.iter().map(|d| d.peer));
     }
 
-    fn take_samples(&mut self) -> Vec<I> {
-        std::mem::take(&mut self.samples)
+    fn drain_samples(&mut self, out: &mut Vec<I>) {
+        out.append(&mut self.samples);
     }
 }
 

@@ -194,9 +194,15 @@ pub trait PeerSampler<I: NodeId = PeerId>: Send {
     fn view_into(&self, out: &mut Vec<I>) {
         out.extend(self.view());
     }
-    /// The samples emitted since the last call: the ids the service hands out as its
-    /// random draws of the membership (see each algorithm for when it emits).
-    fn take_samples(&mut self) -> Vec<I>;
+    /// Moves the samples emitted since the last call to `out`: the ids the service hands
+    /// out as its random draws of the membership (see each algorithm for when it emits).
+    fn drain_samples(&mut self, out: &mut Vec<I>);
+    /// The samples emitted since the last call (see [`PeerSampler::drain_samples`]).
+    fn take_samples(&mut self) -> Vec<I> {
+        let mut samples = Vec::new();
+        self.drain_samples(&mut samples);
+        samples
+    }
     /// Protocol event counters, by name (e.g. Brahms's `flooded_rounds`).
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()

@@ -107,9 +107,7 @@ impl<I: NodeId> PeerSampler<I> for StaticView<I> {
         view
     }
 
-    fn take_samples(&mut self) -> Vec<I> {
-        Vec::new()
-    }
+    fn drain_samples(&mut self, _out: &mut Vec<I>) {}
 
     fn admits(&self, peer: I) -> bool {
         self.names

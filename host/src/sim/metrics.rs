@@ -193,6 +193,7 @@ pub fn measure(
     let (mut links, mut dead, mut malicious) = (0usize, 0usize, 0usize);
     let mut parent: Vec<u32> = (0..n as u32).collect();
     for &i in &live {
+        let mut root = find(&mut parent, i as u32);
         for &j in views.of(i) {
             let j = j as usize;
             links += 1;
@@ -200,8 +201,11 @@ pub fn measure(
                 malicious += 1;
             } else if alive[j] {
                 indegree[j] += 1;
-                let (a, b) = (find(&mut parent, i as u32), find(&mut parent, j as u32));
-                parent[a as usize] = b;
+                let other = find(&mut parent, j as u32);
+                if other != root {
+                    parent[root as usize] = other;
+                    root = other;
+                }
             } else {
                 dead += 1;
             }

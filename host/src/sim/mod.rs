@@ -230,6 +230,8 @@ pub struct Simulation {
     byzantine: Vec<bool>,
     attack: Attack,
     samples: SampleTally,
+    /// Scratch for the samples a node just emitted.
+    emitted: Vec<u32>,
     rng: StdRng,
     cycle: u64,
     messages: u64,
@@ -276,6 +278,7 @@ impl Simulation {
             byzantine,
             attack,
             samples: SampleTally::new(n),
+            emitted: Vec::new(),
             rng,
             cycle: 0,
             messages: 0,
@@ -523,10 +526,13 @@ impl Simulation {
     }
 
     fn collect_samples(&mut self, i: u32) {
-        for sample in self.samplers[i as usize].take_samples() {
+        let mut emitted = std::mem::take(&mut self.emitted);
+        self.samplers[i as usize].drain_samples(&mut emitted);
+        for sample in emitted.drain(..) {
             let malicious = self.byzantine[sample as usize];
             self.samples.add(sample, malicious);
         }
+        self.emitted = emitted;
     }
 
     /// Runs one cycle of the cycle-driven engine.
