@@ -91,9 +91,9 @@ pub struct SimulateArgs {
     /// Compute clustering and path length every this many cycles (empty otherwise).
     #[arg(long, default_value_t = 10)]
     pub costly_metrics_every: u64,
-    /// Threads that run the apps' calls (event engine); the output is the same for any
-    /// number [default: the machine's cores; 1 with --log-file, so that the log's lines
-    /// keep one order].
+    /// Threads that run the samplers' exchanges (cycle engine) or the apps' calls (event
+    /// engine); the output is the same for any number [default: the machine's cores; 1
+    /// with --log-file, so that the log's lines keep one order].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
     /// CSV output file.

@@ -27,6 +27,7 @@ mod byzantine;
 mod command;
 pub mod conditions;
 mod events;
+mod exchanges;
 mod helpers;
 mod metrics;
 mod network;
@@ -112,7 +113,8 @@ pub struct SimConfig {
     pub verbose: bool,
     /// Compute the costly metrics (clustering, path length) every this many cycles.
     pub costly_metrics_every: u64,
-    /// Threads that run app calls (event engine): the output is the same for any number.
+    /// Threads that run the samplers' exchanges (cycle engine) or app calls (event
+    /// engine): the output is the same for any number.
     pub threads: usize,
 }
 
@@ -535,29 +537,61 @@ impl Simulation {
         self.emitted = emitted;
     }
 
-    /// Runs one cycle of the cycle-driven engine.
-    fn step_cycle(&mut self) -> Result<()> {
+    /// Runs one cycle of the cycle-driven engine, its exchanges in batches on `helpers`
+    /// and this thread (see [`exchanges`]).
+    /// With no helpers (or attackers, who draw from the simulation's random stream),
+    /// each exchange runs before the next tick.
+    fn step_cycle(&mut self, helpers: Option<&helpers::Helpers>) -> Result<()> {
         self.begin_cycle()?;
         let mut order: Vec<u32> = (0..self.samplers.len() as u32)
             .filter(|&i| self.is_up(i))
             .collect();
         order.shuffle(&mut self.rng);
-        let mut queue: VecDeque<(u32, Outgoing<u32>)> = VecDeque::new();
-        for i in order {
-            queue.extend(self.tick(i).into_iter().map(|o| (i, o)));
-            while let Some((from, Outgoing { to, message })) = queue.pop_front() {
-                self.messages += 1;
-                if to as usize >= self.samplers.len() || !self.is_up(to) {
-                    if !self.byzantine[from as usize] {
-                        self.samplers[from as usize].send_failed(to);
-                    }
-                    continue;
+        let helpers = match helpers {
+            Some(helpers) if !self.byzantine.contains(&true) => helpers,
+            _ => {
+                for i in order {
+                    let sent = self.tick(i);
+                    self.exchange(i, sent);
                 }
-                let answers = self.receive(from, to, message);
-                queue.extend(answers.into_iter().map(|o| (to, o)));
+                return Ok(());
             }
+        };
+        let up = (0..self.samplers.len() as u32)
+            .map(|i| self.is_up(i))
+            .collect();
+        let mut exchanges = exchanges::Exchanges::new(helpers, up);
+        let (mut done, mut samples) = (exchanges::Done::default(), Vec::new());
+        for i in order {
+            if exchanges.is_reserved(i) {
+                exchanges.run(&mut self.samplers, &mut done, &mut samples);
+            }
+            let sent = self.samplers[i as usize].tick();
+            self.samplers[i as usize].drain_samples(&mut samples);
+            exchanges.add(&mut self.samplers, &mut done, &mut samples, i, sent);
+        }
+        exchanges.run(&mut self.samplers, &mut done, &mut samples);
+        self.messages += done.messages;
+        for sample in samples {
+            self.samples.add(sample, self.byzantine[sample as usize]);
         }
         Ok(())
+    }
+
+    /// Delivers the messages node `i`'s tick sent, and the answers they cause, at once.
+    fn exchange(&mut self, i: u32, sent: Vec<Outgoing<u32>>) {
+        let mut queue: VecDeque<(u32, Outgoing<u32>)> = sent.into_iter().map(|o| (i, o)).collect();
+        while let Some((from, Outgoing { to, message })) = queue.pop_front() {
+            self.messages += 1;
+            if to as usize >= self.samplers.len() || !self.is_up(to) {
+                if !self.byzantine[from as usize] {
+                    self.samplers[from as usize].send_failed(to);
+                }
+                continue;
+            }
+            let answers = self.receive(from, to, message);
+            queue.extend(answers.into_iter().map(|o| (to, o)));
+        }
     }
 
     /// Metrics of the current views.
@@ -597,8 +631,9 @@ impl Simulation {
         let started = std::time::Instant::now();
         match self.config.engine {
             Engine::Cycle => {
+                let helpers = helpers::Helpers::new(self.config.threads.saturating_sub(1));
                 for _ in 0..self.config.cycles {
-                    self.step_cycle()?;
+                    self.step_cycle(Some(&helpers))?;
                     record(self.metrics())?;
                 }
             }
@@ -761,6 +796,38 @@ mod tests {
             assert_ne!(a, csv(config(sampler, 200, 8)), "{sampler}");
             assert_eq!(a.lines().count(), 31);
             assert!(a.starts_with(CSV_HEADER));
+        }
+    }
+
+    /// The CSV of `config` run by the cycle engine with `helpers` (None: each exchange
+    /// before the next tick, as the engine ran before it had batches).
+    fn cycle_csv(config: SimConfig, helpers: Option<usize>) -> String {
+        let mut sim = Simulation::new(config).unwrap();
+        let pool = helpers.map(helpers::Helpers::new);
+        let mut out = String::new();
+        for _ in 0..sim.config.cycles {
+            sim.step_cycle(pool.as_ref()).unwrap();
+            out.push_str(&sim.metrics().csv_row());
+            out.push('\n');
+        }
+        out.push_str(&format!("messages {}", sim.messages()));
+        out
+    }
+
+    #[test]
+    fn batched_exchanges_give_what_one_exchange_at_a_time_gives_on_any_number_of_threads() {
+        for sampler in ["gbps", "brahms", "basalt"] {
+            let mut c = config(sampler, 3000, 11);
+            c.leave_rate = 0.02;
+            c.join_rate = 0.3;
+            let one_at_a_time = cycle_csv(c.clone(), None);
+            for helpers in [0, 1, 3] {
+                assert_eq!(
+                    cycle_csv(c.clone(), Some(helpers)),
+                    one_at_a_time,
+                    "{sampler}, {helpers} helpers"
+                );
+            }
         }
     }
 
