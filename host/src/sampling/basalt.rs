@@ -122,15 +122,15 @@ impl<I: NodeId> Basalt<I> {
     /// is the lowest-ranked of the ids it heard, and its hits the later hearings of that
     /// id, whatever the order: so slots rank their ids in one pass each.
     fn update(&mut self, ids: &[I]) {
-        let any_empty = self.slots.iter().any(|s| s.peer.is_none());
         // Most ids heard are held by no slot: a filter of the slots' peers spares
         // scanning the slots for them (worth building for more than a few ids).
-        let mut held = IdFilter::default();
-        if ids.len() > 4 {
-            self.slots
-                .iter()
-                .filter_map(|s| s.peer)
-                .for_each(|(peer, _)| held.insert(&peer));
+        let (mut held, mut any_empty) = (IdFilter::default(), false);
+        for slot in &self.slots {
+            match slot.peer {
+                Some((peer, _)) if ids.len() > 4 => held.insert(&peer),
+                Some(_) => {}
+                None => any_empty = true,
+            }
         }
         let mut fresh = std::mem::take(&mut self.fresh);
         fresh.clear();
