@@ -13,7 +13,8 @@
 //! output is the same for any number.
 //!
 //! Attackers draw from the simulation's one random stream, so a run with attackers
-//! runs its exchanges one after the other.
+//! runs its exchanges one after the other; so does Brahms, whose ticks reach a dozen
+//! peers or more (batches would be a few exchanges long).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -93,7 +94,7 @@ impl SharedWork for Batch {
 }
 
 /// Batches of fewer exchanges run on the calling thread alone: waking the helpers would
-/// cost more (Brahms's exchanges touch a dozen nodes or more, so its batches are short).
+/// cost more.
 const SHARED_FROM: usize = 16;
 
 /// What a cycle's exchanges did, for the simulation's counters.

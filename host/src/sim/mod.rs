@@ -539,8 +539,9 @@ impl Simulation {
 
     /// Runs one cycle of the cycle-driven engine, its exchanges in batches on `helpers`
     /// and this thread (see [`exchanges`]).
-    /// With no helpers (or attackers, who draw from the simulation's random stream),
-    /// each exchange runs before the next tick.
+    /// With no helpers, with attackers (who draw from the simulation's random stream)
+    /// or with Brahms (whose ticks reach a dozen peers or more, so batches would be too
+    /// short to share), each exchange runs before the next tick.
     fn step_cycle(&mut self, helpers: Option<&helpers::Helpers>) -> Result<()> {
         self.begin_cycle()?;
         let mut order: Vec<u32> = (0..self.samplers.len() as u32)
@@ -548,7 +549,12 @@ impl Simulation {
             .collect();
         order.shuffle(&mut self.rng);
         let helpers = match helpers {
-            Some(helpers) if !self.byzantine.contains(&true) => helpers,
+            Some(helpers)
+                if !self.byzantine.contains(&true)
+                    && !matches!(self.config.sampler, SamplerConfig::Brahms(_)) =>
+            {
+                helpers
+            }
             _ => {
                 for i in order {
                     let sent = self.tick(i);
