@@ -556,9 +556,10 @@ impl Simulation {
                 helpers
             }
             _ => {
+                let mut queue = VecDeque::new();
                 for i in order {
-                    let sent = self.tick(i);
-                    self.exchange(i, sent);
+                    queue.extend(self.tick(i).into_iter().map(|o| (i, o)));
+                    self.exchange(&mut queue);
                 }
                 return Ok(());
             }
@@ -584,9 +585,9 @@ impl Simulation {
         Ok(())
     }
 
-    /// Delivers the messages node `i`'s tick sent, and the answers they cause, at once.
-    fn exchange(&mut self, i: u32, sent: Vec<Outgoing<u32>>) {
-        let mut queue: VecDeque<(u32, Outgoing<u32>)> = sent.into_iter().map(|o| (i, o)).collect();
+    /// Delivers the messages in `queue` (a tick's, with their senders), and the answers
+    /// they cause, at once.
+    fn exchange(&mut self, queue: &mut VecDeque<(u32, Outgoing<u32>)>) {
         while let Some((from, Outgoing { to, message })) = queue.pop_front() {
             self.messages += 1;
             if to as usize >= self.samplers.len() || !self.is_up(to) {
