@@ -114,6 +114,35 @@ pub struct Overlay<'a> {
     pub byzantine: &'a [bool],
 }
 
+/// One cycle's overlay and samples, copied so that they can be measured on another
+/// thread while the simulation goes on, with the costly metrics' random draws made.
+pub struct Snapshot {
+    /// The cycle.
+    pub cycle: u64,
+    /// Every node's view.
+    pub views: Views,
+    /// Whether each node is up.
+    pub alive: Vec<bool>,
+    /// Whether each node is Byzantine.
+    pub byzantine: Vec<bool>,
+    /// The samples so far.
+    pub samples: SampleTally,
+    /// The costly metrics' draws, on the cycles that take them.
+    pub draws: Option<CostlyDraws>,
+}
+
+impl Snapshot {
+    /// The metrics of the snapshot.
+    pub fn measure(&self) -> CycleMetrics {
+        let overlay = Overlay {
+            views: &self.views,
+            alive: &self.alive,
+            byzantine: &self.byzantine,
+        };
+        measure_drawn(self.cycle, &overlay, &self.samples, self.draws.as_ref())
+    }
+}
+
 /// The samples honest nodes emitted.
 #[derive(Clone, Debug, Default)]
 pub struct SampleTally {
@@ -172,13 +201,44 @@ fn find(parent: &mut [u32], mut x: u32) -> u32 {
     x
 }
 
-/// Measures the overlay; the costly metrics only when `costly`.
-pub fn measure(
+/// The random draws of the costly metrics: the nodes sampled for the clustering
+/// coefficient and the sources of the path lengths.
+pub struct CostlyDraws {
+    clustering: Vec<usize>,
+    sources: Vec<usize>,
+}
+
+/// The live honest nodes of `overlay`.
+fn live_nodes(overlay: &Overlay) -> Vec<usize> {
+    (0..overlay.views.len())
+        .filter(|&i| overlay.alive[i] && !overlay.byzantine[i])
+        .collect()
+}
+
+/// Draws what the costly metrics sample from `rng`, when `costly` and a node is live.
+pub fn costly_draws(overlay: &Overlay, costly: bool, rng: &mut StdRng) -> Option<CostlyDraws> {
+    if !costly {
+        return None;
+    }
+    let live = live_nodes(overlay);
+    (!live.is_empty()).then(|| CostlyDraws {
+        clustering: live
+            .sample(rng, CLUSTERING_SAMPLE.min(live.len()))
+            .copied()
+            .collect(),
+        sources: live
+            .sample(rng, PATH_SOURCES.min(live.len()))
+            .copied()
+            .collect(),
+    })
+}
+
+/// Measures the overlay; the costly metrics with `draws`, if given.
+pub fn measure_drawn(
     cycle: u64,
     overlay: &Overlay,
     samples: &SampleTally,
-    costly: bool,
-    rng: &mut StdRng,
+    draws: Option<&CostlyDraws>,
 ) -> CycleMetrics {
     let Overlay {
         views,
@@ -187,7 +247,7 @@ pub fn measure(
     } = *overlay;
     let n = views.len();
     let honest = |i: usize| alive[i] && !byzantine[i];
-    let live: Vec<usize> = (0..n).filter(|&i| honest(i)).collect();
+    let live = live_nodes(overlay);
     let attackers = byzantine.iter().any(|&b| b);
     let mut indegree = vec![0u32; n];
     let (mut links, mut dead, mut malicious) = (0usize, 0usize, 0usize);
@@ -221,14 +281,15 @@ pub fn measure(
     let mut roots: Vec<u32> = live.iter().map(|&i| find(&mut parent, i as u32)).collect();
     roots.sort_unstable();
     roots.dedup();
-    let (clustering, avg_path) = if costly && !live.is_empty() {
-        let neighbours = undirected(views, &honest);
-        (
-            Some(clustering(&neighbours, &live, rng)),
-            Some(average_path(&neighbours, &live, rng)),
-        )
-    } else {
-        (None, None)
+    let (clustering, avg_path) = match draws {
+        Some(draws) => {
+            let neighbours = undirected(views, &honest);
+            (
+                Some(clustering(&neighbours, &draws.clustering)),
+                Some(average_path(&neighbours, &draws.sources)),
+            )
+        }
+        None => (None, None),
     };
     let share = |part: usize, whole: usize| {
         if whole == 0 {
@@ -303,11 +364,7 @@ fn undirected(views: &Views, keep: &impl Fn(usize) -> bool) -> Views {
     neighbours
 }
 
-fn clustering(neighbours: &Views, live: &[usize], rng: &mut StdRng) -> f64 {
-    let sample: Vec<usize> = live
-        .sample(rng, CLUSTERING_SAMPLE.min(live.len()))
-        .copied()
-        .collect();
+fn clustering(neighbours: &Views, sample: &[usize]) -> f64 {
     // marked[b] == stamp: b is a neighbour of the node being measured.
     let mut marked = vec![0u32; neighbours.len()];
     let total: f64 = sample
@@ -336,13 +393,9 @@ fn clustering(neighbours: &Views, live: &[usize], rng: &mut StdRng) -> f64 {
     total / sample.len() as f64
 }
 
-/// The mean distance from up to [`PATH_SOURCES`] sampled nodes to every node they
+/// The mean distance from `sources` (up to [`PATH_SOURCES`]) to every node they
 /// reach: one breadth-first search for all of them, each node carrying a bit per source.
-fn average_path(neighbours: &Views, live: &[usize], rng: &mut StdRng) -> f64 {
-    let sources: Vec<usize> = live
-        .sample(rng, PATH_SOURCES.min(live.len()))
-        .copied()
-        .collect();
+fn average_path(neighbours: &Views, sources: &[usize]) -> f64 {
     let n = neighbours.len();
     let (mut seen, mut reached) = (vec![0u8; n], vec![0u8; n]);
     let mut frontier: Vec<usize> = Vec::new();
@@ -389,6 +442,18 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+
+    /// Measures the overlay; the costly metrics only when `costly`.
+    fn measure(
+        cycle: u64,
+        overlay: &Overlay,
+        samples: &SampleTally,
+        costly: bool,
+        rng: &mut StdRng,
+    ) -> CycleMetrics {
+        let draws = costly_draws(overlay, costly, rng);
+        measure_drawn(cycle, overlay, samples, draws.as_ref())
+    }
 
     fn views(lists: &[&[u32]]) -> Views {
         let mut views = Views::with_capacity(lists.len(), 2);

@@ -603,6 +603,12 @@ impl Simulation {
 
     /// Metrics of the current views.
     pub fn metrics(&mut self) -> CycleMetrics {
+        self.snapshot().measure()
+    }
+
+    /// The current views and samples, to measure (the costly metrics' draws are made
+    /// now, from the run's random stream).
+    fn snapshot(&mut self) -> metrics::Snapshot {
         let costly = self.cycle.is_multiple_of(self.config.costly_metrics_every);
         let n = self.samplers.len();
         let mut views = Views::with_capacity(n, 32);
@@ -619,7 +625,15 @@ impl Simulation {
             alive: &alive,
             byzantine: &self.byzantine,
         };
-        metrics::measure(self.cycle, &overlay, &self.samples, costly, &mut self.rng)
+        let draws = metrics::costly_draws(&overlay, costly, &mut self.rng);
+        metrics::Snapshot {
+            cycle: self.cycle,
+            views,
+            alive,
+            byzantine: self.byzantine.clone(),
+            samples: self.samples.clone(),
+            draws,
+        }
     }
 
     /// Runs every cycle, writing the CSV header and one row per cycle to `out`;
@@ -638,11 +652,22 @@ impl Simulation {
         let started = std::time::Instant::now();
         match self.config.engine {
             Engine::Cycle => {
+                // A cycle's metrics are taken on a thread of their own while the next
+                // cycle runs, and recorded in order.
                 let helpers = helpers::Helpers::new(self.config.threads.saturating_sub(1));
-                for _ in 0..self.config.cycles {
-                    self.step_cycle(Some(&helpers))?;
-                    record(self.metrics())?;
-                }
+                std::thread::scope(|scope| -> Result<()> {
+                    let mut measuring = None;
+                    for _ in 0..self.config.cycles {
+                        self.step_cycle(Some(&helpers))?;
+                        let snapshot = self.snapshot();
+                        if let Some(previous) =
+                            measuring.replace(scope.spawn(move || snapshot.measure()))
+                        {
+                            record(joined(previous)?)?;
+                        }
+                    }
+                    measuring.map_or(Ok(()), |last| record(joined(last)?))
+                })?;
             }
             Engine::Event => events::run(self, &mut record)?,
         }
@@ -736,6 +761,13 @@ impl Simulation {
     pub fn messages(&self) -> u64 {
         self.messages
     }
+}
+
+/// The metrics a measuring thread took.
+fn joined(thread: std::thread::ScopedJoinHandle<'_, CycleMetrics>) -> Result<CycleMetrics> {
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread measuring a cycle's metrics failed"))
 }
 
 /// Node `i`'s sampler: a `static` one from the topology, any other from its config.
