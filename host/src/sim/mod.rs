@@ -539,6 +539,7 @@ impl Simulation {
 
     /// Runs one cycle of the cycle-driven engine, its exchanges in batches on `helpers`
     /// and this thread (see [`exchanges`]).
+    ///
     /// With no helpers, with attackers (who draw from the simulation's random stream)
     /// or with Brahms (whose ticks reach a dozen peers or more, so batches would be too
     /// short to share), each exchange runs before the next tick.
