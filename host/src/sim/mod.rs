@@ -660,12 +660,12 @@ impl Simulation {
                     let mut measuring = None;
                     for _ in 0..self.config.cycles {
                         self.step_cycle(Some(&helpers))?;
-                        let snapshot = self.snapshot();
-                        if let Some(previous) =
-                            measuring.replace(scope.spawn(move || snapshot.measure()))
-                        {
+                        // One snapshot at a time: the previous one is measured first.
+                        if let Some(previous) = measuring.take() {
                             record(joined(previous)?)?;
                         }
+                        let snapshot = self.snapshot();
+                        measuring = Some(scope.spawn(move || snapshot.measure()));
                     }
                     measuring.map_or(Ok(()), |last| record(joined(last)?))
                 })?;
