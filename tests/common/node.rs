@@ -16,36 +16,37 @@ pub fn nodemanager() -> Command {
     command
 }
 
-/// `nodemanager apps stats` through the admin socket at `socket`: every app's counters,
-/// the sampler's, the network's and the deployments'.
-pub fn admin_stats(socket: &Path) -> Value {
-    let output = nodemanager()
-        .args(["apps", "stats", "--admin"])
-        .arg(socket)
-        .output()
-        .unwrap();
+/// Runs `nodemanager` with `args`, which must succeed, and reads the JSON it prints.
+fn nodemanager_json(args: &[&std::ffi::OsStr]) -> Value {
+    let output = nodemanager().args(args).output().unwrap();
     assert!(
         output.status.success(),
-        "stats failed: {}",
+        "nodemanager {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// `nodemanager apps stats` through the admin socket at `socket`: every app's counters,
+/// the sampler's, the network's and the deployments'.
+pub fn admin_stats(socket: &Path) -> Value {
+    nodemanager_json(&[
+        "apps".as_ref(),
+        "stats".as_ref(),
+        "--admin".as_ref(),
+        socket.as_ref(),
+    ])
+}
+
 /// A new deployment key pair in file `key` (`nodemanager keys generate`); its public
 /// key, as nodes list it in `[deploy] trusted_keys`.
 pub fn deploy_key(key: &Path) -> String {
-    let output = nodemanager()
-        .args(["keys", "generate", "--out"])
-        .arg(key)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let line: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let line = nodemanager_json(&[
+        "keys".as_ref(),
+        "generate".as_ref(),
+        "--out".as_ref(),
+        key.as_ref(),
+    ]);
     line["public_key"].as_str().unwrap().to_string()
 }
 
