@@ -97,13 +97,6 @@ impl SharedWork for Batch {
 /// cost more.
 const SHARED_FROM: usize = 16;
 
-/// What a cycle's exchanges did, for the simulation's counters.
-#[derive(Default)]
-pub(super) struct Done {
-    /// Messages handled.
-    pub messages: u64,
-}
-
 /// Runs the exchanges of one cycle in batches.
 pub(super) struct Exchanges<'a> {
     helpers: &'a Helpers,
@@ -114,6 +107,10 @@ pub(super) struct Exchanges<'a> {
     pending: Vec<Exchange>,
     /// Stand-ins for the samplers a running batch holds.
     spare: Vec<SamplingDriver<u32>>,
+    /// Messages handled so far (delivered or lost).
+    messages: u64,
+    /// Samples the exchanges emitted, in exchange order.
+    samples: Vec<u32>,
 }
 
 impl<'a> Exchanges<'a> {
@@ -126,7 +123,14 @@ impl<'a> Exchanges<'a> {
             batch: 1,
             pending: Vec::new(),
             spare: Vec::new(),
+            messages: 0,
+            samples: Vec::new(),
         }
+    }
+
+    /// The messages handled and the samples emitted by every exchange run.
+    pub fn done(self) -> (u64, Vec<u32>) {
+        (self.messages, self.samples)
     }
 
     /// Whether node `i` is touched by a pending exchange (its tick must wait for them).
@@ -139,8 +143,6 @@ impl<'a> Exchanges<'a> {
     pub fn add(
         &mut self,
         samplers: &mut [SamplingDriver<u32>],
-        done: &mut Done,
-        samples: &mut Vec<u32>,
         from: u32,
         sent: Vec<Outgoing<u32>>,
     ) {
@@ -152,7 +154,7 @@ impl<'a> Exchanges<'a> {
             }
         }
         if nodes.iter().any(|(n, _)| self.is_reserved(*n)) {
-            self.run(samplers, done, samples);
+            self.run(samplers);
         }
         for (node, _) in &nodes {
             self.reserved[*node as usize] = self.batch;
@@ -166,14 +168,8 @@ impl<'a> Exchanges<'a> {
     }
 
     /// Runs the pending batch: its exchanges on the helpers and this thread, then
-    /// those stopped by an unreserved recipient one after the other. The samples the
-    /// exchanges emitted are appended to `samples` in exchange order.
-    pub fn run(
-        &mut self,
-        samplers: &mut [SamplingDriver<u32>],
-        done: &mut Done,
-        samples: &mut Vec<u32>,
-    ) {
+    /// those stopped by an unreserved recipient one after the other.
+    pub fn run(&mut self, samplers: &mut [SamplingDriver<u32>]) {
         if self.pending.is_empty() {
             return;
         }
@@ -203,34 +199,28 @@ impl<'a> Exchanges<'a> {
                         .push(std::mem::replace(&mut samplers[*node as usize], driver));
                 }
             }
-            done.messages += exchange.messages;
-            samples.append(&mut exchange.samples);
+            self.messages += exchange.messages;
+            self.samples.append(&mut exchange.samples);
             if !exchange.queue.is_empty() {
                 stopped.push(std::mem::take(&mut exchange.queue));
             }
         }
         self.batch += 1;
         for queue in stopped {
-            self.finish(samplers, done, samples, queue);
+            self.finish(samplers, queue);
         }
     }
 
     /// Finishes a stopped exchange's messages on this thread.
-    fn finish(
-        &self,
-        samplers: &mut [SamplingDriver<u32>],
-        done: &mut Done,
-        samples: &mut Vec<u32>,
-        mut queue: VecDeque<InFlight>,
-    ) {
+    fn finish(&mut self, samplers: &mut [SamplingDriver<u32>], mut queue: VecDeque<InFlight>) {
         while let Some((from, Outgoing { to, message })) = queue.pop_front() {
-            done.messages += 1;
+            self.messages += 1;
             if !self.up.get(to as usize).copied().unwrap_or(false) {
                 samplers[from as usize].send_failed(to);
                 continue;
             }
             let answers = samplers[to as usize].receive(from, message);
-            samplers[to as usize].drain_samples(samples);
+            samplers[to as usize].drain_samples(&mut self.samples);
             queue.extend(answers.into_iter().map(|o| (to, o)));
         }
     }
@@ -304,16 +294,16 @@ mod tests {
         let mut order: Vec<u32> = (0..nodes).filter(|&i| i != down).collect();
         order.shuffle(&mut StdRng::seed_from_u64(3));
         let mut exchanges = Exchanges::new(&pool, up);
-        let (mut done, mut samples) = (Done::default(), Vec::new());
         for i in order {
             if exchanges.is_reserved(i) {
-                exchanges.run(&mut samplers, &mut done, &mut samples);
+                exchanges.run(&mut samplers);
             }
             let sent = samplers[i as usize].tick();
-            exchanges.add(&mut samplers, &mut done, &mut samples, i, sent);
+            exchanges.add(&mut samplers, i, sent);
         }
-        exchanges.run(&mut samplers, &mut done, &mut samples);
-        (samplers.iter().map(|s| s.view()).collect(), done.messages)
+        exchanges.run(&mut samplers);
+        let (messages, _) = exchanges.done();
+        (samplers.iter().map(|s| s.view()).collect(), messages)
     }
 
     #[test]

@@ -530,11 +530,16 @@ impl Simulation {
     fn collect_samples(&mut self, i: u32) {
         let mut emitted = std::mem::take(&mut self.emitted);
         self.samplers[i as usize].drain_samples(&mut emitted);
-        for sample in emitted.drain(..) {
+        self.tally(emitted.drain(..));
+        self.emitted = emitted;
+    }
+
+    /// Counts `samples` emitted by honest nodes.
+    fn tally(&mut self, samples: impl IntoIterator<Item = u32>) {
+        for sample in samples {
             let malicious = self.byzantine[sample as usize];
             self.samples.add(sample, malicious);
         }
-        self.emitted = emitted;
     }
 
     /// Runs one cycle of the cycle-driven engine, its exchanges in batches on `helpers`
@@ -569,20 +574,18 @@ impl Simulation {
             .map(|i| self.is_up(i))
             .collect();
         let mut exchanges = exchanges::Exchanges::new(helpers, up);
-        let (mut done, mut samples) = (exchanges::Done::default(), Vec::new());
         for i in order {
             if exchanges.is_reserved(i) {
-                exchanges.run(&mut self.samplers, &mut done, &mut samples);
+                exchanges.run(&mut self.samplers);
             }
             let sent = self.samplers[i as usize].tick();
-            self.samplers[i as usize].drain_samples(&mut samples);
-            exchanges.add(&mut self.samplers, &mut done, &mut samples, i, sent);
+            self.collect_samples(i);
+            exchanges.add(&mut self.samplers, i, sent);
         }
-        exchanges.run(&mut self.samplers, &mut done, &mut samples);
-        self.messages += done.messages;
-        for sample in samples {
-            self.samples.add(sample, self.byzantine[sample as usize]);
-        }
+        exchanges.run(&mut self.samplers);
+        let (messages, samples) = exchanges.done();
+        self.messages += messages;
+        self.tally(samples);
         Ok(())
     }
 
