@@ -48,8 +48,11 @@ pub trait NodeId: Copy + Eq + Ord + Hash + Debug + Send + 'static {
     }
 
     /// A cheap, well-spread hash of the id, for [`IdFilter`] (not keyed: never for
-    /// anything a peer could exploit).
+    /// anything a peer could exploit): its dense number if it has one.
     fn filter_hash(&self) -> u32 {
+        if let Some(index) = self.dense_index() {
+            return index;
+        }
         let mut hasher = FilterHasher::default();
         self.hash(&mut hasher);
         hasher.0 as u32
@@ -80,7 +83,7 @@ impl Hasher for FilterHasher {
 /// A 1,024-bit filter of ids: "surely absent" or "maybe present". Lets a sampler
 /// merging a few ids into a view of a few dozen skip the scan for ids it does not hold
 /// (most of them, in a large network).
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(crate) struct IdFilter([u64; 16]);
 
 impl IdFilter {
@@ -128,10 +131,6 @@ impl NodeId for u32 {
 
     fn dense_index(&self) -> Option<u32> {
         Some(*self)
-    }
-
-    fn filter_hash(&self) -> u32 {
-        *self
     }
 }
 
