@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::netns::{Children, NamespacePair, ADDRESSES};
 use common::node::{admin_stats, logged_views, nodemanager, read, sigterm, wait_for, RunningNode};
+use nodemanager::network::app_stream::MAX_STREAMS_PER_PEER;
 use nodemanager::network::{codec, AppBatch, AppRequest};
 use serde_json::Value;
 
@@ -255,7 +256,8 @@ mod raw_peer {
     use futures::prelude::*;
     use libp2p::request_response::{self, ProtocolSupport};
     use libp2p::swarm::SwarmEvent;
-    use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+    use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, Stream, StreamProtocol, Swarm};
+    use libp2p_stream::IncomingStreams;
 
     /// Writes the request bytes as they are; reads the answer to the end.
     #[derive(Clone, Default)]
@@ -311,23 +313,20 @@ mod raw_peer {
     #[derive(libp2p::swarm::NetworkBehaviour)]
     pub struct Behaviour {
         pub identify: identify::Behaviour,
-        pub app: request_response::Behaviour<RawCodec>,
+        pub streams: libp2p_stream::Behaviour,
         pub sampling: request_response::Behaviour<RawCodec>,
     }
 
-    fn raw(context: &str, what: &str) -> request_response::Behaviour<RawCodec> {
-        let protocol =
-            StreamProtocol::try_from_owned(format!("/nodemanager/{context}/{what}/1")).unwrap();
-        request_response::Behaviour::with_codec(
-            RawCodec,
-            [(protocol, ProtocolSupport::Full)],
-            request_response::Config::default()
-                .with_request_timeout(std::time::Duration::from_secs(20))
-                .with_max_concurrent_streams(10_000),
-        )
+    fn protocol(context: &str, what: &str) -> StreamProtocol {
+        StreamProtocol::try_from_owned(format!("/nodemanager/{context}/{what}/1")).unwrap()
     }
 
-    /// A peer of `context` (its identify advertises that context's protocols).
+    /// The app protocol of `context`.
+    pub fn app_protocol(context: &str) -> StreamProtocol {
+        protocol(context, "app-stream")
+    }
+
+    /// A peer of `context` (its identify advertises that context's sampling protocol).
     pub fn swarm(context: &str) -> Swarm<Behaviour> {
         libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
@@ -342,14 +341,32 @@ mod raw_peer {
                     format!("/nodemanager/{context}/id/1"),
                     key.public(),
                 )),
-                app: raw(context, "app"),
-                sampling: raw(context, "sampling"),
+                streams: libp2p_stream::Behaviour::new(),
+                sampling: request_response::Behaviour::with_codec(
+                    RawCodec,
+                    [(protocol(context, "sampling"), ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(std::time::Duration::from_secs(20))
+                        .with_max_concurrent_streams(10_000),
+                ),
             })
             .unwrap()
             .with_swarm_config(|c| {
                 c.with_idle_connection_timeout(std::time::Duration::from_secs(60))
             })
             .build()
+    }
+
+    /// A peer of `context` that takes app streams too (and says so to the node).
+    pub fn accepting(context: &str) -> (Swarm<Behaviour>, IncomingStreams) {
+        let swarm = swarm(context);
+        let incoming = swarm
+            .behaviour()
+            .streams
+            .new_control()
+            .accept(app_protocol(context))
+            .unwrap();
+        (swarm, incoming)
     }
 
     /// Runs the swarm until it has answered the node's identify request.
@@ -377,28 +394,106 @@ mod raw_peer {
         }
     }
 
-    /// Sends each frame on the app protocol (or the sampling protocol) and returns, per
-    /// frame, the answer or the failure text.
-    pub async fn send_all(
+    /// Runs the swarm while `work` runs; returns what `work` gives.
+    pub async fn drive<T>(swarm: &mut Swarm<Behaviour>, work: impl Future<Output = T>) -> T {
+        futures::pin_mut!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = swarm.select_next_some() => {}
+            }
+        }
+    }
+
+    /// One length-prefixed frame; an error at the end of the stream.
+    pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Vec<u8>> {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).await?;
+        let mut frame = vec![0; u32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut frame).await?;
+        Ok(frame)
+    }
+
+    /// Writes `frame` after its length.
+    pub async fn write_frame(
+        stream: &mut (impl AsyncWrite + Unpin),
+        frame: &[u8],
+    ) -> io::Result<()> {
+        stream
+            .write_all(&(frame.len() as u32).to_be_bytes())
+            .await?;
+        stream.write_all(frame).await?;
+        stream.flush().await
+    }
+
+    /// A new app stream to `peer`, the swarm running meanwhile.
+    pub async fn open(
         swarm: &mut Swarm<Behaviour>,
         peer: PeerId,
-        sampling: bool,
+        context: &str,
+    ) -> Result<Stream, String> {
+        let mut control = swarm.behaviour().streams.new_control();
+        let protocol = app_protocol(context);
+        drive(swarm, control.open_stream(peer, protocol))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Writes the app request frames, each after its length, on one new app stream of
+    /// `context` to `peer`, then closes it; returns, per frame, the answer or why none
+    /// came.
+    pub async fn send_app(
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        context: &str,
+        frames: Vec<Vec<u8>>,
+    ) -> Vec<Result<Vec<u8>, String>> {
+        let count = frames.len();
+        let stream = match open(swarm, peer, context).await {
+            Ok(stream) => stream,
+            Err(e) => return vec![Err(e); count],
+        };
+        let (mut reader, mut writer) = stream.split();
+        let write = async move {
+            for frame in frames {
+                write_frame(&mut writer, &frame).await?;
+            }
+            writer.close().await
+        };
+        let read = async move {
+            let mut answers = Vec::new();
+            while answers.len() < count {
+                match read_frame(&mut reader).await {
+                    Ok(answer) => answers.push(Ok(answer)),
+                    Err(e) => {
+                        let why = format!("no answer: {e}");
+                        answers.resize(count, Err(why));
+                    }
+                }
+            }
+            answers
+        };
+        let (_, answers) = drive(swarm, future::join(write, read)).await;
+        answers
+    }
+
+    /// Sends each frame on the sampling protocol and returns, per frame, the answer or
+    /// the failure text.
+    pub async fn send_sampling(
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
         frames: Vec<Vec<u8>>,
     ) -> Vec<Result<Vec<u8>, String>> {
         let mut ids = Vec::new();
         for frame in frames {
-            let behaviour = if sampling {
-                &mut swarm.behaviour_mut().sampling
-            } else {
-                &mut swarm.behaviour_mut().app
-            };
-            ids.push(behaviour.send_request(&peer, frame));
+            ids.push(swarm.behaviour_mut().sampling.send_request(&peer, frame));
         }
         let mut answers: std::collections::HashMap<_, Result<Vec<u8>, String>> = Default::default();
         while answers.len() < ids.len() {
-            let event = match swarm.select_next_some().await {
-                SwarmEvent::Behaviour(BehaviourEvent::App(e) | BehaviourEvent::Sampling(e)) => e,
-                _ => continue,
+            let SwarmEvent::Behaviour(BehaviourEvent::Sampling(event)) =
+                swarm.select_next_some().await
+            else {
+                continue;
             };
             match event {
                 request_response::Event::Message {
@@ -474,8 +569,8 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
         .enable_all()
         .build()
         .unwrap();
-    let (answers, sampling, flood) = runtime.block_on(async {
-        let mut peer = raw_peer::swarm("default");
+    let (answers, sampling, flood, held_accepted) = runtime.block_on(async {
+        let (mut peer, _incoming) = raw_peer::accepting("default");
         let node_id = raw_peer::connect(&mut peer, &addr).await;
         let oversized = frame("hello", &[7; 200_000]);
         let both = codec::encode_request(&AppBatch::new(vec![
@@ -489,35 +584,64 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
             },
         ]))
         .unwrap();
-        let answers = raw_peer::send_all(
+        // One stream: every frame is answered in turn; the oversized one last (the
+        // node answers it and closes the stream, its bytes unread).
+        let answers = raw_peer::send_app(
             &mut peer,
             node_id,
-            false,
+            "default",
             vec![
                 vec![3, 0, 0, 0, 0, 0, 0, 0, 1], // ends inside the message count
                 vec![3, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1, 10, b'h'], // inside the app name
                 Vec::new(),                      // empty
                 vec![9, 0, 1, 1, b'h', 0, 0, 0, 0], // another wire version
+                both,                            // one for no such app, one fine
                 oversized,
-                both, // one for no such app, one fine
             ],
         )
         .await;
-        let sampling = raw_peer::send_all(
+        let sampling = raw_peer::send_sampling(
             &mut peer,
             node_id,
-            true,
             vec![b"{not json".to_vec(), vec![0xff; 100_000]],
         )
         .await;
-        let flood = raw_peer::send_all(
+        let flood = raw_peer::send_app(
             &mut peer,
             node_id,
-            false,
+            "default",
             (0..3000).map(|_| frame("hello", &[0x55; 1024])).collect(),
         )
         .await;
-        (answers, sampling, flood)
+        // Streams past the per-peer bound are refused (the first ones held open).
+        let mut held = Vec::new();
+        for _ in 0..MAX_STREAMS_PER_PEER {
+            let mut stream = raw_peer::open(&mut peer, node_id, "default").await.unwrap();
+            // Answered: the node took this stream before the next one opens.
+            let held_frame = frame("hello", b"held");
+            let answered = raw_peer::drive(&mut peer, async {
+                raw_peer::write_frame(&mut stream, &held_frame).await?;
+                raw_peer::read_frame(&mut stream).await
+            })
+            .await
+            .unwrap();
+            held.push((stream, answered));
+        }
+        let mut extra = raw_peer::open(&mut peer, node_id, "default").await.unwrap();
+        let extra_frame = frame("hello", b"one too many");
+        let refused = raw_peer::drive(&mut peer, async {
+            raw_peer::write_frame(&mut extra, &extra_frame)
+                .await
+                .is_err()
+                || raw_peer::read_frame(&mut extra).await.is_err()
+        })
+        .await;
+        assert!(refused, "a stream past the per-peer bound was answered");
+        let held_accepted = held
+            .iter()
+            .filter(|(_, answer)| self::answers(answer)[0].is_ok())
+            .count();
+        (answers, sampling, flood, held_accepted)
     });
     // Every bad frame is answered with a refusal that says what is wrong with it.
     let reasons = [
@@ -525,7 +649,6 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
         "ends inside an app name",
         "empty app request",
         "unsupported app wire version 9",
-        "larger than the limit",
     ];
     let replies: Vec<_> = answers
         .iter()
@@ -538,8 +661,13 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
         let text = reply[0].as_ref().expect_err("a refusal");
         assert!(text.contains(reason), "{text:?} should say {reason:?}");
     }
+    let oversized = replies[5]
+        .as_ref()
+        .expect("an answer to the oversized frame");
+    let text = oversized[0].as_ref().expect_err("a refusal");
+    assert!(text.contains("larger than the limit"), "{text:?}");
     // A batch is answered message by message.
-    let both = replies[5].as_ref().unwrap();
+    let both = replies[4].as_ref().unwrap();
     assert!(
         both[0]
             .as_ref()
@@ -564,13 +692,14 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
                 .is_ok_and(|r| r[0].as_ref().is_err_and(|e| e.contains("messages waiting")))
         })
         .count();
-    // Past `max_concurrent_streams` libp2p drops the extra streams (and logs it at warn):
-    // those sends fail on the flooding side.
-    let dropped = flood.iter().filter(|a| a.is_err()).count();
-    assert_eq!(accepted + refused_full + dropped, 3000);
-    assert!(
-        refused_full + dropped > 0,
-        "a flood of 3000 was not pushed back at all"
+    // The stream holds the flood back (the node reads a bounded number of frames
+    // ahead of its answers): every message is answered, taken or refused for a full
+    // inbox, none lost.
+    assert_eq!(
+        accepted + refused_full,
+        3000,
+        "{:?}",
+        flood.iter().find(|a| a.is_err())
     );
 
     // A peer of another context: connected, never admitted.
@@ -579,8 +708,13 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
         let node_id = raw_peer::connect(&mut stranger, &addr).await;
         // The node judges a peer's context by its identify answer: give it.
         raw_peer::answer_identify(&mut stranger).await;
-        let answers =
-            raw_peer::send_all(&mut stranger, node_id, false, vec![frame("hello", b"hi")]).await;
+        let answers = raw_peer::send_app(
+            &mut stranger,
+            node_id,
+            "elsewhere",
+            vec![frame("hello", b"hi")],
+        )
+        .await;
         assert!(answers[0].is_err(), "{answers:?}");
     });
 
@@ -596,7 +730,9 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
                 && refused["unknown_app"] == 1
                 && refused["bad_sampling_frame"].as_u64() >= Some(2)
                 && refused["other_context"].as_u64() >= Some(1)
-                && refused["inbox_full"].as_u64().unwrap_or(0) == refused_full as u64
+                && refused["too_many_streams"] == 1
+                && refused["inbox_full"].as_u64().unwrap_or(0)
+                    == (refused_full + MAX_STREAMS_PER_PEER - held_accepted) as u64
         },
     );
     let rss_mib = peak_rss_kib(node.child.id()) / 1024;
@@ -615,31 +751,21 @@ fn hostile_peers_are_refused_counted_and_the_node_goes_on() {
     assert_eq!(app["call_errors"], 0, "{summary}");
     assert_eq!(
         app["received"].as_u64().unwrap(),
-        1 + accepted as u64,
+        (1 + accepted + held_accepted) as u64,
         "{summary}"
     );
     assert!(app["cycles"].as_u64().unwrap() >= 1, "{summary}");
 }
 
-/// The first app request the node sends the raw peer: its key and its answer channel.
-async fn next_app_request(
-    swarm: &mut libp2p::Swarm<raw_peer::Behaviour>,
-) -> (u64, libp2p::request_response::ResponseChannel<Vec<u8>>) {
-    use futures::StreamExt;
-    use libp2p::request_response::{Event, Message};
-    loop {
-        if let libp2p::swarm::SwarmEvent::Behaviour(raw_peer::BehaviourEvent::App(
-            Event::Message {
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            },
-        )) = swarm.select_next_some().await
-        {
-            let key = u64::from_be_bytes(request[1..9].try_into().unwrap());
-            return (key, channel);
+/// Answers every request the node sends on `stream`, each message accepted, and tells
+/// `keys` each request's key.
+async fn accept_all(mut stream: libp2p::Stream, keys: tokio::sync::mpsc::UnboundedSender<u64>) {
+    while let Ok(request) = raw_peer::read_frame(&mut stream).await {
+        let _ = keys.send(u64::from_be_bytes(request[1..9].try_into().unwrap()));
+        let count = u16::from_be_bytes([request[9], request[10]]) as usize;
+        let accepted = codec::encode_response(&vec![Ok(()); count]);
+        if raw_peer::write_frame(&mut stream, &accepted).await.is_err() {
+            return;
         }
     }
 }
@@ -658,7 +784,7 @@ fn a_request_cut_off_by_its_connection_closing_is_sent_again_and_delivered_once(
         .unwrap();
     let (stop_peer, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let (answered_again, repeats) = runtime.block_on(async {
-        let mut peer = raw_peer::swarm("default");
+        let (mut peer, mut incoming) = raw_peer::accepting("default");
         peer.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
             .unwrap();
         // Listening before connecting: identify then tells the node where to dial back.
@@ -668,44 +794,59 @@ fn a_request_cut_off_by_its_connection_closing_is_sent_again_and_delivered_once(
         ) {}
         let node_id = raw_peer::connect(&mut peer, &addr).await;
         // The first greeting: cut the connection instead of answering.
-        let (first, channel) = next_app_request(&mut peer).await;
+        let (stream, first) = raw_peer::drive(&mut peer, async {
+            let (_, mut stream) = incoming.next().await.unwrap();
+            let request = raw_peer::read_frame(&mut stream).await.unwrap();
+            let key = u64::from_be_bytes(request[1..9].try_into().unwrap());
+            (stream, key)
+        })
+        .await;
+        drop(stream);
         peer.disconnect_peer_id(node_id).unwrap();
-        drop(channel);
-        // The node dials back and sends the same request (same key) again; answer
-        // every greeting from now on.
-        let accepted = codec::encode_response(&[Ok(())]);
+        // The node dials back and sends the same request (same key) again on a new
+        // stream; answer every greeting from now on.
+        let (key_tx, mut keys) = tokio::sync::mpsc::unbounded_channel();
         let again = async {
             loop {
-                let (key, channel) = next_app_request(&mut peer).await;
-                let _ = peer
-                    .behaviour_mut()
-                    .app
-                    .send_response(channel, accepted.clone());
-                if key == first {
-                    return;
+                tokio::select! {
+                    Some((_, stream)) = incoming.next() => {
+                        tokio::spawn(accept_all(stream, key_tx.clone()));
+                    }
+                    Some(key) = keys.recv() => if key == first {
+                        return;
+                    },
                 }
             }
         };
-        let answered_again = tokio::time::timeout(Duration::from_secs(120), again)
-            .await
-            .is_ok();
+        let answered_again = raw_peer::drive(
+            &mut peer,
+            tokio::time::timeout(Duration::from_secs(120), again),
+        )
+        .await
+        .is_ok();
         // The receiving side: the same request twice is delivered once, answered twice.
         let twice = frame("hello", b"once");
         let repeats =
-            raw_peer::send_all(&mut peer, node_id, false, vec![twice.clone(), twice]).await;
+            raw_peer::send_app(&mut peer, node_id, "default", vec![twice.clone(), twice]).await;
         // Go on answering the node's greetings until the test is done.
         tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = &mut stopped => return,
-                    (_, channel) = next_app_request(&mut peer) => {
-                        let _ = peer.behaviour_mut().app.send_response(channel, accepted.clone());
+            let answer = async {
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        Some((_, stream)) = incoming.next() => {
+                            tokio::spawn(accept_all(stream, key_tx.clone()));
+                        }
                     }
                 }
-            }
+            };
+            raw_peer::drive(&mut peer, answer).await
         });
         (answered_again, repeats)
     });
+    if !answered_again {
+        eprintln!("{}", read(&node.log));
+    }
     assert!(answered_again, "the cut request was never sent again");
     for answer in &repeats {
         let answer = answer.as_ref().expect("answered");

@@ -1,14 +1,17 @@
 //! App messages between two nodes on loopback, 1 KiB payloads: round-trip latency
 //! (p50/p99) and throughput, through a real node and its WASM app, beside a plain
-//! rust-libp2p request-response pair (same TCP + noise + yamux, same codec, no node, no
-//! WASM) in the same run.
+//! rust-libp2p request-response pair (same TCP + noise + yamux, same frames, one stream
+//! per request, no node, no WASM) in the same run.
 //!
-//! A client swarm sends a message to the app `echo` on the other side, which acks it and
+//! A client sends a message to the app `echo` on the other side, which acks it and
 //! sends the payload back as a message of its own; the client acks that and counts one
 //! round trip. The node side is the real `Node` (swarm, sampler, registry) running the
 //! hostile guest in `echo` mode, so every echo crosses the WASM boundary twice (in
-//! through `handle-message`, out through `send-message`); the plain side does the same
-//! in Rust. Round-trip throughput keeps 256 messages in flight.
+//! through `handle-message`, out through `send-message`); its client sends and receives
+//! with the node's own app-stream code (`network::app_stream`: one long-lived stream per
+//! peer, requests pipelined); the plain side does the same in Rust with one
+//! request-response stream per request. Round-trip throughput keeps 256 messages in
+//! flight.
 //!
 //! One-way throughput: the client sends to the app `sink` (which takes each message
 //! silently) and counts acks, 256 in flight; the plain side only acks. Once with one
@@ -23,40 +26,97 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use futures::StreamExt;
+use futures::prelude::*;
 use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use nodemanager::config::{AppSpec, NodeConfig};
-use nodemanager::network::{app_protocol, AppBatch, AppCodec, AppRequest};
+use nodemanager::network::app_stream::{
+    self, AnswersOwed, InboundEvent, InboundLimits, LinkEvent, Links, StreamLimits,
+};
+use nodemanager::network::codec::{
+    decode_request, decode_response, encode_request, encode_response,
+};
+use nodemanager::network::{app_protocol, AppBatch, AppRequest, AppResponse, ReadBudget};
 use nodemanager::node::Node;
 use nodemanager::runtime::{Limits, Runtime};
+use tokio::sync::mpsc;
 
 const CONTEXT: &str = "bench";
 const PAYLOAD: usize = 1024;
 const IN_FLIGHT: usize = 256;
 
-type Rr = request_response::Behaviour<AppCodec>;
+/// Plain request-response: a request frame one way, a response frame back, on a stream
+/// of their own.
+#[derive(Clone, Default)]
+struct PlainCodec;
+
+async fn read_all<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut frame = Vec::new();
+    io.take(1 << 24).read_to_end(&mut frame).await?;
+    Ok(frame)
+}
+
+impl request_response::Codec for PlainCodec {
+    type Protocol = StreamProtocol;
+    type Request = AppBatch;
+    type Response = Vec<AppResponse>;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<AppBatch> {
+        decode_request(&read_all(io).await?)
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<AppResponse>> {
+        decode_response(&read_all(io).await?)
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: AppBatch,
+    ) -> io::Result<()> {
+        io.write_all(&encode_request(&request)?).await?;
+        io.close().await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: Vec<AppResponse>,
+    ) -> io::Result<()> {
+        io.write_all(&encode_response(&response)).await?;
+        io.close().await
+    }
+}
+
+type Rr = request_response::Behaviour<PlainCodec>;
 
 fn rr_behaviour() -> Rr {
     request_response::Behaviour::with_codec(
-        AppCodec {
-            budget: nodemanager::network::ReadBudget::new(1 << 30),
-            max_payload_bytes: 1 << 20,
-            max_response_bytes: 4096,
-        },
-        [(app_protocol(CONTEXT).unwrap(), ProtocolSupport::Full)],
+        PlainCodec,
+        [(StreamProtocol::new("/plain/app/1"), ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(Duration::from_secs(30))
             .with_max_concurrent_streams(1000),
     )
 }
 
-fn swarm() -> Swarm<Rr> {
+fn swarm<B: NetworkBehaviour>(behaviour: impl FnOnce() -> B) -> Swarm<B> {
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -65,7 +125,7 @@ fn swarm() -> Swarm<Rr> {
             yamux::Config::default,
         )
         .unwrap()
-        .with_behaviour(|_| rr_behaviour())
+        .with_behaviour(|_| behaviour())
         .unwrap()
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(600)))
         .build()
@@ -73,7 +133,7 @@ fn swarm() -> Swarm<Rr> {
 
 /// The plain side: acks each message and, for the app `echo`, sends it back.
 async fn plain_echo_server() -> Multiaddr {
-    let mut server = swarm();
+    let mut server = swarm(rr_behaviour);
     server
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
@@ -94,12 +154,11 @@ async fn plain_echo_server() -> Multiaddr {
                 ..
             }) = server.select_next_some().await
             {
-                let batch = request.expect("a well-formed request");
-                let acks = vec![Ok(()); batch.messages.len()];
+                let acks = vec![Ok(()); request.messages.len()];
                 let _ = server.behaviour_mut().send_response(channel, acks);
-                if batch.messages[0].app == "echo" {
-                    let back = AppBatch::new(batch.into_messages());
-                    server.behaviour_mut().send_request(&peer, Ok(back));
+                if request.messages[0].app == "echo" {
+                    let back = AppBatch::new(request.into_messages());
+                    server.behaviour_mut().send_request(&peer, back);
                 }
             }
         }
@@ -129,7 +188,6 @@ async fn node_echo_server(runtime: Arc<Runtime>) -> Multiaddr {
         ..NodeConfig::default()
     };
     config.network.enable_kad = false;
-    config.network.request_response.max_concurrent_streams = 1000;
     let node = Node::start(
         config,
         runtime,
@@ -142,107 +200,195 @@ async fn node_echo_server(runtime: Arc<Runtime>) -> Multiaddr {
     addr
 }
 
-/// The measuring side.
-struct Client {
-    swarm: Swarm<Rr>,
-    server: PeerId,
+/// Dials `addr` and runs the swarm until connected; returns the peer.
+async fn connect<B: NetworkBehaviour>(swarm: &mut Swarm<B>, addr: Multiaddr) -> PeerId {
+    swarm.dial(addr).unwrap();
+    loop {
+        if let SwarmEvent::ConnectionEstablished { peer_id, .. } = swarm.select_next_some().await {
+            return peer_id;
+        }
+    }
+}
+
+fn messages(app: &str, count: usize) -> AppBatch {
+    let request = AppRequest {
+        app: app.into(),
+        payload: vec![0x42u8; PAYLOAD],
+    };
+    AppBatch::new(vec![request; count])
+}
+
+/// What came back to a client: acks of its messages, or echoes to ack.
+enum Back {
+    Acked(usize),
+    Echoed(usize),
+}
+
+/// The measuring side: a plain request-response swarm, or the node's app streams.
+enum Client {
+    Plain {
+        swarm: Box<Swarm<Rr>>,
+        server: PeerId,
+    },
+    Streams {
+        links: Links,
+        answers: mpsc::UnboundedReceiver<LinkEvent>,
+        inbound: mpsc::Receiver<InboundEvent>,
+        server: PeerId,
+    },
 }
 
 impl Client {
-    async fn connect(addr: Multiaddr) -> Client {
-        let mut swarm = swarm();
-        swarm.dial(addr).unwrap();
-        let server = loop {
-            if let SwarmEvent::ConnectionEstablished { peer_id, .. } =
-                swarm.select_next_some().await
-            {
-                break peer_id;
+    async fn plain(addr: Multiaddr) -> Client {
+        let mut swarm = swarm(rr_behaviour);
+        let server = connect(&mut swarm, addr).await;
+        Client::Plain {
+            swarm: Box::new(swarm),
+            server,
+        }
+    }
+
+    /// A client that speaks the node's app protocol with the node's own code.
+    async fn streams(addr: Multiaddr) -> Client {
+        let mut swarm = swarm(libp2p_stream::Behaviour::new);
+        let protocol = app_protocol(CONTEXT).unwrap();
+        let mut control = swarm.behaviour().new_control();
+        let inbound = app_stream::accept(
+            &mut control,
+            protocol.clone(),
+            InboundLimits {
+                max_payload_bytes: 1 << 24,
+                budget: ReadBudget::new(1 << 30),
+            },
+            AnswersOwed::default(),
+        )
+        .unwrap();
+        let server = connect(&mut swarm, addr).await;
+        tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
             }
+        });
+        let limits = StreamLimits {
+            max_payload_bytes: 1 << 24,
+            max_response_bytes: 1 << 24,
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
         };
-        Client { swarm, server }
+        let (links, answers) = Links::new(control, protocol, limits);
+        Client::Streams {
+            links,
+            answers,
+            inbound,
+            server,
+        }
+    }
+
+    fn send(&mut self, batch: AppBatch) {
+        match self {
+            Client::Plain { swarm, server } => {
+                swarm.behaviour_mut().send_request(server, batch);
+            }
+            Client::Streams { links, server, .. } => {
+                links.send(*server, batch);
+            }
+        }
+    }
+
+    /// The next acks or echoes (echoes acked).
+    async fn next(&mut self) -> Back {
+        match self {
+            Client::Plain { swarm, .. } => loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(request_response::Event::Message {
+                        message: request_response::Message::Response { response, .. },
+                        ..
+                    }) => return Back::Acked(acked(&response)),
+                    SwarmEvent::Behaviour(request_response::Event::Message {
+                        message:
+                            request_response::Message::Request {
+                                request, channel, ..
+                            },
+                        ..
+                    }) => {
+                        // The node sends echoes that queued up meanwhile in one request.
+                        let echoes = request.messages.len();
+                        let acks = vec![Ok(()); echoes];
+                        let _ = swarm.behaviour_mut().send_response(channel, acks);
+                        return Back::Echoed(echoes);
+                    }
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        error,
+                        ..
+                    }) => panic!("a message failed: {error}"),
+                    _ => {}
+                }
+            },
+            Client::Streams {
+                answers, inbound, ..
+            } => tokio::select! {
+                Some(event) = answers.recv() => match event {
+                    LinkEvent::Answered { answers, .. } => Back::Acked(acked(&answers)),
+                    LinkEvent::Failed { failure, .. } => panic!("a message failed: {failure}"),
+                },
+                Some(InboundEvent::Request(request)) = inbound.recv() => {
+                    let echoes = request.batch.expect("a well-formed echo").messages.len();
+                    let _ = request.reply.send(vec![Ok(()); echoes]);
+                    Back::Echoed(echoes)
+                }
+            },
+        }
     }
 
     /// Sends `n` messages to `sink`, `batch` per request (as a node sends what one app
     /// call queued for one peer), with at most `window` unacknowledged.
     async fn one_way(&mut self, n: usize, batch: usize, window: usize) {
-        let payload = vec![0x42u8; PAYLOAD];
         let (mut sent, mut acked) = (0, 0);
         while acked < n {
             while sent < n && sent - acked < window {
-                let request = AppRequest {
-                    app: "sink".into(),
-                    payload: payload.clone(),
-                };
-                self.swarm
-                    .behaviour_mut()
-                    .send_request(&self.server, Ok(AppBatch::new(vec![request; batch])));
+                self.send(messages("sink", batch));
                 sent += batch;
             }
-            match self.swarm.select_next_some().await {
-                SwarmEvent::Behaviour(request_response::Event::Message {
-                    message: request_response::Message::Response { response, .. },
-                    ..
-                }) => {
-                    assert!(
-                        response.iter().all(Result::is_ok),
-                        "the sink takes every message"
-                    );
-                    acked += response.len();
-                }
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                    error, ..
-                }) => panic!("a message failed: {error}"),
-                _ => {}
+            if let Back::Acked(count) = self.next().await {
+                acked += count;
             }
         }
     }
 
     /// Sends `n` messages with at most `window` in flight; returns when `n` echoes came
-    /// back, with the time of each round trip when `window` is 1.
+    /// back (and every message sent was acked), with the time of each round trip when
+    /// `window` is 1.
     async fn round_trips(&mut self, n: usize, window: usize) -> Vec<Duration> {
-        let payload = vec![0x42u8; PAYLOAD];
-        let (mut sent, mut echoed) = (0, 0);
+        let (mut sent, mut acked, mut echoed) = (0, 0, 0);
         let mut times = Vec::new();
         let mut started = Instant::now();
-        while echoed < n {
+        while echoed < n || acked < sent {
             while sent < n && sent - echoed < window {
                 started = Instant::now();
-                let request = AppRequest {
-                    app: "echo".into(),
-                    payload: payload.clone(),
-                };
-                self.swarm
-                    .behaviour_mut()
-                    .send_request(&self.server, Ok(AppBatch::new(vec![request])));
+                self.send(messages("echo", 1));
                 sent += 1;
             }
-            match self.swarm.select_next_some().await {
-                SwarmEvent::Behaviour(request_response::Event::Message {
-                    message:
-                        request_response::Message::Request {
-                            request, channel, ..
-                        },
-                    ..
-                }) => {
-                    // The node sends echoes that queued up meanwhile in one request.
-                    let echoes = request.expect("a well-formed echo").messages.len();
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .send_response(channel, vec![Ok(()); echoes]);
-                    echoed += echoes;
+            match self.next().await {
+                Back::Acked(count) => acked += count,
+                Back::Echoed(count) => {
+                    echoed += count;
                     if window == 1 {
                         times.push(started.elapsed());
                     }
                 }
-                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
-                    error, ..
-                }) => panic!("a message failed: {error}"),
-                _ => {}
             }
         }
         times
     }
+}
+
+/// Messages acked in an answer; every one must be.
+fn acked(answers: &[AppResponse]) -> usize {
+    assert!(
+        answers.iter().all(Result::is_ok),
+        "the sink takes every message"
+    );
+    answers.len()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -258,8 +404,8 @@ fn network_benches(c: &mut Criterion) {
         .build()
         .unwrap();
     let mut clients = tokio.block_on(async {
-        let plain = Client::connect(plain_echo_server().await).await;
-        let node = Client::connect(node_echo_server(runtime).await).await;
+        let plain = Client::plain(plain_echo_server().await).await;
+        let node = Client::streams(node_echo_server(runtime).await).await;
         [("plain_libp2p", plain), ("node_wasm", node)]
     });
     // Warm up both paths (connections, yamux windows, the app's first calls).

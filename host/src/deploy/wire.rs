@@ -230,7 +230,7 @@ impl libp2p::request_response::Codec for DeployCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Inbound<DeployRequest>> {
-        let frame = read_bounded(io, MAX_REQUEST, "deploy request", None).await;
+        let frame = read_bounded(io, MAX_REQUEST, "deploy request").await;
         verdict(frame.and_then(|frame| decode_request(&frame)))
     }
 
@@ -240,7 +240,7 @@ impl libp2p::request_response::Codec for DeployCodec {
         io: &mut T,
     ) -> io::Result<DeployResponse> {
         let limit = u64::from(CHUNK) + MAX_HEADER + 5;
-        decode_response(&read_bounded(io, limit, "deploy response", None).await?)
+        decode_response(&read_bounded(io, limit, "deploy response").await?)
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(

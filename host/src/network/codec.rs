@@ -1,6 +1,6 @@
 //! Wire format of the app protocol: versioned, size-bounded request and response
 //! frames. One request carries a batch of messages for one peer (all the messages an
-//! app call queued for it), so a burst costs one stream, not one per message.
+//! app call queued for it); `app_stream` carries the frames, many on one stream.
 //!
 //! Request: `[version = 3][key: u64][count: u16]`, then per message
 //! `[app name length: u8][app name][payload length: u32][payload]`; nothing after.
@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::prelude::*;
-use libp2p::StreamProtocol;
 
 /// The wire version this build speaks.
 pub const WIRE_VERSION: u8 = 3;
@@ -312,120 +311,52 @@ impl ReadBudget {
     pub fn reading(&self) -> u64 {
         self.reading.load(Ordering::Relaxed)
     }
+
+    /// Holds `bytes` of the budget until the hold is dropped; refused, with the reason,
+    /// when they do not fit.
+    pub fn hold(&self, bytes: u64) -> Result<BudgetHold, String> {
+        let before = self.reading.fetch_add(bytes, Ordering::Relaxed);
+        let hold = BudgetHold {
+            reading: self.reading.clone(),
+            bytes,
+        };
+        if before + bytes > self.limit {
+            return Err(format!(
+                "the node is reading {before} bytes of app messages from peers already (limit {}): try later",
+                self.limit
+            ));
+        }
+        Ok(hold)
+    }
 }
 
-/// Reads a whole frame (to the end of the stream), refusing one over `limit` bytes;
-/// with a `budget`, its bytes count against it while it is read and the frame is
-/// refused (`InvalidData`) when the budget runs out.
+/// Bytes of a [`ReadBudget`] held by one frame being read; given back when dropped.
+#[derive(Debug)]
+pub struct BudgetHold {
+    reading: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        self.reading.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Reads a whole frame (to the end of the stream), refusing one over `limit` bytes.
 pub(crate) async fn read_bounded<T: AsyncRead + Unpin + Send>(
     io: &mut T,
     limit: u64,
     what: &str,
-    budget: Option<&ReadBudget>,
 ) -> io::Result<Vec<u8>> {
-    /// Gives the bytes read back to the budget, however the read ends.
-    struct Held<'a>(Option<&'a ReadBudget>, u64);
-    impl Drop for Held<'_> {
-        fn drop(&mut self) {
-            if let Some(budget) = self.0 {
-                budget.reading.fetch_sub(self.1, Ordering::Relaxed);
-            }
-        }
-    }
-    let mut held = Held(budget, 0);
     let mut frame = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut io = io.take(limit + 1);
-    loop {
-        let n = io.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        if let Some(budget) = budget {
-            let before = budget.reading.fetch_add(n as u64, Ordering::Relaxed);
-            held.1 += n as u64;
-            if before + n as u64 > budget.limit {
-                return Err(invalid(format!(
-                    "the node is reading {before} bytes of app messages from peers already (limit {}): try later",
-                    budget.limit
-                )));
-            }
-        }
-        frame.extend_from_slice(&chunk[..n]);
-    }
+    io.take(limit + 1).read_to_end(&mut frame).await?;
     if frame.len() as u64 > limit {
         return Err(invalid(format!(
             "{what} larger than the limit of {limit} bytes"
         )));
     }
     Ok(frame)
-}
-
-/// The request-response codec; the limits bound what peers may send us.
-#[derive(Clone, Debug)]
-pub struct AppCodec {
-    /// Bytes being read from all peers at once.
-    pub budget: ReadBudget,
-    /// Most payload bytes in one request (all its messages together); the frame may add
-    /// `REQUEST_OVERHEAD`.
-    pub max_payload_bytes: u64,
-    /// Largest response frame accepted.
-    pub max_response_bytes: u64,
-}
-
-impl libp2p::request_response::Codec for AppCodec {
-    type Protocol = StreamProtocol;
-    type Request = Inbound<AppBatch>;
-    type Response = Vec<AppResponse>;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Inbound<AppBatch>> {
-        let limit = self.max_payload_bytes + REQUEST_OVERHEAD;
-        let frame = read_bounded(io, limit, "app request", Some(&self.budget)).await;
-        verdict(frame.and_then(|frame| {
-            let batch = decode_request(&frame)?;
-            let payload: u64 = batch.messages.iter().map(|m| m.payload.len() as u64).sum();
-            if payload > self.max_payload_bytes {
-                return Err(invalid(format!(
-                    "app request carries {payload} payload bytes, larger than the limit of {}",
-                    self.max_payload_bytes
-                )));
-            }
-            Ok(batch)
-        }))
-    }
-
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Vec<AppResponse>> {
-        decode_response(&read_bounded(io, self.max_response_bytes, "app response", None).await?)
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        request: Inbound<AppBatch>,
-    ) -> io::Result<()> {
-        let request = request.map_err(|_| not_a_request())?;
-        io.write_all(&encode_request(&request)?).await?;
-        io.close().await
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        response: Vec<AppResponse>,
-    ) -> io::Result<()> {
-        io.write_all(&encode_response(&response)).await?;
-        io.close().await
-    }
 }
 
 #[cfg(test)]
@@ -497,53 +428,6 @@ mod tests {
         }
         assert!(decode_response(&[3, 0, 1, 7]).is_err());
         assert!(decode_response(&[3, 0, 2, 0]).is_err());
-    }
-
-    #[test]
-    fn oversized_frames_are_refused() {
-        let mut codec = AppCodec {
-            budget: ReadBudget::new(1 << 20),
-            max_payload_bytes: 8,
-            max_response_bytes: 8,
-        };
-        let big = encode_request(&batch(vec![message("a", &[0; 100])])).unwrap();
-        let protocol = StreamProtocol::new("/t");
-        let error = futures::executor::block_on(libp2p::request_response::Codec::read_request(
-            &mut codec,
-            &protocol,
-            &mut futures::io::Cursor::new(big),
-        ))
-        .expect("a verdict, not an I/O error")
-        .unwrap_err();
-        assert!(error.contains("larger than the limit of 8"), "{error}");
-    }
-
-    #[test]
-    fn frames_past_the_node_wide_budget_are_refused_and_the_budget_is_returned() {
-        let budget = ReadBudget::new(1000);
-        let frame = encode_request(&batch(vec![message("a", &[0; 600])])).unwrap();
-        let read = |budget: &ReadBudget| {
-            futures::executor::block_on(read_bounded(
-                &mut futures::io::Cursor::new(frame.clone()),
-                1 << 20,
-                "app request",
-                Some(budget),
-            ))
-        };
-        assert_eq!(read(&budget).unwrap(), frame);
-        assert_eq!(budget.reading(), 0, "returned after the read");
-        // Another peer's 600 bytes are being read: this one does not fit now.
-        budget.reading.fetch_add(600, Ordering::Relaxed);
-        let error = read(&budget).unwrap_err().to_string();
-        assert!(
-            error.contains("reading 600 bytes of app messages"),
-            "{error}"
-        );
-        assert_eq!(
-            budget.reading(),
-            600,
-            "the refused read gave its bytes back"
-        );
     }
 
     fn batches() -> impl Strategy<Value = AppBatch> {

@@ -2,6 +2,7 @@
 //! limits (the node's and the process's), identify, Kademlia and mDNS discovery, and
 //! the app and sampling protocols.
 
+pub mod app_stream;
 pub mod budget;
 pub mod codec;
 pub mod identity;
@@ -26,7 +27,7 @@ use crate::deploy::wire::DeployCodec;
 
 pub use budget::{ConnectionBudget, ProcessLimits};
 pub use codec::{
-    AppBatch, AppCodec, AppRequest, AppResponse, Inbound, ReadBudget, MAX_BATCH, REQUEST_OVERHEAD,
+    AppBatch, AppRequest, AppResponse, Inbound, ReadBudget, MAX_BATCH, REQUEST_OVERHEAD,
 };
 pub use sampling::{SamplingCodec, SamplingEnvelope};
 pub use settings::{NetworkSettings, Transport};
@@ -48,8 +49,8 @@ pub struct NodeBehaviour {
     pub limits: connection_limits::Behaviour,
     /// Exchanges listen addresses and protocols with peers.
     pub identify: identify::Behaviour,
-    /// Carries app messages.
-    pub apps: request_response::Behaviour<AppCodec>,
+    /// Carries app messages, on long-lived streams (`app_stream`).
+    pub streams: libp2p_stream::Behaviour,
     /// Carries the peer samplers' messages.
     pub sampling: request_response::Behaviour<SamplingCodec>,
     /// Finds peers of the same context through a DHT, when enabled.
@@ -72,7 +73,7 @@ pub const DEPLOY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Protocol names for a context: the context is part of every name, so nodes of
 /// different contexts never exchange messages.
 pub fn app_protocol(context: &str) -> Result<StreamProtocol> {
-    protocol(context, "app")
+    protocol(context, "app-stream")
 }
 
 /// The sampling protocol's name for a context.
@@ -125,14 +126,6 @@ pub fn build_swarm(
     limits: &ProcessLimits,
 ) -> Result<Swarm<NodeBehaviour>> {
     let rr = &settings.request_response;
-    let codec = AppCodec {
-        budget: limits.reads.clone(),
-        max_payload_bytes: rr.max_requests_size,
-        max_response_bytes: rr.max_responses_size,
-    };
-    let app_config = request_response::Config::default()
-        .with_request_timeout(settings.request_timeout())
-        .with_max_concurrent_streams(rr.max_concurrent_streams);
     let sampling_config = request_response::Config::default()
         .with_request_timeout(SAMPLING_TIMEOUT)
         .with_max_concurrent_streams(rr.max_concurrent_streams);
@@ -152,7 +145,6 @@ pub fn build_swarm(
         .with_max_pending_incoming(Some(settings.max_pending_incoming));
     let identify_protocol = format!("/nodemanager/{context}/id/1");
     let protocols = (
-        app_protocol(context)?,
         sampling_protocol(context)?,
         kad_protocol(context)?,
         deploy_protocol(context)?,
@@ -178,7 +170,7 @@ pub fn build_swarm(
             |key| -> Result<NodeBehaviour, Box<dyn std::error::Error + Send + Sync>> {
                 let peer_id = key.public().to_peer_id();
                 let kad = settings.enable_kad.then(|| {
-                    let mut config = kad::Config::new(protocols.2.clone());
+                    let mut config = kad::Config::new(protocols.1.clone());
                     config.set_query_timeout(Duration::from_secs(
                         settings.kademlia.query_timeout_secs,
                     ));
@@ -212,14 +204,10 @@ pub fn build_swarm(
                         identify_protocol,
                         key.public(),
                     )),
-                    apps: request_response::Behaviour::with_codec(
-                        codec,
-                        [(protocols.0.clone(), request_response::ProtocolSupport::Full)],
-                        app_config,
-                    ),
+                    streams: libp2p_stream::Behaviour::new(),
                     sampling: request_response::Behaviour::with_codec(
                         SamplingCodec,
-                        [(protocols.1.clone(), request_response::ProtocolSupport::Full)],
+                        [(protocols.0.clone(), request_response::ProtocolSupport::Full)],
                         sampling_config,
                     ),
                     kad: kad.into(),
@@ -227,7 +215,7 @@ pub fn build_swarm(
                     gossip,
                     deploy: request_response::Behaviour::with_codec(
                         DeployCodec,
-                        [(protocols.3.clone(), request_response::ProtocolSupport::Full)],
+                        [(protocols.2.clone(), request_response::ProtocolSupport::Full)],
                         request_response::Config::default().with_request_timeout(DEPLOY_TIMEOUT),
                     ),
                 })

@@ -104,7 +104,7 @@ impl libp2p::request_response::Codec for SamplingCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<Inbound<SamplingEnvelope>> {
-        let frame = read_bounded(io, MAX_SAMPLING_BYTES, "sampling message", None).await;
+        let frame = read_bounded(io, MAX_SAMPLING_BYTES, "sampling message").await;
         verdict(frame.and_then(|frame| decode_envelope(&frame)))
     }
 

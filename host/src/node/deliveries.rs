@@ -2,8 +2,8 @@
 //! answered, refused, fails or passes its deadline, and bounded so that an app sending
 //! faster than the network carries gets failures instead of an ever-growing queue.
 //!
-//! A request whose connection closed before the answer (the peer closed it as idle just
-//! as the request went out, the usual case) is sent once more under the same key; the
+//! A request whose stream broke before the answer (its connection closed just as the
+//! request went out, the usual case) is sent once more under the same key; the
 //! receiver answers a repeat from memory without delivering it twice
 //! (`node/answers.rs`).
 
@@ -11,10 +11,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
-use libp2p::request_response::{OutboundFailure, OutboundRequestId};
 use libp2p::PeerId;
 use tokio::time::Instant;
 
+use crate::network::app_stream::{LinkFailure, RequestId};
 use crate::network::{AppBatch, AppRequest, AppResponse, MAX_BATCH};
 use crate::runtime::{AppId, Outcome, OutgoingMessage, Report, WorkerEvent};
 
@@ -72,7 +72,7 @@ impl Batch {
 /// to the apps.
 #[derive(Default)]
 pub struct Deliveries {
-    requests: HashMap<OutboundRequestId, Batch>,
+    requests: HashMap<RequestId, Batch>,
     in_flight: usize,
     /// Every deadline of a message sent, earliest first (some already settled).
     deadlines: BinaryHeap<Reverse<Instant>>,
@@ -88,16 +88,13 @@ fn report(p: Pending, outcome: Outcome) -> Report {
 
 /// What a request that failed as a whole means for its messages: never sent (the
 /// peer could not be reached or does not speak the protocol) is a failure; sent but
-/// unanswered (timeout, connection closed, I/O error) is an unknown outcome, since
-/// the peer may have accepted them.
-fn outcome_of_failure(peer: PeerId, error: &OutboundFailure) -> Outcome {
-    let reason = format!("could not reach {peer}: {error}");
-    match error {
-        OutboundFailure::DialFailure | OutboundFailure::UnsupportedProtocols => {
-            Outcome::Failed(reason)
-        }
-        OutboundFailure::Timeout | OutboundFailure::ConnectionClosed | OutboundFailure::Io(_) => {
-            Outcome::Unknown(format!("no answer from {peer}: {error}"))
+/// unanswered (timeout, stream broken) is an unknown outcome, since the peer may have
+/// accepted them.
+fn outcome_of_failure(peer: PeerId, failure: &LinkFailure) -> Outcome {
+    match failure {
+        LinkFailure::NotSent(reason) => Outcome::Failed(reason.clone()),
+        LinkFailure::Broken(_) | LinkFailure::TimedOut(_) => {
+            Outcome::Unknown(format!("no answer from {peer}: {failure}"))
         }
     }
 }
@@ -173,7 +170,7 @@ impl Deliveries {
     }
 
     /// Tracks a batch sent as request `id` (a new one, or one sent again).
-    pub fn sent(&mut self, id: OutboundRequestId, batch: Batch) {
+    pub fn sent(&mut self, id: RequestId, batch: Batch) {
         self.in_flight += batch.waiting();
         if batch.first_failure.is_none() {
             let deadlines = batch.slots.iter().flatten().map(|p| Reverse(p.deadline));
@@ -218,7 +215,7 @@ impl Deliveries {
     /// The peer answered request `id`: one answer per message.
     pub fn answered(
         &mut self,
-        id: OutboundRequestId,
+        id: RequestId,
         peer: PeerId,
         answers: Vec<AppResponse>,
     ) -> Vec<Report> {
@@ -245,34 +242,31 @@ impl Deliveries {
         reports
     }
 
-    /// Request `id` to `peer` failed as a whole. When its connection closed or broke
-    /// before an answer on the first attempt, the batch comes back to be sent again
-    /// (same key); otherwise every message still waiting gets its outcome: failed if it
-    /// was never sent, unknown if the peer may have accepted it (on either attempt).
+    /// Request `id` to `peer` failed as a whole. When its stream broke before an answer
+    /// on the first attempt, the batch comes back to be sent again (same key);
+    /// otherwise every message still waiting gets its outcome: failed if it was never
+    /// sent, unknown if the peer may have accepted it (on either attempt).
     pub fn failed(
         &mut self,
-        id: OutboundRequestId,
+        id: RequestId,
         peer: PeerId,
-        error: &OutboundFailure,
+        failure: &LinkFailure,
     ) -> (Vec<Report>, Option<Batch>) {
         let Some(mut batch) = self.requests.remove(&id) else {
             return (Vec::new(), None);
         };
         let waiting = batch.waiting();
         self.in_flight -= waiting;
-        let broken = matches!(
-            error,
-            OutboundFailure::ConnectionClosed | OutboundFailure::Io(_)
-        );
+        let broken = matches!(failure, LinkFailure::Broken(_));
         if waiting > 0 && broken && batch.first_failure.is_none() {
-            batch.first_failure = Some(error.to_string());
+            batch.first_failure = Some(failure.to_string());
             return (Vec::new(), Some(batch));
         }
         let outcome = match batch.first_failure {
             Some(first) => Outcome::Unknown(format!(
-                "no answer from {peer}: {first}; sent again: {error}"
+                "no answer from {peer}: {first}; sent again: {failure}"
             )),
-            None => outcome_of_failure(peer, error),
+            None => outcome_of_failure(peer, failure),
         };
         let reports = batch
             .slots
@@ -334,7 +328,7 @@ mod tests {
     }
 
     /// Sends `messages` of app 1 as one request; returns its id.
-    fn send(deliveries: &mut Deliveries, messages: Vec<OutgoingMessage>) -> OutboundRequestId {
+    fn send(deliveries: &mut Deliveries, messages: Vec<OutgoingMessage>) -> RequestId {
         let (batches, refused) = deliveries.batch(AppId(1), "x", messages, 1 << 20);
         assert!(refused.is_empty());
         assert_eq!(batches.len(), 1);
@@ -498,14 +492,10 @@ mod tests {
     async fn a_message_never_sent_fails_and_one_left_unanswered_is_unknown() {
         let (peer, _) = peers();
         assert!(matches!(
-            outcome_of_failure(peer, &OutboundFailure::DialFailure),
+            outcome_of_failure(peer, &not_sent()),
             Outcome::Failed(_)
         ));
-        assert!(matches!(
-            outcome_of_failure(peer, &OutboundFailure::UnsupportedProtocols),
-            Outcome::Failed(_)
-        ));
-        for error in [OutboundFailure::ConnectionClosed, OutboundFailure::Timeout] {
+        for error in [broken(), LinkFailure::TimedOut(Duration::from_secs(30))] {
             assert!(matches!(
                 outcome_of_failure(peer, &error),
                 Outcome::Unknown(_)
@@ -517,9 +507,9 @@ mod tests {
             &mut deliveries,
             vec![message(1, peer, 1), message(2, peer, 1)],
         );
-        let (failed, again) = deliveries.failed(id, peer, &OutboundFailure::DialFailure);
+        let (failed, again) = deliveries.failed(id, peer, &not_sent());
         assert!(again.is_none(), "never sent: nothing to send again");
-        let down = outcome_of_failure(peer, &OutboundFailure::DialFailure);
+        let down = outcome_of_failure(peer, &not_sent());
         assert_eq!(outcomes(failed), [(1, down.clone()), (2, down)]);
         assert_eq!(deliveries.in_flight(), 0);
 
@@ -552,7 +542,7 @@ mod tests {
                 .len(),
             1
         );
-        let (reports, again) = deliveries.failed(id, peer, &OutboundFailure::ConnectionClosed);
+        let (reports, again) = deliveries.failed(id, peer, &broken());
         assert!(reports.is_empty(), "nothing settled yet");
         let again = again.expect("sent again");
         assert_eq!(again.request.messages.len(), 2, "the same request");
@@ -567,44 +557,42 @@ mod tests {
         // A repeat that fails too leaves the outcome unknown, whatever the second error:
         // the first attempt may have reached the app.
         let id = send(&mut deliveries, vec![message(3, peer, 1)]);
-        let (_, again) = deliveries.failed(id, peer, &OutboundFailure::ConnectionClosed);
+        let (_, again) = deliveries.failed(id, peer, &broken());
         let again = again.expect("sent again");
         assert_ne!(again.request.key, key, "every batch its own key");
         let third = outbound_request_id();
         deliveries.sent(third, again);
-        let (reports, none) = deliveries.failed(third, peer, &OutboundFailure::DialFailure);
+        let (reports, none) = deliveries.failed(third, peer, &not_sent());
         assert!(none.is_none(), "sent again only once");
         let [(3, Outcome::Unknown(reason))] = &outcomes(reports)[..] else {
             panic!("one unknown outcome")
         };
         assert!(
-            reason.contains("Connection was closed") && reason.contains("sent again: "),
+            reason.contains("the peer closed the stream") && reason.contains("sent again: "),
             "{reason}"
         );
         assert_eq!(deliveries.in_flight(), 0);
 
         // A timeout is not sent again: the deadline is what it waited for.
         let id = send(&mut deliveries, vec![message(4, peer, 1)]);
-        let (reports, none) = deliveries.failed(id, peer, &OutboundFailure::Timeout);
+        let (reports, none) =
+            deliveries.failed(id, peer, &LinkFailure::TimedOut(Duration::from_secs(30)));
         assert!(none.is_none());
         assert!(matches!(outcomes(reports)[0].1, Outcome::Unknown(_)));
     }
 
-    /// A request id, which libp2p only hands out when sending: send one to nobody.
-    fn outbound_request_id() -> OutboundRequestId {
-        use crate::network::AppCodec;
-        use libp2p::request_response::{Behaviour, Config, ProtocolSupport};
-        let codec = AppCodec {
-            budget: crate::network::ReadBudget::new(1),
-            max_payload_bytes: 1,
-            max_response_bytes: 1,
-        };
-        let protocol = libp2p::StreamProtocol::new("/t");
-        let mut behaviour = Behaviour::with_codec(
-            codec,
-            [(protocol, ProtocolSupport::Full)],
-            Config::default(),
-        );
-        behaviour.send_request(&PeerId::random(), Ok(AppBatch::new(Vec::new())))
+    fn not_sent() -> LinkFailure {
+        LinkFailure::NotSent("could not reach the peer: dial failed".into())
+    }
+
+    fn broken() -> LinkFailure {
+        LinkFailure::Broken("no answer: the peer closed the stream".into())
+    }
+
+    /// A request id not handed out before.
+    fn outbound_request_id() -> RequestId {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        RequestId::numbered(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 }

@@ -42,11 +42,12 @@ use tokio::time::Instant;
 
 use crate::config::{NodeConfig, ResolvedApp};
 use crate::deploy::state::DeployCounts;
+use crate::network::app_stream::{
+    self, AnswersOwed, InboundEvent, InboundLimits, InboundRequest, LinkEvent, Links, StreamLimits,
+};
 use crate::network::rejoin::Rejoin;
 use crate::network::sampling::{reachable_first, MAX_ADDRS_PER_PEER};
-use crate::network::{
-    self, AppBatch, Inbound, NodeBehaviour, NodeBehaviourEvent, SamplingEnvelope,
-};
+use crate::network::{self, Inbound, NodeBehaviour, NodeBehaviourEvent, SamplingEnvelope};
 use crate::runtime::pool::WorkerPool;
 use crate::runtime::registry::{derive_seed, Refused, Unloading};
 use crate::runtime::{
@@ -139,8 +140,14 @@ pub struct Node {
     rejoin: Rejoin,
     /// Stopping: inbound app messages are refused and apps' new messages not sent.
     closing: bool,
-    /// Inbound app requests answered but whose answer is not yet on the wire.
-    answers_owed: HashSet<request_response::InboundRequestId>,
+    /// Inbound app requests read but whose answer is not yet on the wire.
+    answers_owed: AnswersOwed,
+    /// Sends app messages to peers, a stream per peer.
+    links: Links,
+    /// What became of the requests sent (taken when the node runs).
+    link_events: Option<mpsc::UnboundedReceiver<LinkEvent>>,
+    /// Requests peers sent on their app streams (taken when the node runs).
+    inbound: Option<mpsc::Receiver<InboundEvent>>,
     /// Answers given lately, for requests their senders send again.
     recent_answers: RecentAnswers,
     /// Apps deployed over the overlay.
@@ -230,6 +237,27 @@ impl Node {
         }
         let rejoin = Rejoin::new(config.bootstrap.clone(), Instant::now());
         let app_protocol = network::app_protocol(&config.context)?;
+        let mut control = swarm.behaviour().streams.new_control();
+        let answers_owed = AnswersOwed::default();
+        let inbound = app_stream::accept(
+            &mut control,
+            app_protocol.clone(),
+            InboundLimits {
+                max_payload_bytes,
+                budget: limits.reads.clone(),
+            },
+            answers_owed.clone(),
+        )?;
+        let (links, link_events) = Links::new(
+            control,
+            app_protocol.clone(),
+            StreamLimits {
+                max_payload_bytes,
+                max_response_bytes: config.network.request_response.max_responses_size,
+                request_timeout: config.network.request_timeout(),
+                idle_timeout: config.network.idle_connection_timeout(),
+            },
+        );
         let context = AppContext::new(peer_id.to_string());
         let sampler_seed = config
             .seed
@@ -277,7 +305,10 @@ impl Node {
             mdns_active: true,
             rejoin,
             closing: false,
-            answers_owed: HashSet::new(),
+            answers_owed,
+            links,
+            link_events: Some(link_events),
+            inbound: Some(inbound),
             recent_answers,
             deploying,
             deploy_events: Some(deploy_events),
@@ -362,6 +393,8 @@ impl Node {
         drop(admin_tx);
         let stays_up = !services.is_empty() || self.controlled || self.deploying.enabled();
         let mut deploy_events = self.deploy_events.take().expect("a node runs once");
+        let mut link_events = self.link_events.take().expect("a node runs once");
+        let mut inbound = self.inbound.take().expect("a node runs once");
         let mut unloading: HashMap<AppId, oneshot::Sender<serde_json::Value>> = HashMap::new();
 
         let mut pending = Deliveries::default();
@@ -393,7 +426,9 @@ impl Node {
                 expiry.as_mut().reset(next_deadline.unwrap_or(far));
             }
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm_event(event, &registry, &mut pending),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(event) = link_events.recv() => self.on_link_event(event, &registry, &mut pending),
+                Some(event) = inbound.recv() => self.on_inbound(event, &registry),
                 Some(first) = events.recv() => {
                     // Take what else the apps queued meanwhile, so that messages of
                     // consecutive calls of one app travel in one request per peer.
@@ -436,8 +471,15 @@ impl Node {
         for service in services {
             service.abort();
         }
-        self.close(&mut events, &mut registry, &mut pending, &mut unloading)
-            .await;
+        let mut streams = (link_events, inbound);
+        self.close(
+            &mut events,
+            &mut streams,
+            &mut registry,
+            &mut pending,
+            &mut unloading,
+        )
+        .await;
         report_all(&registry, pending.shutdown());
         self.sampling.capture(&self.sampler);
         let (apps, unloaded) = registry.shutdown();
@@ -459,20 +501,24 @@ impl Node {
     async fn close(
         &mut self,
         events: &mut mpsc::Receiver<WorkerEvent>,
+        (link_events, inbound): &mut (
+            mpsc::UnboundedReceiver<LinkEvent>,
+            mpsc::Receiver<InboundEvent>,
+        ),
         registry: &mut AppRegistry,
         pending: &mut Deliveries,
         unloading: &mut HashMap<AppId, oneshot::Sender<serde_json::Value>>,
     ) {
         self.closing = true;
         let drained = |node: &Node, pending: &Deliveries| {
-            pending.in_flight() == 0 && node.answers_owed.is_empty()
+            pending.in_flight() == 0 && node.answers_owed.count() == 0
         };
         if drained(self, pending) {
             return;
         }
         tracing::info!(
             in_flight = pending.in_flight(),
-            answers_owed = self.answers_owed.len(),
+            answers_owed = self.answers_owed.count(),
             limit = ?self.config.linger,
             "stopping: waiting for the answers in flight"
         );
@@ -481,7 +527,9 @@ impl Node {
         let mut sweep = tokio::time::interval(DEADLINE_SWEEP);
         while !drained(self, pending) {
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm_event(event, registry, pending),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(event) = link_events.recv() => self.on_link_event(event, registry, pending),
+                Some(event) = inbound.recv() => self.on_inbound(event, registry),
                 Some(event) = events.recv() => self.on_worker_event(event, registry, pending, unloading),
                 _ = sweep.tick() => report_all(registry, pending.expire(Instant::now())),
                 _ = &mut until => break,
@@ -528,14 +576,11 @@ impl Node {
         }
     }
 
-    /// Sends a batch of app messages to its peer and tracks it until it is answered.
+    /// Sends a batch of app messages to its peer (dialling it if need be) and tracks it
+    /// until it is answered.
     fn send_batch(&mut self, batch: deliveries::Batch, pending: &mut Deliveries) {
-        let request = Ok(batch.request.clone());
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .apps
-            .send_request(&batch.peer, request);
+        self.dial_if_new(batch.peer);
+        let id = self.links.send(batch.peer, batch.request.clone());
         pending.sent(id, batch);
     }
 
@@ -712,12 +757,7 @@ impl Node {
         }
     }
 
-    fn on_swarm_event(
-        &mut self,
-        event: SwarmEvent<NodeBehaviourEvent>,
-        registry: &AppRegistry,
-        pending: &mut Deliveries,
-    ) {
+    fn on_swarm_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>) {
         match event {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
@@ -812,9 +852,6 @@ impl Node {
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Sampling(event)) => {
                 self.on_sampling_event(event)
-            }
-            SwarmEvent::Behaviour(NodeBehaviourEvent::Apps(event)) => {
-                self.on_app_event(event, registry, pending)
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Gossip(event)) => self.on_gossip_event(event),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Deploy(event)) => self.on_deploy_event(event),
@@ -918,124 +955,97 @@ impl Node {
         }
     }
 
-    fn on_app_event(
+    /// Answers a request a peer sent on its app stream, message by message.
+    fn on_inbound(&mut self, event: InboundEvent, registry: &AppRegistry) {
+        let InboundRequest { peer, batch, reply } = match event {
+            InboundEvent::Request(request) => request,
+            InboundEvent::StreamRefused { peer } => {
+                return self.network.refuse(
+                    "too_many_streams",
+                    format_args!(
+                        "app stream from {peer}: it holds {} open already",
+                        app_stream::MAX_STREAMS_PER_PEER
+                    ),
+                );
+            }
+        };
+        let key = batch.as_ref().ok().map(|batch| batch.key);
+        if let Some(answer) = key.and_then(|key| self.recent_answers.get(peer, key)) {
+            // Sent again after its stream broke: delivered already.
+            self.network.repeats_answered += 1;
+            let _ = reply.send(answer);
+            return;
+        }
+        let admitted = self.sampler.admits(peer);
+        let closing = self.closing;
+        let outcomes: Vec<Result<(), Refused>> = match batch {
+            // One refusal that says what is wrong with the frame.
+            Err(reason) => vec![Err(Refused {
+                reason: "bad_app_frame",
+                message: reason,
+            })],
+            Ok(batch) => batch
+                .into_messages()
+                .into_iter()
+                .map(|request| {
+                    if closing {
+                        return Err(Refused {
+                            reason: "shutting_down",
+                            message: "the node is shutting down".into(),
+                        });
+                    }
+                    if !admitted {
+                        return Err(Refused {
+                            reason: "not_admitted",
+                            message: format!(
+                                "{peer} is not among the peers this node receives from (static topology)"
+                            ),
+                        });
+                    }
+                    registry.deliver(&peer.to_string(), &request.app, request.payload)
+                })
+                .collect(),
+        };
+        let answer: Vec<network::AppResponse> = outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.map_err(|refused| {
+                    self.network.refuse(
+                        refused.reason,
+                        format_args!("message from {peer}: {refused}"),
+                    );
+                    refused.message
+                })
+            })
+            .collect();
+        if let Some(key) = key {
+            self.recent_answers
+                .remember(Instant::now(), peer, key, &answer);
+        }
+        let _ = reply.send(answer);
+    }
+
+    /// Settles the messages of a request that was answered or failed; a request whose
+    /// stream broke goes out once more.
+    fn on_link_event(
         &mut self,
-        event: request_response::Event<Inbound<AppBatch>, Vec<network::AppResponse>>,
+        event: LinkEvent,
         registry: &AppRegistry,
         pending: &mut Deliveries,
     ) {
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request,
-                    channel,
-                    request_id,
-                } => {
-                    let key = request.as_ref().ok().map(|batch| batch.key);
-                    if let Some(answer) = key.and_then(|key| self.recent_answers.get(peer, key)) {
-                        // Sent again after its connection closed: delivered already.
-                        self.network.repeats_answered += 1;
-                        self.answer(channel, request_id, answer);
-                        return;
-                    }
-                    let admitted = self.sampler.admits(peer);
-                    let closing = self.closing;
-                    let outcomes: Vec<Result<(), Refused>> = match request {
-                        // One refusal that says what is wrong with the frame.
-                        Err(reason) => vec![Err(Refused {
-                            reason: "bad_app_frame",
-                            message: reason,
-                        })],
-                        Ok(batch) => batch
-                            .into_messages()
-                            .into_iter()
-                            .map(|request| {
-                                if closing {
-                                    return Err(Refused {
-                                        reason: "shutting_down",
-                                        message: "the node is shutting down".into(),
-                                    });
-                                }
-                                if !admitted {
-                                    return Err(Refused {
-                                        reason: "not_admitted",
-                                        message: format!(
-                                            "{peer} is not among the peers this node receives from (static topology)"
-                                        ),
-                                    });
-                                }
-                                registry.deliver(&peer.to_string(), &request.app, request.payload)
-                            })
-                            .collect(),
-                    };
-                    let answer: Vec<network::AppResponse> = outcomes
-                        .into_iter()
-                        .map(|outcome| {
-                            outcome.map_err(|refused| {
-                                self.network.refuse(
-                                    refused.reason,
-                                    format_args!("message from {peer}: {refused}"),
-                                );
-                                refused.message
-                            })
-                        })
-                        .collect();
-                    if let Some(key) = key {
-                        self.recent_answers
-                            .remember(Instant::now(), peer, key, &answer);
-                    }
-                    self.answer(channel, request_id, answer);
-                }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    report_all(registry, pending.answered(request_id, peer, response));
-                }
-            },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                let (reports, again) = pending.failed(request_id, peer, &error);
+            LinkEvent::Answered { peer, id, answers } => {
+                report_all(registry, pending.answered(id, peer, answers));
+            }
+            LinkEvent::Failed { peer, id, failure } => {
+                let (reports, again) = pending.failed(id, peer, &failure);
                 report_all(registry, reports);
                 if let Some(batch) = again {
-                    tracing::debug!(peer = %peer, "sending app messages again: {error}");
+                    tracing::debug!(peer = %peer, "sending app messages again: {failure}");
                     self.network.requests_sent_again += 1;
                     self.send_batch(batch, pending);
                 }
             }
-            request_response::Event::InboundFailure {
-                peer,
-                error,
-                request_id,
-                ..
-            } => {
-                self.answers_owed.remove(&request_id);
-                tracing::info!(peer = %peer, "inbound app exchange failed: {error}");
-            }
-            request_response::Event::ResponseSent { request_id, .. } => {
-                self.answers_owed.remove(&request_id);
-            }
-        }
-    }
-
-    /// Sends the answer to an inbound app request.
-    fn answer(
-        &mut self,
-        channel: request_response::ResponseChannel<Vec<network::AppResponse>>,
-        request_id: request_response::InboundRequestId,
-        answer: Vec<network::AppResponse>,
-    ) {
-        let sent = self
-            .swarm
-            .behaviour_mut()
-            .apps
-            .send_response(channel, answer);
-        if sent.is_ok() {
-            self.answers_owed.insert(request_id);
         }
     }
 }

@@ -1,0 +1,603 @@
+//! The app protocol on long-lived streams: a node sends a peer its app messages on one
+//! stream, request frame after request frame (`codec`), each after its length (`u32`,
+//! big-endian), without waiting for the answers; the peer answers every frame, in the
+//! order they came, with a response frame after its length. A stream stays open while
+//! requests come and closes once it was idle for the idle timeout, so a connection
+//! nobody sends on still closes.
+//!
+//! Sending ([`Links`]): one task per peer writes the frames the node hands it and reads
+//! the answers back; each request ends answered or with a [`LinkFailure`] that says
+//! whether it may have reached the peer. Receiving ([`accept`]): one task per inbound
+//! stream reads frames, hands each to the node with a channel for its answer, and writes
+//! the answers in order; it reads at most [`MAX_UNANSWERED`] frames ahead of the
+//! answers, so a peer that sends faster than the node answers is slowed down by its
+//! stream, never buffered without bound.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use futures::StreamExt;
+use libp2p::{PeerId, Stream, StreamProtocol};
+use libp2p_stream::{Control, OpenStreamError};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+
+use super::codec::{decode_request, decode_response, encode_request, encode_response};
+use super::{AppBatch, AppResponse, Inbound, ReadBudget, REQUEST_OVERHEAD};
+
+/// Request frames an inbound stream reads ahead of the answers written back.
+pub const MAX_UNANSWERED: usize = 64;
+
+/// Inbound app streams one peer may hold open at once; more are refused.
+pub const MAX_STREAMS_PER_PEER: usize = 4;
+
+/// The first pause before opening a stream again after a connection closed under it
+/// (doubled each time, up to `OPEN_RETRY_LAST`: 10, 20, 40, ... 640 ms).
+const OPEN_RETRY_PAUSE: Duration = Duration::from_millis(10);
+const OPEN_RETRY_LAST: Duration = Duration::from_millis(1280);
+
+/// The node's name for a request it sent, unique for the node's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(u64);
+
+impl RequestId {
+    /// Request number `n`, for tests of the node's bookkeeping.
+    #[cfg(test)]
+    pub(crate) fn numbered(n: u64) -> RequestId {
+        RequestId(n)
+    }
+}
+
+/// Why a request got no answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkFailure {
+    /// It never left: the peer could not be reached or does not speak the protocol.
+    NotSent(String),
+    /// Its stream broke after it went out: the peer may have taken it.
+    Broken(String),
+    /// It went out and no answer came within the request timeout.
+    TimedOut(Duration),
+}
+
+impl fmt::Display for LinkFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkFailure::NotSent(reason) | LinkFailure::Broken(reason) => f.write_str(reason),
+            LinkFailure::TimedOut(after) => write!(f, "no answer within {after:?}"),
+        }
+    }
+}
+
+/// What became of a request sent through [`Links`].
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// The peer answered, one answer per message.
+    Answered {
+        peer: PeerId,
+        id: RequestId,
+        answers: Vec<AppResponse>,
+    },
+    /// No answer will come.
+    Failed {
+        peer: PeerId,
+        id: RequestId,
+        failure: LinkFailure,
+    },
+}
+
+/// Bounds of a node's app streams.
+#[derive(Clone, Debug)]
+pub struct StreamLimits {
+    /// Most payload bytes in one request frame (all its messages together); the frame
+    /// may add `REQUEST_OVERHEAD`.
+    pub max_payload_bytes: u64,
+    /// Largest response frame accepted.
+    pub max_response_bytes: u64,
+    /// How long a request may wait for its answer, and a stream for its opening.
+    pub request_timeout: Duration,
+    /// How long a stream stays open with nothing to send or answer.
+    pub idle_timeout: Duration,
+}
+
+type Queued = (RequestId, AppBatch);
+
+/// The sending side: one task per peer the node sends to, started on the first request
+/// and ended once idle.
+pub struct Links {
+    control: Control,
+    protocol: StreamProtocol,
+    limits: Arc<StreamLimits>,
+    links: HashMap<PeerId, mpsc::UnboundedSender<Queued>>,
+    /// The map's size at which links that ended are swept out of it.
+    sweep_at: usize,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    next_id: u64,
+}
+
+impl Links {
+    /// Links that open `protocol` streams through `control`; what becomes of each
+    /// request comes out of the receiver.
+    pub fn new(
+        control: Control,
+        protocol: StreamProtocol,
+        limits: StreamLimits,
+    ) -> (Links, mpsc::UnboundedReceiver<LinkEvent>) {
+        let (events, received) = mpsc::unbounded_channel();
+        let links = Links {
+            control,
+            protocol,
+            limits: Arc::new(limits),
+            links: HashMap::new(),
+            sweep_at: 64,
+            events,
+            next_id: 0,
+        };
+        (links, received)
+    }
+
+    /// Sends `batch` to `peer` after the requests sent to it before; needs a tokio
+    /// runtime.
+    pub fn send(&mut self, peer: PeerId, batch: AppBatch) -> RequestId {
+        let id = RequestId(self.next_id);
+        self.next_id += 1;
+        let mut item = (id, batch);
+        if let Some(link) = self.links.get(&peer) {
+            match link.send(item) {
+                Ok(()) => return id,
+                // That link ended (idle): a new one takes over.
+                Err(mpsc::error::SendError(back)) => item = back,
+            }
+        }
+        if self.links.len() >= self.sweep_at {
+            self.links.retain(|_, link| !link.is_closed());
+            self.sweep_at = 2 * self.links.len().max(32);
+        }
+        let (queue, queued) = mpsc::unbounded_channel();
+        queue.send(item).expect("the receiver is held");
+        self.links.insert(peer, queue);
+        let link = Link {
+            peer,
+            control: self.control.clone(),
+            protocol: self.protocol.clone(),
+            limits: self.limits.clone(),
+            events: self.events.clone(),
+        };
+        tokio::spawn(link.run(queued));
+        id
+    }
+}
+
+/// One peer's sending task.
+struct Link {
+    peer: PeerId,
+    control: Control,
+    protocol: StreamProtocol,
+    limits: Arc<StreamLimits>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+}
+
+impl Link {
+    /// Opens a stream when there is something to send, carries requests on it until it
+    /// idles or breaks, and ends once idle with no stream.
+    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Queued>) {
+        loop {
+            let first = match tokio::time::timeout(self.limits.idle_timeout, queue.recv()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => return,
+                Err(_) => {
+                    // Idle: take no more; what came meanwhile is still carried.
+                    queue.close();
+                    match queue.try_recv() {
+                        Ok(item) => item,
+                        Err(_) => return,
+                    }
+                }
+            };
+            match self.open().await {
+                Ok(stream) => self.carry(stream, first, &mut queue).await,
+                Err(reason) => {
+                    tracing::info!(peer = %self.peer, "no app stream: {reason}");
+                    let failure = LinkFailure::NotSent(reason);
+                    self.fail(first.0, failure.clone());
+                    while let Ok((id, _)) = queue.try_recv() {
+                        self.fail(id, failure.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail(&self, id: RequestId, failure: LinkFailure) {
+        let _ = self.events.send(LinkEvent::Failed {
+            peer: self.peer,
+            id,
+            failure,
+        });
+    }
+
+    /// A new stream to the peer (dialling it if need be), within the request timeout.
+    /// A connection that closes as the stream opens on it is tried again a few times,
+    /// a little later each time, until the node has noticed it closed and dials anew.
+    async fn open(&mut self) -> Result<Stream, String> {
+        let peer = self.peer;
+        let timeout = self.limits.request_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut pause = OPEN_RETRY_PAUSE;
+        loop {
+            let opened = tokio::time::timeout_at(
+                deadline,
+                self.control.open_stream(peer, self.protocol.clone()),
+            )
+            .await;
+            return match opened {
+                Err(_) => Err(format!(
+                    "could not reach {peer}: no stream within {timeout:?}"
+                )),
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(OpenStreamError::UnsupportedProtocol(protocol))) => Err(format!(
+                    "could not reach {peer}: it does not speak {protocol}"
+                )),
+                Ok(Err(OpenStreamError::Io(e)))
+                    if e.kind() != io::ErrorKind::NotConnected && pause < OPEN_RETRY_LAST =>
+                {
+                    tracing::debug!(%peer, "app stream not opened ({e}); trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    continue;
+                }
+                Ok(Err(e)) => Err(format!("could not reach {peer}: {e}")),
+            };
+        }
+    }
+
+    /// Writes requests on `stream` and reads their answers, until the stream idles with
+    /// nothing in flight, breaks, or an answer is late; requests in flight when it
+    /// breaks fail, the others stay queued for the next stream.
+    async fn carry(
+        &self,
+        stream: Stream,
+        first: Queued,
+        queue: &mut mpsc::UnboundedReceiver<Queued>,
+    ) {
+        let (mut reader, mut writer) = stream.split();
+        let in_flight: Mutex<VecDeque<(RequestId, Instant)>> = Mutex::new(VecDeque::new());
+        let went_out = Notify::new();
+        let limits = &*self.limits;
+        let write = async {
+            let mut next = Some(first);
+            loop {
+                let (id, batch) = match next.take() {
+                    Some(item) => item,
+                    None => match queue.try_recv() {
+                        Ok(item) => item,
+                        Err(_) => {
+                            writer.flush().await?;
+                            match self.next_or_idle(queue, &in_flight).await {
+                                Some(item) => item,
+                                None => return writer.close().await,
+                            }
+                        }
+                    },
+                };
+                let frame = match encode_request(&batch) {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        self.fail(id, LinkFailure::NotSent(format!("not sent: {e}")));
+                        continue;
+                    }
+                };
+                lock(&in_flight).push_back((id, Instant::now()));
+                went_out.notify_one();
+                writer
+                    .write_all(&(frame.len() as u32).to_be_bytes())
+                    .await?;
+                writer.write_all(&frame).await?;
+            }
+        };
+        let read = async {
+            loop {
+                let oldest = lock(&in_flight).front().copied();
+                let Some((id, at)) = oldest else {
+                    went_out.notified().await;
+                    continue;
+                };
+                let deadline = at + limits.request_timeout;
+                let frame = match tokio::time::timeout_at(
+                    deadline,
+                    read_frame(&mut reader, limits.max_response_bytes, "app response"),
+                )
+                .await
+                {
+                    Err(_) => return LinkFailure::TimedOut(limits.request_timeout),
+                    Ok(Err(e)) => return LinkFailure::Broken(format!("no answer: {e}")),
+                    Ok(Ok(None)) => {
+                        return LinkFailure::Broken("no answer: the peer closed the stream".into())
+                    }
+                    Ok(Ok(Some(frame))) => frame,
+                };
+                match decode_response(&frame) {
+                    Ok(answers) => {
+                        lock(&in_flight).pop_front();
+                        let _ = self.events.send(LinkEvent::Answered {
+                            peer: self.peer,
+                            id,
+                            answers,
+                        });
+                    }
+                    Err(e) => return LinkFailure::Broken(format!("bad answer: {e}")),
+                }
+            }
+        };
+        let failure = tokio::select! {
+            written = write => match written {
+                Ok(()) => return,
+                Err(e) => LinkFailure::Broken(format!("stream broke: {e}")),
+            },
+            failure = read => failure,
+        };
+        tracing::debug!(peer = %self.peer, "app stream closed: {failure}");
+        let mut in_flight = in_flight.into_inner().expect("never poisoned").into_iter();
+        if let Some((id, _)) = in_flight.next() {
+            self.fail(id, failure.clone());
+        }
+        for (id, _) in in_flight {
+            let after = format!("stream closed after an earlier request failed: {failure}");
+            self.fail(id, LinkFailure::Broken(after));
+        }
+    }
+
+    /// The next request to send; `None` once the stream was idle with nothing in flight
+    /// (or the node is gone).
+    async fn next_or_idle(
+        &self,
+        queue: &mut mpsc::UnboundedReceiver<Queued>,
+        in_flight: &Mutex<VecDeque<(RequestId, Instant)>>,
+    ) -> Option<Queued> {
+        loop {
+            match tokio::time::timeout(self.limits.idle_timeout, queue.recv()).await {
+                Ok(item) => return item,
+                Err(_) if lock(in_flight).is_empty() => return None,
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
+/// The requests in flight (locked only between awaits).
+fn lock<T>(in_flight: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    in_flight.lock().expect("never poisoned")
+}
+
+/// Reads one length-prefixed frame of at most `limit` bytes; `None` at the end of the
+/// stream between frames.
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: u64,
+    what: &str,
+) -> io::Result<Option<Vec<u8>>> {
+    let Some(len) = read_length(reader).await? else {
+        return Ok(None);
+    };
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what} of {len} bytes, larger than the limit of {limit} bytes"),
+        ));
+    }
+    let mut frame = vec![0; len as usize];
+    reader.read_exact(&mut frame).await?;
+    Ok(Some(frame))
+}
+
+/// A frame's length; `None` at the end of the stream before its first byte.
+async fn read_length<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Option<u64>> {
+    let mut len = [0u8; 4];
+    let mut filled = 0;
+    while filled < len.len() {
+        let n = reader.read(&mut len[filled..]).await?;
+        if n == 0 {
+            if filled == 0 {
+                return Ok(None);
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += n;
+    }
+    Ok(Some(u32::from_be_bytes(len) as u64))
+}
+
+/// A request frame a peer sent: the node answers it through `reply`.
+#[derive(Debug)]
+pub struct InboundRequest {
+    /// Who sent it.
+    pub peer: PeerId,
+    /// The batch, or why the frame is not one.
+    pub batch: Inbound<AppBatch>,
+    /// Takes the answers, one per message (one refusal for a bad frame).
+    pub reply: oneshot::Sender<Vec<AppResponse>>,
+}
+
+/// What inbound app streams bring the node.
+#[derive(Debug)]
+pub enum InboundEvent {
+    /// A request to answer.
+    Request(InboundRequest),
+    /// A stream refused: the peer holds `MAX_STREAMS_PER_PEER` already.
+    StreamRefused { peer: PeerId },
+}
+
+/// Bounds of the receiving side.
+#[derive(Clone, Debug)]
+pub struct InboundLimits {
+    /// Most payload bytes in one request frame.
+    pub max_payload_bytes: u64,
+    /// Bytes of request frames being read from all peers at once.
+    pub budget: ReadBudget,
+}
+
+/// Answers read but not yet written back, node-wide: the node stops once none is owed.
+#[derive(Clone, Debug, Default)]
+pub struct AnswersOwed(Arc<AtomicUsize>);
+
+impl AnswersOwed {
+    /// Answers owed now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn owe(&self) -> Owed {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Owed(self.0.clone())
+    }
+}
+
+/// One answer owed; paid when dropped (written, or its stream gone).
+struct Owed(Arc<AtomicUsize>);
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes the `protocol` streams peers open, from now on: their requests come out of the
+/// receiver, at most `MAX_UNANSWERED` per stream ahead of the answers.
+pub fn accept(
+    control: &mut Control,
+    protocol: StreamProtocol,
+    limits: InboundLimits,
+    owed: AnswersOwed,
+) -> anyhow::Result<mpsc::Receiver<InboundEvent>> {
+    let mut incoming = control
+        .accept(protocol.clone())
+        .map_err(|e| anyhow::anyhow!("cannot take {protocol} streams: {e}"))?;
+    let (events, received) = mpsc::channel(1024);
+    let open: Arc<Mutex<HashMap<PeerId, usize>>> = Arc::default();
+    let limits = Arc::new(limits);
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            let held = {
+                let mut open = open.lock().expect("never poisoned");
+                let count = open.entry(peer).or_insert(0);
+                (*count < MAX_STREAMS_PER_PEER).then(|| *count += 1)
+            };
+            if held.is_none() {
+                let _ = events.try_send(InboundEvent::StreamRefused { peer });
+                continue;
+            }
+            let (events, limits, owed, open) =
+                (events.clone(), limits.clone(), owed.clone(), open.clone());
+            tokio::spawn(async move {
+                answer_stream(peer, stream, &events, &limits, &owed).await;
+                let mut open = open.lock().expect("never poisoned");
+                if let Some(count) = open.get_mut(&peer) {
+                    *count -= 1;
+                    if *count == 0 {
+                        open.remove(&peer);
+                    }
+                }
+            });
+        }
+    });
+    Ok(received)
+}
+
+/// Reads `peer`'s requests on `stream`, hands them to the node and writes the answers
+/// back in order, until the peer closes it or it breaks.
+async fn answer_stream(
+    peer: PeerId,
+    stream: Stream,
+    events: &mpsc::Sender<InboundEvent>,
+    limits: &InboundLimits,
+    owed: &AnswersOwed,
+) {
+    let (mut reader, mut writer) = stream.split();
+    let (answers, mut to_write) = mpsc::channel::<(Owed, oneshot::Receiver<_>)>(MAX_UNANSWERED);
+    let read = async move {
+        loop {
+            let (batch, go_on) = match read_request(&mut reader, limits).await {
+                Ok(Some(read)) => read,
+                Ok(None) | Err(_) => return,
+            };
+            let (reply, answer) = oneshot::channel();
+            if answers.send((owed.owe(), answer)).await.is_err() {
+                return;
+            }
+            let request = InboundRequest { peer, batch, reply };
+            if events.send(InboundEvent::Request(request)).await.is_err() || !go_on {
+                return;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((owed, answer)) = to_write.recv().await {
+            let Ok(answer) = answer.await else { return };
+            let frame = encode_response(&answer);
+            let written = async {
+                writer
+                    .write_all(&(frame.len() as u32).to_be_bytes())
+                    .await?;
+                writer.write_all(&frame).await?;
+                if to_write.is_empty() {
+                    writer.flush().await?;
+                }
+                io::Result::Ok(())
+            };
+            if written.await.is_err() {
+                return;
+            }
+            drop(owed);
+        }
+        let _ = writer.close().await;
+    };
+    futures::join!(read, write);
+}
+
+/// Reads one request frame: the batch or why it is not one, and whether the stream can
+/// go on (not after an oversized frame: its bytes are not read). `None` at the end of
+/// the stream.
+async fn read_request<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limits: &InboundLimits,
+) -> io::Result<Option<(Inbound<AppBatch>, bool)>> {
+    let Some(len) = read_length(reader).await? else {
+        return Ok(None);
+    };
+    let limit = limits.max_payload_bytes + REQUEST_OVERHEAD;
+    if len > limit {
+        let reason = format!("app request of {len} bytes, larger than the limit of {limit} bytes");
+        return Ok(Some((Err(reason), false)));
+    }
+    let held = match limits.budget.hold(len) {
+        Ok(held) => held,
+        Err(reason) => {
+            // Read past it, holding none of it.
+            let skipped =
+                futures::io::copy((&mut *reader).take(len), &mut futures::io::sink()).await?;
+            if skipped < len {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            return Ok(Some((Err(reason), true)));
+        }
+    };
+    let mut frame = vec![0; len as usize];
+    reader.read_exact(&mut frame).await?;
+    let batch = decode_request(&frame).map_err(|e| e.to_string());
+    drop(held);
+    let batch = batch.and_then(|batch| {
+        let payload: u64 = batch.messages.iter().map(|m| m.payload.len() as u64).sum();
+        if payload > limits.max_payload_bytes {
+            return Err(format!(
+                "app request carries {payload} payload bytes, larger than the limit of {}",
+                limits.max_payload_bytes
+            ));
+        }
+        Ok(batch)
+    });
+    Ok(Some((batch, true)))
+}
