@@ -259,6 +259,7 @@ impl Client {
             InboundLimits {
                 max_payload_bytes: 1 << 24,
                 budget: ReadBudget::new(1 << 30),
+                frame_timeout: Duration::from_secs(30),
             },
             AnswersOwed::default(),
         )

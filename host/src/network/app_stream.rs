@@ -30,6 +30,9 @@ use tokio::time::Instant;
 use super::codec::{decode_request, decode_response, encode_request, encode_response};
 use super::{AppBatch, AppResponse, Inbound, ReadBudget, REQUEST_OVERHEAD};
 
+/// Bytes of frames gathered into one write.
+const WRITE_CHUNK: usize = 64 * 1024;
+
 /// Request frames an inbound stream reads ahead of the answers written back.
 pub const MAX_UNANSWERED: usize = 64;
 
@@ -270,33 +273,34 @@ impl Link {
         let limits = &*self.limits;
         let write = async {
             let mut next = Some(first);
+            let mut out = Vec::new();
             loop {
-                let (id, batch) = match next.take() {
-                    Some(item) => item,
-                    None => match queue.try_recv() {
-                        Ok(item) => item,
-                        Err(_) => {
-                            writer.flush().await?;
-                            match self.next_or_idle(queue, &in_flight).await {
-                                Some(item) => item,
-                                None => return writer.close().await,
-                            }
+                // What is queued goes out in one write, up to `WRITE_CHUNK` bytes.
+                while let Some((id, batch)) = next.take() {
+                    match encode_request(&batch) {
+                        Ok(frame) => {
+                            append_frame(&mut out, &frame);
+                            lock(&in_flight).push_back((id, Instant::now()));
                         }
-                    },
-                };
-                let frame = match encode_request(&batch) {
-                    Ok(frame) => frame,
-                    Err(e) => {
-                        self.fail(id, LinkFailure::NotSent(format!("not sent: {e}")));
-                        continue;
+                        Err(e) => self.fail(id, LinkFailure::NotSent(format!("not sent: {e}"))),
                     }
-                };
-                lock(&in_flight).push_back((id, Instant::now()));
-                went_out.notify_one();
-                writer
-                    .write_all(&(frame.len() as u32).to_be_bytes())
-                    .await?;
-                writer.write_all(&frame).await?;
+                    if out.len() < WRITE_CHUNK {
+                        next = queue.try_recv().ok();
+                    }
+                }
+                if !out.is_empty() {
+                    went_out.notify_one();
+                    writer.write_all(&out).await?;
+                    out.clear();
+                }
+                next = queue.try_recv().ok();
+                if next.is_none() {
+                    writer.flush().await?;
+                    next = self.next_or_idle(queue, &in_flight).await;
+                    if next.is_none() {
+                        return writer.close().await;
+                    }
+                }
             }
         };
         let read = async {
@@ -373,6 +377,12 @@ fn lock<T>(in_flight: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     in_flight.lock().expect("never poisoned")
 }
 
+/// Appends `frame` after its length.
+fn append_frame(out: &mut Vec<u8>, frame: &[u8]) {
+    out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    out.extend_from_slice(frame);
+}
+
 /// Reads one length-prefixed frame of at most `limit` bytes; `None` at the end of the
 /// stream between frames.
 async fn read_frame<R: AsyncRead + Unpin>(
@@ -438,6 +448,9 @@ pub struct InboundLimits {
     pub max_payload_bytes: u64,
     /// Bytes of request frames being read from all peers at once.
     pub budget: ReadBudget,
+    /// How long a frame may take to arrive once its length did; a stream that stalls
+    /// longer is closed (its bytes of the budget given back).
+    pub frame_timeout: Duration,
 }
 
 /// Answers read but not yet written back, node-wide: the node stops once none is owed.
@@ -535,14 +548,20 @@ async fn answer_stream(
         }
     };
     let write = async move {
-        while let Some((owed, answer)) = to_write.recv().await {
-            let Ok(answer) = answer.await else { return };
-            let frame = encode_response(&answer);
+        let (mut out, mut paid) = (Vec::new(), Vec::new());
+        while let Some(first) = to_write.recv().await {
+            // Answers ready together go out in one write, up to `WRITE_CHUNK` bytes.
+            let mut next = Some(first);
+            while let Some((owed, answer)) = next.take() {
+                let Ok(answer) = answer.await else { return };
+                append_frame(&mut out, &encode_response(&answer));
+                paid.push(owed);
+                if out.len() < WRITE_CHUNK {
+                    next = to_write.try_recv().ok();
+                }
+            }
             let written = async {
-                writer
-                    .write_all(&(frame.len() as u32).to_be_bytes())
-                    .await?;
-                writer.write_all(&frame).await?;
+                writer.write_all(&out).await?;
                 if to_write.is_empty() {
                     writer.flush().await?;
                 }
@@ -551,7 +570,8 @@ async fn answer_stream(
             if written.await.is_err() {
                 return;
             }
-            drop(owed);
+            out.clear();
+            paid.clear();
         }
         let _ = writer.close().await;
     };
@@ -586,7 +606,9 @@ async fn read_request<R: AsyncRead + Unpin>(
         }
     };
     let mut frame = vec![0; len as usize];
-    reader.read_exact(&mut frame).await?;
+    tokio::time::timeout(limits.frame_timeout, reader.read_exact(&mut frame))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
     let batch = decode_request(&frame).map_err(|e| e.to_string());
     drop(held);
     let batch = batch.and_then(|batch| {
@@ -600,4 +622,142 @@ async fn read_request<R: AsyncRead + Unpin>(
         Ok(batch)
     });
     Ok(Some((batch, true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::network::AppRequest;
+
+    fn limits(max_payload_bytes: u64, budget: u64) -> InboundLimits {
+        InboundLimits {
+            max_payload_bytes,
+            budget: ReadBudget::new(budget),
+            frame_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Request frames of one message each, every one after its length.
+    fn framed(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for payload in payloads {
+            let message = AppRequest {
+                app: "a".into(),
+                payload: payload.to_vec(),
+            };
+            append_frame(
+                &mut out,
+                &encode_request(&AppBatch::new(vec![message])).unwrap(),
+            );
+        }
+        out
+    }
+
+    fn read_all(bytes: Vec<u8>, limits: &InboundLimits) -> Vec<(Inbound<usize>, bool)> {
+        let mut reader = futures::io::Cursor::new(bytes);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut read = Vec::new();
+        while let Some((batch, go_on)) =
+            runtime.block_on(read_request(&mut reader, limits)).unwrap()
+        {
+            let size = batch.map(|b| b.messages[0].payload.len());
+            read.push((size, go_on));
+            if !go_on {
+                break;
+            }
+        }
+        read
+    }
+
+    #[test]
+    fn frames_are_read_one_after_another_until_the_end_of_the_stream() {
+        let read = read_all(framed(&[b"x", &[7; 300], b""]), &limits(1024, 1 << 20));
+        assert_eq!(read, vec![(Ok(1), true), (Ok(300), true), (Ok(0), true)]);
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_and_ends_the_stream() {
+        let mut bytes = framed(&[b"fine"]);
+        bytes.extend_from_slice(&(1u32 << 30).to_be_bytes());
+        bytes.extend(framed(&[b"never read"]));
+        let read = read_all(bytes, &limits(1024, 1 << 20));
+        assert_eq!(read[0], (Ok(4), true));
+        let (Err(reason), false) = &read[1] else {
+            panic!("{read:?}")
+        };
+        assert!(reason.contains("larger than the limit"), "{reason}");
+        assert_eq!(read.len(), 2);
+    }
+
+    #[test]
+    fn a_frame_whose_payloads_pass_the_limit_is_refused_and_the_stream_goes_on() {
+        let read = read_all(framed(&[&[0; 200], b"ok"]), &limits(100, 1 << 20));
+        let (Err(reason), true) = &read[0] else {
+            panic!("{read:?}")
+        };
+        assert!(reason.contains("larger than the limit of 100"), "{reason}");
+        assert_eq!(read[1], (Ok(2), true));
+    }
+
+    #[test]
+    fn frames_past_the_node_wide_budget_are_skipped_refused_and_the_budget_returned() {
+        let limits = limits(1 << 20, 1000);
+        // Another stream holds 600 bytes: a 600-byte frame does not fit now.
+        let other = limits.budget.hold(600).unwrap();
+        let read = read_all(framed(&[&[0; 600], b"small"]), &limits);
+        let (Err(reason), true) = &read[0] else {
+            panic!("{read:?}")
+        };
+        assert!(
+            reason.contains("reading 600 bytes of app messages"),
+            "{reason}"
+        );
+        assert_eq!(
+            read[1],
+            (Ok(5), true),
+            "the stream goes on after the skipped frame"
+        );
+        assert_eq!(
+            limits.budget.reading(),
+            600,
+            "the refused frame gave its bytes back"
+        );
+        drop(other);
+        assert_eq!(limits.budget.reading(), 0);
+        let read = read_all(framed(&[&[0; 600]]), &limits);
+        assert_eq!(read, vec![(Ok(600), true)]);
+        assert_eq!(limits.budget.reading(), 0, "returned after the read");
+    }
+
+    /// Gives `bytes`, then never another.
+    struct Stalls(futures::io::Cursor<Vec<u8>>);
+
+    impl AsyncRead for Stalls {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            match Pin::new(&mut self.0).poll_read(cx, buf) {
+                Poll::Ready(Ok(0)) => Poll::Pending,
+                other => other,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_that_stalls_after_its_length_times_out_and_gives_its_budget_back() {
+        let limits = limits(1 << 20, 1 << 20);
+        let mut frame = framed(&[&[0; 100]]);
+        frame.truncate(50);
+        let read = read_request(&mut Stalls(futures::io::Cursor::new(frame)), &limits).await;
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert_eq!(limits.budget.reading(), 0);
+    }
 }

@@ -245,6 +245,7 @@ impl Node {
             InboundLimits {
                 max_payload_bytes,
                 budget: limits.reads.clone(),
+                frame_timeout: config.network.request_timeout(),
             },
             answers_owed.clone(),
         )?;
