@@ -274,7 +274,7 @@ impl Client {
             max_payload_bytes: 1 << 24,
             max_response_bytes: 1 << 24,
             request_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(600),
+            idle_timeout: app_stream::STREAM_IDLE,
         };
         let (links, answers) = Links::new(control, protocol, limits);
         Client::Streams {
