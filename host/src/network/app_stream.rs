@@ -213,7 +213,7 @@ impl Link {
             match self.open().await {
                 Ok(stream) => self.carry(stream, first, &mut queue).await,
                 Err(reason) => {
-                    tracing::info!(peer = %self.peer, "no app stream: {reason}");
+                    tracing::debug!(peer = %self.peer, "no app stream: {reason}");
                     let failure = LinkFailure::NotSent(reason);
                     self.fail(first.0, failure.clone());
                     while let Ok((id, _)) = queue.try_recv() {
