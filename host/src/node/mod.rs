@@ -979,6 +979,7 @@ impl Node {
         }
         let admitted = self.sampler.admits(peer);
         let closing = self.closing;
+        let from = peer.to_string();
         let outcomes: Vec<Result<(), Refused>> = match batch {
             // One refusal that says what is wrong with the frame.
             Err(reason) => vec![Err(Refused {
@@ -1003,7 +1004,7 @@ impl Node {
                             ),
                         });
                     }
-                    registry.deliver(&peer.to_string(), &request.app, request.payload)
+                    registry.deliver(&from, &request.app, request.payload)
                 })
                 .collect(),
         };
