@@ -886,6 +886,55 @@ fn a_request_cut_off_by_its_connection_closing_is_sent_again_and_delivered_once(
 }
 
 #[test]
+fn an_app_stream_nobody_sends_on_closes_while_the_node_runs() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    // The node greets the raw peer every 3 s, without end: an app stream that stayed
+    // open between greetings would never end while the node runs.
+    let (mut node, _socket) =
+        start_configured(dir.path(), "", hostile_app("greet_known", "3s", -1));
+    let addr = node.addr();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let greetings_on_a_closed_stream = runtime.block_on(async {
+        let (mut peer, mut incoming) = raw_peer::accepting("default");
+        raw_peer::connect(&mut peer, &addr).await;
+        let closed = async {
+            // Answer each stream's greetings until one stream ends.
+            loop {
+                let (_, mut stream) = incoming.next().await.unwrap();
+                let mut greetings = 0;
+                while let Ok(request) = raw_peer::read_frame(&mut stream).await {
+                    greetings += 1;
+                    let count = u16::from_be_bytes([request[9], request[10]]) as usize;
+                    let accepted = codec::encode_response(&vec![Ok(()); count]);
+                    if raw_peer::write_frame(&mut stream, &accepted).await.is_err() {
+                        break;
+                    }
+                }
+                if greetings > 0 {
+                    return greetings;
+                }
+            }
+        };
+        raw_peer::drive(
+            &mut peer,
+            tokio::time::timeout(Duration::from_secs(120), closed),
+        )
+        .await
+        .expect("no app stream closed in 120 s")
+    });
+    assert!(greetings_on_a_closed_stream >= 1);
+    assert!(
+        node.child.try_wait().unwrap().is_none(),
+        "the node is still running: the stream closed because it was idle"
+    );
+    stop(node);
+}
+
+#[test]
 fn a_node_bootstraps_from_a_dns_name_without_a_peer_id() {
     let dir = tempfile::tempdir().unwrap();
     let first = RunningNode::spawn(&hostile_app("calm", "100ms", -1), dir.path().join("a.log"));
