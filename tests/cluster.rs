@@ -237,6 +237,64 @@ fn a_cluster_runs_many_full_nodes_in_one_process_and_sums_them_up() {
 }
 
 #[test]
+fn app_messages_cross_quic_as_they_cross_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let nodes = 5;
+    let mut child = nodemanager()
+        .args([
+            "cluster",
+            "--nodes",
+            &nodes.to_string(),
+            "--start-rate",
+            "0",
+        ])
+        .args([
+            "--transport",
+            "quic",
+            "--bootstrap-from",
+            "2",
+            "--enable-kad",
+            "false",
+        ])
+        .args(share_vec_forever("200ms", "e2e-quic"))
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let first: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    for member in first["nodes"].as_array().unwrap() {
+        let address = member["listen_addrs"][0].as_str().unwrap();
+        assert!(address.contains("/quic-v1/"), "{member}");
+    }
+    let log = out.join("cluster.log");
+    wait_for("every node's app to receive a vector over QUIC", || {
+        let text = read(&log);
+        (0..nodes).all(|i| text.contains(&format!("node{{index={i}}}: guest: received")))
+    });
+    sigterm_child(&child);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "{rest}");
+    let summary: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    let app = &summary["apps"]["share_vec"];
+    let count = |key: &str| app[key].as_u64().unwrap();
+    // The nodes stop together once the answers came: what was accepted arrived, and
+    // nothing arrived twice.
+    assert!(count("received") >= nodes as u64, "{summary}");
+    assert!(count("sent") <= count("received"), "{summary}");
+    assert!(
+        count("received") <= count("sent") + count("send_unknown"),
+        "{summary}"
+    );
+    assert_eq!(app["call_errors"], 0, "{summary}");
+}
+
+#[test]
 fn a_cluster_raises_its_open_files_limit_says_when_the_hard_one_is_too_low_and_stays_within_it() {
     let dir = tempfile::tempdir().unwrap();
     let app = format!("{}:calm", common::guest("hostile.wasm").display());
