@@ -144,11 +144,10 @@ fn received(stats: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_cluster_runs_many_full_nodes_in_one_process_and_sums_them_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let nodes = 12;
+/// Runs `nodemanager cluster` of `nodes` nodes with `args` (the Rust ShareVec on every
+/// node, forever) writing to `out`, until every node's app received a vector; stops it
+/// with SIGTERM. Returns its first line and its summary.
+fn run_until_every_node_received(nodes: usize, args: &[&str], out: &Path) -> (Value, Value) {
     let mut child = nodemanager()
         .args([
             "cluster",
@@ -157,10 +156,9 @@ fn a_cluster_runs_many_full_nodes_in_one_process_and_sums_them_up() {
             "--start-rate",
             "0",
         ])
-        .args(["--bootstrap-from", "2"])
-        .args(share_vec_forever("200ms", "e2e-cluster"))
+        .args(args)
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -168,16 +166,7 @@ fn a_cluster_runs_many_full_nodes_in_one_process_and_sums_them_up() {
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     let first: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-    let members = first["nodes"].as_array().unwrap();
-    assert_eq!(members.len(), nodes, "{first}");
-    let mut peers = HashSet::new();
-    for (index, member) in members.iter().enumerate() {
-        assert_eq!(member["index"], index, "{member}");
-        let address = member["listen_addrs"][0].as_str().unwrap();
-        assert!(address.starts_with("/ip4/127.0.0.1/tcp/"), "{member}");
-        peers.insert(member["peer_id"].as_str().unwrap().to_string());
-    }
-    assert_eq!(peers.len(), nodes, "every node its own identity");
+    assert_eq!(first["nodes"].as_array().unwrap().len(), nodes, "{first}");
     let log = out.join("cluster.log");
     wait_for("every node's app to receive a vector", || {
         let text = read(&log);
@@ -188,6 +177,27 @@ fn a_cluster_runs_many_full_nodes_in_one_process_and_sums_them_up() {
     stdout.read_to_string(&mut rest).unwrap();
     assert!(child.wait().unwrap().success(), "{rest}");
     let summary: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    (first, summary)
+}
+
+#[test]
+fn a_cluster_runs_many_full_nodes_in_one_process_and_sums_them_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let nodes = 12;
+    let mut args = vec!["--bootstrap-from", "2"];
+    let app = share_vec_forever("200ms", "e2e-cluster");
+    args.extend(app.iter().map(String::as_str));
+    let (first, summary) = run_until_every_node_received(nodes, &args, &out);
+    let members = first["nodes"].as_array().unwrap();
+    let mut peers = HashSet::new();
+    for (index, member) in members.iter().enumerate() {
+        assert_eq!(member["index"], index, "{member}");
+        let address = member["listen_addrs"][0].as_str().unwrap();
+        assert!(address.starts_with("/ip4/127.0.0.1/tcp/"), "{member}");
+        peers.insert(member["peer_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(peers.len(), nodes, "every node its own identity");
     assert_eq!(summary["nodes"], nodes, "{summary}");
     assert_eq!(summary["restarts"], 0, "{summary}");
     let app = &summary["apps"]["share_vec"];
@@ -239,48 +249,16 @@ fn a_cluster_runs_many_full_nodes_in_one_process_and_sums_them_up() {
 #[test]
 fn app_messages_cross_quic_as_they_cross_tcp() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
     let nodes = 5;
-    let mut child = nodemanager()
-        .args([
-            "cluster",
-            "--nodes",
-            &nodes.to_string(),
-            "--start-rate",
-            "0",
-        ])
-        .args([
-            "--transport",
-            "quic",
-            "--bootstrap-from",
-            "2",
-            "--enable-kad",
-            "false",
-        ])
-        .args(share_vec_forever("200ms", "e2e-quic"))
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let first: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let mut args = vec!["--transport", "quic", "--bootstrap-from", "2"];
+    args.extend(["--enable-kad", "false"]);
+    let app = share_vec_forever("200ms", "e2e-quic");
+    args.extend(app.iter().map(String::as_str));
+    let (first, summary) = run_until_every_node_received(nodes, &args, &dir.path().join("out"));
     for member in first["nodes"].as_array().unwrap() {
         let address = member["listen_addrs"][0].as_str().unwrap();
         assert!(address.contains("/quic-v1/"), "{member}");
     }
-    let log = out.join("cluster.log");
-    wait_for("every node's app to receive a vector over QUIC", || {
-        let text = read(&log);
-        (0..nodes).all(|i| text.contains(&format!("node{{index={i}}}: guest: received")))
-    });
-    sigterm_child(&child);
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    assert!(child.wait().unwrap().success(), "{rest}");
-    let summary: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
     let app = &summary["apps"]["share_vec"];
     let count = |key: &str| app[key].as_u64().unwrap();
     // The nodes stop together once the answers came: what was accepted arrived, and
