@@ -410,7 +410,11 @@ impl Node {
         let started = Instant::now();
         let mut metrics_tick = self.metrics_out.as_ref().map(|_| {
             let every = self.config.metrics_every;
-            tokio::time::interval_at(Instant::now() + every, every)
+            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+            // A node stalled past a tick writes one line when it wakes, not a burst of
+            // lines with the same time: lines stay at least `every` apart.
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
         });
         let mut rejoin_tick = self
             .rejoin
