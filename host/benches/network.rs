@@ -271,7 +271,6 @@ impl Client {
             }
         });
         let limits = StreamLimits {
-            max_payload_bytes: 1 << 24,
             max_response_bytes: 1 << 24,
             request_timeout: Duration::from_secs(30),
             idle_timeout: app_stream::STREAM_IDLE,

@@ -92,6 +92,14 @@ pub(crate) fn not_a_request() -> io::Error {
 
 /// Encodes a request frame of 1 to `MAX_BATCH` messages.
 pub fn encode_request(request: &AppBatch) -> io::Result<Vec<u8>> {
+    let mut frame = Vec::new();
+    encode_request_into(request, &mut frame)?;
+    Ok(frame)
+}
+
+/// Encodes a request frame of 1 to `MAX_BATCH` messages at the end of `frame` (which
+/// may be cut short on an error).
+pub fn encode_request_into(request: &AppBatch, frame: &mut Vec<u8>) -> io::Result<()> {
     let batch = &request.messages[..];
     if batch.is_empty() || batch.len() > MAX_BATCH {
         return Err(invalid(format!(
@@ -103,7 +111,7 @@ pub fn encode_request(request: &AppBatch) -> io::Result<Vec<u8>> {
         .iter()
         .map(|m| 5 + m.app.len() + m.payload.len())
         .sum();
-    let mut frame = Vec::with_capacity(11 + size);
+    frame.reserve(11 + size);
     frame.push(WIRE_VERSION);
     frame.extend_from_slice(&request.key.to_be_bytes());
     frame.extend_from_slice(&(batch.len() as u16).to_be_bytes());
@@ -122,7 +130,7 @@ pub fn encode_request(request: &AppBatch) -> io::Result<Vec<u8>> {
         frame.extend_from_slice(&len.to_be_bytes());
         frame.extend_from_slice(&message.payload);
     }
-    Ok(frame)
+    Ok(())
 }
 
 /// Reads frames front to back, naming what is missing when one ends early.
@@ -229,7 +237,14 @@ pub fn decode_request(frame: &[u8]) -> io::Result<AppBatch> {
 
 /// Encodes a response frame, one answer per message of the request.
 pub fn encode_response(answers: &[AppResponse]) -> Vec<u8> {
-    let mut frame = vec![WIRE_VERSION];
+    let mut frame = Vec::new();
+    encode_response_into(answers, &mut frame);
+    frame
+}
+
+/// Encodes a response frame at the end of `frame`.
+pub fn encode_response_into(answers: &[AppResponse], frame: &mut Vec<u8>) {
+    frame.push(WIRE_VERSION);
     frame.extend_from_slice(&(answers.len() as u16).to_be_bytes());
     for answer in answers {
         match answer {
@@ -242,7 +257,6 @@ pub fn encode_response(answers: &[AppResponse]) -> Vec<u8> {
             }
         }
     }
-    frame
 }
 
 /// Decodes a response frame.

@@ -253,7 +253,6 @@ impl Node {
             control,
             app_protocol.clone(),
             StreamLimits {
-                max_payload_bytes,
                 max_response_bytes: config.network.request_response.max_responses_size,
                 request_timeout: config.network.request_timeout(),
                 idle_timeout: config.network.idle_connection_timeout(),

@@ -30,10 +30,21 @@ pub use send::{LinkEvent, LinkFailure, Links, RequestId, StreamLimits, STREAM_ID
 /// Bytes of frames gathered into one write.
 const WRITE_CHUNK: usize = 64 * 1024;
 
-/// Appends `frame` after its length.
-fn append_frame(out: &mut Vec<u8>, frame: &[u8]) {
-    out.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-    out.extend_from_slice(frame);
+/// Appends a frame after its length: `encode` writes it at the end of `out`. On an
+/// error `out` is as it was.
+fn append_frame<E>(
+    out: &mut Vec<u8>,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    if let Err(e) = encode(out) {
+        out.truncate(start);
+        return Err(e);
+    }
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
 }
 
 /// Reads one length-prefixed frame of at most `limit` bytes; `None` at the end of the

@@ -1,6 +1,7 @@
 //! The receiving side of app streams: one task per inbound stream.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use libp2p_stream::Control;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{append_frame, read_length, WRITE_CHUNK};
-use crate::network::codec::{decode_request, encode_response};
+use crate::network::codec::{decode_request, encode_response_into};
 use crate::network::{AppBatch, AppResponse, Inbound, ReadBudget, REQUEST_OVERHEAD};
 
 /// Request frames an inbound stream reads ahead of the answers written back.
@@ -95,12 +96,16 @@ pub fn accept(
     let limits = Arc::new(limits);
     tokio::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {
-            let held = {
+            let admitted = {
                 let mut open = open.lock().expect("never poisoned");
                 let count = open.entry(peer).or_insert(0);
-                (*count < MAX_STREAMS_PER_PEER).then(|| *count += 1)
+                let room = *count < MAX_STREAMS_PER_PEER;
+                if room {
+                    *count += 1;
+                }
+                room
             };
-            if held.is_none() {
+            if !admitted {
                 let _ = events.try_send(InboundEvent::StreamRefused { peer });
                 continue;
             }
@@ -155,7 +160,11 @@ async fn answer_stream(
             let mut next = Some(first);
             while let Some((owed, answer)) = next.take() {
                 let Ok(answer) = answer.await else { return };
-                append_frame(&mut out, &encode_response(&answer));
+                let encoded = append_frame(&mut out, |out| {
+                    encode_response_into(&answer, out);
+                    Ok::<_, Infallible>(())
+                });
+                let Ok(()) = encoded;
                 paid.push(owed);
                 if out.len() < WRITE_CHUNK {
                     next = to_write.try_recv().ok();
@@ -231,7 +240,7 @@ mod tests {
     use std::task::{Context, Poll};
 
     use super::*;
-    use crate::network::codec::encode_request;
+    use crate::network::codec::encode_request_into;
     use crate::network::AppRequest;
 
     fn limits(max_payload_bytes: u64, budget: u64) -> InboundLimits {
@@ -250,10 +259,8 @@ mod tests {
                 app: "a".into(),
                 payload: payload.to_vec(),
             };
-            append_frame(
-                &mut out,
-                &encode_request(&AppBatch::new(vec![message])).unwrap(),
-            );
+            let batch = AppBatch::new(vec![message]);
+            append_frame(&mut out, |out| encode_request_into(&batch, out)).unwrap();
         }
         out
     }

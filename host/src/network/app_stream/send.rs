@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::{append_frame, read_frame, WRITE_CHUNK};
-use crate::network::codec::{decode_response, encode_request};
+use crate::network::codec::{decode_response, encode_request_into};
 use crate::network::{AppBatch, AppResponse};
 
 /// The longest a stream stays open with nothing to send or answer.
@@ -76,9 +76,6 @@ pub enum LinkEvent {
 /// Bounds of a node's app streams.
 #[derive(Clone, Debug)]
 pub struct StreamLimits {
-    /// Most payload bytes in one request frame (all its messages together); the frame
-    /// may add `REQUEST_OVERHEAD`.
-    pub max_payload_bytes: u64,
     /// Largest response frame accepted.
     pub max_response_bytes: u64,
     /// How long a request may wait for its answer, and a stream for its opening.
@@ -261,11 +258,8 @@ impl Link {
             loop {
                 // What is queued goes out in one write, up to `WRITE_CHUNK` bytes.
                 while let Some((id, batch)) = next.take() {
-                    match encode_request(&batch) {
-                        Ok(frame) => {
-                            append_frame(&mut out, &frame);
-                            lock(&in_flight).push_back((id, Instant::now()));
-                        }
+                    match append_frame(&mut out, |out| encode_request_into(&batch, out)) {
+                        Ok(()) => lock(&in_flight).push_back((id, Instant::now())),
                         Err(e) => self.fail(id, LinkFailure::NotSent(format!("not sent: {e}"))),
                     }
                     if out.len() < WRITE_CHUNK {
