@@ -17,7 +17,6 @@
 //! Samples: the peers of the k slots a reset empties (the paper's output stream).
 
 use libp2p::PeerId;
-use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
@@ -70,7 +69,7 @@ impl<I: NodeId> Slot<I> {
 }
 
 /// One node's Basalt state.
-pub struct Basalt<I = PeerId> {
+pub struct Basalt<I: NodeId = PeerId> {
     me: I,
     config: BasaltConfig,
     slots: Vec<Slot<I>>,
@@ -79,13 +78,13 @@ pub struct Basalt<I = PeerId> {
     emitted: Vec<I>,
     /// Scratch for `update`: the ids it ranks.
     fresh: Vec<I>,
-    rng: StdRng,
+    rng: I::Rng,
 }
 
 impl<I: NodeId> Basalt<I> {
     /// A node `me` with v empty slots; `seed` drives the slot seeds and every choice.
     pub fn new(me: I, config: BasaltConfig, seed: u64) -> Basalt<I> {
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = I::Rng::seed_from_u64(seed);
         let slots = (0..config.view_size)
             .map(|_| Slot {
                 seed: (rng.random(), rng.random()),

@@ -16,7 +16,6 @@
 //! Samples: each round emits the ids the sampler array holds (the paper's output S).
 
 use libp2p::PeerId;
-use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -88,7 +87,7 @@ struct Sampler<I> {
 }
 
 /// One node's Brahms state.
-pub struct Brahms<I = PeerId> {
+pub struct Brahms<I: NodeId = PeerId> {
     me: I,
     config: BrahmsConfig,
     view: Vec<I>,
@@ -103,13 +102,13 @@ pub struct Brahms<I = PeerId> {
     ranked: Ranked,
     flooded_rounds: u64,
     emitted: Vec<I>,
-    rng: StdRng,
+    rng: I::Rng,
 }
 
 impl<I: NodeId> Brahms<I> {
     /// A node `me` with an empty view and l2 empty samplers; `seed` drives every choice.
     pub fn new(me: I, config: BrahmsConfig, seed: u64) -> Brahms<I> {
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = I::Rng::seed_from_u64(seed);
         let samplers = (0..config.sampler_size)
             .map(|_| Sampler {
                 key: (rng.random(), rng.random()),

@@ -15,7 +15,6 @@
 //! `getPeer()`, called once per cycle).
 
 use libp2p::PeerId;
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -61,12 +60,12 @@ impl<I> GbpsMessage<I> {
 }
 
 /// One node's GBPS state.
-pub struct Gbps<I = PeerId> {
+pub struct Gbps<I: NodeId = PeerId> {
     me: I,
     config: GbpsConfig,
     view: Vec<Descriptor<I>>,
     samples: Vec<I>,
-    rng: StdRng,
+    rng: I::Rng,
 }
 
 impl<I: NodeId> Gbps<I> {
@@ -78,7 +77,7 @@ impl<I: NodeId> Gbps<I> {
             view: Vec::with_capacity(config.view_size + config.view_size / 2 + 1),
             config,
             samples: Vec::new(),
-            rng: StdRng::seed_from_u64(seed),
+            rng: I::Rng::seed_from_u64(seed),
         }
     }
 

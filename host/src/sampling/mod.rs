@@ -37,6 +37,11 @@ use siphasher::sip::SipHasher13;
 /// What a sampler needs of a node id: the live node uses [`PeerId`], the simulator
 /// plain `u32` indices (cheap to copy, compare and rank).
 pub trait NodeId: Copy + Eq + Ord + Hash + Debug + Send + 'static {
+    /// The generator a sampler of these ids draws its random choices from, seeded at
+    /// construction: one peers cannot predict for live ids, a small fast one for the
+    /// simulator's (a run holds 100,000 samplers, each with its own).
+    type Rng: rand::Rng + rand::SeedableRng + Send;
+
     /// The id's rank under the secret `key`: the min-wise independent permutations of
     /// Brahms's samplers and Basalt's slots.
     fn keyed_rank(&self, key: (u64, u64)) -> u64;
@@ -108,6 +113,8 @@ impl IdFilter {
 /// Live ids are ranked with SipHash-1-3, a keyed PRF: a peer that does not know the
 /// key cannot make up ids that rank low.
 impl NodeId for PeerId {
+    type Rng = rand::rngs::StdRng;
+
     fn keyed_rank(&self, key: (u64, u64)) -> u64 {
         let mut hasher = SipHasher13::new_with_keys(key.0, key.1);
         self.hash(&mut hasher);
@@ -120,6 +127,9 @@ impl NodeId for PeerId {
 /// adversarially, and much cheaper than SipHash, which matters when every id heard is
 /// ranked in every slot.
 impl NodeId for u32 {
+    /// PCG-64 (MCG variant): 16 bytes of state, one multiplication per draw.
+    type Rng = rand_pcg::Pcg64Mcg;
+
     fn keyed_rank(&self, key: (u64, u64)) -> u64 {
         fn mix(mut z: u64) -> u64 {
             z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
