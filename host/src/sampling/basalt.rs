@@ -20,7 +20,10 @@ use libp2p::PeerId;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::{keyed_rank, BasaltConfig, IdFilter, NodeId, Outgoing, PeerSampler, SamplingMessage};
+use super::{
+    keyed_rank, prefetch_slice, BasaltConfig, IdFilter, NodeId, Outgoing, PeerSampler,
+    SamplingMessage,
+};
 
 /// Basalt wire messages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -279,6 +282,10 @@ impl<I: NodeId> PeerSampler<I> for Basalt<I> {
 
     fn drain_samples(&mut self, out: &mut Vec<I>) {
         out.append(&mut self.emitted);
+    }
+
+    fn prefetch(&self) {
+        prefetch_slice(&self.slots);
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::Result;
 use libp2p::PeerId;
 use serde::Serialize;
 
-use super::{new_sampler, NodeId, Outgoing, PeerSampler, SamplerConfig, SamplingMessage};
+use super::{new_sampler, prefetch, NodeId, Outgoing, PeerSampler, SamplerConfig, SamplingMessage};
 
 /// What a node's sampler did, counted by its [`SamplingDriver`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -110,6 +110,19 @@ impl<I: NodeId> SamplingDriver<I> {
     /// What was counted so far.
     pub fn counts(&self) -> SamplingCounts {
         self.counts
+    }
+
+    /// Asks the processor for the sampler's own memory (found from the driver alone): the
+    /// first of two steps that bring a node in ahead of its turn.
+    pub fn prefetch_sampler(&self) {
+        prefetch(&*self.sampler as *const dyn PeerSampler<I>);
+    }
+
+    /// Asks the processor for what the sampler's next step reads (found through the
+    /// sampler's own memory, which [`prefetch_sampler`](Self::prefetch_sampler) brought
+    /// in a little earlier).
+    pub fn prefetch_state(&self) {
+        self.sampler.prefetch();
     }
 }
 

@@ -20,7 +20,8 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    GbpsConfig, IdFilter, NodeId, Outgoing, PeerSampler, Propagation, SamplingMessage, Selection,
+    prefetch_slice, GbpsConfig, IdFilter, NodeId, Outgoing, PeerSampler, Propagation,
+    SamplingMessage, Selection,
 };
 
 /// A node descriptor: a peer and how old the information about it is.
@@ -255,6 +256,10 @@ impl<I: NodeId> PeerSampler<I> for Gbps<I> {
 
     fn drain_samples(&mut self, out: &mut Vec<I>) {
         out.append(&mut self.samples);
+    }
+
+    fn prefetch(&self) {
+        prefetch_slice(&self.view);
     }
 }
 

@@ -221,6 +221,35 @@ pub trait PeerSampler<I: NodeId = PeerId>: Send {
     fn admits(&self, _peer: I) -> bool {
         true
     }
+    /// Asks the processor for the memory the sampler's next step reads (its view), ahead
+    /// of that step: the simulator calls it a node or two before the node's turn. A hint
+    /// only: it changes nothing.
+    fn prefetch(&self) {}
+}
+
+/// Asks the processor to bring the memory at `address` into its caches ahead of use. A
+/// hint: it reads nothing, so it cannot fault and changes no result; a no-op where the
+/// architecture has no prefetch instruction.
+#[inline(always)]
+pub(crate) fn prefetch<T: ?Sized>(address: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing into the program: any address is allowed.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(address.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
+/// [`prefetch`]es every cache line of `items`.
+#[inline]
+pub(crate) fn prefetch_slice<T>(items: &[T]) {
+    const LINE: usize = 64;
+    let start = items.as_ptr().cast::<u8>();
+    for offset in (0..std::mem::size_of_val(items)).step_by(LINE) {
+        prefetch(start.wrapping_add(offset));
+    }
 }
 
 /// Builds the sampler `config` describes for node `me`, its randomness drawn from `seed`

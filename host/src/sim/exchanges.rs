@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use super::helpers::{Helpers, SharedWork};
-use crate::sampling::{Connected, Outgoing, SamplingDriver};
+use crate::sampling::{prefetch, Connected, Outgoing, SamplingDriver};
 
 /// A message on its way: from, and to whom with what.
 type InFlight = (u32, Outgoing<u32>);
@@ -153,6 +153,10 @@ impl<'a> Exchanges<'a> {
                 nodes.push((to, None));
             }
         }
+        // The recipients' drivers, asked for now, are in the caches when the batch runs.
+        nodes[1..]
+            .iter()
+            .for_each(|(node, _)| prefetch(&samplers[*node as usize]));
         if nodes.iter().any(|(n, _)| self.is_reserved(*n)) {
             self.run(samplers);
         }
@@ -178,8 +182,13 @@ impl<'a> Exchanges<'a> {
                 let spare = self.spare.pop().unwrap_or_else(|| {
                     SamplingDriver::with_sampler(Box::new(Connected::default()))
                 });
-                *driver = Some(std::mem::replace(&mut samplers[*node as usize], spare));
+                let taken = std::mem::replace(&mut samplers[*node as usize], spare);
+                taken.prefetch_sampler();
+                *driver = Some(taken);
             }
+        }
+        for (_, driver) in self.pending.iter().flat_map(|e| &e.nodes) {
+            driver.iter().for_each(SamplingDriver::prefetch_state);
         }
         let batch = Arc::new(Batch {
             exchanges: self.pending.drain(..).map(Mutex::new).collect(),

@@ -563,7 +563,8 @@ impl Simulation {
             }
             _ => {
                 let mut queue = VecDeque::new();
-                for i in order {
+                for (k, &i) in order.iter().enumerate() {
+                    prefetch_ahead(&self.samplers, &order[k..]);
                     queue.extend(self.tick(i).into_iter().map(|o| (i, o)));
                     self.exchange(&mut queue);
                 }
@@ -574,7 +575,8 @@ impl Simulation {
             .map(|i| self.is_up(i))
             .collect();
         let mut exchanges = exchanges::Exchanges::new(helpers, up);
-        for i in order {
+        for (k, &i) in order.iter().enumerate() {
+            prefetch_ahead(&self.samplers, &order[k..]);
             if exchanges.is_reserved(i) {
                 exchanges.run(&mut self.samplers);
             }
@@ -764,6 +766,22 @@ impl Simulation {
     /// Messages sent so far (delivered or lost).
     pub fn messages(&self) -> u64 {
         self.messages
+    }
+}
+
+/// Brings in, ahead of their ticks, the nodes that tick after `order[0]`: each node's
+/// memory is reached in three steps (its driver, the sampler the driver points to, the
+/// view the sampler points to), each asked for two ticks before the next step needs it.
+/// Ticks visit nodes in a random order, so without this each step waits on memory.
+fn prefetch_ahead(samplers: &[SamplingDriver<u32>], order: &[u32]) {
+    if let Some(&node) = order.get(6) {
+        crate::sampling::prefetch(&samplers[node as usize]);
+    }
+    if let Some(&node) = order.get(4) {
+        samplers[node as usize].prefetch_sampler();
+    }
+    if let Some(&node) = order.get(2) {
+        samplers[node as usize].prefetch_state();
     }
 }
 
