@@ -222,8 +222,8 @@ pub trait PeerSampler<I: NodeId = PeerId>: Send {
         true
     }
     /// Asks the processor for the memory the sampler's next step reads (its view), ahead
-    /// of that step: the simulator calls it a node or two before the node's turn. A hint
-    /// only: it changes nothing.
+    /// of that step: the simulator calls it a couple of ticks before the node's turn. A
+    /// hint only: it changes nothing.
     fn prefetch(&self) {}
 }
 
