@@ -47,27 +47,6 @@ fn append_frame<E>(
     Ok(())
 }
 
-/// Reads one length-prefixed frame of at most `limit` bytes; `None` at the end of the
-/// stream between frames.
-async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    limit: u64,
-    what: &str,
-) -> io::Result<Option<Vec<u8>>> {
-    let Some(len) = read_length(reader).await? else {
-        return Ok(None);
-    };
-    if len > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{what} of {len} bytes, larger than the limit of {limit} bytes"),
-        ));
-    }
-    let mut frame = vec![0; len as usize];
-    reader.read_exact(&mut frame).await?;
-    Ok(Some(frame))
-}
-
 /// A frame's length; `None` at the end of the stream before its first byte.
 async fn read_length<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Option<u64>> {
     let mut len = [0u8; 4];

@@ -160,11 +160,10 @@ async fn answer_stream(
             let mut next = Some(first);
             while let Some((owed, answer)) = next.take() {
                 let Ok(answer) = answer.await else { return };
-                let encoded = append_frame(&mut out, |out| {
+                let Ok(()) = append_frame(&mut out, |out| {
                     encode_response_into(&answer, out);
                     Ok::<_, Infallible>(())
                 });
-                let Ok(()) = encoded;
                 paid.push(owed);
                 if out.len() < WRITE_CHUNK {
                     next = to_write.try_recv().ok();

@@ -6,13 +6,13 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use libp2p_stream::{Control, OpenStreamError};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use super::{append_frame, read_frame, WRITE_CHUNK};
+use super::{append_frame, read_length, WRITE_CHUNK};
 use crate::network::codec::{decode_response, encode_request_into};
 use crate::network::{AppBatch, AppResponse};
 
@@ -291,7 +291,7 @@ impl Link {
                 let deadline = at + limits.request_timeout;
                 let frame = match tokio::time::timeout_at(
                     deadline,
-                    read_frame(&mut reader, limits.max_response_bytes, "app response"),
+                    read_answer(&mut reader, limits.max_response_bytes),
                 )
                 .await
                 {
@@ -348,6 +348,26 @@ impl Link {
             }
         }
     }
+}
+
+/// Reads one response frame of at most `limit` bytes; `None` at the end of the stream
+/// between frames.
+async fn read_answer<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: u64,
+) -> io::Result<Option<Vec<u8>>> {
+    let Some(len) = read_length(reader).await? else {
+        return Ok(None);
+    };
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("app response of {len} bytes, larger than the limit of {limit} bytes"),
+        ));
+    }
+    let mut frame = vec![0; len as usize];
+    reader.read_exact(&mut frame).await?;
+    Ok(Some(frame))
 }
 
 /// The requests in flight (locked only between awaits).
