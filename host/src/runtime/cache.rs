@@ -116,20 +116,51 @@ impl ComponentCache {
                 }
             }
         }
-        let component = Component::new(engine, bytes)
+        let compiled = Component::new(engine, bytes)
             .map_err(anyhow::Error::from)
-            .context("cannot compile the component")?;
-        if let Err(e) = self.store(&path, &component) {
-            tracing::warn!(dir = %self.dir.display(), "cannot write the compiled-component cache: {e:#}");
-        }
-        Ok((component, false))
+            .context("cannot compile the component");
+        let component = compiled.map(|compiled| self.store_and_map(engine, &path, compiled));
+        release_freed_memory();
+        Ok((component?, false))
     }
 
+    /// Stores `compiled` at `path` and returns the stored file mapped, in place of the
+    /// compiled code in this process's memory: a node that compiled keeps only the pages
+    /// that run, like the next one. Returns `compiled` itself when either step fails.
+    fn store_and_map(&self, engine: &Engine, path: &Path, compiled: Component) -> Component {
+        if let Err(e) = self.store(path, &compiled) {
+            tracing::warn!(dir = %self.dir.display(), "cannot write the compiled-component cache: {e:#}");
+            return compiled;
+        }
+        // SAFETY: as in `get_or_compile`; the file was just written and renamed into place.
+        match unsafe { Component::deserialize_file(engine, path) } {
+            Ok(mapped) => mapped,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "cannot map the entry just stored: {e:#}");
+                compiled
+            }
+        }
+    }
+
+    /// Writes `component` to `path` by way of a new file renamed into place, and drops
+    /// the file's pages from the page cache: written in one piece, they are cached in
+    /// large folios, and a mapping of a large folio makes all of it resident however
+    /// little of it runs (+9 MiB for a Python component on Linux 6.18); read back by
+    /// faults, they come in small.
     fn store(&self, path: &Path, component: &Component) -> Result<()> {
+        use std::io::Write as _;
+        use std::os::fd::AsRawFd as _;
         create_private_dir(&self.dir)?;
         let serialized = component.serialize().map_err(anyhow::Error::from)?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, serialized)?;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&serialized)?;
+        // Only clean pages can be dropped.
+        file.sync_data()?;
+        // SAFETY: a plain system call on a file descriptor this function owns; it reads
+        // and writes no memory of ours. Its outcome is only advice, so it is not checked.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        drop(file);
         std::fs::rename(&tmp, path)?;
         self.evict(path);
         Ok(())
@@ -166,6 +197,17 @@ impl ComponentCache {
                 Err(e) => tracing::warn!(path = %path.display(), "cannot evict: {e}"),
             }
         }
+    }
+}
+
+/// Gives the memory freed by a compilation back to the system: the compiler's threads
+/// leave hundreds of MiB free in their malloc arenas (a Python component: 245 MiB
+/// resident after its compilation without this), which glibc keeps for reuse.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only reorganises the allocator's own free memory.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
