@@ -20,10 +20,8 @@ use libp2p::PeerId;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    keyed_rank, prefetch_slice, BasaltConfig, IdFilter, NodeId, Outgoing, PeerSampler,
-    SamplingMessage,
-};
+use super::minwise::Rankers;
+use super::{BasaltConfig, IdFilter, NodeId, Outgoing, PeerSampler, SamplingMessage};
 
 /// Basalt wire messages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,44 +36,12 @@ pub enum BasaltMessage<I = PeerId> {
     },
 }
 
-#[derive(Clone, Debug)]
-struct Slot<I> {
-    seed: (u64, u64),
-    /// The peer and its rank under `seed`.
-    peer: Option<(I, u64)>,
-    hits: u64,
-}
-
-impl<I: NodeId> Slot<I> {
-    fn holds(&self, id: I) -> bool {
-        self.peer.is_some_and(|(peer, _)| peer == id)
-    }
-
-    /// Hears `ids` in turn: its peer again adds a hit; an id ranked lower (or any, when
-    /// empty) becomes its peer.
-    fn rank(&mut self, ids: &[I]) {
-        for &id in ids {
-            let rank = match self.peer {
-                Some((current, _)) if current == id => {
-                    self.hits += 1;
-                    continue;
-                }
-                Some((_, best)) => Some(keyed_rank(self.seed, &id)).filter(|&r| r < best),
-                None => Some(keyed_rank(self.seed, &id)),
-            };
-            if let Some(rank) = rank {
-                self.peer = Some((id, rank));
-                self.hits = 0;
-            }
-        }
-    }
-}
-
 /// One node's Basalt state.
 pub struct Basalt<I: NodeId = PeerId> {
     me: I,
     config: BasaltConfig,
-    slots: Vec<Slot<I>>,
+    /// The slots: a seed, a peer and a hit counter each.
+    slots: Rankers<I>,
     round: u64,
     next_reset: usize,
     emitted: Vec<I>,
@@ -88,13 +54,7 @@ impl<I: NodeId> Basalt<I> {
     /// A node `me` with v empty slots; `seed` drives the slot seeds and every choice.
     pub fn new(me: I, config: BasaltConfig, seed: u64) -> Basalt<I> {
         let mut rng = I::Rng::seed_from_u64(seed);
-        let slots = (0..config.view_size)
-            .map(|_| Slot {
-                seed: (rng.random(), rng.random()),
-                peer: None,
-                hits: 0,
-            })
-            .collect();
+        let slots = Rankers::new(config.view_size, me, &mut rng);
         // Nodes reset at different rounds of the τ cycle, as in the authors' simulator
         // (a whole network resetting in the same round would empty slots all at once).
         // (No draw when τ = 1: every round resets, and the random stream stays as it was.)
@@ -120,35 +80,28 @@ impl<I: NodeId> Basalt<I> {
     /// Every id in the view was ranked in every filled slot since that slot last got a
     /// seed (when it entered the view, and whenever a slot was reset or refilled, which
     /// re-ranks the view), and lost or won there. So an id some slot holds only adds
-    /// hits — unless a slot is empty — and only the other ids are ranked. A slot's peer
-    /// is the lowest-ranked of the ids it heard, and its hits the later hearings of that
-    /// id, whatever the order: so slots rank their ids in one pass each.
+    /// hits — unless a slot is empty — and only the other ids are ranked.
     fn update(&mut self, ids: &[I]) {
         // Most ids heard are held by no slot: a filter of the slots' peers spares
         // scanning the slots for them (worth building for more than a few ids).
-        let (mut held, mut any_empty) = (IdFilter::default(), false);
-        for slot in &self.slots {
-            match slot.peer {
-                Some((peer, _)) if ids.len() > 4 => held.insert(&peer),
-                Some(_) => {}
-                None => any_empty = true,
-            }
+        let mut held = IdFilter::default();
+        if ids.len() > 4 {
+            self.slots
+                .all_held()
+                .flatten()
+                .for_each(|peer| held.insert(&peer));
         }
+        let any_empty = self.slots.any_empty();
         let mut fresh = std::mem::take(&mut self.fresh);
         fresh.clear();
         for &id in ids.iter().filter(|id| **id != self.me) {
             let maybe_held = ids.len() <= 4 || held.may_contain(&id);
-            if !any_empty && maybe_held && self.slots.iter().any(|s| s.holds(id)) {
-                self.slots
-                    .iter_mut()
-                    .filter(|s| s.holds(id))
-                    .for_each(|s| s.hits += 1);
-            } else {
+            if any_empty || !maybe_held || !self.slots.add_hits(id) {
                 fresh.push(id);
             }
         }
         if !fresh.is_empty() {
-            self.slots.iter_mut().for_each(|slot| slot.rank(&fresh));
+            self.slots.hear(&fresh);
         }
         self.fresh = fresh;
     }
@@ -157,39 +110,32 @@ impl<I: NodeId> Basalt<I> {
     /// seeds, or peers lost). Every filled slot already ranked each id of the view (see
     /// `update`): it only gains the hit of hearing its own peer again.
     fn rerank(&mut self, known: &[I]) {
-        for slot in &mut self.slots {
-            if slot.peer.is_some() {
-                slot.hits += 1;
+        for j in 0..self.slots.count() {
+            if self.slots.held(j).is_some() {
+                self.slots.add_hit(j);
             } else {
-                slot.rank(known);
+                self.slots.hear_in(j, known);
             }
         }
     }
 
     /// The paper's `selectPeer`: the filled slot with the fewest hits (counting this use).
     fn select_peer(&mut self) -> Option<I> {
-        let slot = self
-            .slots
-            .iter_mut()
-            .filter(|s| s.peer.is_some())
-            .min_by_key(|s| s.hits)?;
-        slot.hits += 1;
-        slot.peer.map(|(peer, _)| peer)
+        let j = (0..self.slots.count())
+            .filter(|&j| self.slots.held(j).is_some())
+            .min_by_key(|&j| self.slots.hits(j))?;
+        self.slots.add_hit(j);
+        self.slots.held(j)
     }
 
     /// Emits the peers of the next k slots as samples, gives those slots fresh seeds
     /// and re-ranks the ids in the view.
     fn reset_slots(&mut self) {
         let known = self.view();
-        let v = self.slots.len();
+        let v = self.slots.count();
         for _ in 0..self.config.refresh.min(v) {
-            let slot = &mut self.slots[self.next_reset];
-            self.emitted.extend(slot.peer.map(|(peer, _)| peer));
-            *slot = Slot {
-                seed: (self.rng.random(), self.rng.random()),
-                peer: None,
-                hits: 0,
-            };
+            self.emitted.extend(self.slots.held(self.next_reset));
+            self.slots.rekey(self.next_reset, &mut self.rng);
             self.next_reset = (self.next_reset + 1) % v;
         }
         self.rerank(&known);
@@ -250,17 +196,7 @@ impl<I: NodeId> PeerSampler<I> for Basalt<I> {
     }
 
     fn handle_peer_unreachable(&mut self, peer: I) {
-        let mut emptied = false;
-        for slot in self
-            .slots
-            .iter_mut()
-            .filter(|s| s.peer.is_some_and(|(p, _)| p == peer))
-        {
-            slot.peer = None;
-            slot.hits = 0;
-            emptied = true;
-        }
-        if emptied {
+        if self.slots.empty_holding(peer) {
             // Refill the emptied slots from the peers still in the view.
             let known = self.view();
             self.rerank(&known);
@@ -269,9 +205,9 @@ impl<I: NodeId> PeerSampler<I> for Basalt<I> {
 
     /// The distinct peers of the slots, in slot order.
     fn view(&self) -> Vec<I> {
-        let mut view: Vec<I> = Vec::with_capacity(self.slots.len());
+        let mut view: Vec<I> = Vec::with_capacity(self.slots.count());
         let mut listed = IdFilter::default();
-        for (peer, _) in self.slots.iter().filter_map(|s| s.peer) {
+        for peer in self.slots.all_held().flatten() {
             if !(listed.may_contain(&peer) && view.contains(&peer)) {
                 listed.insert(&peer);
                 view.push(peer);
@@ -285,7 +221,7 @@ impl<I: NodeId> PeerSampler<I> for Basalt<I> {
     }
 
     fn prefetch(&self) {
-        prefetch_slice(&self.slots);
+        self.slots.prefetch();
     }
 }
 
@@ -320,12 +256,10 @@ mod tests {
         let reversed: Vec<PeerId> = p[1..].iter().rev().copied().collect();
         backward.update(&reversed);
         assert_eq!(forward.view(), backward.view());
-        for slot in &forward.slots {
-            let best = p[1..]
-                .iter()
-                .min_by_key(|id| keyed_rank(slot.seed, *id))
-                .unwrap();
-            assert_eq!(slot.peer.map(|(p, _)| p), Some(*best));
+        for j in 0..forward.slots.count() {
+            let key = forward.slots.key(j);
+            let best = p[1..].iter().min_by_key(|id| id.keyed_rank(key)).unwrap();
+            assert_eq!(forward.slots.held(j), Some(*best));
         }
     }
 
@@ -375,17 +309,13 @@ mod tests {
         let mut node = Basalt::new(p[0], config(6, 2, 3), 11);
         node.round = 0; // at the start of its τ cycle
         node.update(&p[1..]);
-        let seeds = |n: &Basalt| n.slots.iter().map(|s| s.seed).collect::<Vec<_>>();
+        let seeds = |n: &Basalt| (0..6).map(|j| n.slots.key(j)).collect::<Vec<_>>();
         let before = seeds(&node);
         node.handle_tick();
         node.handle_tick();
         assert_eq!(seeds(&node), before, "no reset before τ rounds");
         assert!(node.take_samples().is_empty(), "samples come from resets");
-        let reset_peers: Vec<PeerId> = node.slots[..2]
-            .iter()
-            .filter_map(|s| s.peer)
-            .map(|(p, _)| p)
-            .collect();
+        let reset_peers: Vec<PeerId> = (0..2).filter_map(|j| node.slots.held(j)).collect();
         node.handle_tick();
         assert_eq!(
             node.take_samples(),
@@ -396,7 +326,7 @@ mod tests {
         let changed: Vec<usize> = (0..6).filter(|&i| before[i] != after[i]).collect();
         assert_eq!(changed, vec![0, 1]);
         assert!(
-            node.slots.iter().all(|s| s.peer.is_some()),
+            node.slots.all_held().all(|peer| peer.is_some()),
             "reset slots refill from the view"
         );
     }

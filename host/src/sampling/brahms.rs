@@ -17,10 +17,11 @@
 
 use libp2p::PeerId;
 use rand::seq::IndexedRandom;
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::{keyed_rank, BrahmsConfig, NodeId, Outgoing, PeerSampler, SamplingMessage};
+use super::minwise::Rankers;
+use super::{prefetch, BrahmsConfig, NodeId, Outgoing, PeerSampler, SamplingMessage};
 
 /// Brahms wire messages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,17 +74,44 @@ impl Ranked {
 /// flood of pushes or replies takes no more memory than its distinct ids).
 const COMPACT_AT: usize = 4096;
 
-fn compact_if_long<I: Ord>(ids: &mut Vec<I>) {
+fn compact_if_long<I: NodeId>(ids: &mut Vec<I>) {
     if ids.len() > COMPACT_AT {
-        ids.sort_unstable();
-        ids.dedup();
+        remove_repeats(ids);
     }
 }
 
-#[derive(Clone, Debug)]
-struct Sampler<I> {
-    key: (u64, u64),
-    best: Option<(u64, I)>,
+thread_local! {
+    /// [`remove_repeats`]'s bitset of dense ids (all clear between calls).
+    static SEEN: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Drops the repeats of ids in `ids`. Ids with a dense number keep the order they came
+/// in (a linear pass over a bitset of the thread's); others are sorted.
+fn remove_repeats<I: NodeId>(ids: &mut Vec<I>) {
+    if ids.first().and_then(NodeId::dense_index).is_none() {
+        ids.sort_unstable();
+        ids.dedup();
+        return;
+    }
+    SEEN.with_borrow_mut(|seen| {
+        let word_bit = |id: &I| {
+            let index = id.dense_index().expect("ids of one type are all dense") as usize;
+            (index / 64, 1u64 << (index % 64))
+        };
+        ids.retain(|id| {
+            let (word, bit) = word_bit(id);
+            if word >= seen.len() {
+                seen.resize(word + 1, 0);
+            }
+            let first = seen[word] & bit == 0;
+            seen[word] |= bit;
+            first
+        });
+        ids.iter().for_each(|id| {
+            let (word, _) = word_bit(id);
+            seen[word] = 0;
+        });
+    });
 }
 
 /// One node's Brahms state.
@@ -91,9 +119,10 @@ pub struct Brahms<I: NodeId = PeerId> {
     me: I,
     config: BrahmsConfig,
     view: Vec<I>,
-    samplers: Vec<Sampler<I>>,
-    /// This round's pushed and pulled ids, as they came (sorted and deduplicated when
-    /// the round closes; their buffers are kept for the next round).
+    /// The l2 samplers.
+    samplers: Rankers<I>,
+    /// This round's pushed and pulled ids, as they came (their repeats dropped when the
+    /// round closes; their buffers are kept for the next round).
     pushed: Vec<I>,
     pulled: Vec<I>,
     /// The ids the samplers see next (a buffer kept between rounds).
@@ -109,12 +138,7 @@ impl<I: NodeId> Brahms<I> {
     /// A node `me` with an empty view and l2 empty samplers; `seed` drives every choice.
     pub fn new(me: I, config: BrahmsConfig, seed: u64) -> Brahms<I> {
         let mut rng = I::Rng::seed_from_u64(seed);
-        let samplers = (0..config.sampler_size)
-            .map(|_| Sampler {
-                key: (rng.random(), rng.random()),
-                best: None,
-            })
-            .collect();
+        let samplers = Rankers::new(config.sampler_size, me, &mut rng);
         Brahms {
             me,
             config,
@@ -138,11 +162,7 @@ impl<I: NodeId> Brahms<I> {
     /// The ids the samplers hold (the paper's history samples).
     pub fn samples(&self) -> Vec<I> {
         let mut samples: Vec<I> = Vec::new();
-        for id in self
-            .samplers
-            .iter()
-            .filter_map(|s| s.best.map(|(_, id)| id))
-        {
+        for id in self.samplers.all_held().flatten() {
             if !samples.contains(&id) {
                 samples.push(id);
             }
@@ -164,8 +184,7 @@ impl<I: NodeId> Brahms<I> {
             .max(usize::from(self.config.beta > 0.0))
     }
 
-    /// Every sampler sees the ids of `batches`, in order (sampler by sampler, over one
-    /// flat slice: its key and minimum stay in registers), but for ids they all ranked
+    /// Every sampler sees the ids of `batches`, in order, but for ids they all ranked
     /// already under their current keys.
     fn learn(&mut self, batches: &[&[I]]) {
         let me = self.me;
@@ -177,17 +196,7 @@ impl<I: NodeId> Brahms<I> {
                 .flat_map(|batch| batch.iter())
                 .filter(|&&id| id != me && !ranked.check_and_mark(&id)),
         );
-        for sampler in &mut self.samplers {
-            let key = sampler.key;
-            let mut best = sampler.best;
-            for &id in &heard {
-                let rank = keyed_rank(key, &id);
-                if best.is_none_or(|(least, _)| rank < least) {
-                    best = Some((rank, id));
-                }
-            }
-            sampler.best = best;
-        }
+        self.samplers.hear(&heard);
         heard.clear();
         self.heard = heard;
     }
@@ -196,10 +205,8 @@ impl<I: NodeId> Brahms<I> {
     fn end_round(&mut self) {
         let mut pushed = std::mem::take(&mut self.pushed);
         let mut pulled = std::mem::take(&mut self.pulled);
-        for ids in [&mut pushed, &mut pulled] {
-            ids.sort_unstable();
-            ids.dedup();
-        }
+        remove_repeats(&mut pushed);
+        remove_repeats(&mut pulled);
         let (alpha_l1, beta_l1) = (self.push_count(), self.pull_count());
         if pushed.len() > alpha_l1 {
             self.flooded_rounds += 1;
@@ -295,16 +302,11 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
 
     fn handle_peer_unreachable(&mut self, peer: I) {
         self.view.retain(|p| *p != peer);
-        for sampler in self
-            .samplers
-            .iter_mut()
-            .filter(|s| s.best.is_some_and(|(_, id)| id == peer))
-        {
-            *sampler = Sampler {
-                key: (self.rng.random(), self.rng.random()),
-                best: None,
-            };
-            self.ranked.clear();
+        for j in 0..self.samplers.count() {
+            if self.samplers.held(j) == Some(peer) {
+                self.samplers.rekey(j, &mut self.rng);
+                self.ranked.clear();
+            }
         }
     }
 
@@ -322,6 +324,13 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
         vec![("flooded_rounds", self.flooded_rounds)]
+    }
+
+    fn prefetch(&self) {
+        // Where a push or an answer will be appended, and the view a pull copies.
+        prefetch(self.pushed.as_ptr_range().end);
+        prefetch(self.pulled.as_ptr_range().end);
+        prefetch(self.view.as_ptr());
     }
 }
 
@@ -388,12 +397,29 @@ mod tests {
         node.ranked.clear();
         node.learn(&[&ids]);
         assert!(
-            node.samplers.iter().all(|s| s.best.is_some()),
+            node.samplers.all_held().all(|id| id.is_some()),
             "every sampler refilled"
         );
         // Ids past the bitset are always ranked.
         assert!(!node.ranked.check_and_mark(&RANKED_BITS));
         assert!(!node.ranked.check_and_mark(&RANKED_BITS));
+    }
+
+    #[test]
+    fn repeats_are_dropped_dense_ids_keeping_their_order() {
+        let mut dense: Vec<u32> = vec![70, 3, 70, 9000, 3, 5, 9000, 64];
+        remove_repeats(&mut dense);
+        assert_eq!(dense, [70, 3, 9000, 5, 64]);
+        // The thread's bitset is clear again: the same ids count as new.
+        let mut again: Vec<u32> = vec![5, 64, 5];
+        remove_repeats(&mut again);
+        assert_eq!(again, [5, 64]);
+        let p = ids(3);
+        let mut live = vec![p[2], p[0], p[2], p[1], p[0]];
+        remove_repeats(&mut live);
+        let mut expected = p.clone();
+        expected.sort();
+        assert_eq!(live, expected);
     }
 
     #[test]

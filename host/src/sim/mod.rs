@@ -565,7 +565,9 @@ impl Simulation {
                 let mut queue = VecDeque::new();
                 for (k, &i) in order.iter().enumerate() {
                     prefetch_ahead(&self.samplers, &order[k..]);
-                    queue.extend(self.tick(i).into_iter().map(|o| (i, o)));
+                    let sent = self.tick(i);
+                    prefetch_recipients(&self.samplers, &sent);
+                    queue.extend(sent.into_iter().map(|o| (i, o)));
                     self.exchange(&mut queue);
                 }
                 return Ok(());
@@ -783,6 +785,15 @@ fn prefetch_ahead(samplers: &[SamplingDriver<u32>], order: &[u32]) {
     if let Some(&node) = order.get(2) {
         samplers[node as usize].prefetch_state();
     }
+}
+
+/// Brings in the nodes a tick's messages go to (a Brahms tick reaches a dozen or more),
+/// each step for all of them before the next, so that their waits on memory overlap.
+fn prefetch_recipients(samplers: &[SamplingDriver<u32>], sent: &[Outgoing<u32>]) {
+    let recipients = || sent.iter().filter_map(|o| samplers.get(o.to as usize));
+    recipients().for_each(|driver| crate::sampling::prefetch(driver));
+    recipients().for_each(SamplingDriver::prefetch_sampler);
+    recipients().for_each(SamplingDriver::prefetch_state);
 }
 
 /// The metrics a measuring thread took.
