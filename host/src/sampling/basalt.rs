@@ -21,7 +21,7 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::minwise::Rankers;
-use super::{BasaltConfig, IdFilter, NodeId, Outgoing, PeerSampler, SamplingMessage};
+use super::{BasaltConfig, IdFilter, NodeId, Outgoing, PeerSampler, SamplingMessage, Step};
 
 /// Basalt wire messages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -220,7 +220,7 @@ impl<I: NodeId> PeerSampler<I> for Basalt<I> {
         out.append(&mut self.emitted);
     }
 
-    fn prefetch(&self) {
+    fn prefetch(&self, _next: Step) {
         self.slots.prefetch();
     }
 }

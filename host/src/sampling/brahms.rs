@@ -21,7 +21,9 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::minwise::Rankers;
-use super::{prefetch, BrahmsConfig, NodeId, Outgoing, PeerSampler, SamplingMessage};
+use super::{
+    prefetch, prefetch_slice, BrahmsConfig, NodeId, Outgoing, PeerSampler, SamplingMessage, Step,
+};
 
 /// Brahms wire messages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -326,11 +328,24 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
         vec![("flooded_rounds", self.flooded_rounds)]
     }
 
-    fn prefetch(&self) {
-        // Where a push or an answer will be appended, and the view a pull copies.
-        prefetch(self.pushed.as_ptr_range().end);
-        prefetch(self.pulled.as_ptr_range().end);
-        prefetch(self.view.as_ptr());
+    fn prefetch(&self, next: Step) {
+        match next {
+            // The round's end reads all the ids heard, the samplers and the record of
+            // what they ranked.
+            Step::Tick => {
+                prefetch_slice(&self.pushed);
+                prefetch_slice(&self.pulled);
+                prefetch_slice(&self.ranked.bits);
+                self.samplers.prefetch();
+                prefetch_slice(&self.view);
+            }
+            // Where a push or an answer will be appended, and the view a pull copies.
+            Step::Message => {
+                prefetch(self.pushed.as_ptr_range().end);
+                prefetch(self.pulled.as_ptr_range().end);
+                prefetch(self.view.as_ptr());
+            }
+        }
     }
 }
 

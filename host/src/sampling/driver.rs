@@ -9,7 +9,9 @@ use anyhow::Result;
 use libp2p::PeerId;
 use serde::Serialize;
 
-use super::{new_sampler, prefetch, NodeId, Outgoing, PeerSampler, SamplerConfig, SamplingMessage};
+use super::{
+    new_sampler, prefetch, NodeId, Outgoing, PeerSampler, SamplerConfig, SamplingMessage, Step,
+};
 
 /// What a node's sampler did, counted by its [`SamplingDriver`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -121,8 +123,8 @@ impl<I: NodeId> SamplingDriver<I> {
     /// Asks the processor for what the sampler's next step reads (found through the
     /// sampler's own memory, which [`prefetch_sampler`](Self::prefetch_sampler) brought
     /// in a little earlier).
-    pub fn prefetch_state(&self) {
-        self.sampler.prefetch();
+    pub fn prefetch_state(&self, next: Step) {
+        self.sampler.prefetch(next);
     }
 }
 

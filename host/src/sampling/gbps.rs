@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     prefetch_slice, GbpsConfig, IdFilter, NodeId, Outgoing, PeerSampler, Propagation,
-    SamplingMessage, Selection,
+    SamplingMessage, Selection, Step,
 };
 
 /// A node descriptor: a peer and how old the information about it is.
@@ -258,7 +258,7 @@ impl<I: NodeId> PeerSampler<I> for Gbps<I> {
         out.append(&mut self.samples);
     }
 
-    fn prefetch(&self) {
+    fn prefetch(&self, _next: Step) {
         prefetch_slice(&self.view);
     }
 }

@@ -266,10 +266,20 @@ pub trait PeerSampler<I: NodeId = PeerId>: Send {
     fn admits(&self, _peer: I) -> bool {
         true
     }
-    /// Asks the processor for the memory the sampler's next step reads (its view), ahead
-    /// of that step: the simulator calls it a couple of ticks before the node's turn,
-    /// and before messages reach it. A hint only: it changes nothing.
-    fn prefetch(&self) {}
+    /// Asks the processor for the memory the sampler's `next` step reads (its view),
+    /// ahead of that step: the simulator calls it a couple of ticks before the node's
+    /// turn, and a couple of messages before one reaches it. A hint only: it changes
+    /// nothing.
+    fn prefetch(&self, _next: Step) {}
+}
+
+/// A sampler's next step, for [`PeerSampler::prefetch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Its tick.
+    Tick,
+    /// A message to it.
+    Message,
 }
 
 /// Asks the processor to bring the memory at `address` into its caches ahead of use. A

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use super::helpers::{Helpers, SharedWork};
-use crate::sampling::{prefetch, Connected, Outgoing, SamplingDriver};
+use crate::sampling::{prefetch, Connected, Outgoing, SamplingDriver, Step};
 
 /// A message on its way: from, and to whom with what.
 type InFlight = (u32, Outgoing<u32>);
@@ -188,7 +188,7 @@ impl<'a> Exchanges<'a> {
             }
         }
         for (_, driver) in self.pending.iter().flat_map(|e| &e.nodes) {
-            driver.iter().for_each(SamplingDriver::prefetch_state);
+            driver.iter().for_each(|d| d.prefetch_state(Step::Message));
         }
         let batch = Arc::new(Batch {
             exchanges: self.pending.drain(..).map(Mutex::new).collect(),

@@ -60,7 +60,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
 use crate::sampling::{
-    Outgoing, SamplerConfig, SamplingDriver, SamplingMessage, StaticView, Topology,
+    Outgoing, SamplerConfig, SamplingDriver, SamplingMessage, StaticView, Step, Topology,
 };
 
 /// Which engine runs the simulation.
@@ -597,6 +597,12 @@ impl Simulation {
     /// they cause, at once.
     fn exchange(&mut self, queue: &mut VecDeque<(u32, Outgoing<u32>)>) {
         while let Some((from, Outgoing { to, message })) = queue.pop_front() {
+            if let Some(ahead) = queue
+                .get(2)
+                .and_then(|(_, o)| self.samplers.get(o.to as usize))
+            {
+                ahead.prefetch_state(Step::Message);
+            }
             self.messages += 1;
             if to as usize >= self.samplers.len() || !self.is_up(to) {
                 if !self.byzantine[from as usize] {
@@ -783,17 +789,18 @@ fn prefetch_ahead(samplers: &[SamplingDriver<u32>], order: &[u32]) {
         samplers[node as usize].prefetch_sampler();
     }
     if let Some(&node) = order.get(2) {
-        samplers[node as usize].prefetch_state();
+        samplers[node as usize].prefetch_state(Step::Tick);
     }
 }
 
-/// Brings in the nodes a tick's messages go to (a Brahms tick reaches a dozen or more),
-/// each step for all of them before the next, so that their waits on memory overlap.
+/// Brings in the drivers and samplers of the nodes a tick's messages go to (a Brahms
+/// tick reaches a dozen or more), each step for all of them before the next, so that
+/// their waits on memory overlap; [`Simulation::exchange`] asks for what their
+/// samplers point to a few messages ahead.
 fn prefetch_recipients(samplers: &[SamplingDriver<u32>], sent: &[Outgoing<u32>]) {
     let recipients = || sent.iter().filter_map(|o| samplers.get(o.to as usize));
     recipients().for_each(|driver| crate::sampling::prefetch(driver));
     recipients().for_each(SamplingDriver::prefetch_sampler);
-    recipients().for_each(SamplingDriver::prefetch_state);
 }
 
 /// The metrics a measuring thread took.
