@@ -40,38 +40,6 @@ pub enum BrahmsMessage<I = PeerId> {
     },
 }
 
-/// Ids with a dense number below this are remembered in a bitset of at most 2 KiB per
-/// node (the simulator's first 16,384 nodes); others are ranked every time they come.
-const RANKED_BITS: u32 = 16_384;
-
-/// The ids every sampler ranked under its current key: ranking one again changes
-/// nothing (a sampler's minimum only goes down), so it is skipped. Cleared when a
-/// sampler gets a new key. Ids without a dense number are not remembered.
-#[derive(Default)]
-struct Ranked {
-    bits: Vec<u64>,
-}
-
-impl Ranked {
-    /// Whether `id` was ranked; marks it as ranked from now on.
-    fn check_and_mark<I: NodeId>(&mut self, id: &I) -> bool {
-        let Some(index) = id.dense_index().filter(|&i| i < RANKED_BITS) else {
-            return false;
-        };
-        let (word, bit) = ((index / 64) as usize, 1u64 << (index % 64));
-        if word >= self.bits.len() {
-            self.bits.resize(word + 1, 0);
-        }
-        let seen = self.bits[word] & bit != 0;
-        self.bits[word] |= bit;
-        seen
-    }
-
-    fn clear(&mut self) {
-        self.bits.clear();
-    }
-}
-
 /// Ids of one round kept as they come, up to this many before repeats are dropped (a
 /// flood of pushes or replies takes no more memory than its distinct ids).
 const COMPACT_AT: usize = 4096;
@@ -127,10 +95,6 @@ pub struct Brahms<I: NodeId = PeerId> {
     /// round closes; their buffers are kept for the next round).
     pushed: Vec<I>,
     pulled: Vec<I>,
-    /// The ids the samplers see next (a buffer kept between rounds).
-    heard: Vec<I>,
-    /// Ids every sampler already ranked under its current key.
-    ranked: Ranked,
     flooded_rounds: u64,
     emitted: Vec<I>,
     rng: I::Rng,
@@ -148,8 +112,6 @@ impl<I: NodeId> Brahms<I> {
             samplers,
             pushed: Vec::new(),
             pulled: Vec::new(),
-            heard: Vec::new(),
-            ranked: Ranked::default(),
             flooded_rounds: 0,
             emitted: Vec::new(),
             rng,
@@ -186,21 +148,11 @@ impl<I: NodeId> Brahms<I> {
             .max(usize::from(self.config.beta > 0.0))
     }
 
-    /// Every sampler sees the ids of `batches`, in order, but for ids they all ranked
-    /// already under their current keys.
-    fn learn(&mut self, batches: &[&[I]]) {
-        let me = self.me;
-        let mut heard = std::mem::take(&mut self.heard);
-        let ranked = &mut self.ranked;
-        heard.extend(
-            batches
-                .iter()
-                .flat_map(|batch| batch.iter())
-                .filter(|&&id| id != me && !ranked.check_and_mark(&id)),
-        );
-        self.samplers.hear(&heard);
-        heard.clear();
-        self.heard = heard;
+    /// The paper's `updateSample`: every sampler sees `ids` (never this node's own), in
+    /// order. Ids a sampler saw before under its current key change nothing (its
+    /// minimum only goes down), so they are not kept out.
+    fn learn(&mut self, ids: &[I]) {
+        self.samplers.hear(ids);
     }
 
     /// Closes a round: the paper's view update and sampler update.
@@ -230,7 +182,8 @@ impl<I: NodeId> Brahms<I> {
             view.truncate(self.config.view_size);
             self.view = view;
         }
-        self.learn(&[&pushed, &pulled]);
+        self.learn(&pushed);
+        self.learn(&pulled);
         pushed.clear();
         pulled.clear();
         (self.pushed, self.pulled) = (pushed, pulled);
@@ -295,11 +248,13 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
     }
 
     fn handle_peer_connected(&mut self, peer: I) {
-        if peer != self.me && self.view.len() < self.config.view_size && !self.view.contains(&peer)
-        {
+        if peer == self.me {
+            return;
+        }
+        if self.view.len() < self.config.view_size && !self.view.contains(&peer) {
             self.view.push(peer);
         }
-        self.learn(&[&[peer]]);
+        self.learn(&[peer]);
     }
 
     fn handle_peer_unreachable(&mut self, peer: I) {
@@ -307,7 +262,6 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
         for j in 0..self.samplers.count() {
             if self.samplers.held(j) == Some(peer) {
                 self.samplers.rekey(j, &mut self.rng);
-                self.ranked.clear();
             }
         }
     }
@@ -330,12 +284,10 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
 
     fn prefetch(&self, next: Step) {
         match next {
-            // The round's end reads all the ids heard, the samplers and the record of
-            // what they ranked.
+            // The round's end reads all the ids heard and the samplers.
             Step::Tick => {
                 prefetch_slice(&self.pushed);
                 prefetch_slice(&self.pulled);
-                prefetch_slice(&self.ranked.bits);
                 self.samplers.prefetch();
                 prefetch_slice(&self.view);
             }
@@ -382,42 +334,33 @@ mod tests {
         let mut a = Brahms::new(p[0], config(4, 6, 0.4, 0.4), 7);
         let mut b = Brahms::new(p[0], config(4, 6, 0.4, 0.4), 7);
         // In one batch, or one by one backwards: the same minimum.
-        a.learn(&[&p[1..15], &p[15..]]);
+        a.learn(&p[1..15]);
+        a.learn(&p[15..]);
         p[1..]
             .iter()
             .rev()
-            .for_each(|id| b.learn(&[std::slice::from_ref(id)]));
+            .for_each(|id| b.learn(std::slice::from_ref(id)));
         assert_eq!(a.samples(), b.samples());
-        a.learn(&[&p[1..]]);
+        a.learn(&p[1..]);
         assert_eq!(a.samples(), b.samples(), "seeing ids again changes nothing");
     }
 
     #[test]
-    fn ids_every_sampler_ranked_are_skipped_until_a_sampler_gets_a_new_key() {
+    fn a_sampler_reset_for_an_unreachable_peer_ranks_what_it_hears_next() {
         let mut node = Brahms::<u32>::new(0, config(4, 6, 0.4, 0.4), 3);
         let ids: Vec<u32> = (1..200).collect();
-        node.learn(&[&ids]);
-        let held = node.samples();
-        // Skipping what was ranked leaves the same samples as ranking it all again.
-        let mut fresh = Brahms::<u32>::new(0, config(4, 6, 0.4, 0.4), 3);
-        fresh.learn(&[&ids, &ids]);
-        assert_eq!(held, fresh.samples());
-        assert!(node.ranked.check_and_mark(&5), "5 was ranked");
-        // A reset sampler must see ids again, even ones ranked before.
-        node.handle_peer_unreachable(held[0]);
+        node.learn(&ids);
+        let gone = node.samples()[0];
+        node.handle_peer_unreachable(gone);
+        assert!(node.samplers.any_empty(), "its samplers start over");
+        let others: Vec<u32> = ids.iter().copied().filter(|&id| id != gone).collect();
+        node.learn(&others);
         assert!(
-            !node.ranked.check_and_mark(&7),
-            "forgotten with the new key"
+            node.samplers
+                .all_held()
+                .all(|id| id.is_some_and(|id| id != gone)),
+            "every sampler refilled from the ids heard since"
         );
-        node.ranked.clear();
-        node.learn(&[&ids]);
-        assert!(
-            node.samplers.all_held().all(|id| id.is_some()),
-            "every sampler refilled"
-        );
-        // Ids past the bitset are always ranked.
-        assert!(!node.ranked.check_and_mark(&RANKED_BITS));
-        assert!(!node.ranked.check_and_mark(&RANKED_BITS));
     }
 
     #[test]
