@@ -80,22 +80,20 @@ impl<I: NodeId> Rankers<I> {
 
     /// Adds a hit to every ranker holding `id`; false if none does.
     pub fn add_hits(&mut self, id: I) -> bool {
-        let mut any = false;
-        for j in 0..self.count() {
-            if self.held(j) == Some(id) {
-                self.add_hit(j);
-                any = true;
-            }
-        }
-        any
+        self.change_holding(id, Self::add_hit)
     }
 
     /// Empties every ranker holding `id`; false if none does.
     pub fn empty_holding(&mut self, id: I) -> bool {
+        self.change_holding(id, Self::empty)
+    }
+
+    /// Applies `change` to every ranker holding `id`; false if none does.
+    fn change_holding(&mut self, id: I, change: fn(&mut Self, usize)) -> bool {
         let mut any = false;
         for j in 0..self.count() {
             if self.held(j) == Some(id) {
-                self.empty(j);
+                change(self, j);
                 any = true;
             }
         }
