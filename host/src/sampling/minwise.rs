@@ -179,8 +179,8 @@ impl Rankers<u32> {
 }
 
 /// One ranker hears `id`: its id again adds a hit, an id ranked lower (any, when it
-/// holds none) takes its place with no hits. Written without branches, so a loop of
-/// it over rankers vectorises.
+/// holds none) takes its place with no hits (the rule `hear_in_lanes` applies eight
+/// rankers at a time).
 #[inline(always)]
 fn hear_one<I: NodeId>(id: I, key: I::Key, rank: &mut I::Rank, held: &mut I, hits: &mut u32) {
     let new = id.keyed_rank(key);
