@@ -145,7 +145,7 @@ impl ComponentCache {
     /// Writes `component` to `path` by way of a new file renamed into place, and drops
     /// the file's pages from the page cache: written in one piece, they are cached in
     /// large folios, and a mapping of a large folio makes all of it resident however
-    /// little of it runs (+9 MiB for a Python component on Linux 6.18); read back by
+    /// little of it runs (+8 to 9 MiB for a Python component on Linux 6.18); read back by
     /// faults, they come in small.
     fn store(&self, path: &Path, component: &Component) -> Result<()> {
         use std::io::Write as _;

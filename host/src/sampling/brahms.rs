@@ -259,11 +259,7 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
 
     fn handle_peer_unreachable(&mut self, peer: I) {
         self.view.retain(|p| *p != peer);
-        for j in 0..self.samplers.count() {
-            if self.samplers.held(j) == Some(peer) {
-                self.samplers.rekey(j, &mut self.rng);
-            }
-        }
+        self.samplers.rekey_holding(peer, &mut self.rng);
     }
 
     fn view(&self) -> Vec<I> {

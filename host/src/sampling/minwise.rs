@@ -88,8 +88,13 @@ impl<I: NodeId> Rankers<I> {
         self.change_holding(id, Self::empty)
     }
 
+    /// Empties every ranker holding `id` and gives it a new key from `rng`.
+    pub fn rekey_holding(&mut self, id: I, rng: &mut I::Rng) {
+        self.change_holding(id, |rankers, j| rankers.rekey(j, rng));
+    }
+
     /// Applies `change` to every ranker holding `id`; false if none does.
-    fn change_holding(&mut self, id: I, change: fn(&mut Self, usize)) -> bool {
+    fn change_holding(&mut self, id: I, mut change: impl FnMut(&mut Self, usize)) -> bool {
         let mut any = false;
         for j in 0..self.count() {
             if self.held(j) == Some(id) {
