@@ -251,23 +251,34 @@ pub fn measure_drawn(
     let attackers = byzantine.iter().any(|&b| b);
     let mut indegree = vec![0u32; n];
     let (mut links, mut dead, mut malicious) = (0usize, 0usize, 0usize);
+    // Connected components by union-find: each union of two components makes one fewer;
+    // once one is left, no link can change the count and the finds stop.
     let mut parent: Vec<u32> = (0..n as u32).collect();
+    let mut components = live.len();
     for &i in &live {
-        let mut root = find(&mut parent, i as u32);
-        for &j in views.of(i) {
+        let targets = views.of(i);
+        for &j in targets {
             let j = j as usize;
-            links += 1;
             if byzantine[j] {
                 malicious += 1;
             } else if alive[j] {
                 indegree[j] += 1;
-                let other = find(&mut parent, j as u32);
-                if other != root {
-                    parent[root as usize] = other;
-                    root = other;
-                }
             } else {
                 dead += 1;
+            }
+        }
+        links += targets.len();
+        if components > 1 {
+            let mut root = find(&mut parent, i as u32);
+            for &j in targets {
+                if alive[j as usize] && !byzantine[j as usize] {
+                    let other = find(&mut parent, j);
+                    if other != root {
+                        parent[root as usize] = other;
+                        root = other;
+                        components -= 1;
+                    }
+                }
             }
         }
     }
@@ -278,9 +289,6 @@ pub fn measure_drawn(
         .map(|&i| (f64::from(indegree[i]) - mean).powi(2))
         .sum::<f64>()
         / count;
-    let mut roots: Vec<u32> = live.iter().map(|&i| find(&mut parent, i as u32)).collect();
-    roots.sort_unstable();
-    roots.dedup();
     let (clustering, avg_path) = match draws {
         Some(draws) => {
             let neighbours = undirected(views, &honest);
@@ -309,7 +317,7 @@ pub fn measure_drawn(
             .unwrap_or(0),
         clustering,
         avg_path,
-        partitions: roots.len(),
+        partitions: components,
         dead_links: share(dead, links),
         byz_view_share: attackers.then(|| share(malicious, links)),
         byz_sample_share: (attackers && samples.cycle_total > 0).then(|| {
@@ -488,6 +496,24 @@ mod tests {
             m.csv_row()
         );
         assert!(m.csv_row().ends_with(",2,0.200000,,,"));
+    }
+
+    #[test]
+    fn links_after_the_overlay_is_one_component_still_count() {
+        // 0 -> {1, 2} joins everyone; 1 and 2 point back to 0, and 2 to 3 (failed).
+        let views = views(&[&[1, 2], &[0], &[0, 3], &[]]);
+        let alive = vec![true, true, true, false];
+        let byzantine = vec![false; 4];
+        let overlay = Overlay {
+            views: &views,
+            alive: &alive,
+            byzantine: &byzantine,
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        let m = measure(1, &overlay, &SampleTally::new(4), false, &mut rng);
+        assert_eq!(m.partitions, 1);
+        assert_eq!(m.indegree_max, 2, "node 0, pointed to by 1 and 2");
+        assert!((m.dead_links - 0.2).abs() < 1e-9, "{m:?}");
     }
 
     #[test]
