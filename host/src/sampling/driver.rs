@@ -55,6 +55,12 @@ impl<I: NodeId> SamplingDriver<I> {
         out
     }
 
+    /// Chooses whom the next tick sends to (see [`PeerSampler::plan_tick`]); false if
+    /// the sampler cannot tell ahead.
+    pub fn plan_tick(&mut self, peers: &mut Vec<I>) -> bool {
+        self.sampler.plan_tick(peers)
+    }
+
     /// `from` sent `message`: the answers to send.
     pub fn receive(&mut self, from: I, message: SamplingMessage<I>) -> Vec<Outgoing<I>> {
         self.counts.messages_in += 1;

@@ -67,6 +67,9 @@ pub struct Gbps<I: NodeId = PeerId> {
     view: Vec<Descriptor<I>>,
     samples: Vec<I>,
     rng: I::Rng,
+    /// The peer [`PeerSampler::plan_tick`] chose for the next tick (`Some(None)`: the
+    /// view was empty).
+    planned: Option<Option<I>>,
 }
 
 impl<I: NodeId> Gbps<I> {
@@ -79,6 +82,7 @@ impl<I: NodeId> Gbps<I> {
             config,
             samples: Vec::new(),
             rng: I::Rng::seed_from_u64(seed),
+            planned: None,
         }
     }
 
@@ -184,8 +188,16 @@ impl<I: NodeId> Gbps<I> {
 }
 
 impl<I: NodeId> PeerSampler<I> for Gbps<I> {
+    fn plan_tick(&mut self, peers: &mut Vec<I>) -> bool {
+        let to = self.select_peer();
+        peers.extend(to);
+        self.planned = Some(to);
+        true
+    }
+
     fn handle_tick(&mut self) -> Vec<Outgoing<I>> {
-        let Some(to) = self.select_peer() else {
+        let planned = self.planned.take();
+        let Some(to) = planned.unwrap_or_else(|| self.select_peer()) else {
             return Vec::new();
         };
         let sample = self.view[self.rng.random_range(0..self.view.len())].peer;
@@ -301,6 +313,33 @@ mod tests {
             .map(|&(peer, age)| Descriptor { peer, age })
             .collect();
         node
+    }
+
+    #[test]
+    fn a_planned_tick_does_what_an_unplanned_one_does() {
+        let cfg = config(8, 1, 1, Selection::Rand, Propagation::Pushpull);
+        let (mut planned, mut unplanned) =
+            (Gbps::<u32>::new(0, cfg.clone(), 5), Gbps::new(0, cfg, 5));
+        let mut peers = Vec::new();
+        assert!(planned.plan_tick(&mut peers));
+        assert!(
+            peers.is_empty() && planned.handle_tick().is_empty(),
+            "an empty view sends nothing"
+        );
+        assert!(unplanned.handle_tick().is_empty());
+        for peer in 1..12 {
+            planned.handle_peer_connected(peer);
+            unplanned.handle_peer_connected(peer);
+        }
+        for _ in 0..20 {
+            peers.clear();
+            assert!(planned.plan_tick(&mut peers));
+            let sent = planned.handle_tick();
+            assert_eq!(sent, unplanned.handle_tick());
+            assert_eq!(sent.iter().map(|o| o.to).collect::<Vec<_>>(), peers);
+            assert_eq!(planned.descriptors(), unplanned.descriptors());
+            assert_eq!(planned.take_samples(), unplanned.take_samples());
+        }
     }
 
     #[test]

@@ -235,6 +235,15 @@ pub struct Outgoing<I = PeerId> {
 pub trait PeerSampler<I: NodeId = PeerId>: Send {
     /// A period passed: run the active part of the protocol.
     fn handle_tick(&mut self) -> Vec<Outgoing<I>>;
+    /// Chooses now whom the next tick sends to, appending the peers to `peers`, and
+    /// returns true; the next [`handle_tick`](Self::handle_tick) then sends to those
+    /// peers only and does exactly what it would have done unplanned (planning draws
+    /// what the tick would draw first). Nothing may reach the sampler in between. The
+    /// simulator plans ticks on one thread and runs them on another. False (the
+    /// default): the sampler cannot tell ahead.
+    fn plan_tick(&mut self, _peers: &mut Vec<I>) -> bool {
+        false
+    }
     /// `from` sent `message`.
     fn handle_message(&mut self, from: I, message: SamplingMessage<I>) -> Vec<Outgoing<I>>;
     /// A connection to `peer` (a peer of the same context) was established.

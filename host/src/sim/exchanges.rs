@@ -4,13 +4,17 @@
 //! answers they cause) are handled before the next tick: node i's *exchange*. Two
 //! exchanges that touch no node in common give the same result in either order, so
 //! the engine cuts the order into batches of exchanges that touch disjoint nodes and
-//! runs each batch's exchanges on several threads. Ticks run on the calling thread, in
-//! the order: a tick's messages tell whom its exchange touches (the node and the
-//! recipients), and a tick of a node a pending exchange touches, or whose recipients
-//! one touches, first runs the batch. An answer to a node the exchange did not reserve
-//! (no sampler here sends one) stops the exchange, which finishes after its batch, in
-//! the order of the batch. The batches do not depend on the number of threads: the
-//! output is the same for any number.
+//! runs each batch's exchanges on several threads. The calling thread goes through the
+//! ticks in order and learns whom each exchange touches (the node and its tick's
+//! recipients): from the sampler's plan of the tick, when it can tell ahead (the tick
+//! then runs in the exchange, on any thread), else by running the tick itself. A batch
+//! of [`PIPELINED_AT`] exchanges starts on the helpers while the calling thread plans
+//! the next one; a tick of a node that a pending or running exchange touches, or whose
+//! recipients one touches, first waits for those batches (the calling thread helps). An
+//! answer to a node the exchange did not reserve (no sampler here sends one) stops the
+//! exchange, which finishes on the calling thread once every other exchange of the
+//! cycle is done, in the order of the ticks. The batches do not depend on the number
+//! of threads: the output is the same for any number.
 //!
 //! Attackers draw from the simulation's one random stream, so a run with attackers
 //! runs its exchanges one after the other; so does Brahms, whose ticks reach a dozen
@@ -19,7 +23,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use super::helpers::{Helpers, SharedWork};
+use super::helpers::{Helpers, SharedWork, Started};
 use crate::sampling::{prefetch, Connected, Outgoing, SamplingDriver, Step};
 
 /// A message on its way: from, and to whom with what.
@@ -30,6 +34,9 @@ struct Exchange {
     /// The nodes it may touch (the ticking node first) and, while the batch runs,
     /// their samplers.
     nodes: Vec<(u32, Option<SamplingDriver<u32>>)>,
+    /// Whether the ticking node's tick is still to run (it was planned: the exchange
+    /// starts with it); else the tick ran and its messages are in the queue.
+    tick: bool,
     queue: VecDeque<InFlight>,
     /// Messages handled (delivered or lost).
     messages: u64,
@@ -44,6 +51,14 @@ impl Exchange {
 
     /// Handles messages until none is left or one is for a node it did not reserve.
     fn run(&mut self, up: &[bool]) {
+        if std::mem::take(&mut self.tick) {
+            let from = self.nodes[0].0;
+            if let Some(driver) = driver_of(&mut self.nodes, from) {
+                let sent = driver.tick();
+                driver.drain_samples(&mut self.samples);
+                self.queue.extend(sent.into_iter().map(|o| (from, o)));
+            }
+        }
         while let Some((from, Outgoing { to, message })) = self.queue.pop_front() {
             if up.get(to as usize).copied().unwrap_or(false) && self.driver(to).is_none() {
                 self.queue.push_front((from, Outgoing { to, message }));
@@ -97,20 +112,37 @@ impl SharedWork for Batch {
 /// cost more.
 const SHARED_FROM: usize = 16;
 
+/// A batch this long starts on the helpers while the calling thread ticks the nodes of
+/// the next one.
+const PIPELINED_AT: usize = 64;
+
+/// A batch under way on the helpers, and the number its nodes were reserved under.
+struct Running<'a> {
+    number: u64,
+    batch: Arc<Batch>,
+    started: Started<'a>,
+}
+
 /// Runs the exchanges of one cycle in batches.
 pub(super) struct Exchanges<'a> {
     helpers: &'a Helpers,
     up: Arc<Vec<bool>>,
-    /// `reserved[i] == batch`: node i is touched by an exchange of the pending batch.
+    /// `reserved[i] == n`: node i is touched by an exchange of batch n (the pending one,
+    /// or the one running, or one done).
     reserved: Vec<u64>,
+    /// The number of the pending batch.
     batch: u64,
     pending: Vec<Exchange>,
+    /// The batch the helpers work on while this thread ticks the pending one's nodes.
+    running: Option<Running<'a>>,
     /// Stand-ins for the samplers a running batch holds.
     spare: Vec<SamplingDriver<u32>>,
     /// Messages handled so far (delivered or lost).
     messages: u64,
     /// Samples the exchanges emitted, in exchange order.
     samples: Vec<u32>,
+    /// The messages of exchanges stopped by an unreserved recipient, in tick order.
+    stopped: Vec<VecDeque<InFlight>>,
 }
 
 impl<'a> Exchanges<'a> {
@@ -122,32 +154,78 @@ impl<'a> Exchanges<'a> {
             up: Arc::new(up),
             batch: 1,
             pending: Vec::new(),
+            running: None,
             spare: Vec::new(),
             messages: 0,
             samples: Vec::new(),
+            stopped: Vec::new(),
         }
     }
 
-    /// The messages handled and the samples emitted by every exchange run.
-    pub fn done(self) -> (u64, Vec<u32>) {
+    /// Runs what is left, and returns the messages handled and the samples emitted by
+    /// every exchange.
+    pub fn done(mut self, samplers: &mut [SamplingDriver<u32>]) -> (u64, Vec<u32>) {
+        self.run(samplers);
+        for queue in std::mem::take(&mut self.stopped) {
+            self.finish(samplers, queue);
+        }
         (self.messages, self.samples)
     }
 
-    /// Whether node `i` is touched by a pending exchange (its tick must wait for them).
-    pub fn is_reserved(&self, i: u32) -> bool {
+    /// Whether node `i` is touched by the pending batch.
+    fn is_pending(&self, i: u32) -> bool {
         self.reserved[i as usize] == self.batch
     }
 
-    /// Adds node `from`'s exchange, whose tick sent `sent`; runs the pending batch first
-    /// when a recipient is touched by it. `from` must not be reserved.
+    /// Whether node `i` is touched by the running batch.
+    fn is_running(&self, i: u32) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|running| self.reserved[i as usize] == running.number)
+    }
+
+    /// Makes node `i` free to tick: runs the exchanges that touch it, and those before
+    /// them.
+    pub fn free(&mut self, samplers: &mut [SamplingDriver<u32>], i: u32) {
+        if self.is_pending(i) {
+            self.run(samplers);
+        } else if self.is_running(i) {
+            self.finish_running(samplers);
+        }
+    }
+
+    /// Adds node `from`'s exchange, whose tick sent `sent`, after running the batches
+    /// that touch a recipient; starts the pending batch on the helpers once it is long
+    /// enough. `from` must be free (see [`free`](Self::free)).
     pub fn add(
         &mut self,
         samplers: &mut [SamplingDriver<u32>],
         from: u32,
         sent: Vec<Outgoing<u32>>,
     ) {
+        let nodes = self.touched(samplers, from, sent.iter().map(|o| o.to));
+        let queue = sent.into_iter().map(|o| (from, o)).collect();
+        self.push(samplers, nodes, false, queue);
+    }
+
+    /// Adds node `from`'s exchange, its tick included, which
+    /// [`plan_tick`](SamplingDriver::plan_tick) said sends to `peers`. `from` must be
+    /// free (see [`free`](Self::free)).
+    pub fn add_planned(&mut self, samplers: &mut [SamplingDriver<u32>], from: u32, peers: &[u32]) {
+        let nodes = self.touched(samplers, from, peers.iter().copied());
+        self.push(samplers, nodes, true, VecDeque::new());
+    }
+
+    /// The nodes an exchange of `from` sending to `recipients` touches: `from` first,
+    /// then each recipient that is up, once. Their drivers are asked for from memory.
+    fn touched(
+        &self,
+        samplers: &[SamplingDriver<u32>],
+        from: u32,
+        recipients: impl Iterator<Item = u32>,
+    ) -> Vec<(u32, Option<SamplingDriver<u32>>)> {
         let mut nodes: Vec<(u32, Option<SamplingDriver<u32>>)> = vec![(from, None)];
-        for to in sent.iter().map(|o| o.to) {
+        for to in recipients {
             let up = self.up.get(to as usize).copied().unwrap_or(false);
             if up && !nodes.iter().any(|(n, _)| *n == to) {
                 nodes.push((to, None));
@@ -157,26 +235,53 @@ impl<'a> Exchanges<'a> {
         nodes[1..]
             .iter()
             .for_each(|(node, _)| prefetch(&samplers[*node as usize]));
-        if nodes.iter().any(|(n, _)| self.is_reserved(*n)) {
+        nodes
+    }
+
+    /// Adds the exchange touching `nodes` to the pending batch, after running the
+    /// batches that touch one of them; starts the pending batch on the helpers once it
+    /// is long enough.
+    fn push(
+        &mut self,
+        samplers: &mut [SamplingDriver<u32>],
+        nodes: Vec<(u32, Option<SamplingDriver<u32>>)>,
+        tick: bool,
+        queue: VecDeque<InFlight>,
+    ) {
+        if nodes.iter().any(|(n, _)| self.is_pending(*n)) {
             self.run(samplers);
+        } else if nodes.iter().any(|(n, _)| self.is_running(*n)) {
+            self.finish_running(samplers);
         }
         for (node, _) in &nodes {
             self.reserved[*node as usize] = self.batch;
         }
         self.pending.push(Exchange {
             nodes,
-            queue: sent.into_iter().map(|o| (from, o)).collect(),
+            tick,
+            queue,
             messages: 0,
             samples: Vec::new(),
         });
+        if self.pending.len() >= PIPELINED_AT {
+            self.finish_running(samplers);
+            self.start_pending(samplers);
+        }
     }
 
-    /// Runs the pending batch: its exchanges on the helpers and this thread, then
-    /// those stopped by an unreserved recipient one after the other.
+    /// Runs every batch not done: the running one, then the pending one.
     pub fn run(&mut self, samplers: &mut [SamplingDriver<u32>]) {
-        if self.pending.is_empty() {
-            return;
+        self.finish_running(samplers);
+        if !self.pending.is_empty() {
+            self.start_pending(samplers);
+            self.finish_running(samplers);
         }
+    }
+
+    /// Hands the pending batch's samplers to its exchanges and starts it (on the
+    /// helpers if it is long enough to share; else [`finish_running`] runs it here).
+    /// No batch may be running.
+    fn start_pending(&mut self, samplers: &mut [SamplingDriver<u32>]) {
         for exchange in &mut self.pending {
             for (node, driver) in &mut exchange.nodes {
                 let spare = self.spare.pop().unwrap_or_else(|| {
@@ -194,12 +299,26 @@ impl<'a> Exchanges<'a> {
             exchanges: self.pending.drain(..).map(Mutex::new).collect(),
             up: self.up.clone(),
         });
-        if batch.exchanges.len() < SHARED_FROM {
-            (0..batch.parts()).for_each(|part| batch.do_part(part));
+        let started = if batch.exchanges.len() < SHARED_FROM {
+            self.helpers.defer(batch.clone())
         } else {
-            self.helpers.run(batch.clone());
-        }
-        let mut stopped = Vec::new();
+            self.helpers.start(batch.clone())
+        };
+        self.running = Some(Running {
+            number: self.batch,
+            batch,
+            started,
+        });
+        self.batch += 1;
+    }
+
+    /// Finishes the running batch, if any, keeping the messages of the exchanges an
+    /// unreserved recipient stopped for the end of the cycle.
+    fn finish_running(&mut self, samplers: &mut [SamplingDriver<u32>]) {
+        let Some(Running { batch, started, .. }) = self.running.take() else {
+            return;
+        };
+        started.finish();
         for exchange in &batch.exchanges {
             let mut exchange = exchange.lock().unwrap_or_else(|e| e.into_inner());
             for (node, driver) in &mut exchange.nodes {
@@ -211,12 +330,8 @@ impl<'a> Exchanges<'a> {
             self.messages += exchange.messages;
             self.samples.append(&mut exchange.samples);
             if !exchange.queue.is_empty() {
-                stopped.push(std::mem::take(&mut exchange.queue));
+                self.stopped.push(std::mem::take(&mut exchange.queue));
             }
-        }
-        self.batch += 1;
-        for queue in stopped {
-            self.finish(samplers, queue);
         }
     }
 
@@ -304,14 +419,11 @@ mod tests {
         order.shuffle(&mut StdRng::seed_from_u64(3));
         let mut exchanges = Exchanges::new(&pool, up);
         for i in order {
-            if exchanges.is_reserved(i) {
-                exchanges.run(&mut samplers);
-            }
+            exchanges.free(&mut samplers, i);
             let sent = samplers[i as usize].tick();
             exchanges.add(&mut samplers, i, sent);
         }
-        exchanges.run(&mut samplers);
-        let (messages, _) = exchanges.done();
+        let (messages, _) = exchanges.done(&mut samplers);
         (samplers.iter().map(|s| s.view()).collect(), messages)
     }
 

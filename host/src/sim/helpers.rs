@@ -89,12 +89,28 @@ impl Helpers {
     /// Does `work` on this thread and on the helpers that join in, and returns once it
     /// is all done.
     pub fn run(&self, work: Arc<dyn SharedWork>) {
+        self.start(work).finish();
+    }
+
+    /// Keeps `work` for the calling thread alone: [`Started::finish`] does all of it
+    /// (for work too small to be worth waking the helpers).
+    pub fn defer(&self, work: Arc<dyn SharedWork>) -> Started<'_> {
+        Started {
+            helpers: self,
+            offered: None,
+            work,
+        }
+    }
+
+    /// Offers `work` to the helpers and returns at once: the calling thread may do
+    /// something else meanwhile, then [`Started::finish`] helps with what is left and
+    /// waits for the rest. One batch at a time: finish it before starting another.
+    pub fn start(&self, work: Arc<dyn SharedWork>) -> Started<'_> {
         if self.threads.is_empty() {
-            (0..work.parts()).for_each(|part| work.do_part(part));
-            return;
+            return self.defer(work);
         }
         let batch = Arc::new(Batch {
-            work,
+            work: work.clone(),
             next: AtomicUsize::new(0),
             joined: AtomicUsize::new(0),
             finished: AtomicUsize::new(0),
@@ -104,6 +120,29 @@ impl Helpers {
         for thread in &self.threads {
             thread.thread().unpark();
         }
+        Started {
+            helpers: self,
+            offered: Some(batch),
+            work,
+        }
+    }
+}
+
+/// A batch under way on the helpers (see [`Helpers::start`]).
+pub struct Started<'a> {
+    helpers: &'a Helpers,
+    /// The batch as offered to the helpers (none without helpers).
+    offered: Option<Arc<Batch>>,
+    work: Arc<dyn SharedWork>,
+}
+
+impl Started<'_> {
+    /// Does the parts nobody took yet on this thread, and returns once every part is done.
+    pub fn finish(self) {
+        let Some(batch) = self.offered else {
+            (0..self.work.parts()).for_each(|part| self.work.do_part(part));
+            return;
+        };
         batch.take_parts();
         let joined = batch.joined.fetch_or(CLOSED, Ordering::AcqRel) & !CLOSED;
         // A helper that joined has at most one part under way.
@@ -116,7 +155,12 @@ impl Helpers {
                 std::hint::spin_loop();
             }
         }
-        *self.shared.batch.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self
+            .helpers
+            .shared
+            .batch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 

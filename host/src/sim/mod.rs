@@ -577,17 +577,20 @@ impl Simulation {
             .map(|i| self.is_up(i))
             .collect();
         let mut exchanges = exchanges::Exchanges::new(helpers, up);
+        let mut peers = Vec::new();
         for (k, &i) in order.iter().enumerate() {
             prefetch_ahead(&self.samplers, &order[k..]);
-            if exchanges.is_reserved(i) {
-                exchanges.run(&mut self.samplers);
+            exchanges.free(&mut self.samplers, i);
+            peers.clear();
+            if self.samplers[i as usize].plan_tick(&mut peers) {
+                exchanges.add_planned(&mut self.samplers, i, &peers);
+            } else {
+                let sent = self.samplers[i as usize].tick();
+                self.collect_samples(i);
+                exchanges.add(&mut self.samplers, i, sent);
             }
-            let sent = self.samplers[i as usize].tick();
-            self.collect_samples(i);
-            exchanges.add(&mut self.samplers, i, sent);
         }
-        exchanges.run(&mut self.samplers);
-        let (messages, samples) = exchanges.done();
+        let (messages, samples) = exchanges.done(&mut self.samplers);
         self.messages += messages;
         self.tally(samples);
         Ok(())
