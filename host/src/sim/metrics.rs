@@ -251,10 +251,6 @@ pub fn measure_drawn(
     let attackers = byzantine.iter().any(|&b| b);
     let mut indegree = vec![0u32; n];
     let (mut links, mut dead, mut malicious) = (0usize, 0usize, 0usize);
-    // Connected components by union-find: each union of two components makes one fewer;
-    // once one is left, no link can change the count and the finds stop.
-    let mut parent: Vec<u32> = (0..n as u32).collect();
-    let mut components = live.len();
     for &i in &live {
         let targets = views.of(i);
         for &j in targets {
@@ -268,20 +264,8 @@ pub fn measure_drawn(
             }
         }
         links += targets.len();
-        if components > 1 {
-            let mut root = find(&mut parent, i as u32);
-            for &j in targets {
-                if alive[j as usize] && !byzantine[j as usize] {
-                    let other = find(&mut parent, j);
-                    if other != root {
-                        parent[root as usize] = other;
-                        root = other;
-                        components -= 1;
-                    }
-                }
-            }
-        }
     }
+    let components = components(views, &live, &honest);
     let count = live.len().max(1) as f64;
     let mean = live.iter().map(|&i| f64::from(indegree[i])).sum::<f64>() / count;
     let variance = live
@@ -291,10 +275,10 @@ pub fn measure_drawn(
         / count;
     let (clustering, avg_path) = match draws {
         Some(draws) => {
-            let neighbours = undirected(views, &honest);
+            let graph = Undirected::new(views, &honest);
             (
-                Some(clustering(&neighbours, &draws.clustering)),
-                Some(average_path(&neighbours, &draws.sources)),
+                Some(clustering(&graph, &draws.clustering)),
+                Some(average_path(&graph, &draws.sources)),
             )
         }
         None => (None, None),
@@ -330,71 +314,135 @@ pub fn measure_drawn(
     }
 }
 
-/// Sorted, deduplicated undirected neighbour lists among the nodes `keep` accepts, in
-/// one flat array.
-fn undirected(views: &Views, keep: &impl Fn(usize) -> bool) -> Views {
-    let n = views.len();
-    let links = || {
-        (0..n).filter(|&i| keep(i)).flat_map(move |i| {
+/// The connected components among the `live` nodes, links to nodes `honest` rejects
+/// left out (undirected). Union-find takes every node's first link, then every node's
+/// second, and so on, and stops once one component is left: a graph where each node
+/// links to two random others is already connected almost surely, so a gossip overlay
+/// is one component after two or three of its links per node, not all thirty.
+fn components(views: &Views, live: &[usize], honest: &impl Fn(usize) -> bool) -> usize {
+    let mut parent: Vec<u32> = (0..views.len() as u32).collect();
+    let mut components = live.len();
+    let mut round = 0;
+    while components > 1 {
+        let mut more = false;
+        for &i in live {
+            let Some(&j) = views.of(i).get(round) else {
+                continue;
+            };
+            more = true;
+            if honest(j as usize) {
+                let (a, b) = (find(&mut parent, i as u32), find(&mut parent, j));
+                if a != b {
+                    parent[a as usize] = b;
+                    components -= 1;
+                }
+            }
+        }
+        if !more {
+            break;
+        }
+        round += 1;
+    }
+    components
+}
+
+/// The undirected overlay among the nodes `keep` accepts: each node's own links and
+/// the links to it, in two flat arrays, unsorted; a neighbour linked both ways appears
+/// twice.
+struct Undirected<'a> {
+    views: &'a Views,
+    keep: &'a dyn Fn(usize) -> bool,
+    incoming: Views,
+}
+
+impl<'a> Undirected<'a> {
+    /// Indexes the links to each node (a counting sort of the kept links by target).
+    fn new(views: &'a Views, keep: &'a dyn Fn(usize) -> bool) -> Undirected<'a> {
+        let n = views.len();
+        let kept = |i: usize| {
             views
                 .of(i)
                 .iter()
                 .map(|&j| j as usize)
-                .filter(move |&j| keep(j) && j != i)
-                .map(move |j| (i, j))
-        })
-    };
-    let mut start = vec![0usize; n + 1];
-    for (i, j) in links() {
-        start[i + 1] += 1;
-        start[j + 1] += 1;
+                .filter(move |&j| j != i && keep(j))
+        };
+        let mut start = vec![0usize; n + 1];
+        for i in (0..n).filter(|&i| keep(i)) {
+            kept(i).for_each(|j| start[j + 1] += 1);
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let mut sources = vec![0u32; start[n]];
+        let mut next = start.clone();
+        for i in (0..n).filter(|&i| keep(i)) {
+            for j in kept(i) {
+                sources[next[j]] = i as u32;
+                next[j] += 1;
+            }
+        }
+        Undirected {
+            views,
+            keep,
+            incoming: Views {
+                offsets: start,
+                targets: sources,
+            },
+        }
     }
-    for i in 0..n {
-        start[i + 1] += start[i];
+
+    /// Number of nodes.
+    fn len(&self) -> usize {
+        self.views.len()
     }
-    let mut targets = vec![0u32; start[n]];
-    let mut next = start.clone();
-    for (i, j) in links() {
-        targets[next[i]] = j as u32;
-        next[i] += 1;
-        targets[next[j]] = i as u32;
-        next[j] += 1;
+
+    /// Calls `visit` with each neighbour of `i` (kept nodes only), some twice.
+    #[inline]
+    fn for_each_neighbour(&self, i: usize, mut visit: impl FnMut(u32)) {
+        if !(self.keep)(i) {
+            return;
+        }
+        for &j in self.views.of(i) {
+            if j as usize != i && (self.keep)(j as usize) {
+                visit(j);
+            }
+        }
+        self.incoming.of(i).iter().for_each(|&j| visit(j));
     }
-    let mut neighbours = Views::with_capacity(n, 0);
-    let mut list = Vec::new();
-    for i in 0..n {
-        list.clear();
-        list.extend_from_slice(&targets[start[i]..start[i + 1]]);
-        list.sort_unstable();
-        list.dedup();
-        neighbours.push_with(|out| out.extend_from_slice(&list));
-    }
-    neighbours
 }
 
-fn clustering(neighbours: &Views, sample: &[usize]) -> f64 {
-    // marked[b] == stamp: b is a neighbour of the node being measured.
-    let mut marked = vec![0u32; neighbours.len()];
+fn clustering(graph: &Undirected, sample: &[usize]) -> f64 {
+    // marked[b] == stamp: b is a neighbour of the node being measured;
+    // counted[b] == pair: b was already counted with the neighbour `a` at hand.
+    let mut marked = vec![0u32; graph.len()];
+    let mut counted = vec![0u32; graph.len()];
+    let (mut pair, mut adjacent) = (0u32, Vec::new());
     let total: f64 = sample
         .iter()
         .zip(1u32..)
         .map(|(&i, stamp)| {
-            let adjacent = neighbours.of(i);
+            adjacent.clear();
+            graph.for_each_neighbour(i, |b| {
+                if marked[b as usize] != stamp {
+                    marked[b as usize] = stamp;
+                    adjacent.push(b);
+                }
+            });
             let k = adjacent.len();
             if k < 2 {
                 return 0.0;
             }
-            adjacent.iter().for_each(|&b| marked[b as usize] = stamp);
-            let closed: usize = adjacent
-                .iter()
-                .map(|&a| {
-                    neighbours
-                        .of(a as usize)
-                        .iter()
-                        .filter(|&&b| b > a && marked[b as usize] == stamp)
-                        .count()
-                })
-                .sum();
+            let mut closed = 0usize;
+            for &a in &adjacent {
+                pair += 1;
+                graph.for_each_neighbour(a as usize, |b| {
+                    let b = b as usize;
+                    if b > a as usize && marked[b] == stamp && counted[b] != pair {
+                        counted[b] = pair;
+                        closed += 1;
+                    }
+                });
+            }
             closed as f64 / (k * (k - 1) / 2) as f64
         })
         .sum();
@@ -403,8 +451,8 @@ fn clustering(neighbours: &Views, sample: &[usize]) -> f64 {
 
 /// The mean distance from `sources` (up to [`PATH_SOURCES`]) to every node they
 /// reach: one breadth-first search for all of them, each node carrying a bit per source.
-fn average_path(neighbours: &Views, sources: &[usize]) -> f64 {
-    let n = neighbours.len();
+fn average_path(graph: &Undirected, sources: &[usize]) -> f64 {
+    let n = graph.len();
     let (mut seen, mut reached) = (vec![0u8; n], vec![0u8; n]);
     let mut frontier: Vec<usize> = Vec::new();
     for (bit, &source) in sources.iter().enumerate() {
@@ -419,7 +467,7 @@ fn average_path(neighbours: &Views, sources: &[usize]) -> f64 {
         distance += 1;
         for &i in &frontier {
             let carried = reached[i];
-            for &j in neighbours.of(i) {
+            graph.for_each_neighbour(i, |j| {
                 let j = j as usize;
                 let new = carried & !seen[j];
                 if new != 0 {
@@ -431,7 +479,7 @@ fn average_path(neighbours: &Views, sources: &[usize]) -> f64 {
                     sum += distance * u64::from(new.count_ones());
                     pairs += u64::from(new.count_ones());
                 }
-            }
+            });
         }
         frontier.iter().for_each(|&i| reached[i] = 0);
         std::mem::swap(&mut reached, &mut arriving);
