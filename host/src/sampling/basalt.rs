@@ -48,6 +48,8 @@ pub struct Basalt<I: NodeId = PeerId> {
     /// Scratch for `update`: the ids it ranks.
     fresh: Vec<I>,
     rng: I::Rng,
+    /// The peers [`PeerSampler::plan_tick`] chose for the next tick's pull and push.
+    planned: Option<[Option<I>; 2]>,
 }
 
 impl<I: NodeId> Basalt<I> {
@@ -70,6 +72,7 @@ impl<I: NodeId> Basalt<I> {
             next_reset: 0,
             emitted: Vec::new(),
             fresh: Vec::new(),
+            planned: None,
             rng,
         }
     }
@@ -143,16 +146,27 @@ impl<I: NodeId> Basalt<I> {
 }
 
 impl<I: NodeId> PeerSampler<I> for Basalt<I> {
+    fn plan_tick(&mut self, peers: &mut Vec<I>) -> bool {
+        let planned = [self.select_peer(), self.select_peer()];
+        peers.extend(planned.iter().flatten());
+        self.planned = Some(planned);
+        true
+    }
+
     fn handle_tick(&mut self) -> Vec<Outgoing<I>> {
         self.round += 1;
+        let [pull, push] = self
+            .planned
+            .take()
+            .unwrap_or_else(|| [self.select_peer(), self.select_peer()]);
         let mut out = Vec::new();
-        if let Some(to) = self.select_peer() {
+        if let Some(to) = pull {
             out.push(Outgoing {
                 to,
                 message: SamplingMessage::Basalt(BasaltMessage::Pull),
             });
         }
-        if let Some(to) = self.select_peer() {
+        if let Some(to) = push {
             let peers = self.view();
             out.push(Outgoing {
                 to,
@@ -245,6 +259,33 @@ mod tests {
 
     fn ids(n: usize) -> Vec<PeerId> {
         crate::sampling::seeded_peers(n)
+    }
+
+    #[test]
+    fn a_planned_tick_does_what_an_unplanned_one_does() {
+        let (mut planned, mut unplanned) = (
+            Basalt::<u32>::new(0, config(6, 1, 3), 4),
+            Basalt::<u32>::new(0, config(6, 1, 3), 4),
+        );
+        let mut peers = Vec::new();
+        assert!(planned.plan_tick(&mut peers));
+        assert!(
+            peers.is_empty() && planned.handle_tick().is_empty(),
+            "no peer yet"
+        );
+        assert!(unplanned.handle_tick().is_empty());
+        let known: Vec<u32> = (1..30).collect();
+        planned.update(&known);
+        unplanned.update(&known);
+        for _ in 0..20 {
+            peers.clear();
+            assert!(planned.plan_tick(&mut peers));
+            let sent = planned.handle_tick();
+            assert_eq!(sent, unplanned.handle_tick());
+            assert_eq!(sent.iter().map(|o| o.to).collect::<Vec<_>>(), peers);
+            assert_eq!(planned.view(), unplanned.view());
+            assert_eq!(planned.take_samples(), unplanned.take_samples());
+        }
     }
 
     #[test]
