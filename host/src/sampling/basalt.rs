@@ -267,25 +267,12 @@ mod tests {
             Basalt::<u32>::new(0, config(6, 1, 3), 4),
             Basalt::<u32>::new(0, config(6, 1, 3), 4),
         );
-        let mut peers = Vec::new();
-        assert!(planned.plan_tick(&mut peers));
-        assert!(
-            peers.is_empty() && planned.handle_tick().is_empty(),
-            "no peer yet"
-        );
-        assert!(unplanned.handle_tick().is_empty());
+        crate::sampling::assert_planned_ticks_match(&mut planned, &mut unplanned, 1);
+        assert!(planned.view().is_empty(), "no peer yet");
         let known: Vec<u32> = (1..30).collect();
         planned.update(&known);
         unplanned.update(&known);
-        for _ in 0..20 {
-            peers.clear();
-            assert!(planned.plan_tick(&mut peers));
-            let sent = planned.handle_tick();
-            assert_eq!(sent, unplanned.handle_tick());
-            assert_eq!(sent.iter().map(|o| o.to).collect::<Vec<_>>(), peers);
-            assert_eq!(planned.view(), unplanned.view());
-            assert_eq!(planned.take_samples(), unplanned.take_samples());
-        }
+        crate::sampling::assert_planned_ticks_match(&mut planned, &mut unplanned, 20);
     }
 
     #[test]

@@ -367,6 +367,27 @@ fn check_view<I: NodeId>(
     Ok(())
 }
 
+/// Ticks `planned` with a plan before each tick and `unplanned` without, `ticks` times,
+/// and checks that both send the same messages to the planned peers, keep the same view
+/// and emit the same samples.
+#[cfg(test)]
+pub(crate) fn assert_planned_ticks_match<S: PeerSampler<u32>>(
+    planned: &mut S,
+    unplanned: &mut S,
+    ticks: usize,
+) {
+    let mut peers = Vec::new();
+    for _ in 0..ticks {
+        peers.clear();
+        assert!(planned.plan_tick(&mut peers));
+        let sent = planned.handle_tick();
+        assert_eq!(sent, unplanned.handle_tick());
+        assert_eq!(sent.iter().map(|o| o.to).collect::<Vec<_>>(), peers);
+        assert_eq!(planned.view(), unplanned.view());
+        assert_eq!(planned.take_samples(), unplanned.take_samples());
+    }
+}
+
 /// `n` distinct peer ids, the same in every run (keys from fixed secrets), so that a
 /// failing property test can be replayed from its seed.
 #[cfg(test)]
