@@ -112,7 +112,7 @@ impl SharedWork for Batch {
 /// cost more.
 const SHARED_FROM: usize = 16;
 
-/// A batch this long starts on the helpers while the calling thread ticks the nodes of
+/// A batch this long starts on the helpers while the calling thread plans the ticks of
 /// the next one.
 const PIPELINED_AT: usize = 64;
 
@@ -133,7 +133,7 @@ pub(super) struct Exchanges<'a> {
     /// The number of the pending batch.
     batch: u64,
     pending: Vec<Exchange>,
-    /// The batch the helpers work on while this thread ticks the pending one's nodes.
+    /// The batch the helpers work on while this thread plans the pending one.
     running: Option<Running<'a>>,
     /// Stand-ins for the samplers a running batch holds.
     spare: Vec<SamplingDriver<u32>>,
@@ -270,7 +270,7 @@ impl<'a> Exchanges<'a> {
     }
 
     /// Runs every batch not done: the running one, then the pending one.
-    pub fn run(&mut self, samplers: &mut [SamplingDriver<u32>]) {
+    fn run(&mut self, samplers: &mut [SamplingDriver<u32>]) {
         self.finish_running(samplers);
         if !self.pending.is_empty() {
             self.start_pending(samplers);
@@ -279,7 +279,8 @@ impl<'a> Exchanges<'a> {
     }
 
     /// Hands the pending batch's samplers to its exchanges and starts it (on the
-    /// helpers if it is long enough to share; else [`finish_running`] runs it here).
+    /// helpers if it is long enough to share; else
+    /// [`finish_running`](Self::finish_running) runs it here).
     /// No batch may be running.
     fn start_pending(&mut self, samplers: &mut [SamplingDriver<u32>]) {
         for exchange in &mut self.pending {
