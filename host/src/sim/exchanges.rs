@@ -52,8 +52,8 @@ impl Exchange {
     /// Handles messages until none is left or one is for a node it did not reserve.
     fn run(&mut self, up: &[bool]) {
         if std::mem::take(&mut self.tick) {
-            let from = self.nodes[0].0;
-            if let Some(driver) = driver_of(&mut self.nodes, from) {
+            if let Some((from, Some(driver))) = self.nodes.first_mut() {
+                let from = *from;
                 let sent = driver.tick();
                 driver.drain_samples(&mut self.samples);
                 self.queue.extend(sent.into_iter().map(|o| (from, o)));

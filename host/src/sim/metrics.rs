@@ -349,46 +349,41 @@ fn components(views: &Views, live: &[usize], honest: &impl Fn(usize) -> bool) ->
 /// The undirected overlay among the nodes `keep` accepts: each node's own links and
 /// the links to it, in two flat arrays, unsorted; a neighbour linked both ways appears
 /// twice.
-struct Undirected<'a> {
+struct Undirected<'a, K> {
     views: &'a Views,
-    keep: &'a dyn Fn(usize) -> bool,
+    keep: K,
     incoming: Views,
 }
 
-impl<'a> Undirected<'a> {
+impl<'a, K: Fn(usize) -> bool> Undirected<'a, K> {
     /// Indexes the links to each node (a counting sort of the kept links by target).
-    fn new(views: &'a Views, keep: &'a dyn Fn(usize) -> bool) -> Undirected<'a> {
-        let n = views.len();
-        let kept = |i: usize| {
-            views
-                .of(i)
-                .iter()
-                .map(|&j| j as usize)
-                .filter(move |&j| j != i && keep(j))
+    fn new(views: &'a Views, keep: K) -> Undirected<'a, K> {
+        let mut graph = Undirected {
+            views,
+            keep,
+            incoming: Views::default(),
         };
+        let n = views.len();
         let mut start = vec![0usize; n + 1];
-        for i in (0..n).filter(|&i| keep(i)) {
-            kept(i).for_each(|j| start[j + 1] += 1);
+        for i in 0..n {
+            graph.links(i).for_each(|j| start[j as usize + 1] += 1);
         }
         for i in 0..n {
             start[i + 1] += start[i];
         }
         let mut sources = vec![0u32; start[n]];
         let mut next = start.clone();
-        for i in (0..n).filter(|&i| keep(i)) {
-            for j in kept(i) {
-                sources[next[j]] = i as u32;
-                next[j] += 1;
+        for i in 0..n {
+            for j in graph.links(i) {
+                sources[next[j as usize]] = i as u32;
+                next[j as usize] += 1;
             }
         }
-        Undirected {
-            views,
-            keep,
-            incoming: Views {
-                offsets: start,
-                targets: sources,
-            },
-        }
+        graph.incoming = Views {
+            offsets: start,
+            targets: sources,
+        };
+        graph
     }
 
     /// Number of nodes.
@@ -396,22 +391,25 @@ impl<'a> Undirected<'a> {
         self.views.len()
     }
 
+    /// Node `i`'s own links to kept nodes other than itself (none if `i` is not kept).
+    fn links(&self, i: usize) -> impl Iterator<Item = u32> + '_ {
+        let kept = (self.keep)(i);
+        self.views
+            .of(i)
+            .iter()
+            .copied()
+            .filter(move |&j| kept && j as usize != i && (self.keep)(j as usize))
+    }
+
     /// Calls `visit` with each neighbour of `i` (kept nodes only), some twice.
     #[inline]
     fn for_each_neighbour(&self, i: usize, mut visit: impl FnMut(u32)) {
-        if !(self.keep)(i) {
-            return;
-        }
-        for &j in self.views.of(i) {
-            if j as usize != i && (self.keep)(j as usize) {
-                visit(j);
-            }
-        }
+        self.links(i).for_each(&mut visit);
         self.incoming.of(i).iter().for_each(|&j| visit(j));
     }
 }
 
-fn clustering(graph: &Undirected, sample: &[usize]) -> f64 {
+fn clustering(graph: &Undirected<impl Fn(usize) -> bool>, sample: &[usize]) -> f64 {
     // marked[b] == stamp: b is a neighbour of the node being measured;
     // counted[b] == pair: b was already counted with the neighbour `a` at hand.
     let mut marked = vec![0u32; graph.len()];
@@ -451,7 +449,7 @@ fn clustering(graph: &Undirected, sample: &[usize]) -> f64 {
 
 /// The mean distance from `sources` (up to [`PATH_SOURCES`]) to every node they
 /// reach: one breadth-first search for all of them, each node carrying a bit per source.
-fn average_path(graph: &Undirected, sources: &[usize]) -> f64 {
+fn average_path(graph: &Undirected<impl Fn(usize) -> bool>, sources: &[usize]) -> f64 {
     let n = graph.len();
     let (mut seen, mut reached) = (vec![0u8; n], vec![0u8; n]);
     let mut frontier: Vec<usize> = Vec::new();
@@ -511,27 +509,40 @@ mod tests {
         measure_drawn(cycle, overlay, samples, draws.as_ref())
     }
 
-    fn views(lists: &[&[u32]]) -> Views {
+    /// Measures the overlay where node i points to `lists[i]`, is up if `alive[i]` and
+    /// an attacker if `byzantine[i]`; the costly metrics only when `costly`.
+    fn measure_lists(
+        cycle: u64,
+        lists: &[&[u32]],
+        alive: &[bool],
+        byzantine: &[bool],
+        samples: &SampleTally,
+        costly: bool,
+    ) -> CycleMetrics {
         let mut views = Views::with_capacity(lists.len(), 2);
         for list in lists {
             views.push_with(|out| out.extend_from_slice(list));
         }
-        views
+        let overlay = Overlay {
+            views: &views,
+            alive,
+            byzantine,
+        };
+        measure(
+            cycle,
+            &overlay,
+            samples,
+            costly,
+            &mut StdRng::seed_from_u64(1),
+        )
     }
 
     #[test]
     fn metrics_of_a_hand_built_overlay() {
         // 0 -> 1, 1 -> 2, 2 -> 0 (a triangle), 3 -> 4 (a second component), 4 -> 5 (dead).
-        let views = views(&[&[1], &[2], &[0], &[4], &[5], &[]]);
-        let alive = vec![true, true, true, true, true, false];
-        let byzantine = vec![false; 6];
-        let overlay = Overlay {
-            views: &views,
-            alive: &alive,
-            byzantine: &byzantine,
-        };
-        let mut rng = StdRng::seed_from_u64(1);
-        let m = measure(7, &overlay, &SampleTally::new(6), true, &mut rng);
+        let lists: [&[u32]; 6] = [&[1], &[2], &[0], &[4], &[5], &[]];
+        let alive = [true, true, true, true, true, false];
+        let m = measure_lists(7, &lists, &alive, &[false; 6], &SampleTally::new(6), true);
         assert_eq!(m.partitions, 2);
         assert_eq!(m.indegree_max, 1);
         assert!((m.indegree_mean - 0.8).abs() < 1e-9, "{m:?}");
@@ -549,16 +560,9 @@ mod tests {
     #[test]
     fn links_after_the_overlay_is_one_component_still_count() {
         // 0 -> {1, 2} joins everyone; 1 and 2 point back to 0, and 2 to 3 (failed).
-        let views = views(&[&[1, 2], &[0], &[0, 3], &[]]);
-        let alive = vec![true, true, true, false];
-        let byzantine = vec![false; 4];
-        let overlay = Overlay {
-            views: &views,
-            alive: &alive,
-            byzantine: &byzantine,
-        };
-        let mut rng = StdRng::seed_from_u64(1);
-        let m = measure(1, &overlay, &SampleTally::new(4), false, &mut rng);
+        let lists: [&[u32]; 4] = [&[1, 2], &[0], &[0, 3], &[]];
+        let alive = [true, true, true, false];
+        let m = measure_lists(1, &lists, &alive, &[false; 4], &SampleTally::new(4), false);
         assert_eq!(m.partitions, 1);
         assert_eq!(m.indegree_max, 2, "node 0, pointed to by 1 and 2");
         assert!((m.dead_links - 0.2).abs() < 1e-9, "{m:?}");
@@ -567,27 +571,20 @@ mod tests {
     #[test]
     fn byzantine_shares_and_sample_uniformity() {
         // 0 -> {1, 3}, 1 -> {0, 3}, 2 -> {0}; 3 is Byzantine.
-        let views = views(&[&[1, 3], &[0, 3], &[0], &[]]);
-        let alive = vec![true; 4];
-        let byzantine = vec![false, false, false, true];
-        let overlay = Overlay {
-            views: &views,
-            alive: &alive,
-            byzantine: &byzantine,
-        };
+        let lists: [&[u32]; 4] = [&[1, 3], &[0, 3], &[0], &[]];
+        let byzantine = [false, false, false, true];
         let mut samples = SampleTally::new(4);
         for id in [0, 1, 2, 3] {
             samples.add(id, id == 3);
         }
-        let mut rng = StdRng::seed_from_u64(1);
-        let m = measure(1, &overlay, &samples, false, &mut rng);
+        let m = measure_lists(1, &lists, &[true; 4], &byzantine, &samples, false);
         assert_eq!(m.byz_view_share, Some(0.4));
         assert_eq!(m.byz_sample_share, Some(0.25));
         assert_eq!(m.sample_uniformity, Some(0.0), "one sample of each id");
         assert_eq!(m.partitions, 1, "the attacker is not part of the graph");
         samples.add(3, true);
         samples.add(3, true);
-        let skewed = measure(2, &overlay, &samples, false, &mut rng);
+        let skewed = measure_lists(2, &lists, &[true; 4], &byzantine, &samples, false);
         assert!(skewed.sample_uniformity.unwrap() > 0.1, "{skewed:?}");
     }
 }
