@@ -14,6 +14,13 @@
 //! (the paper's sampler validation).
 //!
 //! Samples: each round emits the ids the sampler array holds (the paper's output S).
+//!
+//! The sampler update of a round is deferred work ([`PeerSampler::deferred`]): the
+//! view update needs only the samplers as they were, so a simulator has another thread
+//! rank the round's ids while this one goes on; anything that reads or changes the
+//! samplers first finishes the update itself.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use libp2p::PeerId;
 use rand::seq::IndexedRandom;
@@ -22,7 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use super::minwise::Rankers;
 use super::{
-    prefetch, prefetch_slice, BrahmsConfig, NodeId, Outgoing, PeerSampler, SamplingMessage, Step,
+    prefetch, prefetch_slice, BrahmsConfig, Deferred, NodeId, Outgoing, PeerSampler,
+    SamplingMessage, Step,
 };
 
 /// Brahms wire messages.
@@ -89,33 +97,79 @@ pub struct Brahms<I: NodeId = PeerId> {
     me: I,
     config: BrahmsConfig,
     view: Vec<I>,
-    /// The l2 samplers.
-    samplers: Rankers<I>,
+    /// The samplers and their update (shared with whichever thread does it).
+    samplers: Arc<Mutex<Samplers<I>>>,
     /// This round's pushed and pulled ids, as they came (their repeats dropped when the
     /// round closes; their buffers are kept for the next round).
     pushed: Vec<I>,
     pulled: Vec<I>,
     flooded_rounds: u64,
-    emitted: Vec<I>,
     rng: I::Rng,
+}
+
+/// The l2 samplers, the ids of the last round they have not heard yet, and the samples
+/// they emitted.
+struct Samplers<I: NodeId> {
+    rankers: Rankers<I>,
+    /// The closed round's ids (none once heard): the paper's `updateSample`, to do.
+    unheard: Option<Vec<I>>,
+    emitted: Vec<I>,
+}
+
+impl<I: NodeId> Samplers<I> {
+    /// Finishes the last round's update: the samplers hear its ids and emit.
+    fn settle(&mut self) {
+        if let Some(ids) = self.unheard.take() {
+            self.rankers.hear(&ids);
+            let samples = self.samples();
+            self.emitted.extend(samples);
+        }
+    }
+
+    /// The ids the samplers hold, each once.
+    fn samples(&self) -> Vec<I> {
+        let mut samples: Vec<I> = Vec::new();
+        for id in self.rankers.all_held().flatten() {
+            if !samples.contains(&id) {
+                samples.push(id);
+            }
+        }
+        samples
+    }
+}
+
+impl<I: NodeId> Deferred for Mutex<Samplers<I>> {
+    fn settle(&self) {
+        self.lock().unwrap_or_else(PoisonError::into_inner).settle();
+    }
 }
 
 impl<I: NodeId> Brahms<I> {
     /// A node `me` with an empty view and l2 empty samplers; `seed` drives every choice.
     pub fn new(me: I, config: BrahmsConfig, seed: u64) -> Brahms<I> {
         let mut rng = I::Rng::seed_from_u64(seed);
-        let samplers = Rankers::new(config.sampler_size, me, &mut rng);
+        let rankers = Rankers::new(config.sampler_size, me, &mut rng);
         Brahms {
             me,
             config,
             view: Vec::new(),
-            samplers,
+            samplers: Arc::new(Mutex::new(Samplers {
+                rankers,
+                unheard: None,
+                emitted: Vec::new(),
+            })),
             pushed: Vec::new(),
             pulled: Vec::new(),
             flooded_rounds: 0,
-            emitted: Vec::new(),
             rng,
         }
+    }
+
+    /// The samplers, their last update done.
+    fn settled(&self) -> MutexGuard<'_, Samplers<I>> {
+        let mut samplers = self.samplers.lock().unwrap_or_else(PoisonError::into_inner);
+        samplers.settle();
+        samplers
     }
 
     /// Rounds skipped because more than α·l1 pushes arrived.
@@ -125,13 +179,7 @@ impl<I: NodeId> Brahms<I> {
 
     /// The ids the samplers hold (the paper's history samples).
     pub fn samples(&self) -> Vec<I> {
-        let mut samples: Vec<I> = Vec::new();
-        for id in self.samplers.all_held().flatten() {
-            if !samples.contains(&id) {
-                samples.push(id);
-            }
-        }
-        samples
+        self.settled().samples()
     }
 
     fn share(&self, fraction: f64) -> usize {
@@ -151,23 +199,27 @@ impl<I: NodeId> Brahms<I> {
     /// The paper's `updateSample`: every sampler sees `ids` (never this node's own), in
     /// order. Ids a sampler saw before under its current key change nothing (its
     /// minimum only goes down), so they are not kept out.
+    #[cfg(test)]
     fn learn(&mut self, ids: &[I]) {
-        self.samplers.hear(ids);
+        self.settled().rankers.hear(ids);
     }
 
-    /// Closes a round: the paper's view update and sampler update.
+    /// Closes a round: the paper's view update, and its sampler update left for
+    /// [`Samplers::settle`] (the view update reads the samplers as they were).
     fn end_round(&mut self) {
         let mut pushed = std::mem::take(&mut self.pushed);
         let mut pulled = std::mem::take(&mut self.pulled);
         remove_repeats(&mut pushed);
         remove_repeats(&mut pulled);
         let (alpha_l1, beta_l1) = (self.push_count(), self.pull_count());
+        let mut samplers = self.samplers.lock().unwrap_or_else(PoisonError::into_inner);
+        samplers.settle();
         if pushed.len() > alpha_l1 {
             self.flooded_rounds += 1;
         } else if !pushed.is_empty() && !pulled.is_empty() {
             let gamma_l1 = self.config.view_size.saturating_sub(alpha_l1 + beta_l1);
             let mut view: Vec<I> = Vec::new();
-            let history = self.samples();
+            let history = samplers.samples();
             for (source, count) in [
                 (&pushed, alpha_l1),
                 (&pulled, beta_l1),
@@ -182,13 +234,13 @@ impl<I: NodeId> Brahms<I> {
             view.truncate(self.config.view_size);
             self.view = view;
         }
-        self.learn(&pushed);
-        self.learn(&pulled);
+        let mut heard = Vec::with_capacity(pushed.len() + pulled.len());
+        heard.extend_from_slice(&pushed);
+        heard.extend_from_slice(&pulled);
+        samplers.unheard = Some(heard);
         pushed.clear();
         pulled.clear();
         (self.pushed, self.pulled) = (pushed, pulled);
-        let samples = self.samples();
-        self.emitted.extend(samples);
     }
 }
 
@@ -254,12 +306,14 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
         if self.view.len() < self.config.view_size && !self.view.contains(&peer) {
             self.view.push(peer);
         }
-        self.learn(&[peer]);
+        self.settled().rankers.hear(&[peer]);
     }
 
     fn handle_peer_unreachable(&mut self, peer: I) {
         self.view.retain(|p| *p != peer);
-        self.samplers.rekey_holding(peer, &mut self.rng);
+        let mut samplers = self.samplers.lock().unwrap_or_else(PoisonError::into_inner);
+        samplers.settle();
+        samplers.rankers.rekey_holding(peer, &mut self.rng);
     }
 
     fn view(&self) -> Vec<I> {
@@ -271,11 +325,15 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
     }
 
     fn drain_samples(&mut self, out: &mut Vec<I>) {
-        out.append(&mut self.emitted);
+        out.append(&mut self.settled().emitted);
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
         vec![("flooded_rounds", self.flooded_rounds)]
+    }
+
+    fn deferred(&self) -> Option<Arc<dyn Deferred>> {
+        Some(self.samplers.clone())
     }
 
     fn prefetch(&self, next: Step) {
@@ -284,7 +342,7 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
             Step::Tick => {
                 prefetch_slice(&self.pushed);
                 prefetch_slice(&self.pulled);
-                self.samplers.prefetch();
+                prefetch(Arc::as_ptr(&self.samplers));
                 prefetch_slice(&self.view);
             }
             // Where a push or an answer will be appended, and the view a pull copies.
@@ -348,15 +406,66 @@ mod tests {
         node.learn(&ids);
         let gone = node.samples()[0];
         node.handle_peer_unreachable(gone);
-        assert!(node.samplers.any_empty(), "its samplers start over");
+        assert!(
+            node.settled().rankers.any_empty(),
+            "its samplers start over"
+        );
         let others: Vec<u32> = ids.iter().copied().filter(|&id| id != gone).collect();
         node.learn(&others);
         assert!(
-            node.samplers
+            node.settled()
+                .rankers
                 .all_held()
                 .all(|id| id.is_some_and(|id| id != gone)),
             "every sampler refilled from the ids heard since"
         );
+    }
+
+    #[test]
+    fn the_sampler_update_gives_the_same_whoever_does_it_and_whenever() {
+        use rand::{rngs::StdRng, RngExt as _};
+        // `eager` has another thread do each tick's update at once; `lazy` leaves it to
+        // whatever reads or changes its samplers next (a rekey, a new peer, a tick).
+        let mut eager = Brahms::<u32>::new(0, config(6, 5, 0.34, 0.34), 9);
+        let mut lazy = Brahms::<u32>::new(0, config(6, 5, 0.34, 0.34), 9);
+        let mut rng = StdRng::seed_from_u64(4);
+        for step in 0..600 {
+            let peer = rng.random_range(1..40u32);
+            match rng.random_range(0..6) {
+                0 => {
+                    assert_eq!(eager.handle_tick(), lazy.handle_tick(), "step {step}");
+                    let work = eager.deferred().expect("Brahms defers its update");
+                    std::thread::scope(|s| {
+                        s.spawn(|| work.settle());
+                    });
+                }
+                1 => {
+                    eager.handle_peer_connected(peer);
+                    lazy.handle_peer_connected(peer);
+                }
+                2 => {
+                    eager.handle_peer_unreachable(peer);
+                    lazy.handle_peer_unreachable(peer);
+                }
+                3 => {
+                    let push = || SamplingMessage::Brahms(BrahmsMessage::Push);
+                    eager.handle_message(peer, push());
+                    lazy.handle_message(peer, push());
+                }
+                _ => {
+                    let peers: Vec<u32> = (0..5).map(|_| rng.random_range(1..40)).collect();
+                    let reply = SamplingMessage::Brahms(BrahmsMessage::Reply { peers });
+                    eager.handle_message(peer, reply.clone());
+                    lazy.handle_message(peer, reply);
+                }
+            }
+            assert_eq!(eager.view(), lazy.view(), "step {step}");
+            if step % 50 == 49 {
+                assert_eq!(eager.take_samples(), lazy.take_samples(), "step {step}");
+            }
+        }
+        assert_eq!(eager.samples(), lazy.samples());
+        assert!(!eager.samples().is_empty());
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //! says so; the cycle engine at once; the event engine after the link latency or a
 //! request timeout), never in what the sampler is told.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use libp2p::PeerId;
 use serde::Serialize;
 
 use super::{
-    new_sampler, prefetch, NodeId, Outgoing, PeerSampler, SamplerConfig, SamplingMessage, Step,
+    new_sampler, prefetch, Deferred, NodeId, Outgoing, PeerSampler, SamplerConfig, SamplingMessage,
+    Step,
 };
 
 /// What a node's sampler did, counted by its [`SamplingDriver`].
@@ -47,12 +50,29 @@ impl<I: NodeId> SamplingDriver<I> {
         }
     }
 
-    /// A period passed: the messages the sampler's active part sends.
+    /// A period passed: the messages the sampler's active part sends (the tick's work
+    /// all done, none left for later).
     pub fn tick(&mut self) -> Vec<Outgoing<I>> {
+        let out = self.tick_deferring();
+        if let Some(work) = self.sampler.deferred() {
+            work.settle();
+        }
+        out
+    }
+
+    /// A period passed, as [`tick`](Self::tick), but what the sampler leaves for later
+    /// ([`deferred`](Self::deferred)) may not be done yet.
+    pub fn tick_deferring(&mut self) -> Vec<Outgoing<I>> {
         self.counts.ticks += 1;
         let out = self.sampler.handle_tick();
         self.counts.messages_out += out.len() as u64;
         out
+    }
+
+    /// The work the sampler's last tick left for any thread to do (see
+    /// [`PeerSampler::deferred`]).
+    pub fn deferred(&self) -> Option<Arc<dyn Deferred>> {
+        self.sampler.deferred()
     }
 
     /// Chooses whom the next tick sends to (see [`PeerSampler::plan_tick`]); false if

@@ -30,6 +30,7 @@ pub use topology::{Neighbours, Topology, TopologyKind};
 
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use libp2p::PeerId;
@@ -280,6 +281,19 @@ pub trait PeerSampler<I: NodeId = PeerId>: Send {
     /// turn, and a couple of messages before one reaches it. A hint only: it changes
     /// nothing.
     fn prefetch(&self, _next: Step) {}
+    /// The work the last tick left for later, if the sampler defers any (Brahms: its
+    /// samplers hearing the round's ids): any thread may do it, and the sampler does it
+    /// itself first whenever something depends on it, so who does it, and when, changes
+    /// nothing. None (the default): ticks do all their work.
+    fn deferred(&self) -> Option<Arc<dyn Deferred>> {
+        None
+    }
+}
+
+/// Work a tick left for later (see [`PeerSampler::deferred`]).
+pub trait Deferred: Send + Sync {
+    /// Does the work, unless it is done already.
+    fn settle(&self);
 }
 
 /// A sampler's next step, for [`PeerSampler::prefetch`].

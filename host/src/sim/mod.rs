@@ -34,6 +34,7 @@ mod network;
 mod plot;
 pub mod scenario;
 mod seed_config;
+mod settling;
 mod summary;
 mod timeline;
 
@@ -515,6 +516,16 @@ impl Simulation {
 
     /// Node `to` (up) receives `message` from `from`.
     fn receive(&mut self, from: u32, to: u32, message: SamplingMessage<u32>) -> Vec<Outgoing<u32>> {
+        let out = self.answer(from, to, message);
+        if !self.byzantine[to as usize] {
+            self.collect_samples(to);
+        }
+        out
+    }
+
+    /// What node `to` (up) answers to `message` from `from` (the samples it emits stay
+    /// with its sampler).
+    fn answer(&mut self, from: u32, to: u32, message: SamplingMessage<u32>) -> Vec<Outgoing<u32>> {
         if self.byzantine[to as usize] {
             return self
                 .attack
@@ -522,9 +533,7 @@ impl Simulation {
                 .into_iter()
                 .collect();
         }
-        let out = self.samplers[to as usize].receive(from, message);
-        self.collect_samples(to);
-        out
+        self.samplers[to as usize].receive(from, message)
     }
 
     fn collect_samples(&mut self, i: u32) {
@@ -547,7 +556,9 @@ impl Simulation {
     ///
     /// With no helpers, with attackers (who draw from the simulation's random stream)
     /// or with Brahms (whose ticks reach a dozen peers or more, so batches would be too
-    /// short to share), each exchange runs before the next tick.
+    /// short to share), each exchange runs before the next tick, and the helpers do the
+    /// work the ticks defer (see [`settling`]); the samples are collected once that is
+    /// done, at the end of the cycle.
     fn step_cycle(&mut self, helpers: Option<&helpers::Helpers>) -> Result<()> {
         self.begin_cycle()?;
         let mut order: Vec<u32> = (0..self.samplers.len() as u32)
@@ -563,12 +574,28 @@ impl Simulation {
             }
             _ => {
                 let mut queue = VecDeque::new();
+                let mut settling = settling::Settling::new(helpers);
                 for (k, &i) in order.iter().enumerate() {
                     prefetch_ahead(&self.samplers, &order[k..]);
-                    let sent = self.tick(i);
+                    let sent = if self.byzantine[i as usize] {
+                        self.attack.tick(i, &mut self.rng)
+                    } else {
+                        let driver = &mut self.samplers[i as usize];
+                        let sent = driver.tick_deferring();
+                        if let Some(work) = driver.deferred() {
+                            settling.add(work);
+                        }
+                        sent
+                    };
                     prefetch_recipients(&self.samplers, &sent);
                     queue.extend(sent.into_iter().map(|o| (i, o)));
                     self.exchange(&mut queue);
+                }
+                settling.finish();
+                for &i in &order {
+                    if !self.byzantine[i as usize] {
+                        self.collect_samples(i);
+                    }
                 }
                 return Ok(());
             }
@@ -613,7 +640,7 @@ impl Simulation {
                 }
                 continue;
             }
-            let answers = self.receive(from, to, message);
+            let answers = self.answer(from, to, message);
             queue.extend(answers.into_iter().map(|o| (to, o)));
         }
     }
