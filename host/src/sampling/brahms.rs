@@ -117,6 +117,13 @@ struct Samplers<I: NodeId> {
 }
 
 impl<I: NodeId> Samplers<I> {
+    /// `samplers` locked, their last update done.
+    fn settled(samplers: &Mutex<Samplers<I>>) -> MutexGuard<'_, Samplers<I>> {
+        let mut locked = samplers.lock().unwrap_or_else(PoisonError::into_inner);
+        locked.settle();
+        locked
+    }
+
     /// Finishes the last round's update: the samplers hear its ids and emit.
     fn settle(&mut self) {
         if let Some(ids) = self.unheard.take() {
@@ -140,7 +147,7 @@ impl<I: NodeId> Samplers<I> {
 
 impl<I: NodeId> Deferred for Mutex<Samplers<I>> {
     fn settle(&self) {
-        self.lock().unwrap_or_else(PoisonError::into_inner).settle();
+        drop(Samplers::settled(self));
     }
 }
 
@@ -165,13 +172,6 @@ impl<I: NodeId> Brahms<I> {
         }
     }
 
-    /// The samplers, their last update done.
-    fn settled(&self) -> MutexGuard<'_, Samplers<I>> {
-        let mut samplers = self.samplers.lock().unwrap_or_else(PoisonError::into_inner);
-        samplers.settle();
-        samplers
-    }
-
     /// Rounds skipped because more than α·l1 pushes arrived.
     pub fn flooded_rounds(&self) -> u64 {
         self.flooded_rounds
@@ -179,7 +179,7 @@ impl<I: NodeId> Brahms<I> {
 
     /// The ids the samplers hold (the paper's history samples).
     pub fn samples(&self) -> Vec<I> {
-        self.settled().samples()
+        Samplers::settled(&self.samplers).samples()
     }
 
     fn share(&self, fraction: f64) -> usize {
@@ -201,7 +201,7 @@ impl<I: NodeId> Brahms<I> {
     /// minimum only goes down), so they are not kept out.
     #[cfg(test)]
     fn learn(&mut self, ids: &[I]) {
-        self.settled().rankers.hear(ids);
+        Samplers::settled(&self.samplers).rankers.hear(ids);
     }
 
     /// Closes a round: the paper's view update, and its sampler update left for
@@ -212,8 +212,7 @@ impl<I: NodeId> Brahms<I> {
         remove_repeats(&mut pushed);
         remove_repeats(&mut pulled);
         let (alpha_l1, beta_l1) = (self.push_count(), self.pull_count());
-        let mut samplers = self.samplers.lock().unwrap_or_else(PoisonError::into_inner);
-        samplers.settle();
+        let mut samplers = Samplers::settled(&self.samplers);
         if pushed.len() > alpha_l1 {
             self.flooded_rounds += 1;
         } else if !pushed.is_empty() && !pulled.is_empty() {
@@ -306,13 +305,12 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
         if self.view.len() < self.config.view_size && !self.view.contains(&peer) {
             self.view.push(peer);
         }
-        self.settled().rankers.hear(&[peer]);
+        Samplers::settled(&self.samplers).rankers.hear(&[peer]);
     }
 
     fn handle_peer_unreachable(&mut self, peer: I) {
         self.view.retain(|p| *p != peer);
-        let mut samplers = self.samplers.lock().unwrap_or_else(PoisonError::into_inner);
-        samplers.settle();
+        let mut samplers = Samplers::settled(&self.samplers);
         samplers.rankers.rekey_holding(peer, &mut self.rng);
     }
 
@@ -325,7 +323,7 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
     }
 
     fn drain_samples(&mut self, out: &mut Vec<I>) {
-        out.append(&mut self.settled().emitted);
+        out.append(&mut Samplers::settled(&self.samplers).emitted);
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -338,7 +336,8 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
 
     fn prefetch(&self, next: Step) {
         match next {
-            // The round's end reads all the ids heard and the samplers.
+            // The round's end reads all the ids heard, and the samplers' ids (through
+            // their shared part, asked for here).
             Step::Tick => {
                 prefetch_slice(&self.pushed);
                 prefetch_slice(&self.pulled);
@@ -407,13 +406,13 @@ mod tests {
         let gone = node.samples()[0];
         node.handle_peer_unreachable(gone);
         assert!(
-            node.settled().rankers.any_empty(),
+            Samplers::settled(&node.samplers).rankers.any_empty(),
             "its samplers start over"
         );
         let others: Vec<u32> = ids.iter().copied().filter(|&id| id != gone).collect();
         node.learn(&others);
         assert!(
-            node.settled()
+            Samplers::settled(&node.samplers)
                 .rankers
                 .all_held()
                 .all(|id| id.is_some_and(|id| id != gone)),
