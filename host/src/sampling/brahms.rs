@@ -124,7 +124,10 @@ impl<I: NodeId> Samplers<I> {
         locked
     }
 
-    /// Finishes the last round's update: the samplers hear its ids and emit.
+    /// Finishes the last round's update (the paper's `updateSample`): every sampler
+    /// hears its ids (never this node's own), then the samplers emit. Ids a sampler
+    /// heard before under its current key change nothing (its minimum only goes down),
+    /// so they are not kept out.
     fn settle(&mut self) {
         if let Some(ids) = self.unheard.take() {
             self.rankers.hear(&ids);
@@ -196,9 +199,7 @@ impl<I: NodeId> Brahms<I> {
             .max(usize::from(self.config.beta > 0.0))
     }
 
-    /// The paper's `updateSample`: every sampler sees `ids` (never this node's own), in
-    /// order. Ids a sampler saw before under its current key change nothing (its
-    /// minimum only goes down), so they are not kept out.
+    /// Every sampler hears `ids` now, as a round's update would.
     #[cfg(test)]
     fn learn(&mut self, ids: &[I]) {
         Samplers::settled(&self.samplers).rankers.hear(ids);
