@@ -504,14 +504,27 @@ impl Simulation {
         Ok(joined)
     }
 
-    /// Node `i`'s period passed.
+    /// Node `i`'s period passed (the tick's work all done, its samples collected).
     fn tick(&mut self, i: u32) -> Vec<Outgoing<u32>> {
+        let out = self.tick_leaving(i, &mut settling::Settling::new(None));
+        if !self.byzantine[i as usize] {
+            self.collect_samples(i);
+        }
+        out
+    }
+
+    /// Node `i`'s period passed: the work its sampler defers goes to `settling`, and the
+    /// samples it emits stay with its sampler.
+    fn tick_leaving(&mut self, i: u32, settling: &mut settling::Settling) -> Vec<Outgoing<u32>> {
         if self.byzantine[i as usize] {
             return self.attack.tick(i, &mut self.rng);
         }
-        let out = self.samplers[i as usize].tick();
-        self.collect_samples(i);
-        out
+        let driver = &mut self.samplers[i as usize];
+        let sent = driver.tick_deferring();
+        if let Some(work) = driver.deferred() {
+            settling.add(work);
+        }
+        sent
     }
 
     /// Node `to` (up) receives `message` from `from`.
@@ -577,16 +590,7 @@ impl Simulation {
                 let mut settling = settling::Settling::new(helpers);
                 for (k, &i) in order.iter().enumerate() {
                     prefetch_ahead(&self.samplers, &order[k..]);
-                    let sent = if self.byzantine[i as usize] {
-                        self.attack.tick(i, &mut self.rng)
-                    } else {
-                        let driver = &mut self.samplers[i as usize];
-                        let sent = driver.tick_deferring();
-                        if let Some(work) = driver.deferred() {
-                            settling.add(work);
-                        }
-                        sent
-                    };
+                    let sent = self.tick_leaving(i, &mut settling);
                     prefetch_recipients(&self.samplers, &sent);
                     queue.extend(sent.into_iter().map(|o| (i, o)));
                     self.exchange(&mut queue);
