@@ -60,6 +60,226 @@ impl<I> GbpsMessage<I> {
     }
 }
 
+/// Where a node's view is kept: the live sampler's own vector, or a row of the
+/// simulator's flat store (room for c + c/2 + 1 descriptors).
+pub(crate) trait ViewStore<I> {
+    /// The view, in its order.
+    fn descriptors(&self) -> &[Descriptor<I>];
+    /// The view, to reorder or age in place.
+    fn descriptors_mut(&mut self) -> &mut [Descriptor<I>];
+    /// Appends a descriptor.
+    fn push(&mut self, descriptor: Descriptor<I>);
+    /// Keeps the first `len` descriptors.
+    fn truncate(&mut self, len: usize);
+}
+
+impl<I> ViewStore<I> for Vec<Descriptor<I>> {
+    fn descriptors(&self) -> &[Descriptor<I>] {
+        self
+    }
+
+    fn descriptors_mut(&mut self) -> &mut [Descriptor<I>] {
+        self
+    }
+
+    fn push(&mut self, descriptor: Descriptor<I>) {
+        Vec::push(self, descriptor);
+    }
+
+    fn truncate(&mut self, len: usize) {
+        Vec::truncate(self, len);
+    }
+}
+
+/// One node's GBPS rules, over its state wherever that is stored: the live [`Gbps`] and
+/// the simulator's flat store run this same code.
+pub(crate) struct GbpsNode<'a, I: NodeId, V> {
+    /// The node.
+    pub me: I,
+    /// Its configuration.
+    pub config: &'a GbpsConfig,
+    /// Its view.
+    pub view: &'a mut V,
+    /// Its random stream.
+    pub rng: &'a mut I::Rng,
+}
+
+/// The peer a tick gossips with: a random one, or the first of the oldest (ties
+/// resolve by view order, itself random). Draws from `rng` only for `rand`.
+pub(crate) fn select_peer<I: NodeId>(
+    view: &[Descriptor<I>],
+    selection: Selection,
+    rng: &mut I::Rng,
+) -> Option<I> {
+    match selection {
+        Selection::Rand if !view.is_empty() => Some(view[rng.random_range(0..view.len())].peer),
+        Selection::Rand => None,
+        Selection::Old => view
+            .iter()
+            .fold(None::<&Descriptor<I>>, |best, d| match best {
+                Some(b) if b.age >= d.age => Some(b),
+                _ => Some(d),
+            })
+            .map(|d| d.peer),
+    }
+}
+
+impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
+    /// Whether a tick sends a buffer.
+    pub fn pushes(&self) -> bool {
+        self.config.propagation_policy != Propagation::Pull
+    }
+
+    /// Whether a tick asks for the peer's buffer.
+    pub fn pulls(&self) -> bool {
+        self.config.propagation_policy != Propagation::Push
+    }
+
+    /// The peer this tick gossips with (`None`: the view is empty).
+    pub fn select_peer(&mut self) -> Option<I> {
+        select_peer(
+            self.view.descriptors(),
+            self.config.selection_policy,
+            self.rng,
+        )
+    }
+
+    /// The active side's tick once its peer is chosen (the view is not empty): draws
+    /// the cycle's sample, writes the buffer to send into `buffer` (left empty when
+    /// pull-only), and ages the view. Returns the sample.
+    pub fn tick(&mut self, buffer: &mut Vec<Descriptor<I>>) -> I {
+        let view = self.view.descriptors();
+        let sample = view[self.rng.random_range(0..view.len())].peer;
+        buffer.clear();
+        if self.pushes() {
+            self.make_buffer(buffer);
+        }
+        self.increase_age();
+        sample
+    }
+
+    /// The passive side's handling of a request from another node: writes its answer
+    /// into `answer` if asked (and returns whether it answers), merges, ages.
+    pub fn answer(
+        &mut self,
+        buffer: &[Descriptor<I>],
+        reply: bool,
+        answer: &mut Vec<Descriptor<I>>,
+    ) -> bool {
+        answer.clear();
+        if reply {
+            self.make_buffer(answer);
+        }
+        self.select(buffer);
+        self.increase_age();
+        reply
+    }
+
+    /// Permutes the view, moves the H oldest to its end, and writes own fresh
+    /// descriptor followed by the first c/2 - 1 descriptors into `buffer`.
+    pub fn make_buffer(&mut self, buffer: &mut Vec<Descriptor<I>>) {
+        self.view.descriptors_mut().shuffle(self.rng);
+        self.move_oldest_to_end(self.config.heal);
+        let take = (self.config.view_size / 2).saturating_sub(1);
+        buffer.push(Descriptor {
+            peer: self.me,
+            age: 0,
+        });
+        buffer.extend(self.view.descriptors().iter().take(take).copied());
+    }
+
+    /// Moves the `count` oldest descriptors to the end (the oldest last), keeping the
+    /// others in order; ties go to the first.
+    fn move_oldest_to_end(&mut self, count: usize) {
+        let view = self.view.descriptors_mut();
+        let len = view.len();
+        for moved in 0..count.min(len) {
+            let front = &view[..len - moved];
+            let oldest =
+                front.iter().enumerate().fold(
+                    0,
+                    |best, (i, d)| if d.age > front[best].age { i } else { best },
+                );
+            view[oldest..len - moved].rotate_left(1);
+        }
+    }
+
+    /// The paper's `view.select(c, H, S, buffer)`.
+    pub fn select(&mut self, buffer: &[Descriptor<I>]) {
+        // view.append(buffer) then removeDuplicates: the view holds no duplicates, so
+        // each buffer entry is looked up in what is there so far; the freshest copy
+        // stays, at the first copy's place. Views are small (c + c/2 entries): a scan,
+        // skipped for the ids a filter says the view surely lacks.
+        let mut held = IdFilter::default();
+        self.view
+            .descriptors()
+            .iter()
+            .for_each(|d| held.insert(&d.peer));
+        for d in buffer.iter().filter(|d| d.peer != self.me) {
+            if held.may_contain(&d.peer) {
+                let view = self.view.descriptors_mut();
+                if let Some(m) = view.iter_mut().find(|m| m.peer == d.peer) {
+                    m.age = m.age.min(d.age);
+                    continue;
+                }
+            }
+            held.insert(&d.peer);
+            self.view.push(*d);
+        }
+        let c = self.config.view_size;
+        let len = self.view.descriptors().len();
+        // removeOldItems(min(H, size - c))
+        let old = self.config.heal.min(len.saturating_sub(c));
+        self.move_oldest_to_end(old);
+        let len = len - old;
+        self.view.truncate(len);
+        // removeHead(min(S, size - c)): the head is what was sent.
+        let head = self.config.swap.min(len.saturating_sub(c));
+        self.view.descriptors_mut().copy_within(head.., 0);
+        let mut len = len - head;
+        self.view.truncate(len);
+        // removeAtRandom(size - c)
+        while len > c {
+            let i = self.rng.random_range(0..len);
+            self.view.descriptors_mut().copy_within(i + 1.., i);
+            len -= 1;
+            self.view.truncate(len);
+        }
+    }
+
+    /// Ages every descriptor by the configured increment.
+    pub fn increase_age(&mut self) {
+        let age = self.config.age;
+        for d in self.view.descriptors_mut() {
+            d.age = d.age.saturating_add(age);
+        }
+    }
+
+    /// A newly connected peer joins the view if there is room and it is new.
+    pub fn connected(&mut self, peer: I) {
+        let view = self.view.descriptors();
+        if peer != self.me
+            && view.len() < self.config.view_size
+            && !view.iter().any(|d| d.peer == peer)
+        {
+            self.view.push(Descriptor { peer, age: 0 });
+        }
+    }
+
+    /// An unreachable peer leaves the view (the others keep their order).
+    pub fn unreachable(&mut self, peer: I) {
+        let view = self.view.descriptors_mut();
+        let mut kept = 0;
+        for i in 0..view.len() {
+            if view[i].peer != peer {
+                view[kept] = view[i];
+                kept += 1;
+            }
+        }
+        self.view.truncate(kept);
+    }
+}
+
 /// One node's GBPS state.
 pub struct Gbps<I: NodeId = PeerId> {
     me: I,
@@ -91,105 +311,19 @@ impl<I: NodeId> Gbps<I> {
         &self.view
     }
 
-    fn pushes(&self) -> bool {
-        self.config.propagation_policy != Propagation::Pull
-    }
-
-    fn pulls(&self) -> bool {
-        self.config.propagation_policy != Propagation::Push
-    }
-
-    fn select_peer(&mut self) -> Option<I> {
-        match self.config.selection_policy {
-            Selection::Rand if !self.view.is_empty() => {
-                Some(self.view[self.rng.random_range(0..self.view.len())].peer)
-            }
-            Selection::Rand => None,
-            // The first of the oldest, so ties resolve by view order (itself random).
-            Selection::Old => self
-                .view
-                .iter()
-                .fold(None::<&Descriptor<I>>, |best, d| match best {
-                    Some(b) if b.age >= d.age => Some(b),
-                    _ => Some(d),
-                })
-                .map(|d| d.peer),
-        }
-    }
-
-    /// Permutes the view, moves the H oldest to its end, and returns own fresh descriptor
-    /// followed by the first c/2 - 1 descriptors.
-    fn make_buffer(&mut self) -> Vec<Descriptor<I>> {
-        self.view.shuffle(&mut self.rng);
-        self.move_oldest_to_end(self.config.heal);
-        let take = (self.config.view_size / 2).saturating_sub(1);
-        let mut buffer = Vec::with_capacity(take + 1);
-        buffer.push(Descriptor {
-            peer: self.me,
-            age: 0,
-        });
-        buffer.extend(self.view.iter().take(take).copied());
-        buffer
-    }
-
-    /// Moves the `count` oldest descriptors to the end (the oldest last), keeping the
-    /// others in order; ties go to the first.
-    fn move_oldest_to_end(&mut self, count: usize) {
-        let len = self.view.len();
-        for moved in 0..count.min(len) {
-            let front = &self.view[..len - moved];
-            let oldest =
-                front.iter().enumerate().fold(
-                    0,
-                    |best, (i, d)| if d.age > front[best].age { i } else { best },
-                );
-            self.view[oldest..len - moved].rotate_left(1);
-        }
-    }
-
-    /// The paper's `view.select(c, H, S, buffer)`.
-    fn select(&mut self, buffer: &[Descriptor<I>]) {
-        // view.append(buffer) then removeDuplicates: the view holds no duplicates, so
-        // each buffer entry is looked up in what is there so far; the freshest copy
-        // stays, at the first copy's place. Views are small (c + c/2 entries): a scan,
-        // skipped for the ids a filter says the view surely lacks.
-        let mut held = IdFilter::default();
-        self.view.iter().for_each(|d| held.insert(&d.peer));
-        for d in buffer.iter().filter(|d| d.peer != self.me) {
-            if held.may_contain(&d.peer) {
-                if let Some(m) = self.view.iter_mut().find(|m| m.peer == d.peer) {
-                    m.age = m.age.min(d.age);
-                    continue;
-                }
-            }
-            held.insert(&d.peer);
-            self.view.push(*d);
-        }
-        let c = self.config.view_size;
-        // removeOldItems(min(H, size - c))
-        let old = self.config.heal.min(self.view.len().saturating_sub(c));
-        self.move_oldest_to_end(old);
-        self.view.truncate(self.view.len() - old);
-        // removeHead(min(S, size - c)): the head is what was sent.
-        let head = self.config.swap.min(self.view.len().saturating_sub(c));
-        self.view.drain(..head);
-        // removeAtRandom(size - c)
-        while self.view.len() > c {
-            let i = self.rng.random_range(0..self.view.len());
-            self.view.remove(i);
-        }
-    }
-
-    fn increase_age(&mut self) {
-        for d in &mut self.view {
-            d.age = d.age.saturating_add(self.config.age);
+    fn node(&mut self) -> GbpsNode<'_, I, Vec<Descriptor<I>>> {
+        GbpsNode {
+            me: self.me,
+            config: &self.config,
+            view: &mut self.view,
+            rng: &mut self.rng,
         }
     }
 }
 
 impl<I: NodeId> PeerSampler<I> for Gbps<I> {
     fn plan_tick(&mut self, peers: &mut Vec<I>) -> bool {
-        let to = self.select_peer();
+        let to = self.node().select_peer();
         peers.extend(to);
         self.planned = Some(to);
         true
@@ -197,21 +331,15 @@ impl<I: NodeId> PeerSampler<I> for Gbps<I> {
 
     fn handle_tick(&mut self) -> Vec<Outgoing<I>> {
         let planned = self.planned.take();
-        let Some(to) = planned.unwrap_or_else(|| self.select_peer()) else {
+        let mut node = self.node();
+        let Some(to) = planned.unwrap_or_else(|| node.select_peer()) else {
             return Vec::new();
         };
-        let sample = self.view[self.rng.random_range(0..self.view.len())].peer;
+        let mut buffer = Vec::new();
+        let sample = node.tick(&mut buffer);
+        let reply = node.pulls();
         self.samples.push(sample);
-        let buffer = if self.pushes() {
-            self.make_buffer()
-        } else {
-            Vec::new()
-        };
-        self.increase_age();
-        let message = GbpsMessage::Request {
-            buffer,
-            reply: self.pulls(),
-        };
+        let message = GbpsMessage::Request { buffer, reply };
         vec![Outgoing {
             to,
             message: SamplingMessage::Gbps(message),
@@ -227,35 +355,28 @@ impl<I: NodeId> PeerSampler<I> for Gbps<I> {
         }
         match message {
             GbpsMessage::Request { buffer, reply } => {
-                let answer = reply.then(|| {
-                    let buffer = self.make_buffer();
-                    Outgoing {
-                        to: from,
-                        message: SamplingMessage::Gbps(GbpsMessage::Reply { buffer }),
-                    }
-                });
-                self.select(&buffer);
-                self.increase_age();
-                answer.into_iter().collect()
+                let mut answer = Vec::new();
+                if !self.node().answer(&buffer, reply, &mut answer) {
+                    return Vec::new();
+                }
+                vec![Outgoing {
+                    to: from,
+                    message: SamplingMessage::Gbps(GbpsMessage::Reply { buffer: answer }),
+                }]
             }
             GbpsMessage::Reply { buffer } => {
-                self.select(&buffer);
+                self.node().select(&buffer);
                 Vec::new()
             }
         }
     }
 
     fn handle_peer_connected(&mut self, peer: I) {
-        if peer != self.me
-            && self.view.len() < self.config.view_size
-            && !self.view.iter().any(|d| d.peer == peer)
-        {
-            self.view.push(Descriptor { peer, age: 0 });
-        }
+        self.node().connected(peer);
     }
 
     fn handle_peer_unreachable(&mut self, peer: I) {
-        self.view.retain(|d| d.peer != peer);
+        self.node().unreachable(peer);
     }
 
     fn view(&self) -> Vec<I> {
@@ -421,7 +542,7 @@ mod tests {
             config(4, 0, 0, Selection::Rand, Propagation::Push),
             &[(p[1], 9)],
         );
-        node.select(&[
+        node.node().select(&[
             Descriptor { peer: p[1], age: 2 },
             Descriptor { peer: p[2], age: 4 },
             Descriptor { peer: p[2], age: 1 },
@@ -444,7 +565,7 @@ mod tests {
             config(3, 1, 0, Selection::Rand, Propagation::Push),
             &[(p[1], 1), (p[2], 50), (p[3], 2)],
         );
-        healer.select(&[Descriptor { peer: p[4], age: 0 }]);
+        healer.node().select(&[Descriptor { peer: p[4], age: 0 }]);
         assert_eq!(healer.view(), vec![p[1], p[3], p[4]]);
         // c = 3, S = 1, H = 0: the head (what was sent) goes.
         let mut swapper = with_view(
@@ -452,7 +573,7 @@ mod tests {
             config(3, 0, 1, Selection::Rand, Propagation::Push),
             &[(p[1], 1), (p[2], 50), (p[3], 2)],
         );
-        swapper.select(&[Descriptor { peer: p[4], age: 0 }]);
+        swapper.node().select(&[Descriptor { peer: p[4], age: 0 }]);
         assert_eq!(swapper.view(), vec![p[2], p[3], p[4]]);
     }
 
