@@ -73,6 +73,24 @@ pub(crate) trait ViewStore<I> {
     fn truncate(&mut self, len: usize);
 }
 
+impl<I, V: ViewStore<I>> ViewStore<I> for &mut V {
+    fn descriptors(&self) -> &[Descriptor<I>] {
+        (**self).descriptors()
+    }
+
+    fn descriptors_mut(&mut self) -> &mut [Descriptor<I>] {
+        (**self).descriptors_mut()
+    }
+
+    fn push(&mut self, descriptor: Descriptor<I>) {
+        (**self).push(descriptor);
+    }
+
+    fn truncate(&mut self, len: usize) {
+        (**self).truncate(len);
+    }
+}
+
 impl<I> ViewStore<I> for Vec<Descriptor<I>> {
     fn descriptors(&self) -> &[Descriptor<I>] {
         self
@@ -99,7 +117,7 @@ pub(crate) struct GbpsNode<'a, I: NodeId, V> {
     /// Its configuration.
     pub config: &'a GbpsConfig,
     /// Its view.
-    pub view: &'a mut V,
+    pub view: V,
     /// Its random stream.
     pub rng: &'a mut I::Rng,
 }
@@ -311,7 +329,7 @@ impl<I: NodeId> Gbps<I> {
         &self.view
     }
 
-    fn node(&mut self) -> GbpsNode<'_, I, Vec<Descriptor<I>>> {
+    fn node(&mut self) -> GbpsNode<'_, I, &mut Vec<Descriptor<I>>> {
         GbpsNode {
             me: self.me,
             config: &self.config,

@@ -23,6 +23,7 @@ pub use config::{
 };
 pub use connected::Connected;
 pub use driver::{SamplingCounts, SamplingDriver};
+pub(crate) use gbps::{select_peer, GbpsNode, ViewStore};
 pub use gbps::{Descriptor, Gbps, GbpsMessage};
 pub use minwise::Rankers;
 pub use static_view::{StaticMessage, StaticView, MAX_NODE_NAME};

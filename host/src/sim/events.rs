@@ -339,7 +339,7 @@ impl Engine {
                 sent_at,
                 message,
             } => {
-                if (to as usize) < sim.samplers.len() && sim.is_up(to) {
+                if (to as usize) < sim.nodes.len() && sim.is_up(to) {
                     sim.tally.delivered += 1;
                     let answers = sim.receive(from, to, message);
                     self.send(sim, now, to, answers);
@@ -354,7 +354,7 @@ impl Engine {
                 peer,
             } => {
                 if sim.incarnation[node as usize] == incarnation && sim.is_up(node) {
-                    sim.samplers[node as usize].send_failed(peer);
+                    sim.nodes.send_failed(node, peer);
                 }
             }
             Happening::AppStart { node } => {
@@ -386,7 +386,7 @@ impl Engine {
                     );
                     return;
                 }
-                let view = sim.samplers[node as usize].view();
+                let view = sim.nodes.view(node);
                 let input = (node, app, CallInput::Cycle(view));
                 self.defer(sim, now, input, Followup::Stepped { node, app });
             }
@@ -465,7 +465,7 @@ impl Engine {
                 let Some(failures) = sim.config.outages.random.clone() else {
                     return;
                 };
-                for node in 0..sim.samplers.len() as u32 {
+                for node in 0..sim.nodes.len() as u32 {
                     if sim.is_up(node)
                         && !sim.byzantine[node as usize]
                         && sim.rng.random_bool(failures.probability)
@@ -521,7 +521,7 @@ impl Engine {
     /// Does the scenario's action `index`.
     fn act(&mut self, sim: &mut Simulation, now: u64, index: usize) {
         let action = sim.scenario.actions[index].action.clone();
-        let count = sim.samplers.len();
+        let count = sim.nodes.len();
         match action {
             Action::Disconnect { nodes, duration } => {
                 for node in nodes.list(count) {
@@ -790,11 +790,11 @@ pub(super) fn run(
         window_end: 0,
         helpers: super::helpers::Helpers::new(sim.config.threads.saturating_sub(1)),
     };
-    for node in 0..sim.samplers.len() as u32 {
+    for node in 0..sim.nodes.len() as u32 {
         engine.schedule_tick(sim, node, 0);
     }
     let app_nodes: Vec<u32> = match &sim.apps {
-        Some(apps) => (0..sim.samplers.len() as u32)
+        Some(apps) => (0..sim.nodes.len() as u32)
             .filter(|&n| apps.on_node(n))
             .collect(),
         None => Vec::new(),

@@ -28,9 +28,12 @@ mod command;
 pub mod conditions;
 mod events;
 mod exchanges;
+mod gbps_nodes;
 mod helpers;
+mod huge_pages;
 mod metrics;
 mod network;
+mod nodes;
 mod plot;
 pub mod scenario;
 mod seed_config;
@@ -60,9 +63,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
-use crate::sampling::{
-    Outgoing, SamplerConfig, SamplingDriver, SamplingMessage, StaticView, Step, Topology,
-};
+use crate::sampling::{Outgoing, SamplerConfig, SamplingMessage, Topology};
+use nodes::Nodes;
 
 /// Which engine runs the simulation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -226,7 +228,7 @@ enum Status {
 /// The virtual network: every node's sampler (or attacker), and who is up.
 pub struct Simulation {
     config: SimConfig,
-    samplers: Vec<SamplingDriver<u32>>,
+    nodes: Nodes,
     status: Vec<Status>,
     /// Bumped when a node leaves or rejoins, so its stale timers are ignored.
     incarnation: Vec<u32>,
@@ -270,12 +272,9 @@ impl Simulation {
         malicious.iter().for_each(|&i| byzantine[i as usize] = true);
         let honest: Vec<u32> = (0..n as u32).filter(|&i| !byzantine[i as usize]).collect();
         let attack = Attack::new(&config.sampler, malicious, honest, config.attack_force);
-        let mut samplers = Vec::with_capacity(n);
-        for i in 0..n as u32 {
-            samplers.push(build_sampler(&config, i, rng.random())?);
-        }
+        let nodes = Nodes::new(&config, &mut rng)?;
         let mut simulation = Simulation {
-            samplers,
+            nodes,
             status: vec![Status::Up; n],
             incarnation: vec![0; n],
             byzantine,
@@ -311,18 +310,18 @@ impl Simulation {
         if let Some(topology) = self.config.topology.clone() {
             for &j in topology.send_to(i as usize) {
                 if self.is_up(j) {
-                    self.samplers[i as usize].connected(j);
-                    self.samplers[j as usize].connected(i);
+                    self.nodes.connected(i, j);
+                    self.nodes.connected(j, i);
                 }
             }
             return;
         }
-        let n = self.samplers.len();
+        let n = self.nodes.len();
         for _ in 0..self.config.bootstrap_peers.min(n - 1) {
             for _attempt in 0..16 {
                 let j = self.rng.random_range(0..n as u32);
                 if j != i && self.status[j as usize] == Status::Up {
-                    self.samplers[i as usize].connected(j);
+                    self.nodes.connected(i, j);
                     break;
                 }
             }
@@ -367,7 +366,7 @@ impl Simulation {
         let Some(apps) = &self.apps else {
             return;
         };
-        let online = (0..self.samplers.len() as u32)
+        let online = (0..self.nodes.len() as u32)
             .filter(|&i| self.is_up(i))
             .count() as u64;
         let row = self
@@ -471,7 +470,7 @@ impl Simulation {
         self.samples.cycle_byzantine = 0;
         let mut joined = Vec::new();
         if self.config.leave_rate > 0.0 || self.config.join_rate > 0.0 {
-            for i in 0..self.samplers.len() {
+            for i in 0..self.nodes.len() {
                 let (status, byzantine) = (self.status[i], self.byzantine[i]);
                 if status == Status::Up
                     && !byzantine
@@ -485,14 +484,14 @@ impl Simulation {
             }
             for &i in &joined {
                 let seed = self.rng.random();
-                self.samplers[i as usize] = build_sampler(&self.config, i, seed)?;
+                self.nodes.reset(&self.config, i, seed)?;
                 self.status[i as usize] = Status::Up;
                 self.incarnation[i as usize] += 1;
                 self.bootstrap(i);
             }
         }
         if self.cycle == self.config.fail_at && self.config.fail_fraction > 0.0 {
-            let mut order: Vec<usize> = (0..self.samplers.len()).collect();
+            let mut order: Vec<usize> = (0..self.nodes.len()).collect();
             order.shuffle(&mut self.rng);
             let failing = (self.config.fail_fraction * order.len() as f64).round() as usize;
             for &i in &order[..failing] {
@@ -519,12 +518,7 @@ impl Simulation {
         if self.byzantine[i as usize] {
             return self.attack.tick(i, &mut self.rng);
         }
-        let driver = &mut self.samplers[i as usize];
-        let sent = driver.tick_deferring();
-        if let Some(work) = driver.deferred() {
-            settling.add(work);
-        }
-        sent
+        self.nodes.tick_leaving(i, settling)
     }
 
     /// Node `to` (up) receives `message` from `from`.
@@ -546,12 +540,12 @@ impl Simulation {
                 .into_iter()
                 .collect();
         }
-        self.samplers[to as usize].receive(from, message)
+        self.nodes.receive(to, from, message)
     }
 
     fn collect_samples(&mut self, i: u32) {
         let mut emitted = std::mem::take(&mut self.emitted);
-        self.samplers[i as usize].drain_samples(&mut emitted);
+        self.nodes.drain_samples(i, &mut emitted);
         self.tally(emitted.drain(..));
         self.emitted = emitted;
     }
@@ -564,34 +558,64 @@ impl Simulation {
         }
     }
 
-    /// Runs one cycle of the cycle-driven engine, its exchanges in batches on `helpers`
-    /// and this thread (see [`exchanges`]).
+    /// Runs one cycle of the cycle-driven engine.
     ///
-    /// With no helpers, with attackers (who draw from the simulation's random stream)
-    /// or with Brahms (whose ticks reach a dozen peers or more, so batches would be too
-    /// short to share), each exchange runs before the next tick, and the helpers do the
-    /// work the ticks defer (see [`settling`]); the samples are collected once that is
-    /// done, at the end of the cycle.
+    /// GBPS nodes (stored by value, see [`gbps_nodes`]) run each exchange at once, in
+    /// the order of the ticks, on this thread. Other samplers run their exchanges in
+    /// batches on `helpers` and this thread (see [`exchanges`]). With no helpers, with
+    /// attackers (who draw from the simulation's random stream) or with Brahms (whose
+    /// ticks reach a dozen peers or more, so batches would be too short to share), each
+    /// exchange runs before the next tick, and the helpers do the work the ticks defer
+    /// (see [`settling`]); the samples are collected once that is done, at the end of
+    /// the cycle.
     fn step_cycle(&mut self, helpers: Option<&helpers::Helpers>) -> Result<()> {
         self.begin_cycle()?;
-        let mut order: Vec<u32> = (0..self.samplers.len() as u32)
+        let mut order: Vec<u32> = (0..self.nodes.len() as u32)
             .filter(|&i| self.is_up(i))
             .collect();
         order.shuffle(&mut self.rng);
-        let helpers = match helpers {
-            Some(helpers)
-                if !self.byzantine.contains(&true)
-                    && !matches!(self.config.sampler, SamplerConfig::Brahms(_)) =>
-            {
-                helpers
+        let attacked = self.byzantine.contains(&true);
+        let brahms = matches!(self.config.sampler, SamplerConfig::Brahms(_));
+        let up: Vec<bool> = (0..self.nodes.len() as u32)
+            .map(|i| self.is_up(i))
+            .collect();
+        match (&mut self.nodes, helpers) {
+            (Nodes::Gbps(nodes), _) if !attacked => {
+                let (samples, byzantine) = (&mut self.samples, &self.byzantine);
+                for (k, &i) in order.iter().enumerate() {
+                    nodes.prefetch_ahead(&order[k..]);
+                    self.messages += nodes.exchange(i, &up, |sample| {
+                        samples.add(sample, byzantine[sample as usize]);
+                    });
+                }
+            }
+            (Nodes::Drivers(drivers), Some(helpers)) if !attacked && !brahms => {
+                let mut exchanges = exchanges::Exchanges::new(helpers, up);
+                let mut peers = Vec::new();
+                let mut ticked = Vec::new();
+                for (k, &i) in order.iter().enumerate() {
+                    nodes::prefetch_drivers_ahead(drivers, &order[k..]);
+                    exchanges.free(drivers, i);
+                    peers.clear();
+                    if drivers[i as usize].plan_tick(&mut peers) {
+                        exchanges.add_planned(drivers, i, &peers);
+                    } else {
+                        let sent = drivers[i as usize].tick();
+                        drivers[i as usize].drain_samples(&mut ticked);
+                        exchanges.add(drivers, i, sent);
+                    }
+                }
+                let (messages, samples) = exchanges.done(drivers);
+                self.messages += messages;
+                self.tally(ticked.into_iter().chain(samples));
             }
             _ => {
                 let mut queue = VecDeque::new();
                 let mut settling = settling::Settling::new(helpers);
                 for (k, &i) in order.iter().enumerate() {
-                    prefetch_ahead(&self.samplers, &order[k..]);
+                    self.nodes.prefetch_ahead(&order[k..]);
                     let sent = self.tick_leaving(i, &mut settling);
-                    prefetch_recipients(&self.samplers, &sent);
+                    self.nodes.prefetch_recipients(&sent);
                     queue.extend(sent.into_iter().map(|o| (i, o)));
                     self.exchange(&mut queue);
                 }
@@ -601,29 +625,8 @@ impl Simulation {
                         self.collect_samples(i);
                     }
                 }
-                return Ok(());
-            }
-        };
-        let up = (0..self.samplers.len() as u32)
-            .map(|i| self.is_up(i))
-            .collect();
-        let mut exchanges = exchanges::Exchanges::new(helpers, up);
-        let mut peers = Vec::new();
-        for (k, &i) in order.iter().enumerate() {
-            prefetch_ahead(&self.samplers, &order[k..]);
-            exchanges.free(&mut self.samplers, i);
-            peers.clear();
-            if self.samplers[i as usize].plan_tick(&mut peers) {
-                exchanges.add_planned(&mut self.samplers, i, &peers);
-            } else {
-                let sent = self.samplers[i as usize].tick();
-                self.collect_samples(i);
-                exchanges.add(&mut self.samplers, i, sent);
             }
         }
-        let (messages, samples) = exchanges.done(&mut self.samplers);
-        self.messages += messages;
-        self.tally(samples);
         Ok(())
     }
 
@@ -631,16 +634,13 @@ impl Simulation {
     /// they cause, at once.
     fn exchange(&mut self, queue: &mut VecDeque<(u32, Outgoing<u32>)>) {
         while let Some((from, Outgoing { to, message })) = queue.pop_front() {
-            if let Some(ahead) = queue
-                .get(2)
-                .and_then(|(_, o)| self.samplers.get(o.to as usize))
-            {
-                ahead.prefetch_state(Step::Message);
+            if let Some((_, ahead)) = queue.get(2) {
+                self.nodes.prefetch_message(ahead.to);
             }
             self.messages += 1;
-            if to as usize >= self.samplers.len() || !self.is_up(to) {
+            if to as usize >= self.nodes.len() || !self.is_up(to) {
                 if !self.byzantine[from as usize] {
-                    self.samplers[from as usize].send_failed(to);
+                    self.nodes.send_failed(from, to);
                 }
                 continue;
             }
@@ -658,12 +658,12 @@ impl Simulation {
     /// now, from the run's random stream).
     fn snapshot(&mut self) -> metrics::Snapshot {
         let costly = self.cycle.is_multiple_of(self.config.costly_metrics_every);
-        let n = self.samplers.len();
+        let n = self.nodes.len();
         let mut views = Views::with_capacity(n, 32);
         for i in 0..n {
             views.push_with(|out| {
                 if !self.byzantine[i] && self.is_up(i as u32) {
-                    self.samplers[i].view_into(out);
+                    self.nodes.view_into(i as u32, out);
                 }
             });
         }
@@ -800,7 +800,7 @@ impl Simulation {
             self.config.seed,
             "clock-drift",
         ));
-        let skews = self.config.drift.skews(self.samplers.len(), &mut rng);
+        let skews = self.config.drift.skews(self.nodes.len(), &mut rng);
         let byzantine = &self.byzantine;
         SimApps::new(apps, |i| !byzantine[i as usize], self.config.seed, skews)
     }
@@ -811,47 +811,11 @@ impl Simulation {
     }
 }
 
-/// Brings in, ahead of their ticks, the nodes that tick after `order[0]`: each node's
-/// memory is reached in three steps (its driver, the sampler the driver points to, the
-/// view the sampler points to), each asked for two ticks before the next step needs it.
-/// Ticks visit nodes in a random order, so without this each step waits on memory.
-fn prefetch_ahead(samplers: &[SamplingDriver<u32>], order: &[u32]) {
-    if let Some(&node) = order.get(6) {
-        crate::sampling::prefetch(&samplers[node as usize]);
-    }
-    if let Some(&node) = order.get(4) {
-        samplers[node as usize].prefetch_sampler();
-    }
-    if let Some(&node) = order.get(2) {
-        samplers[node as usize].prefetch_state(Step::Tick);
-    }
-}
-
-/// Brings in the drivers and samplers of the nodes a tick's messages go to (a Brahms
-/// tick reaches a dozen or more), each step for all of them before the next, so that
-/// their waits on memory overlap; [`Simulation::exchange`] asks for what their
-/// samplers point to a few messages ahead.
-fn prefetch_recipients(samplers: &[SamplingDriver<u32>], sent: &[Outgoing<u32>]) {
-    let recipients = || sent.iter().filter_map(|o| samplers.get(o.to as usize));
-    recipients().for_each(|driver| crate::sampling::prefetch(driver));
-    recipients().for_each(SamplingDriver::prefetch_sampler);
-}
-
 /// The metrics a measuring thread took.
 fn joined(thread: std::thread::ScopedJoinHandle<'_, CycleMetrics>) -> Result<CycleMetrics> {
     thread
         .join()
         .map_err(|_| anyhow::anyhow!("the thread measuring a cycle's metrics failed"))
-}
-
-/// Node `i`'s sampler: a `static` one from the topology, any other from its config.
-fn build_sampler(config: &SimConfig, i: u32, seed: u64) -> Result<SamplingDriver<u32>> {
-    match (&config.sampler, &config.topology) {
-        (SamplerConfig::Static(_), Some(topology)) => Ok(SamplingDriver::with_sampler(Box::new(
-            StaticView::new(i, topology.neighbours_of(i as usize)),
-        ))),
-        (sampler, _) => SamplingDriver::new(sampler, i, seed),
-    }
 }
 
 #[cfg(test)]

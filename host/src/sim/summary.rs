@@ -141,7 +141,7 @@ impl Simulation {
             messages_dropped: t.dropped,
             disconnection_events: t.disconnections,
             node_states: NodeStates(
-                (0..self.samplers.len() as u32)
+                (0..self.nodes.len() as u32)
                     .map(|i| self.state_of(i))
                     .collect(),
             ),
@@ -154,7 +154,7 @@ impl Simulation {
 
     /// One row per node, in node order.
     pub fn node_rows(&self) -> impl Iterator<Item = NodeRow> + '_ {
-        (0..self.samplers.len() as u32).map(|i| NodeRow {
+        (0..self.nodes.len() as u32).map(|i| NodeRow {
             node: i,
             name: format!("node_{i}"),
             peer_id: match &self.apps {
@@ -166,9 +166,9 @@ impl Simulation {
             view_size: if self.byzantine[i as usize] {
                 0
             } else {
-                self.samplers[i as usize].view().len()
+                self.nodes.view(i).len()
             },
-            sampling: self.samplers[i as usize].counts(),
+            sampling: self.nodes.counts(i),
             apps: self
                 .apps
                 .as_ref()
