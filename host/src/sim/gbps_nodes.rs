@@ -10,13 +10,16 @@
 //! [`GbpsNodes::receive`], which take and give messages as any sampler does. Both give
 //! what a [`Gbps`](crate::sampling::Gbps) behind a driver gives, draw for draw.
 
+use std::sync::{Arc, Mutex};
+
 use rand::SeedableRng;
 
+use super::helpers::{Helpers, SharedWork};
 use super::huge_pages::{huge_collect, huge_vec};
 
 use crate::sampling::{
-    prefetch, prefetch_slice, select_peer, Descriptor, GbpsConfig, GbpsMessage, GbpsNode, NodeId,
-    Outgoing, SamplingCounts, SamplingMessage, ViewStore,
+    prefetch, select_peer, Descriptor, GbpsConfig, GbpsMessage, GbpsNode, NodeId, Outgoing,
+    SamplingCounts, SamplingMessage, ViewStore,
 };
 
 type Rng = <u32 as NodeId>::Rng;
@@ -55,6 +58,167 @@ impl ViewStore<u32> for Row<'_> {
     }
 }
 
+/// The arrays, reached by the exchanges of a batch from several threads: each reaches
+/// only the rows and heads of its two nodes, which no other exchange of the batch
+/// touches.
+#[derive(Clone, Copy)]
+struct Store {
+    rows: *mut Descriptor<u32>,
+    heads: *mut Head,
+    stride: usize,
+    nodes: usize,
+}
+
+// SAFETY: a `Store` is only used while the arrays it points to are neither moved nor
+// freed (a batch runs to its end before `GbpsNodes` is touched again), and threads
+// reach disjoint nodes through it (see `Store::node`).
+unsafe impl Send for Store {}
+// SAFETY: as above.
+unsafe impl Sync for Store {}
+
+impl Store {
+    /// Node `i`'s rules and counts.
+    ///
+    /// # Safety
+    /// Nothing else reaches node `i` while they are in use.
+    // The mutable borrows come from the store's pointers, not from `config`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn node<'a>(
+        self,
+        config: &'a GbpsConfig,
+        i: u32,
+    ) -> (GbpsNode<'a, u32, Row<'a>>, &'a mut SamplingCounts) {
+        assert!((i as usize) < self.nodes, "node {i} of {}", self.nodes);
+        // SAFETY: in bounds (checked above); the caller makes the access exclusive.
+        let (slots, head) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(
+                    self.rows.add(i as usize * self.stride),
+                    self.stride,
+                ),
+                &mut *self.heads.add(i as usize),
+            )
+        };
+        rules(i, config, slots, head)
+    }
+
+    /// Asks for node `i`'s head and the start of its row.
+    fn prefetch(self, i: u32, view_size: usize) {
+        if (i as usize) < self.nodes {
+            let i = i as usize;
+            prefetch(self.heads.wrapping_add(i));
+            let row = self.rows.wrapping_add(i * self.stride);
+            let bytes = view_size * std::mem::size_of::<Descriptor<u32>>();
+            for offset in (0..bytes).step_by(64) {
+                prefetch(row.cast::<u8>().wrapping_add(offset));
+            }
+        }
+    }
+
+    /// Node `a`'s tick's first draw: the peer it gossips with (`None`: its view is
+    /// empty, and the tick, counted, sends nothing).
+    ///
+    /// # Safety
+    /// As [`Store::node`], for `a`.
+    unsafe fn plan(self, config: &GbpsConfig, a: u32) -> Option<u32> {
+        // SAFETY: the caller's.
+        let (mut node, counts) = unsafe { self.node(config, a) };
+        counts.ticks += 1;
+        node.select_peer()
+    }
+
+    /// The rest of node `a`'s exchange with `b`, the peer its tick picked: the sample,
+    /// the request (lost if `b` is not up), the reply. Returns the messages handled.
+    ///
+    /// # Safety
+    /// As [`Store::node`], for `a` and `b`.
+    unsafe fn exchange(
+        self,
+        config: &GbpsConfig,
+        (a, b): (u32, u32),
+        up: &[bool],
+        tally: &mut impl FnMut(u32),
+        (request, reply): (&mut Vec<Descriptor<u32>>, &mut Vec<Descriptor<u32>>),
+    ) -> u64 {
+        // SAFETY: the caller's.
+        let (mut active, active_counts) = unsafe { self.node(config, a) };
+        tally(active.tick(request));
+        let asks = active.pulls();
+        active_counts.messages_out += 1;
+        if !up.get(b as usize).copied().unwrap_or(false) {
+            active_counts.send_failures += 1;
+            active.unreachable(b);
+            return 1;
+        }
+        if b == a {
+            // A request from itself is ignored (no view holds its own node).
+            active_counts.messages_in += 1;
+            return 1;
+        }
+        // SAFETY: the caller's; `b` is not `a`.
+        let (mut passive, passive_counts) = unsafe { self.node(config, b) };
+        passive_counts.messages_in += 1;
+        if !passive.answer(request, asks, reply) {
+            return 1;
+        }
+        passive_counts.messages_out += 1;
+        active_counts.messages_in += 1;
+        active.select(reply);
+        2
+    }
+}
+
+/// Batches of fewer exchanges run on the calling thread alone: waking the helpers would
+/// cost more.
+const SHARED_FROM: usize = 32;
+
+/// Exchanges a part of a batch holds.
+const PART: usize = 16;
+
+/// A batch of planned exchanges that touch disjoint nodes.
+struct Batch {
+    store: Store,
+    config: Arc<GbpsConfig>,
+    up: Arc<[bool]>,
+    pairs: Vec<(u32, u32)>,
+    /// The samples emitted and messages handled.
+    done: Mutex<(Vec<u32>, u64)>,
+}
+
+impl SharedWork for Batch {
+    fn parts(&self) -> usize {
+        self.pairs.len().div_ceil(PART)
+    }
+
+    fn do_part(&self, part: usize) {
+        let pairs = &self.pairs[part * PART..self.pairs.len().min((part + 1) * PART)];
+        let stride = self.store.stride;
+        let (mut request, mut reply) = (Vec::with_capacity(stride), Vec::with_capacity(stride));
+        let mut samples = Vec::with_capacity(pairs.len());
+        let mut messages = 0;
+        for (k, &pair) in pairs.iter().enumerate() {
+            if let Some(&(a, b)) = pairs.get(k + 1) {
+                self.store.prefetch(a, self.config.view_size);
+                self.store.prefetch(b, self.config.view_size);
+            }
+            // SAFETY: the exchanges of a batch touch disjoint nodes, and each part is
+            // done by one thread.
+            messages += unsafe {
+                self.store.exchange(
+                    &self.config,
+                    pair,
+                    &self.up,
+                    &mut |s| samples.push(s),
+                    (&mut request, &mut reply),
+                )
+            };
+        }
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        done.0.extend(samples);
+        done.1 += messages;
+    }
+}
+
 /// Every simulated node's GBPS state.
 pub(super) struct GbpsNodes {
     config: GbpsConfig,
@@ -67,6 +231,8 @@ pub(super) struct GbpsNodes {
     samples: Vec<Vec<u32>>,
     /// The buffers of an exchange: the request's and the reply's.
     buffers: (Vec<Descriptor<u32>>, Vec<Descriptor<u32>>),
+    /// Which batch of [`GbpsNodes::exchange_all`] touched each node last.
+    batch_of: Vec<u64>,
 }
 
 impl GbpsNodes {
@@ -81,6 +247,7 @@ impl GbpsNodes {
             heads: huge_collect(n, (0..n).map(|_| new_head(seeds()))),
             samples: vec![Vec::new(); n],
             buffers: (Vec::with_capacity(stride), Vec::with_capacity(stride)),
+            batch_of: Vec::new(),
         }
     }
 
@@ -185,73 +352,128 @@ impl GbpsNodes {
         }
     }
 
+    /// The exchanges of a cycle (`order`: the nodes that tick, in order), one after the
+    /// other on this thread (see [`GbpsNodes::exchange`]); returns the messages handled.
+    pub fn exchange_each(&mut self, order: &[u32], up: &[bool], mut tally: impl FnMut(u32)) -> u64 {
+        let mut messages = 0;
+        for (k, &a) in order.iter().enumerate() {
+            self.prefetch_ahead(&order[k..]);
+            messages += self.exchange(a, up, &mut tally);
+        }
+        messages
+    }
+
     /// Node `a`'s exchange in the cycle engine, at once: its tick, its request to the
     /// peer it picks (lost if `up` says that peer is not up), the peer's reply; the
     /// tick's sample goes to `tally`. Returns the messages handled (delivered or lost).
-    pub fn exchange(&mut self, a: u32, up: &[bool], tally: impl FnOnce(u32)) -> u64 {
+    fn exchange(&mut self, a: u32, up: &[bool], mut tally: impl FnMut(u32)) -> u64 {
+        let store = self.store();
+        // SAFETY: `self` is borrowed mutably, so only this exchange reaches the arrays.
+        let Some(b) = (unsafe { store.plan(&self.config, a) }) else {
+            return 0;
+        };
         let (mut request, mut reply) = std::mem::take(&mut self.buffers);
-        let messages = self.exchange_with(a, up, tally, &mut request, &mut reply);
+        // SAFETY: as above.
+        let messages = unsafe {
+            store.exchange(
+                &self.config,
+                (a, b),
+                up,
+                &mut tally,
+                (&mut request, &mut reply),
+            )
+        };
         self.buffers = (request, reply);
         messages
     }
 
-    fn exchange_with(
+    /// The exchanges of a cycle (`order`: the nodes that tick, in order), in batches of
+    /// exchanges that touch no node in common, each shared by this thread and
+    /// `helpers`. A batch closes when a tick's node or the peer it picks is touched by
+    /// one of its exchanges; the batches do not depend on the number of threads, and
+    /// each exchange sees its two nodes as the exchanges before it in `order` left them,
+    /// so the result is [`GbpsNodes::exchange`]'s, one at a time. The samples go to
+    /// `tally` (in no particular order); returns the messages handled.
+    pub fn exchange_all(
         &mut self,
-        a: u32,
+        order: &[u32],
         up: &[bool],
-        tally: impl FnOnce(u32),
-        request: &mut Vec<Descriptor<u32>>,
-        reply: &mut Vec<Descriptor<u32>>,
+        helpers: &Helpers,
+        mut tally: impl FnMut(u32),
     ) -> u64 {
-        let (mut node, counts) = self.node(a);
-        counts.ticks += 1;
-        let Some(b) = node.select_peer() else {
-            return 0;
-        };
-        let sample = node.tick(request);
-        let asks = node.pulls();
-        counts.messages_out += 1;
-        tally(sample);
-        if !up.get(b as usize).copied().unwrap_or(false) {
-            counts.send_failures += 1;
-            node.unreachable(b);
-            return 1;
+        // `batch_of[i] == number`: node i is touched by the batch being gathered.
+        let (config, up): (Arc<GbpsConfig>, Arc<[bool]>) =
+            (Arc::new(self.config.clone()), up.into());
+        let mut batch_of = std::mem::take(&mut self.batch_of);
+        batch_of.resize(self.len(), 0);
+        let mut number = batch_of.iter().max().copied().unwrap_or(0) + 1;
+        let mut pairs: Vec<(u32, u32)> = Vec::new();
+        let mut messages = 0;
+        for (k, &a) in order.iter().enumerate() {
+            self.prefetch_ahead(&order[k..]);
+            if batch_of[a as usize] == number {
+                messages += self.run_batch(&mut pairs, (&config, &up), helpers, &mut tally);
+                number += 1;
+            }
+            let store = self.store();
+            // SAFETY: no batch is running, and `self` is borrowed mutably.
+            let Some(b) = (unsafe { store.plan(&self.config, a) }) else {
+                // An empty view: the tick counted, nothing sent.
+                continue;
+            };
+            let reaches_b = up.get(b as usize).copied().unwrap_or(false);
+            if reaches_b && batch_of[b as usize] == number {
+                messages += self.run_batch(&mut pairs, (&config, &up), helpers, &mut tally);
+                number += 1;
+            }
+            batch_of[a as usize] = number;
+            if reaches_b {
+                batch_of[b as usize] = number;
+            }
+            pairs.push((a, b));
         }
-        if b == a {
-            // A request from itself is ignored (no view holds its own node).
-            counts.messages_in += 1;
-            return 1;
-        }
-        let [(mut active, active_counts), (mut passive, passive_counts)] = self.pair(a, b);
-        passive_counts.messages_in += 1;
-        if !passive.answer(request, asks, reply) {
-            return 1;
-        }
-        passive_counts.messages_out += 1;
-        active_counts.messages_in += 1;
-        active.select(reply);
-        2
+        messages += self.run_batch(&mut pairs, (&config, &up), helpers, &mut tally);
+        self.batch_of = batch_of;
+        messages
     }
 
-    /// The rules and counts of two different nodes at once.
-    fn pair(&mut self, a: u32, b: u32) -> [(GbpsNode<'_, u32, Row<'_>>, &mut SamplingCounts); 2] {
-        let stride = self.stride;
-        let (a, b) = (a as usize, b as usize);
-        let (slots_a, slots_b) = if a < b {
-            let (low, high) = self.rows.split_at_mut(b * stride);
-            (&mut low[a * stride..][..stride], &mut high[..stride])
+    /// Runs the planned exchanges `pairs` (touching disjoint nodes) on this thread and
+    /// the helpers, and empties `pairs`.
+    fn run_batch(
+        &mut self,
+        pairs: &mut Vec<(u32, u32)>,
+        (config, up): (&Arc<GbpsConfig>, &Arc<[bool]>),
+        helpers: &Helpers,
+        tally: &mut impl FnMut(u32),
+    ) -> u64 {
+        if pairs.is_empty() {
+            return 0;
+        }
+        let batch = Arc::new(Batch {
+            store: self.store(),
+            config: config.clone(),
+            up: up.clone(),
+            pairs: std::mem::take(pairs),
+            done: Mutex::new((Vec::new(), 0)),
+        });
+        if batch.pairs.len() < SHARED_FROM {
+            helpers.defer(batch.clone()).finish();
         } else {
-            let (low, high) = self.rows.split_at_mut(a * stride);
-            (&mut high[..stride], &mut low[b * stride..][..stride])
-        };
-        let [head_a, head_b] = self
-            .heads
-            .get_disjoint_mut([a, b])
-            .expect("two different nodes");
-        [
-            rules(a as u32, &self.config, slots_a, head_a),
-            rules(b as u32, &self.config, slots_b, head_b),
-        ]
+            helpers.run(batch.clone());
+        }
+        let (samples, messages) =
+            std::mem::take(&mut *batch.done.lock().unwrap_or_else(|e| e.into_inner()));
+        samples.into_iter().for_each(tally);
+        messages
+    }
+
+    fn store(&mut self) -> Store {
+        Store {
+            rows: self.rows.as_mut_ptr(),
+            heads: self.heads.as_mut_ptr(),
+            stride: self.stride,
+            nodes: self.heads.len(),
+        }
     }
 
     /// Asks for the memory of the nodes that tick after `order[0]` before their
@@ -274,8 +496,13 @@ impl GbpsNodes {
     }
 
     fn prefetch_node(&self, i: u32) {
-        prefetch(&self.heads[i as usize]);
-        prefetch_slice(&self.rows[i as usize * self.stride..][..self.config.view_size]);
+        let store = Store {
+            rows: self.rows.as_ptr().cast_mut(),
+            heads: self.heads.as_ptr().cast_mut(),
+            stride: self.stride,
+            nodes: self.heads.len(),
+        };
+        store.prefetch(i, self.config.view_size);
     }
 }
 

@@ -560,8 +560,9 @@ impl Simulation {
 
     /// Runs one cycle of the cycle-driven engine.
     ///
-    /// GBPS nodes (stored by value, see [`gbps_nodes`]) run each exchange at once, in
-    /// the order of the ticks, on this thread. Other samplers run their exchanges in
+    /// GBPS nodes (stored by value, see [`gbps_nodes`]) run their exchanges in batches
+    /// of disjoint nodes on `helpers` and this thread, or one after the other without
+    /// helpers. Other samplers run their exchanges in
     /// batches on `helpers` and this thread (see [`exchanges`]). With no helpers, with
     /// attackers (who draw from the simulation's random stream) or with Brahms (whose
     /// ticks reach a dozen peers or more, so batches would be too short to share), each
@@ -580,14 +581,13 @@ impl Simulation {
             .map(|i| self.is_up(i))
             .collect();
         match (&mut self.nodes, helpers) {
-            (Nodes::Gbps(nodes), _) if !attacked => {
+            (Nodes::Gbps(nodes), helpers) if !attacked => {
                 let (samples, byzantine) = (&mut self.samples, &self.byzantine);
-                for (k, &i) in order.iter().enumerate() {
-                    nodes.prefetch_ahead(&order[k..]);
-                    self.messages += nodes.exchange(i, &up, |sample| {
-                        samples.add(sample, byzantine[sample as usize]);
-                    });
-                }
+                let tally = |sample: u32| samples.add(sample, byzantine[sample as usize]);
+                self.messages += match helpers {
+                    Some(helpers) => nodes.exchange_all(&order, &up, helpers, tally),
+                    None => nodes.exchange_each(&order, &up, tally),
+                };
             }
             (Nodes::Drivers(drivers), Some(helpers)) if !attacked && !brahms => {
                 let mut exchanges = exchanges::Exchanges::new(helpers, up);
