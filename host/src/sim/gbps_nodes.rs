@@ -363,8 +363,9 @@ impl GbpsNodes {
         messages
     }
 
-    /// Node `a`'s exchange in the cycle engine, at once: its tick, its request to the
-    /// peer it picks (lost if `up` says that peer is not up), the peer's reply; the
+    /// Node `a`'s exchange in the cycle engine, at once (`a` is up: only nodes up tick):
+    /// its tick, its request to the peer it picks (lost if `up` says that peer is not
+    /// up), the peer's reply; the
     /// tick's sample goes to `tally`. Returns the messages handled (delivered or lost).
     fn exchange(&mut self, a: u32, up: &[bool], mut tally: impl FnMut(u32)) -> u64 {
         let store = self.store();
@@ -530,5 +531,142 @@ fn new_head(seed: u64) -> Head {
         rng: Rng::seed_from_u64(seed),
         len: 0,
         counts: SamplingCounts::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::sampling::{Propagation, SamplerConfig, SamplingDriver, Selection};
+
+    const NODES: u32 = 7;
+
+    /// The same nodes twice: in the flat store, and as `Gbps` samplers behind drivers.
+    struct Twins {
+        flat: GbpsNodes,
+        drivers: Vec<SamplingDriver<u32>>,
+        up: Vec<bool>,
+    }
+
+    impl Twins {
+        fn new(config: &GbpsConfig, seed: u64, up: Vec<bool>) -> Twins {
+            let sampler = SamplerConfig::Gbps(config.clone());
+            let seeds = |i: u32| seed.wrapping_mul(31).wrapping_add(u64::from(i));
+            let mut next = 0;
+            let flat = GbpsNodes::new(config, NODES as usize, || {
+                next += 1;
+                seeds(next - 1)
+            });
+            let drivers = (0..NODES)
+                .map(|i| SamplingDriver::new(&sampler, i, seeds(i)).unwrap())
+                .collect();
+            Twins { flat, drivers, up }
+        }
+
+        /// Delivers `sent` (from `from`) and the answers it causes on the drivers, as the
+        /// cycle engine does; returns the messages handled.
+        fn deliver(&mut self, from: u32, sent: Vec<Outgoing<u32>>) -> u64 {
+            let mut queue: Vec<(u32, Outgoing<u32>)> =
+                sent.into_iter().map(|o| (from, o)).collect();
+            let mut messages = 0;
+            while !queue.is_empty() {
+                let (from, Outgoing { to, message }) = queue.remove(0);
+                messages += 1;
+                if !self.up[to as usize] {
+                    self.drivers[from as usize].send_failed(to);
+                    continue;
+                }
+                let answers = self.drivers[to as usize].receive(from, message);
+                queue.extend(answers.into_iter().map(|o| (to, o)));
+            }
+            messages
+        }
+
+        fn assert_same(&mut self) -> Result<(), TestCaseError> {
+            for i in 0..NODES {
+                let mut view = Vec::new();
+                self.flat.view_into(i, &mut view);
+                prop_assert_eq!(&view, &self.drivers[i as usize].view(), "node {}'s view", i);
+                prop_assert_eq!(self.flat.counts(i), self.drivers[i as usize].counts());
+                let (mut flat, mut driven) = (Vec::new(), Vec::new());
+                self.flat.drain_samples(i, &mut flat);
+                self.drivers[i as usize].drain_samples(&mut driven);
+                prop_assert_eq!(flat, driven, "node {}'s samples", i);
+            }
+            Ok(())
+        }
+    }
+
+    proptest! {
+        /// Whatever happens, in whatever order, a node of the flat store does, draw for
+        /// draw, what a `Gbps` sampler behind a driver does: views in the same order,
+        /// the same messages, samples and counts; the cycle engine's exchange at once
+        /// included.
+        #[test]
+        fn flat_nodes_do_what_drivers_do(
+            seed in any::<u64>(),
+            c in 1usize..12,
+            heal in 0usize..4,
+            swap in 0usize..4,
+            selection in prop::bool::ANY,
+            propagation in 0usize..3,
+            up in prop::collection::vec(prop::bool::weighted(0.85), NODES as usize),
+            steps in prop::collection::vec((0u8..5, 0..NODES, 0..NODES, prop::collection::vec((0..NODES, 0u32..5), 0..7)), 1..80),
+        ) {
+            let config = GbpsConfig {
+                view_size: c,
+                heal: heal.min(c / 2),
+                swap: swap.min(c / 2 - heal.min(c / 2)),
+                selection_policy: if selection { Selection::Rand } else { Selection::Old },
+                propagation_policy: [Propagation::Push, Propagation::Pull, Propagation::Pushpull][propagation],
+                age: 1,
+                period: Duration::from_secs(1),
+            };
+            let mut twins = Twins::new(&config, seed, up);
+            for (kind, i, j, buffer) in steps {
+                match kind {
+                    // Only nodes up tick in the cycle engine.
+                    0 if twins.up[i as usize] => {
+                        let mut sample = Vec::new();
+                        let flat = twins.flat.exchange(i, &twins.up.clone(), |s| sample.push(s));
+                        let sent = twins.drivers[i as usize].tick();
+                        prop_assert_eq!(flat, twins.deliver(i, sent), "messages of node {}'s exchange", i);
+                        twins.flat.samples[i as usize].extend(sample);
+                    }
+                    0 | 1 => {
+                        let sent = twins.flat.tick(i);
+                        prop_assert_eq!(&sent, &twins.drivers[i as usize].tick());
+                    }
+                    2 => {
+                        twins.flat.connected(i, j);
+                        twins.drivers[i as usize].connected(j);
+                    }
+                    3 => {
+                        twins.flat.send_failed(i, j);
+                        twins.drivers[i as usize].send_failed(j);
+                    }
+                    _ => {
+                        let buffer: Vec<Descriptor<u32>> = buffer
+                            .iter()
+                            .take(c / 2 + 1)
+                            .map(|&(peer, age)| Descriptor { peer, age })
+                            .collect();
+                        let message = if buffer.len() % 2 == 0 {
+                            GbpsMessage::Request { buffer, reply: j % 2 == 0 }
+                        } else {
+                            GbpsMessage::Reply { buffer }
+                        };
+                        let flat = twins.flat.receive(i, j, SamplingMessage::Gbps(message.clone()));
+                        let driven = twins.drivers[i as usize].receive(j, SamplingMessage::Gbps(message));
+                        prop_assert_eq!(flat, driven);
+                    }
+                }
+                twins.assert_same()?;
+            }
+        }
     }
 }
