@@ -655,8 +655,8 @@ mod tests {
                             .take(c / 2 + 1)
                             .map(|&(peer, age)| Descriptor { peer, age })
                             .collect();
-                        let message = if buffer.len() % 2 == 0 {
-                            GbpsMessage::Request { buffer, reply: j % 2 == 0 }
+                        let message = if buffer.len().is_multiple_of(2) {
+                            GbpsMessage::Request { buffer, reply: j.is_multiple_of(2) }
                         } else {
                             GbpsMessage::Reply { buffer }
                         };
