@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use rand::SeedableRng;
 
-use super::helpers::{Helpers, SharedWork};
+use super::helpers::{Helpers, SharedWork, Started};
 use super::huge_pages::{huge_collect, huge_vec};
 
 use crate::sampling::{
@@ -389,12 +389,14 @@ impl GbpsNodes {
     }
 
     /// The exchanges of a cycle (`order`: the nodes that tick, in order), in batches of
-    /// exchanges that touch no node in common, each shared by this thread and
-    /// `helpers`. A batch closes when a tick's node or the peer it picks is touched by
-    /// one of its exchanges; the batches do not depend on the number of threads, and
-    /// each exchange sees its two nodes as the exchanges before it in `order` left them,
-    /// so the result is [`GbpsNodes::exchange`]'s, one at a time. The samples go to
-    /// `tally` (in no particular order); returns the messages handled.
+    /// exchanges that touch no node in common. This thread plans each tick (its first
+    /// draw: the peer) and gathers a batch while the one before runs on `helpers` (and on
+    /// this thread once it is done planning). A batch closes when a tick's node or the
+    /// peer it picks is in it; a tick of a node in the running batch first waits for it.
+    /// The batches do not depend on the number of threads, and each exchange sees its two
+    /// nodes as the exchanges before it in `order` left them, so the result is
+    /// [`GbpsNodes::exchange_each`]'s. The samples go to `tally` (in no particular
+    /// order); returns the messages handled.
     pub fn exchange_all(
         &mut self,
         order: &[u32],
@@ -402,69 +404,75 @@ impl GbpsNodes {
         helpers: &Helpers,
         mut tally: impl FnMut(u32),
     ) -> u64 {
-        // `batch_of[i] == number`: node i is touched by the batch being gathered.
-        let (config, up): (Arc<GbpsConfig>, Arc<[bool]>) =
-            (Arc::new(self.config.clone()), up.into());
+        let store = self.store();
+        let config: Arc<GbpsConfig> = Arc::new(self.config.clone());
+        let up: Arc<[bool]> = up.into();
+        // `batch_of[i] == number`: node i is in the batch being gathered; `number - 1`:
+        // in the one running, if any.
         let mut batch_of = std::mem::take(&mut self.batch_of);
         batch_of.resize(self.len(), 0);
-        let mut number = batch_of.iter().max().copied().unwrap_or(0) + 1;
-        let mut pairs: Vec<(u32, u32)> = Vec::new();
+        let mut number = batch_of.iter().max().copied().unwrap_or(0) + 2;
+        let mut pending: Vec<(u32, u32)> = Vec::new();
+        let mut running: Option<(Started<'_>, Arc<Batch>)> = None;
         let mut messages = 0;
+        let mut finish = |running: &mut Option<(Started<'_>, Arc<Batch>)>| {
+            if let Some((started, batch)) = running.take() {
+                started.finish();
+                let (samples, handled) =
+                    std::mem::take(&mut *batch.done.lock().unwrap_or_else(|e| e.into_inner()));
+                samples.into_iter().for_each(&mut tally);
+                messages += handled;
+            }
+        };
+        let start = |pending: &mut Vec<(u32, u32)>| {
+            let batch = Arc::new(Batch {
+                store,
+                config: config.clone(),
+                up: up.clone(),
+                pairs: std::mem::take(pending),
+                done: Mutex::new((Vec::new(), 0)),
+            });
+            let started = if batch.pairs.len() < SHARED_FROM {
+                helpers.defer(batch.clone())
+            } else {
+                helpers.start(batch.clone())
+            };
+            (started, batch)
+        };
         for (k, &a) in order.iter().enumerate() {
-            self.prefetch_ahead(&order[k..]);
+            if let Some(&next) = order.get(k + 2) {
+                store.prefetch(next, self.config.view_size);
+            }
             if batch_of[a as usize] == number {
-                messages += self.run_batch(&mut pairs, (&config, &up), helpers, &mut tally);
+                // `a` was picked by a pending exchange: that batch runs before it plans.
+                finish(&mut running);
+                running = Some(start(&mut pending));
                 number += 1;
             }
-            let store = self.store();
-            // SAFETY: no batch is running, and `self` is borrowed mutably.
+            if batch_of[a as usize] == number - 1 {
+                finish(&mut running);
+            }
+            // SAFETY: `a` is in no batch that may be running.
             let Some(b) = (unsafe { store.plan(&self.config, a) }) else {
                 // An empty view: the tick counted, nothing sent.
                 continue;
             };
             let reaches_b = up.get(b as usize).copied().unwrap_or(false);
             if reaches_b && batch_of[b as usize] == number {
-                messages += self.run_batch(&mut pairs, (&config, &up), helpers, &mut tally);
+                finish(&mut running);
+                running = Some(start(&mut pending));
                 number += 1;
             }
             batch_of[a as usize] = number;
             if reaches_b {
                 batch_of[b as usize] = number;
             }
-            pairs.push((a, b));
+            pending.push((a, b));
         }
-        messages += self.run_batch(&mut pairs, (&config, &up), helpers, &mut tally);
+        finish(&mut running);
+        running = Some(start(&mut pending));
+        finish(&mut running);
         self.batch_of = batch_of;
-        messages
-    }
-
-    /// Runs the planned exchanges `pairs` (touching disjoint nodes) on this thread and
-    /// the helpers, and empties `pairs`.
-    fn run_batch(
-        &mut self,
-        pairs: &mut Vec<(u32, u32)>,
-        (config, up): (&Arc<GbpsConfig>, &Arc<[bool]>),
-        helpers: &Helpers,
-        tally: &mut impl FnMut(u32),
-    ) -> u64 {
-        if pairs.is_empty() {
-            return 0;
-        }
-        let batch = Arc::new(Batch {
-            store: self.store(),
-            config: config.clone(),
-            up: up.clone(),
-            pairs: std::mem::take(pairs),
-            done: Mutex::new((Vec::new(), 0)),
-        });
-        if batch.pairs.len() < SHARED_FROM {
-            helpers.defer(batch.clone()).finish();
-        } else {
-            helpers.run(batch.clone());
-        }
-        let (samples, messages) =
-            std::mem::take(&mut *batch.done.lock().unwrap_or_else(|e| e.into_inner()));
-        samples.into_iter().for_each(tally);
         messages
     }
 
