@@ -193,6 +193,41 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
         reply
     }
 
+    /// The tick of a node whose peer `to` is chosen, as a message: the request, and the
+    /// sample the tick draws.
+    pub fn request(&mut self, to: I) -> (Outgoing<I>, I) {
+        let mut buffer = Vec::new();
+        let sample = self.tick(&mut buffer);
+        let reply = self.pulls();
+        let message = SamplingMessage::Gbps(GbpsMessage::Request { buffer, reply });
+        (Outgoing { to, message }, sample)
+    }
+
+    /// Handles `message` from `from`: returns the reply to send, if any (none for a
+    /// message from itself or of another algorithm).
+    pub fn receive(&mut self, from: I, message: SamplingMessage<I>) -> Option<Outgoing<I>> {
+        let SamplingMessage::Gbps(message) = message else {
+            return None;
+        };
+        if from == self.me {
+            return None;
+        }
+        match message {
+            GbpsMessage::Request { buffer, reply } => {
+                let mut answer = Vec::new();
+                let replies = self.answer(&buffer, reply, &mut answer);
+                replies.then_some(Outgoing {
+                    to: from,
+                    message: SamplingMessage::Gbps(GbpsMessage::Reply { buffer: answer }),
+                })
+            }
+            GbpsMessage::Reply { buffer } => {
+                self.select(&buffer);
+                None
+            }
+        }
+    }
+
     /// Permutes the view, moves the H oldest to its end, and writes own fresh
     /// descriptor followed by the first c/2 - 1 descriptors into `buffer`.
     pub fn make_buffer(&mut self, buffer: &mut Vec<Descriptor<I>>) {
@@ -353,40 +388,13 @@ impl<I: NodeId> PeerSampler<I> for Gbps<I> {
         let Some(to) = planned.unwrap_or_else(|| node.select_peer()) else {
             return Vec::new();
         };
-        let mut buffer = Vec::new();
-        let sample = node.tick(&mut buffer);
-        let reply = node.pulls();
+        let (sent, sample) = node.request(to);
         self.samples.push(sample);
-        let message = GbpsMessage::Request { buffer, reply };
-        vec![Outgoing {
-            to,
-            message: SamplingMessage::Gbps(message),
-        }]
+        vec![sent]
     }
 
     fn handle_message(&mut self, from: I, message: SamplingMessage<I>) -> Vec<Outgoing<I>> {
-        let SamplingMessage::Gbps(message) = message else {
-            return Vec::new();
-        };
-        if from == self.me {
-            return Vec::new();
-        }
-        match message {
-            GbpsMessage::Request { buffer, reply } => {
-                let mut answer = Vec::new();
-                if !self.node().answer(&buffer, reply, &mut answer) {
-                    return Vec::new();
-                }
-                vec![Outgoing {
-                    to: from,
-                    message: SamplingMessage::Gbps(GbpsMessage::Reply { buffer: answer }),
-                }]
-            }
-            GbpsMessage::Reply { buffer } => {
-                self.node().select(&buffer);
-                Vec::new()
-            }
-        }
+        self.node().receive(from, message).into_iter().collect()
     }
 
     fn handle_peer_connected(&mut self, peer: I) {

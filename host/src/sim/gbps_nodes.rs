@@ -307,13 +307,10 @@ impl GbpsNodes {
         let Some(to) = node.select_peer() else {
             return Vec::new();
         };
-        let mut buffer = Vec::new();
-        let sample = node.tick(&mut buffer);
-        let reply = node.pulls();
+        let (sent, sample) = node.request(to);
         counts.messages_out += 1;
         self.samples[i as usize].push(sample);
-        let message = SamplingMessage::Gbps(GbpsMessage::Request { buffer, reply });
-        vec![Outgoing { to, message }]
+        vec![sent]
     }
 
     /// Node `i` receives `message` from `from`; returns its answer. A buffer longer than
@@ -323,33 +320,19 @@ impl GbpsNodes {
         &mut self,
         i: u32,
         from: u32,
-        message: SamplingMessage<u32>,
+        mut message: SamplingMessage<u32>,
     ) -> Vec<Outgoing<u32>> {
-        let room = self.stride - self.config.view_size;
+        if let SamplingMessage::Gbps(
+            GbpsMessage::Request { buffer, .. } | GbpsMessage::Reply { buffer },
+        ) = &mut message
+        {
+            buffer.truncate(self.stride - self.config.view_size);
+        }
         let (mut node, counts) = self.node(i);
         counts.messages_in += 1;
-        let SamplingMessage::Gbps(message) = message else {
-            return Vec::new();
-        };
-        if from == i {
-            return Vec::new();
-        }
-        match message {
-            GbpsMessage::Request { buffer, reply } => {
-                let mut answer = Vec::new();
-                let buffer = &buffer[..buffer.len().min(room)];
-                if !node.answer(buffer, reply, &mut answer) {
-                    return Vec::new();
-                }
-                counts.messages_out += 1;
-                let message = SamplingMessage::Gbps(GbpsMessage::Reply { buffer: answer });
-                vec![Outgoing { to: from, message }]
-            }
-            GbpsMessage::Reply { buffer } => {
-                node.select(&buffer[..buffer.len().min(room)]);
-                Vec::new()
-            }
-        }
+        let answer = node.receive(from, message);
+        counts.messages_out += answer.iter().count() as u64;
+        answer.into_iter().collect()
     }
 
     /// The exchanges of a cycle (`order`: the nodes that tick, in order), one after the
