@@ -5,10 +5,12 @@
 //! head (generator, view length, counts) per node in another, instead of a boxed sampler
 //! behind a driver. The rules are the live sampler's ([`GbpsNode`]), run over a row.
 //! The cycle engine's exchange of a node (its tick, the request, the reply) runs here
-//! at once, with its buffers in two reused vectors and no message built; every other
-//! caller (the event engine, runs with attackers) goes through [`GbpsNodes::tick`] and
-//! [`GbpsNodes::receive`], which take and give messages as any sampler does. Both give
-//! what a [`Gbps`](crate::sampling::Gbps) behind a driver gives, draw for draw.
+//! at once, with its buffers in two reused vectors and no message built, and a cycle's
+//! exchanges run in batches of disjoint nodes on several threads
+//! ([`GbpsNodes::exchange_all`]); every other caller (the event engine, runs with
+//! attackers) goes through [`GbpsNodes::tick`] and [`GbpsNodes::receive`], which take
+//! and give messages as any sampler does. All give what a
+//! [`Gbps`](crate::sampling::Gbps) behind a driver gives, draw for draw.
 
 use std::sync::{Arc, Mutex};
 
