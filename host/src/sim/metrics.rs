@@ -449,29 +449,30 @@ fn clustering(graph: &Undirected<impl Fn(usize) -> bool>, sample: &[usize]) -> f
 
 /// The mean distance from `sources` (up to [`PATH_SOURCES`]) to every node they
 /// reach: one breadth-first search for all of them, each node carrying a bit per source.
+/// Each level goes through the nodes in order (those carrying a bit expand), so the
+/// neighbour lists are read front to back rather than at random; which node of a level
+/// expands first changes nothing (a bit reaching a node twice in one level is counted
+/// once, at that level's distance).
 fn average_path(graph: &Undirected<impl Fn(usize) -> bool>, sources: &[usize]) -> f64 {
     let n = graph.len();
-    let (mut seen, mut reached) = (vec![0u8; n], vec![0u8; n]);
-    let mut frontier: Vec<usize> = Vec::new();
+    let (mut seen, mut reached, mut arriving) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
     for (bit, &source) in sources.iter().enumerate() {
         seen[source] |= 1 << bit;
         reached[source] |= 1 << bit;
-        frontier.push(source);
     }
     let (mut sum, mut pairs) = (0u64, 0u64);
-    let (mut next, mut arriving) = (Vec::new(), vec![0u8; n]);
     let mut distance = 0u64;
-    while !frontier.is_empty() {
+    let mut expanding = !sources.is_empty();
+    while expanding {
         distance += 1;
-        for &i in &frontier {
-            let carried = reached[i];
+        for (i, &carried) in reached.iter().enumerate() {
+            if carried == 0 {
+                continue;
+            }
             graph.for_each_neighbour(i, |j| {
                 let j = j as usize;
                 let new = carried & !seen[j];
                 if new != 0 {
-                    if arriving[j] == 0 {
-                        next.push(j);
-                    }
                     arriving[j] |= new;
                     seen[j] |= new;
                     sum += distance * u64::from(new.count_ones());
@@ -479,10 +480,9 @@ fn average_path(graph: &Undirected<impl Fn(usize) -> bool>, sources: &[usize]) -
                 }
             });
         }
-        frontier.iter().for_each(|&i| reached[i] = 0);
+        reached.fill(0);
         std::mem::swap(&mut reached, &mut arriving);
-        std::mem::swap(&mut frontier, &mut next);
-        next.clear();
+        expanding = reached.iter().any(|&bits| bits != 0);
     }
     if pairs == 0 {
         0.0
