@@ -12,10 +12,7 @@ const WORTH_FROM: usize = 4 << 20;
 
 /// `len` copies of `value`, in memory advised to be backed by huge pages.
 pub(super) fn huge_vec<T: Clone>(len: usize, value: T) -> Vec<T> {
-    let mut items = Vec::with_capacity(len);
-    advise(items.as_ptr(), len * std::mem::size_of::<T>());
-    items.resize(len, value);
-    items
+    huge_collect(len, std::iter::repeat_n(value, len))
 }
 
 /// The items of `iter` (exactly `len` of them), in memory advised as [`huge_vec`]'s.
