@@ -324,9 +324,16 @@ pub(crate) fn prefetch<T: ?Sized>(address: *const T) {
 /// [`prefetch`]es every cache line of `items`.
 #[inline]
 pub(crate) fn prefetch_slice<T>(items: &[T]) {
+    prefetch_range(items.as_ptr(), items.len());
+}
+
+/// [`prefetch`]es every cache line of the `count` items from `start`, without making a
+/// reference to them (another thread may be writing them: a prefetch reads nothing).
+#[inline]
+pub(crate) fn prefetch_range<T>(start: *const T, count: usize) {
     const LINE: usize = 64;
-    let start = items.as_ptr().cast::<u8>();
-    for offset in (0..std::mem::size_of_val(items)).step_by(LINE) {
+    let start = start.cast::<u8>();
+    for offset in (0..count * std::mem::size_of::<T>()).step_by(LINE) {
         prefetch(start.wrapping_add(offset));
     }
 }

@@ -20,8 +20,8 @@ use super::helpers::{Helpers, SharedWork, Started};
 use super::huge_pages::{huge_collect, huge_vec};
 
 use crate::sampling::{
-    prefetch, select_peer, Descriptor, GbpsConfig, GbpsMessage, GbpsNode, NodeId, Outgoing,
-    SamplingCounts, SamplingMessage, ViewStore,
+    prefetch, prefetch_range, prefetch_slice, select_peer, Descriptor, GbpsConfig, GbpsMessage,
+    GbpsNode, NodeId, Outgoing, SamplingCounts, SamplingMessage, ViewStore,
 };
 
 type Rng = <u32 as NodeId>::Rng;
@@ -104,16 +104,12 @@ impl Store {
         rules(i, config, slots, head)
     }
 
-    /// Asks for node `i`'s head and the start of its row.
+    /// Asks for node `i`'s head and the start of its row (a full view's worth).
     fn prefetch(self, i: u32, view_size: usize) {
         if (i as usize) < self.nodes {
             let i = i as usize;
             prefetch(self.heads.wrapping_add(i));
-            let row = self.rows.wrapping_add(i * self.stride);
-            let bytes = view_size * std::mem::size_of::<Descriptor<u32>>();
-            for offset in (0..bytes).step_by(64) {
-                prefetch(row.cast::<u8>().wrapping_add(offset));
-            }
+            prefetch_range(self.rows.wrapping_add(i * self.stride), view_size);
         }
     }
 
@@ -350,8 +346,8 @@ impl GbpsNodes {
 
     /// Node `a`'s exchange in the cycle engine, at once (`a` is up: only nodes up tick):
     /// its tick, its request to the peer it picks (lost if `up` says that peer is not
-    /// up), the peer's reply; the
-    /// tick's sample goes to `tally`. Returns the messages handled (delivered or lost).
+    /// up), the peer's reply; the tick's sample goes to `tally`. Returns the messages
+    /// handled (delivered or lost).
     fn exchange(&mut self, a: u32, up: &[bool], mut tally: impl FnMut(u32)) -> u64 {
         let store = self.store();
         // SAFETY: `self` is borrowed mutably, so only this exchange reaches the arrays.
@@ -490,13 +486,8 @@ impl GbpsNodes {
     }
 
     fn prefetch_node(&self, i: u32) {
-        let store = Store {
-            rows: self.rows.as_ptr().cast_mut(),
-            heads: self.heads.as_ptr().cast_mut(),
-            stride: self.stride,
-            nodes: self.heads.len(),
-        };
-        store.prefetch(i, self.config.view_size);
+        prefetch(&self.heads[i as usize]);
+        prefetch_slice(&self.rows[i as usize * self.stride..][..self.config.view_size]);
     }
 }
 
