@@ -562,13 +562,12 @@ impl Simulation {
     ///
     /// GBPS nodes (stored by value, see [`gbps_nodes`]) run their exchanges in batches
     /// of disjoint nodes on `helpers` and this thread, or one after the other without
-    /// helpers. Other samplers run their exchanges in
-    /// batches on `helpers` and this thread (see [`exchanges`]). With no helpers, with
-    /// attackers (who draw from the simulation's random stream) or with Brahms (whose
-    /// ticks reach a dozen peers or more, so batches would be too short to share), each
-    /// exchange runs before the next tick, and the helpers do the work the ticks defer
-    /// (see [`settling`]); the samples are collected once that is done, at the end of
-    /// the cycle.
+    /// helpers. Other samplers run their exchanges in batches on `helpers` and this
+    /// thread (see [`exchanges`]). With no helpers, with attackers (who draw from the
+    /// simulation's random stream) or with Brahms (whose ticks reach a dozen peers or
+    /// more, so batches would be too short to share), each exchange runs before the next
+    /// tick, and the helpers do the work the ticks defer (see [`settling`]); the samples
+    /// are collected once that is done, at the end of the cycle.
     fn step_cycle(&mut self, helpers: Option<&helpers::Helpers>) -> Result<()> {
         self.begin_cycle()?;
         let mut order: Vec<u32> = (0..self.nodes.len() as u32)
