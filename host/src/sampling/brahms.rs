@@ -111,8 +111,10 @@ pub struct Brahms<I: NodeId = PeerId> {
 /// they emitted.
 struct Samplers<I: NodeId> {
     rankers: Rankers<I>,
-    /// The closed round's ids (none once heard): the paper's `updateSample`, to do.
-    unheard: Option<Vec<I>>,
+    /// The closed round's ids, while `unheard` (the paper's `updateSample`, to do); the
+    /// buffer is kept for the next round.
+    round: Vec<I>,
+    unheard: bool,
     emitted: Vec<I>,
 }
 
@@ -129,22 +131,24 @@ impl<I: NodeId> Samplers<I> {
     /// heard before under its current key change nothing (its minimum only goes down),
     /// so they are not kept out.
     fn settle(&mut self) {
-        if let Some(ids) = self.unheard.take() {
-            self.rankers.hear(&ids);
-            let samples = self.samples();
-            self.emitted.extend(samples);
+        if std::mem::take(&mut self.unheard) {
+            self.rankers.hear(&self.round);
+            self.round.clear();
+            let Samplers {
+                rankers, emitted, ..
+            } = self;
+            samples_into(rankers, emitted);
         }
     }
+}
 
-    /// The ids the samplers hold, each once.
-    fn samples(&self) -> Vec<I> {
-        let mut samples: Vec<I> = Vec::new();
-        for id in self.rankers.all_held().flatten() {
-            if !samples.contains(&id) {
-                samples.push(id);
-            }
+/// Appends the ids `rankers` hold to `out`, each once.
+fn samples_into<I: NodeId>(rankers: &Rankers<I>, out: &mut Vec<I>) {
+    let start = out.len();
+    for id in rankers.all_held().flatten() {
+        if !out[start..].contains(&id) {
+            out.push(id);
         }
-        samples
     }
 }
 
@@ -165,7 +169,8 @@ impl<I: NodeId> Brahms<I> {
             view: Vec::new(),
             samplers: Arc::new(Mutex::new(Samplers {
                 rankers,
-                unheard: None,
+                round: Vec::new(),
+                unheard: false,
                 emitted: Vec::new(),
             })),
             pushed: Vec::new(),
@@ -182,7 +187,9 @@ impl<I: NodeId> Brahms<I> {
 
     /// The ids the samplers hold (the paper's history samples).
     pub fn samples(&self) -> Vec<I> {
-        Samplers::settled(&self.samplers).samples()
+        let mut samples = Vec::new();
+        samples_into(&Samplers::settled(&self.samplers).rankers, &mut samples);
+        samples
     }
 
     fn share(&self, fraction: f64) -> usize {
@@ -206,58 +213,88 @@ impl<I: NodeId> Brahms<I> {
     }
 
     /// Closes a round: the paper's view update, and its sampler update left for
-    /// [`Samplers::settle`] (the view update reads the samplers as they were).
-    fn end_round(&mut self) {
-        let mut pushed = std::mem::take(&mut self.pushed);
-        let mut pulled = std::mem::take(&mut self.pulled);
-        remove_repeats(&mut pushed);
-        remove_repeats(&mut pulled);
+    /// [`Samplers::settle`] (the view update reads the samplers as they were). `history`
+    /// is room for the samplers' ids.
+    fn end_round(&mut self, history: &mut Vec<I>) {
+        remove_repeats(&mut self.pushed);
+        remove_repeats(&mut self.pulled);
         let (alpha_l1, beta_l1) = (self.push_count(), self.pull_count());
         let mut samplers = Samplers::settled(&self.samplers);
-        if pushed.len() > alpha_l1 {
+        if self.pushed.len() > alpha_l1 {
             self.flooded_rounds += 1;
-        } else if !pushed.is_empty() && !pulled.is_empty() {
+        } else if !self.pushed.is_empty() && !self.pulled.is_empty() {
             let gamma_l1 = self.config.view_size.saturating_sub(alpha_l1 + beta_l1);
-            let mut view: Vec<I> = Vec::new();
-            let history = samplers.samples();
+            history.clear();
+            samples_into(&samplers.rankers, history);
+            self.view.clear();
             for (source, count) in [
-                (&pushed, alpha_l1),
-                (&pulled, beta_l1),
-                (&history, gamma_l1),
+                (&self.pushed, alpha_l1),
+                (&self.pulled, beta_l1),
+                (&*history, gamma_l1),
             ] {
                 for id in source.sample(&mut self.rng, count) {
-                    if !view.contains(id) && *id != self.me {
-                        view.push(*id);
+                    if !self.view.contains(id) && *id != self.me {
+                        self.view.push(*id);
                     }
                 }
             }
-            view.truncate(self.config.view_size);
-            self.view = view;
+            self.view.truncate(self.config.view_size);
         }
-        let mut heard = Vec::with_capacity(pushed.len() + pulled.len());
-        heard.extend_from_slice(&pushed);
-        heard.extend_from_slice(&pulled);
-        samplers.unheard = Some(heard);
-        pushed.clear();
-        pulled.clear();
-        (self.pushed, self.pulled) = (pushed, pulled);
+        samplers.round.clear();
+        samplers.round.extend_from_slice(&self.pushed);
+        samplers.round.extend_from_slice(&self.pulled);
+        samplers.unheard = true;
+        self.pushed.clear();
+        self.pulled.clear();
+    }
+
+    /// A period passed: closes the round, then chooses the peers to push to and those
+    /// to pull from (in `push_to` and `pull_from`, cleared first; `history` is room for
+    /// the samplers' ids). The sampler update is left for [`PeerSampler::deferred`].
+    pub fn start_round(
+        &mut self,
+        history: &mut Vec<I>,
+        push_to: &mut Vec<I>,
+        pull_from: &mut Vec<I>,
+    ) {
+        self.end_round(history);
+        let (push_count, pull_count) = (self.push_count(), self.pull_count());
+        push_to.clear();
+        push_to.extend(self.view.sample(&mut self.rng, push_count));
+        pull_from.clear();
+        pull_from.extend(self.view.sample(&mut self.rng, pull_count));
+    }
+
+    /// `from` pushed its id (ignored if it is this node's own).
+    pub fn pushed_by(&mut self, from: I) {
+        if from != self.me {
+            self.pushed.push(from);
+            compact_if_long(&mut self.pushed);
+        }
+    }
+
+    /// `from` answered a pull with `peers` (ignored if it is this node's own): at most
+    /// l1 of them, this node's own id left out, count.
+    pub fn answered(&mut self, from: I, peers: impl IntoIterator<Item = I>) {
+        if from != self.me {
+            let cap = self.config.view_size;
+            let me = self.me;
+            self.pulled
+                .extend(peers.into_iter().filter(|p| *p != me).take(cap));
+            compact_if_long(&mut self.pulled);
+        }
+    }
+
+    /// The view, as a pull's answer carries it.
+    pub fn view_slice(&self) -> &[I] {
+        &self.view
     }
 }
 
 impl<I: NodeId> PeerSampler<I> for Brahms<I> {
     fn handle_tick(&mut self) -> Vec<Outgoing<I>> {
-        self.end_round();
-        let (push_count, pull_count) = (self.push_count(), self.pull_count());
-        let push_to: Vec<I> = self
-            .view
-            .sample(&mut self.rng, push_count)
-            .copied()
-            .collect();
-        let pull_from: Vec<I> = self
-            .view
-            .sample(&mut self.rng, pull_count)
-            .copied()
-            .collect();
+        let (mut push_to, mut pull_from) = (Vec::new(), Vec::new());
+        self.start_round(&mut Vec::new(), &mut push_to, &mut pull_from);
         let pushes = push_to.into_iter().map(|to| Outgoing {
             to,
             message: SamplingMessage::Brahms(BrahmsMessage::Push),
@@ -273,30 +310,19 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
         let SamplingMessage::Brahms(message) = message else {
             return Vec::new();
         };
-        if from == self.me {
-            return Vec::new();
-        }
         match message {
-            BrahmsMessage::Push => {
-                self.pushed.push(from);
-                compact_if_long(&mut self.pushed);
-                Vec::new()
-            }
-            BrahmsMessage::Pull => {
+            BrahmsMessage::Push => self.pushed_by(from),
+            BrahmsMessage::Pull if from != self.me => {
                 let peers = self.view.clone();
-                vec![Outgoing {
+                return vec![Outgoing {
                     to: from,
                     message: SamplingMessage::Brahms(BrahmsMessage::Reply { peers }),
-                }]
+                }];
             }
-            BrahmsMessage::Reply { peers } => {
-                let cap = self.config.view_size;
-                self.pulled
-                    .extend(peers.into_iter().filter(|p| *p != self.me).take(cap));
-                compact_if_long(&mut self.pulled);
-                Vec::new()
-            }
+            BrahmsMessage::Pull => {}
+            BrahmsMessage::Reply { peers } => self.answered(from, peers),
         }
+        Vec::new()
     }
 
     fn handle_peer_connected(&mut self, peer: I) {

@@ -526,6 +526,7 @@ mod tests {
 
     use super::*;
     use crate::sampling::{Propagation, SamplerConfig, SamplingDriver, Selection};
+    use crate::sim::nodes::deliver_to_drivers;
 
     const NODES: u32 = 7;
 
@@ -549,25 +550,6 @@ mod tests {
                 .map(|i| SamplingDriver::new(&sampler, i, seeds(i)).unwrap())
                 .collect();
             Twins { flat, drivers, up }
-        }
-
-        /// Delivers `sent` (from `from`) and the answers it causes on the drivers, as the
-        /// cycle engine does; returns the messages handled.
-        fn deliver(&mut self, from: u32, sent: Vec<Outgoing<u32>>) -> u64 {
-            let mut queue: Vec<(u32, Outgoing<u32>)> =
-                sent.into_iter().map(|o| (from, o)).collect();
-            let mut messages = 0;
-            while !queue.is_empty() {
-                let (from, Outgoing { to, message }) = queue.remove(0);
-                messages += 1;
-                if !self.up[to as usize] {
-                    self.drivers[from as usize].send_failed(to);
-                    continue;
-                }
-                let answers = self.drivers[to as usize].receive(from, message);
-                queue.extend(answers.into_iter().map(|o| (to, o)));
-            }
-            messages
         }
 
         fn assert_same(&mut self) -> Result<(), TestCaseError> {
@@ -618,7 +600,7 @@ mod tests {
                         let mut sample = Vec::new();
                         let flat = twins.flat.exchange(i, &twins.up.clone(), |s| sample.push(s));
                         let sent = twins.drivers[i as usize].tick();
-                        prop_assert_eq!(flat, twins.deliver(i, sent), "messages of node {}'s exchange", i);
+                        prop_assert_eq!(flat, deliver_to_drivers(&mut twins.drivers, &twins.up, i, sent), "messages of node {}'s exchange", i);
                         twins.flat.samples[i as usize].extend(sample);
                     }
                     0 | 1 => {

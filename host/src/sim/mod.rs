@@ -23,6 +23,7 @@
 //! `static` sampler needs a topology; node i is its `node_{i+1}`.
 
 pub mod apps;
+mod brahms_nodes;
 mod byzantine;
 mod command;
 pub mod conditions;
@@ -543,6 +544,15 @@ impl Simulation {
         self.nodes.receive(to, from, message)
     }
 
+    /// Collects the samples of the honest nodes of `order`.
+    fn collect_all_samples(&mut self, order: &[u32]) {
+        for &i in order {
+            if !self.byzantine[i as usize] {
+                self.collect_samples(i);
+            }
+        }
+    }
+
     fn collect_samples(&mut self, i: u32) {
         let mut emitted = std::mem::take(&mut self.emitted);
         self.nodes.drain_samples(i, &mut emitted);
@@ -562,12 +572,15 @@ impl Simulation {
     ///
     /// GBPS nodes (stored by value, see [`gbps_nodes`]) run their exchanges in batches
     /// of disjoint nodes on `helpers` and this thread, or one after the other without
-    /// helpers. Other samplers run their exchanges in batches on `helpers` and this
-    /// thread (see [`exchanges`]). With no helpers, with attackers (who draw from the
-    /// simulation's random stream) or with Brahms (whose ticks reach a dozen peers or
-    /// more, so batches would be too short to share), each exchange runs before the next
-    /// tick, and the helpers do the work the ticks defer (see [`settling`]); the samples
-    /// are collected once that is done, at the end of the cycle.
+    /// helpers. Brahms nodes (stored by value, see [`brahms_nodes`]; their ticks reach
+    /// a dozen peers or more, so batches would be too short to share) run their ticks
+    /// one after the other with their messages at once, and the helpers do the sampler
+    /// updates the ticks defer (see [`settling`]). Other samplers run their exchanges in
+    /// batches on `helpers` and this thread (see [`exchanges`]). With no helpers, or
+    /// with attackers (who draw from the simulation's random stream), each exchange
+    /// runs as messages before the next tick, and the helpers do the work the ticks
+    /// defer. Where work is deferred, the samples are collected once it is done, at the
+    /// end of the cycle.
     fn step_cycle(&mut self, helpers: Option<&helpers::Helpers>) -> Result<()> {
         self.begin_cycle()?;
         let mut order: Vec<u32> = (0..self.nodes.len() as u32)
@@ -575,7 +588,6 @@ impl Simulation {
             .collect();
         order.shuffle(&mut self.rng);
         let attacked = self.byzantine.contains(&true);
-        let brahms = matches!(self.config.sampler, SamplerConfig::Brahms(_));
         let up: Vec<bool> = (0..self.nodes.len() as u32)
             .map(|i| self.is_up(i))
             .collect();
@@ -588,7 +600,13 @@ impl Simulation {
                     None => nodes.exchange_each(&order, &up, tally),
                 };
             }
-            (Nodes::Drivers(drivers), Some(helpers)) if !attacked && !brahms => {
+            (Nodes::Brahms(nodes), helpers) if !attacked => {
+                let mut settling = settling::Settling::new(helpers);
+                self.messages += nodes.exchange_each(&order, &up, &mut settling);
+                settling.finish();
+                self.collect_all_samples(&order);
+            }
+            (Nodes::Drivers(drivers), Some(helpers)) if !attacked => {
                 let mut exchanges = exchanges::Exchanges::new(helpers, up);
                 let mut peers = Vec::new();
                 let mut ticked = Vec::new();
@@ -619,11 +637,7 @@ impl Simulation {
                     self.exchange(&mut queue);
                 }
                 settling.finish();
-                for &i in &order {
-                    if !self.byzantine[i as usize] {
-                        self.collect_samples(i);
-                    }
-                }
+                self.collect_all_samples(&order);
             }
         }
         Ok(())

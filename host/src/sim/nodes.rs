@@ -1,10 +1,11 @@
-//! Every simulated node's sampler: GBPS nodes in flat arrays ([`GbpsNodes`]), any
-//! other behind its driver. The simulator reaches a node only through [`Nodes`].
+//! Every simulated node's sampler: GBPS nodes in flat arrays ([`GbpsNodes`]), Brahms
+//! nodes by value ([`BrahmsNodes`]), any other behind its driver. The simulator reaches a node only through [`Nodes`].
 
 use anyhow::Result;
 use rand::rngs::StdRng;
 use rand::RngExt;
 
+use super::brahms_nodes::BrahmsNodes;
 use super::gbps_nodes::GbpsNodes;
 use super::settling::Settling;
 use super::SimConfig;
@@ -17,6 +18,8 @@ use crate::sampling::{
 pub(super) enum Nodes {
     /// GBPS nodes, stored by value.
     Gbps(GbpsNodes),
+    /// Brahms nodes, stored by value.
+    Brahms(BrahmsNodes),
     /// Any other sampler, each behind its driver.
     Drivers(Vec<SamplingDriver<u32>>),
 }
@@ -27,6 +30,9 @@ impl Nodes {
         let n = config.nodes;
         if let SamplerConfig::Gbps(gbps) = &config.sampler {
             return Ok(Nodes::Gbps(GbpsNodes::new(gbps, n, || rng.random())));
+        }
+        if let SamplerConfig::Brahms(brahms) = &config.sampler {
+            return Ok(Nodes::Brahms(BrahmsNodes::new(brahms, n, || rng.random())));
         }
         let mut drivers = Vec::with_capacity(n);
         for i in 0..n as u32 {
@@ -39,6 +45,7 @@ impl Nodes {
     pub fn len(&self) -> usize {
         match self {
             Nodes::Gbps(nodes) => nodes.len(),
+            Nodes::Brahms(nodes) => nodes.len(),
             Nodes::Drivers(drivers) => drivers.len(),
         }
     }
@@ -47,6 +54,7 @@ impl Nodes {
     pub fn reset(&mut self, config: &SimConfig, i: u32, seed: u64) -> Result<()> {
         match self {
             Nodes::Gbps(nodes) => nodes.reset(i, seed),
+            Nodes::Brahms(nodes) => nodes.reset(i, seed),
             Nodes::Drivers(drivers) => drivers[i as usize] = build_driver(config, i, seed)?,
         }
         Ok(())
@@ -56,6 +64,7 @@ impl Nodes {
     pub fn connected(&mut self, i: u32, peer: u32) {
         match self {
             Nodes::Gbps(nodes) => nodes.connected(i, peer),
+            Nodes::Brahms(nodes) => nodes.connected(i, peer),
             Nodes::Drivers(drivers) => drivers[i as usize].connected(peer),
         }
     }
@@ -64,6 +73,7 @@ impl Nodes {
     pub fn send_failed(&mut self, i: u32, peer: u32) {
         match self {
             Nodes::Gbps(nodes) => nodes.send_failed(i, peer),
+            Nodes::Brahms(nodes) => nodes.send_failed(i, peer),
             Nodes::Drivers(drivers) => drivers[i as usize].send_failed(peer),
         }
     }
@@ -72,6 +82,7 @@ impl Nodes {
     pub fn tick_leaving(&mut self, i: u32, settling: &mut Settling) -> Vec<Outgoing<u32>> {
         match self {
             Nodes::Gbps(nodes) => nodes.tick(i),
+            Nodes::Brahms(nodes) => nodes.tick_leaving(i, settling),
             Nodes::Drivers(drivers) => {
                 let driver = &mut drivers[i as usize];
                 let sent = driver.tick_deferring();
@@ -92,6 +103,7 @@ impl Nodes {
     ) -> Vec<Outgoing<u32>> {
         match self {
             Nodes::Gbps(nodes) => nodes.receive(i, from, message),
+            Nodes::Brahms(nodes) => nodes.receive(i, from, message),
             Nodes::Drivers(drivers) => drivers[i as usize].receive(from, message),
         }
     }
@@ -100,6 +112,7 @@ impl Nodes {
     pub fn drain_samples(&mut self, i: u32, out: &mut Vec<u32>) {
         match self {
             Nodes::Gbps(nodes) => nodes.drain_samples(i, out),
+            Nodes::Brahms(nodes) => nodes.drain_samples(i, out),
             Nodes::Drivers(drivers) => drivers[i as usize].drain_samples(out),
         }
     }
@@ -115,6 +128,7 @@ impl Nodes {
     pub fn view_into(&self, i: u32, out: &mut Vec<u32>) {
         match self {
             Nodes::Gbps(nodes) => nodes.view_into(i, out),
+            Nodes::Brahms(nodes) => nodes.view_into(i, out),
             Nodes::Drivers(drivers) => drivers[i as usize].view_into(out),
         }
     }
@@ -123,6 +137,7 @@ impl Nodes {
     pub fn counts(&self, i: u32) -> SamplingCounts {
         match self {
             Nodes::Gbps(nodes) => nodes.counts(i),
+            Nodes::Brahms(nodes) => nodes.counts(i),
             Nodes::Drivers(drivers) => drivers[i as usize].counts(),
         }
     }
@@ -131,6 +146,7 @@ impl Nodes {
     pub fn prefetch_ahead(&self, order: &[u32]) {
         match self {
             Nodes::Gbps(nodes) => nodes.prefetch_ahead(order),
+            Nodes::Brahms(nodes) => nodes.prefetch_ahead(order),
             Nodes::Drivers(drivers) => prefetch_drivers_ahead(drivers, order),
         }
     }
@@ -148,7 +164,7 @@ impl Nodes {
     pub fn prefetch_message(&self, i: u32) {
         if let Some(driver) = match self {
             Nodes::Drivers(drivers) => drivers.get(i as usize),
-            Nodes::Gbps(_) => None,
+            Nodes::Gbps(_) | Nodes::Brahms(_) => None,
         } {
             driver.prefetch_state(Step::Message);
         }
@@ -179,4 +195,29 @@ fn build_driver(config: &SimConfig, i: u32, seed: u64) -> Result<SamplingDriver<
         ))),
         (sampler, _) => SamplingDriver::new(sampler, i, seed),
     }
+}
+
+/// Delivers `sent` (from `from`) and the answers it causes to `drivers`, in the cycle
+/// engine's order (a queue: a message's answers after the messages before them; to a
+/// node not `up`, lost); returns the messages handled.
+#[cfg(test)]
+pub(super) fn deliver_to_drivers(
+    drivers: &mut [SamplingDriver<u32>],
+    up: &[bool],
+    from: u32,
+    sent: Vec<Outgoing<u32>>,
+) -> u64 {
+    let mut queue: std::collections::VecDeque<(u32, Outgoing<u32>)> =
+        sent.into_iter().map(|o| (from, o)).collect();
+    let mut messages = 0;
+    while let Some((from, Outgoing { to, message })) = queue.pop_front() {
+        messages += 1;
+        if !up[to as usize] {
+            drivers[from as usize].send_failed(to);
+            continue;
+        }
+        let answers = drivers[to as usize].receive(from, message);
+        queue.extend(answers.into_iter().map(|o| (to, o)));
+    }
+    messages
 }
