@@ -289,6 +289,16 @@ impl<I: NodeId> Brahms<I> {
     pub fn view_slice(&self) -> &[I] {
         &self.view
     }
+
+    /// Asks for where a push will be kept.
+    pub fn prefetch_push(&self) {
+        prefetch(self.pushed.as_ptr_range().end);
+    }
+
+    /// Asks for the view, which a pull reads.
+    pub fn prefetch_view(&self) {
+        prefetch_slice(&self.view);
+    }
 }
 
 impl<I: NodeId> PeerSampler<I> for Brahms<I> {

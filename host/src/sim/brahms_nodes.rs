@@ -160,17 +160,14 @@ impl BrahmsNodes {
         (sent + self.answering.len()) as u64
     }
 
-    /// Asks for the memory of the peers a tick reaches: their samplers, then what a push
-    /// or a pull reads and writes there (by then the first are coming in).
+    /// Asks for the memory of the peers a tick reaches: their samplers, then where a
+    /// push is kept and the view a pull reads (by then the first are coming in).
     fn prefetch_peers(&self) {
-        let peers = || {
-            self.push_to
-                .iter()
-                .chain(&self.pull_from)
-                .filter_map(|&to| self.nodes.get(to as usize))
-        };
-        peers().for_each(|node| prefetch(node));
-        peers().for_each(|node| node.prefetch(Step::Message));
+        let node = |to: &u32| self.nodes.get(*to as usize);
+        let peers = self.push_to.iter().chain(&self.pull_from);
+        peers.filter_map(node).for_each(|node| prefetch(node));
+        self.push_to.iter().filter_map(node).for_each(Brahms::prefetch_push);
+        self.pull_from.iter().filter_map(node).for_each(Brahms::prefetch_view);
     }
 
     /// Asks for the memory of the nodes that tick after `order[0]` before their ticks
