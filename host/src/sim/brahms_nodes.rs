@@ -11,10 +11,15 @@
 //! for draw, delivered in the cycle engine's order (the tick's pushes, its pulls, then
 //! the answers to its pulls).
 
+use std::collections::VecDeque;
+
 use super::settling::Settling;
 use crate::sampling::{
     prefetch, Brahms, BrahmsConfig, Outgoing, PeerSampler, SamplingCounts, SamplingMessage, Step,
 };
+
+/// Rounds started ahead of the tick whose messages are delivered.
+const AHEAD: usize = 2;
 
 /// A node's sampler and counts (three cache lines: a push or a pull reaches one node
 /// in one place).
@@ -43,10 +48,11 @@ impl Round {
 pub(super) struct BrahmsNodes {
     config: BrahmsConfig,
     nodes: Vec<Node>,
-    /// Reused room for a tick: the samplers' ids, the round being delivered and the
-    /// next one, and the peers whose answers come back.
+    /// Reused room for a tick: the samplers' ids, the rounds started and not yet
+    /// delivered (in order), rounds delivered, and the peers whose answers come back.
     history: Vec<u32>,
-    rounds: (Round, Round),
+    started: VecDeque<Round>,
+    spare: Vec<Round>,
     answering: Vec<u32>,
 }
 
@@ -55,9 +61,12 @@ impl BrahmsNodes {
     pub fn new(config: &BrahmsConfig, n: usize, mut seeds: impl FnMut() -> u64) -> BrahmsNodes {
         BrahmsNodes {
             config: config.clone(),
-            nodes: (0..n as u32).map(|i| new_node(i, config, seeds())).collect(),
+            nodes: (0..n as u32)
+                .map(|i| new_node(i, config, seeds()))
+                .collect(),
             history: Vec::new(),
-            rounds: Default::default(),
+            started: VecDeque::new(),
+            spare: Vec::new(),
             answering: Vec::new(),
         }
     }
@@ -128,37 +137,37 @@ impl BrahmsNodes {
     /// reaches); the sampler updates they leave go to `settling`. Returns the messages
     /// handled (delivered or lost).
     ///
-    /// While a tick's messages are delivered, the next node's round is already started
-    /// and its peers asked for from memory, unless the tick reaches that node (then it
-    /// starts after). A round's start reads and changes its own node only, and a tick's
-    /// messages change only the nodes they reach and the node itself, so the result is
-    /// that of one tick after the other.
+    /// Rounds are started (and the peers they reach asked for from memory) up to
+    /// [`AHEAD`] ticks before their messages are delivered, in order, as long as no
+    /// started round reaches the next node to start: a round's start reads and changes
+    /// its own node only, and a tick's messages change only the nodes they reach and
+    /// the node itself, so the result is that of one tick after the other.
     pub fn exchange_each(&mut self, order: &[u32], up: &[bool], settling: &mut Settling) -> u64 {
         let mut messages = 0;
-        let mut started = false;
-        for (k, &a) in order.iter().enumerate() {
+        let mut next = 0;
+        for k in 0..order.len() {
             self.prefetch_ahead(&order[k..]);
-            if !started {
-                self.start_round(a, settling);
-            }
-            std::mem::swap(&mut self.rounds.0, &mut self.rounds.1);
-            self.prefetch_peers();
-            started = match order.get(k + 1) {
-                Some(&next) if !self.rounds.0.reaches(next) => {
-                    self.start_round(next, settling);
-                    true
+            while next < order.len().min(k + 1 + AHEAD) {
+                let node = order[next];
+                if next > k && self.started.iter().any(|round| round.reaches(node)) {
+                    break;
                 }
-                _ => false,
-            };
-            messages += self.deliver(up);
+                self.start_round(node, settling);
+                next += 1;
+            }
+            if let Some(round) = self.started.get(1) {
+                self.prefetch_peers(round);
+            }
+            let round = self.started.pop_front().expect("this tick's round started");
+            messages += self.deliver(&round, up);
+            self.spare.push(round);
         }
         messages
     }
 
-    /// Starts node `a`'s round (its tick) into `rounds.1`, and asks for its peers'
-    /// nodes.
+    /// Starts node `a`'s round (its tick), and asks for its peers' nodes.
     fn start_round(&mut self, a: u32, settling: &mut Settling) {
-        let round = &mut self.rounds.1;
+        let mut round = self.spare.pop().unwrap_or_default();
         let node = &mut self.nodes[a as usize];
         node.sampler
             .start_round(&mut self.history, &mut round.push_to, &mut round.pull_from);
@@ -170,13 +179,17 @@ impl BrahmsNodes {
         peers
             .filter_map(|&to| self.nodes.get(to as usize))
             .for_each(|node| prefetch(node));
+        if self.started.is_empty() {
+            // Its messages go next: what they reach is asked for now.
+            self.prefetch_peers(&round);
+        }
+        self.started.push_back(round);
     }
 
-    /// Delivers the messages of the round in `rounds.0` (its node is up: only nodes up
-    /// tick) and the answers to its pulls; returns the messages handled.
-    fn deliver(&mut self, up: &[bool]) -> u64 {
+    /// Delivers the messages of `round` (its node is up: only nodes up tick) and the
+    /// answers to its pulls; returns the messages handled.
+    fn deliver(&mut self, round: &Round, up: &[bool]) -> u64 {
         let reaches = |to: u32| up.get(to as usize).copied().unwrap_or(false);
-        let round = &self.rounds.0;
         let a = round.node;
         let sent = round.push_to.len() + round.pull_from.len();
         self.answering.clear();
@@ -208,13 +221,20 @@ impl BrahmsNodes {
         (sent + self.answering.len()) as u64
     }
 
-    /// Asks for what the round in `rounds.0` reaches in its peers' nodes (asked for
-    /// when it started): where a push is kept, the view a pull reads.
-    fn prefetch_peers(&self) {
+    /// Asks for what `round` reaches in its peers' nodes (asked for when it started):
+    /// where a push is kept, the view a pull reads.
+    fn prefetch_peers(&self, round: &Round) {
         let node = |to: &u32| self.nodes.get(*to as usize).map(|node| &node.sampler);
-        let round = &self.rounds.0;
-        round.push_to.iter().filter_map(node).for_each(Brahms::prefetch_push);
-        round.pull_from.iter().filter_map(node).for_each(Brahms::prefetch_view);
+        round
+            .push_to
+            .iter()
+            .filter_map(node)
+            .for_each(Brahms::prefetch_push);
+        round
+            .pull_from
+            .iter()
+            .filter_map(node)
+            .for_each(Brahms::prefetch_view);
     }
 
     /// Asks for the memory of the nodes that tick after `order[0]` before their ticks
