@@ -111,10 +111,9 @@ pub struct Brahms<I: NodeId = PeerId> {
 /// they emitted.
 struct Samplers<I: NodeId> {
     rankers: Rankers<I>,
-    /// The closed round's ids, while `unheard` (the paper's `updateSample`, to do); the
-    /// buffer is kept for the next round.
-    round: Vec<I>,
-    unheard: bool,
+    /// The closed round's pushed and pulled ids (none once heard): the paper's
+    /// `updateSample`, to do.
+    unheard: Option<[Vec<I>; 2]>,
     emitted: Vec<I>,
 }
 
@@ -131,13 +130,9 @@ impl<I: NodeId> Samplers<I> {
     /// heard before under its current key change nothing (its minimum only goes down),
     /// so they are not kept out.
     fn settle(&mut self) {
-        if std::mem::take(&mut self.unheard) {
-            self.rankers.hear(&self.round);
-            self.round.clear();
-            let Samplers {
-                rankers, emitted, ..
-            } = self;
-            samples_into(rankers, emitted);
+        if let Some(round) = self.unheard.take() {
+            round.iter().for_each(|ids| self.rankers.hear(ids));
+            samples_into(&self.rankers, &mut self.emitted);
         }
     }
 }
@@ -169,8 +164,7 @@ impl<I: NodeId> Brahms<I> {
             view: Vec::new(),
             samplers: Arc::new(Mutex::new(Samplers {
                 rankers,
-                round: Vec::new(),
-                unheard: false,
+                unheard: None,
                 emitted: Vec::new(),
             })),
             pushed: Vec::new(),
@@ -240,12 +234,13 @@ impl<I: NodeId> Brahms<I> {
             }
             self.view.truncate(self.config.view_size);
         }
-        samplers.round.clear();
-        samplers.round.extend_from_slice(&self.pushed);
-        samplers.round.extend_from_slice(&self.pulled);
-        samplers.unheard = true;
-        self.pushed.clear();
-        self.pulled.clear();
+        // The round's ids go to the samplers as they are and are dropped once heard, so
+        // a node keeps no second round between ticks. Room for the pushes expected and
+        // every pulled id (l1 per answer).
+        let pushed = std::mem::replace(&mut self.pushed, Vec::with_capacity(alpha_l1));
+        let pulled_room = beta_l1 * self.config.view_size;
+        let pulled = std::mem::replace(&mut self.pulled, Vec::with_capacity(pulled_room));
+        samplers.unheard = Some([pushed, pulled]);
     }
 
     /// A period passed: closes the round, then chooses the peers to push to and those
