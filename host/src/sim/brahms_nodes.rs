@@ -237,13 +237,14 @@ impl BrahmsNodes {
             .for_each(Brahms::prefetch_view);
     }
 
-    /// Asks for the memory of the nodes that tick after `order[0]` before their ticks
-    /// need it: a node four ticks ahead, what its tick reads two ahead.
+    /// Asks for the memory of the nodes that tick after `order[0]` before their rounds
+    /// start (up to [`AHEAD`] ticks early): a node [`AHEAD`] + 4 ticks ahead, what its
+    /// round's start reads [`AHEAD`] + 2 ahead.
     pub fn prefetch_ahead(&self, order: &[u32]) {
-        if let Some(&node) = order.get(4) {
+        if let Some(&node) = order.get(AHEAD + 4) {
             prefetch(&self.nodes[node as usize]);
         }
-        if let Some(&node) = order.get(2) {
+        if let Some(&node) = order.get(AHEAD + 2) {
             self.nodes[node as usize].sampler.prefetch(Step::Tick);
         }
     }
