@@ -5,6 +5,8 @@
 //! says so; the cycle engine at once; the event engine after the link latency or a
 //! request timeout), never in what the sampler is told.
 
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -30,10 +32,29 @@ pub struct SamplingCounts {
     pub send_failures: u64,
 }
 
-/// A node's sampler and its counters.
-pub struct SamplingDriver<I: NodeId = PeerId> {
-    sampler: Box<dyn PeerSampler<I>>,
+/// A node's sampler and its counters. `P` holds the sampler: boxed (any sampler, the
+/// default) or [`ByValue`] (one known sampler, stored in the driver).
+pub struct SamplingDriver<I: NodeId = PeerId, P = Box<dyn PeerSampler<I>>> {
+    sampler: P,
     counts: SamplingCounts,
+    ids: PhantomData<fn() -> I>,
+}
+
+/// A sampler stored in its driver by value.
+pub struct ByValue<S>(S);
+
+impl<S> Deref for ByValue<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.0
+    }
+}
+
+impl<S> DerefMut for ByValue<S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.0
+    }
 }
 
 impl<I: NodeId> SamplingDriver<I> {
@@ -47,9 +68,40 @@ impl<I: NodeId> SamplingDriver<I> {
         SamplingDriver {
             sampler,
             counts: SamplingCounts::default(),
+            ids: PhantomData,
         }
     }
 
+    /// Asks the processor for the sampler's own memory (found from the driver alone): the
+    /// first of two steps that bring a node in ahead of its turn.
+    pub fn prefetch_sampler(&self) {
+        prefetch(&*self.sampler as *const dyn PeerSampler<I>);
+    }
+}
+
+impl<I: NodeId, S: PeerSampler<I>> SamplingDriver<I, ByValue<S>> {
+    /// Drives `sampler`, stored by value.
+    pub fn by_value(sampler: S) -> Self {
+        SamplingDriver {
+            sampler: ByValue(sampler),
+            counts: SamplingCounts::default(),
+            ids: PhantomData,
+        }
+    }
+
+    /// The sampler.
+    pub fn sampler(&self) -> &S {
+        &self.sampler
+    }
+
+    /// The sampler, for a caller that hands it what it hears itself (a simulator
+    /// delivering a tick's messages at once), and the counts to keep up.
+    pub fn parts_mut(&mut self) -> (&mut S, &mut SamplingCounts) {
+        (&mut self.sampler, &mut self.counts)
+    }
+}
+
+impl<I: NodeId, P: DerefMut<Target: PeerSampler<I>>> SamplingDriver<I, P> {
     /// A period passed: the messages the sampler's active part sends (the tick's work
     /// all done, none left for later).
     pub fn tick(&mut self) -> Vec<Outgoing<I>> {
@@ -138,12 +190,6 @@ impl<I: NodeId> SamplingDriver<I> {
     /// What was counted so far.
     pub fn counts(&self) -> SamplingCounts {
         self.counts
-    }
-
-    /// Asks the processor for the sampler's own memory (found from the driver alone): the
-    /// first of two steps that bring a node in ahead of its turn.
-    pub fn prefetch_sampler(&self) {
-        prefetch(&*self.sampler as *const dyn PeerSampler<I>);
     }
 
     /// Asks the processor for what the sampler's next step reads (found through the

@@ -22,7 +22,7 @@ pub use config::{
     KNOWN_SAMPLERS,
 };
 pub use connected::Connected;
-pub use driver::{SamplingCounts, SamplingDriver};
+pub use driver::{ByValue, SamplingCounts, SamplingDriver};
 pub(crate) use gbps::{select_peer, GbpsNode, ViewStore};
 pub use gbps::{Descriptor, Gbps, GbpsMessage};
 pub use minwise::Rankers;

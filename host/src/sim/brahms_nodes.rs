@@ -1,33 +1,29 @@
 //! Simulated Brahms nodes, stored by value.
 //!
-//! Each node is a [`Brahms`] sampler in one vector (no box, no driver) with its counts
-//! beside it. The cycle engine's tick of a node (its round's end, its pushes and pulls,
-//! the answers to its pulls) runs here at once ([`BrahmsNodes::exchange_each`]): no
-//! message is built, a pull's answer is read straight from the peer's view, and the
-//! peers a tick reaches are asked for from memory together before any is touched. Every
-//! other caller (the event engine, runs with attackers) goes through
-//! [`BrahmsNodes::tick_leaving`] and [`BrahmsNodes::receive`], which take and give
-//! messages as a driver does. Both give what a [`Brahms`] behind a driver gives, draw
-//! for draw, delivered in the cycle engine's order (the tick's pushes, its pulls, then
-//! the answers to its pulls).
+//! Each node is a driver with its [`Brahms`] sampler stored in it ([`ByValue`]: no box),
+//! all in one vector. The cycle engine's tick of a node (its round's end, its pushes and
+//! pulls, the answers to its pulls) runs here at once ([`BrahmsNodes::exchange_each`]):
+//! no message is built, a pull's answer is read straight from the peer's view, and the
+//! peers a tick reaches are asked for from memory a tick before any is touched. Every
+//! other caller (the event engine, runs with attackers) goes through the node's driver
+//! ([`BrahmsNodes::driver`]) with messages. Both give what a [`Brahms`] behind a boxed
+//! driver gives, draw for draw, delivered in the cycle engine's order (the tick's
+//! pushes, its pulls, then the answers to its pulls).
 
 use std::collections::VecDeque;
 
 use super::settling::Settling;
 use crate::sampling::{
-    prefetch, Brahms, BrahmsConfig, Outgoing, PeerSampler, SamplingCounts, SamplingMessage, Step,
+    prefetch, Brahms, BrahmsConfig, ByValue, SamplingCounts, SamplingDriver, Step,
 };
 
 /// Rounds started ahead of the tick whose messages are delivered.
 const AHEAD: usize = 2;
 
-/// A node's sampler and counts (three cache lines: a push or a pull reaches one node
-/// in one place).
+/// A node's driver, its sampler stored in it (three cache lines: a push or a pull
+/// reaches one node in one place).
 #[repr(align(64))]
-struct Node {
-    sampler: Brahms<u32>,
-    counts: SamplingCounts,
-}
+struct Node(SamplingDriver<u32, ByValue<Brahms<u32>>>);
 
 /// A started round: its node, and the peers it pushes to and pulls from.
 #[derive(Default)]
@@ -81,55 +77,19 @@ impl BrahmsNodes {
         self.nodes.len()
     }
 
-    /// Node `i` learns of `peer`.
-    pub fn connected(&mut self, i: u32, peer: u32) {
-        self.nodes[i as usize].sampler.handle_peer_connected(peer);
+    /// Node `i`'s driver.
+    pub fn driver(&mut self, i: u32) -> &mut SamplingDriver<u32, ByValue<Brahms<u32>>> {
+        &mut self.nodes[i as usize].0
     }
 
-    /// Node `i` could not reach `peer`.
-    pub fn send_failed(&mut self, i: u32, peer: u32) {
-        let node = &mut self.nodes[i as usize];
-        node.counts.send_failures += 1;
-        node.sampler.handle_peer_unreachable(peer);
-    }
-
-    /// Node `i`'s tick, as messages: the sampler update it leaves goes to `settling`.
-    pub fn tick_leaving(&mut self, i: u32, settling: &mut Settling) -> Vec<Outgoing<u32>> {
-        let node = &mut self.nodes[i as usize];
-        node.counts.ticks += 1;
-        let sent = node.sampler.handle_tick();
-        node.counts.messages_out += sent.len() as u64;
-        defer_update(&node.sampler, settling);
-        sent
-    }
-
-    /// Node `i` receives `message` from `from`; returns its answers.
-    pub fn receive(
-        &mut self,
-        i: u32,
-        from: u32,
-        message: SamplingMessage<u32>,
-    ) -> Vec<Outgoing<u32>> {
-        let node = &mut self.nodes[i as usize];
-        node.counts.messages_in += 1;
-        let answers = node.sampler.handle_message(from, message);
-        node.counts.messages_out += answers.len() as u64;
-        answers
-    }
-
-    /// Hands over node `i`'s samples not yet collected.
-    pub fn drain_samples(&mut self, i: u32, out: &mut Vec<u32>) {
-        self.nodes[i as usize].sampler.drain_samples(out);
-    }
-
-    /// Appends node `i`'s view to `out`.
+    /// Node `i`'s view.
     pub fn view_into(&self, i: u32, out: &mut Vec<u32>) {
-        out.extend_from_slice(self.nodes[i as usize].sampler.view_slice());
+        out.extend_from_slice(self.nodes[i as usize].0.sampler().view_slice());
     }
 
     /// What reached node `i`'s sampler so far.
     pub fn counts(&self, i: u32) -> SamplingCounts {
-        self.nodes[i as usize].counts
+        self.nodes[i as usize].0.counts()
     }
 
     /// The ticks of a cycle (`order`: the nodes that tick, in order), each with its
@@ -168,12 +128,12 @@ impl BrahmsNodes {
     /// Starts node `a`'s round (its tick), and asks for its peers' nodes.
     fn start_round(&mut self, a: u32, settling: &mut Settling) {
         let mut round = self.spare.pop().unwrap_or_default();
-        let node = &mut self.nodes[a as usize];
-        node.sampler
-            .start_round(&mut self.history, &mut round.push_to, &mut round.pull_from);
-        defer_update(&node.sampler, settling);
-        node.counts.ticks += 1;
-        node.counts.messages_out += (round.push_to.len() + round.pull_from.len()) as u64;
+        let driver = &mut self.nodes[a as usize].0;
+        let (sampler, counts) = driver.parts_mut();
+        sampler.start_round(&mut self.history, &mut round.push_to, &mut round.pull_from);
+        counts.ticks += 1;
+        counts.messages_out += (round.push_to.len() + round.pull_from.len()) as u64;
+        settling.add_from(driver);
         round.node = a;
         let peers = round.push_to.iter().chain(&round.pull_from);
         peers
@@ -195,28 +155,26 @@ impl BrahmsNodes {
         self.answering.clear();
         for (k, &to) in round.push_to.iter().chain(&round.pull_from).enumerate() {
             if !reaches(to) {
-                let node = &mut self.nodes[a as usize];
-                node.counts.send_failures += 1;
-                node.sampler.handle_peer_unreachable(to);
+                self.nodes[a as usize].0.send_failed(to);
                 continue;
             }
-            let peer = &mut self.nodes[to as usize];
-            peer.counts.messages_in += 1;
+            let (peer, counts) = self.nodes[to as usize].0.parts_mut();
+            counts.messages_in += 1;
             if k < round.push_to.len() {
-                peer.sampler.pushed_by(a);
+                peer.pushed_by(a);
             } else if to != a {
-                peer.counts.messages_out += 1;
+                counts.messages_out += 1;
                 self.answering.push(to);
             }
         }
-        self.nodes[a as usize].counts.messages_in += self.answering.len() as u64;
+        self.nodes[a as usize].0.parts_mut().1.messages_in += self.answering.len() as u64;
         for &from in &self.answering {
             let [node, peer] = self
                 .nodes
                 .get_disjoint_mut([a as usize, from as usize])
                 .expect("a node never answers its own pull");
-            node.sampler
-                .answered(from, peer.sampler.view_slice().iter().copied());
+            let view = peer.0.sampler().view_slice().iter().copied();
+            node.0.parts_mut().0.answered(from, view);
         }
         (sent + self.answering.len()) as u64
     }
@@ -224,7 +182,7 @@ impl BrahmsNodes {
     /// Asks for what `round` reaches in its peers' nodes (asked for when it started):
     /// where a push is kept, the view a pull reads.
     fn prefetch_peers(&self, round: &Round) {
-        let node = |to: &u32| self.nodes.get(*to as usize).map(|node| &node.sampler);
+        let node = |to: &u32| self.nodes.get(*to as usize).map(|node| node.0.sampler());
         round
             .push_to
             .iter()
@@ -245,21 +203,17 @@ impl BrahmsNodes {
             prefetch(&self.nodes[node as usize]);
         }
         if let Some(&node) = order.get(AHEAD + 2) {
-            self.nodes[node as usize].sampler.prefetch(Step::Tick);
+            self.nodes[node as usize].0.prefetch_state(Step::Tick);
         }
     }
 }
 
 fn new_node(i: u32, config: &BrahmsConfig, seed: u64) -> Node {
-    Node {
-        sampler: Brahms::new(i, config.clone(), seed),
-        counts: SamplingCounts::default(),
-    }
-}
-
-/// Hands `node`'s sampler update, left by its tick, to `settling`.
-fn defer_update(node: &Brahms<u32>, settling: &mut Settling) {
-    settling.add(node.deferred().expect("Brahms defers its sampler update"));
+    Node(SamplingDriver::by_value(Brahms::new(
+        i,
+        config.clone(),
+        seed,
+    )))
 }
 
 #[cfg(test)]
@@ -269,7 +223,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::sampling::{BrahmsMessage, SamplerConfig, SamplingDriver};
+    use crate::sampling::{BrahmsMessage, SamplerConfig, SamplingMessage};
     use crate::sim::helpers::Helpers;
     use crate::sim::nodes::deliver_to_drivers;
 
@@ -325,19 +279,19 @@ mod tests {
                         prop_assert_eq!(messages, delivered, "messages of the ticks of {:?}", order);
                     }
                     1 => {
-                        let sent = stored.tick_leaving(i, &mut settling);
+                        let sent = settling.tick(stored.driver(i));
                         prop_assert_eq!(&sent, &drivers[i as usize].tick());
                     }
                     2 => {
-                        stored.connected(i, j);
+                        stored.driver(i).connected(j);
                         drivers[i as usize].connected(j);
                     }
                     3 => {
-                        stored.send_failed(i, j);
+                        stored.driver(i).send_failed(j);
                         drivers[i as usize].send_failed(j);
                     }
                     kind => {
-                        let answers = stored.receive(i, j, message(kind));
+                        let answers = stored.driver(i).receive(j, message(kind));
                         prop_assert_eq!(answers, drivers[i as usize].receive(j, message(kind)));
                     }
                 }
@@ -348,7 +302,7 @@ mod tests {
                     prop_assert_eq!(&view, &drivers[i as usize].view(), "node {}'s view", i);
                     prop_assert_eq!(stored.counts(i), drivers[i as usize].counts());
                     let (mut kept, mut driven) = (Vec::new(), Vec::new());
-                    stored.drain_samples(i, &mut kept);
+                    stored.driver(i).drain_samples(&mut kept);
                     drivers[i as usize].drain_samples(&mut driven);
                     prop_assert_eq!(kept, driven, "node {}'s samples", i);
                 }

@@ -64,7 +64,7 @@ impl Nodes {
     pub fn connected(&mut self, i: u32, peer: u32) {
         match self {
             Nodes::Gbps(nodes) => nodes.connected(i, peer),
-            Nodes::Brahms(nodes) => nodes.connected(i, peer),
+            Nodes::Brahms(nodes) => nodes.driver(i).connected(peer),
             Nodes::Drivers(drivers) => drivers[i as usize].connected(peer),
         }
     }
@@ -73,7 +73,7 @@ impl Nodes {
     pub fn send_failed(&mut self, i: u32, peer: u32) {
         match self {
             Nodes::Gbps(nodes) => nodes.send_failed(i, peer),
-            Nodes::Brahms(nodes) => nodes.send_failed(i, peer),
+            Nodes::Brahms(nodes) => nodes.driver(i).send_failed(peer),
             Nodes::Drivers(drivers) => drivers[i as usize].send_failed(peer),
         }
     }
@@ -82,15 +82,8 @@ impl Nodes {
     pub fn tick_leaving(&mut self, i: u32, settling: &mut Settling) -> Vec<Outgoing<u32>> {
         match self {
             Nodes::Gbps(nodes) => nodes.tick(i),
-            Nodes::Brahms(nodes) => nodes.tick_leaving(i, settling),
-            Nodes::Drivers(drivers) => {
-                let driver = &mut drivers[i as usize];
-                let sent = driver.tick_deferring();
-                if let Some(work) = driver.deferred() {
-                    settling.add(work);
-                }
-                sent
-            }
+            Nodes::Brahms(nodes) => settling.tick(nodes.driver(i)),
+            Nodes::Drivers(drivers) => settling.tick(&mut drivers[i as usize]),
         }
     }
 
@@ -103,7 +96,7 @@ impl Nodes {
     ) -> Vec<Outgoing<u32>> {
         match self {
             Nodes::Gbps(nodes) => nodes.receive(i, from, message),
-            Nodes::Brahms(nodes) => nodes.receive(i, from, message),
+            Nodes::Brahms(nodes) => nodes.driver(i).receive(from, message),
             Nodes::Drivers(drivers) => drivers[i as usize].receive(from, message),
         }
     }
@@ -112,7 +105,7 @@ impl Nodes {
     pub fn drain_samples(&mut self, i: u32, out: &mut Vec<u32>) {
         match self {
             Nodes::Gbps(nodes) => nodes.drain_samples(i, out),
-            Nodes::Brahms(nodes) => nodes.drain_samples(i, out),
+            Nodes::Brahms(nodes) => nodes.driver(i).drain_samples(out),
             Nodes::Drivers(drivers) => drivers[i as usize].drain_samples(out),
         }
     }

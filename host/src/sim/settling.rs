@@ -6,10 +6,11 @@
 //!
 //! [`PeerSampler::deferred`]: crate::sampling::PeerSampler::deferred
 
+use std::ops::DerefMut;
 use std::sync::Arc;
 
 use super::helpers::{Helpers, SharedWork, Started};
-use crate::sampling::Deferred;
+use crate::sampling::{Deferred, Outgoing, PeerSampler, SamplingDriver};
 
 /// Works handed to the helpers at once (a batch of Brahms updates holds ~1.7 KiB of ids
 /// each; fewer, larger batches keep the helpers from spinning between them).
@@ -56,6 +57,26 @@ impl<'h> Settling<'h> {
         self.collecting.push(work);
         if self.collecting.len() >= BATCH {
             self.hand_over();
+        }
+    }
+
+    /// A tick through `driver`: the work its sampler leaves comes here.
+    pub fn tick<P>(&mut self, driver: &mut SamplingDriver<u32, P>) -> Vec<Outgoing<u32>>
+    where
+        P: DerefMut<Target: PeerSampler<u32>>,
+    {
+        let sent = driver.tick_deferring();
+        self.add_from(driver);
+        sent
+    }
+
+    /// Leaves the work `driver`'s sampler deferred, if any, to the helpers.
+    pub fn add_from<P>(&mut self, driver: &SamplingDriver<u32, P>)
+    where
+        P: DerefMut<Target: PeerSampler<u32>>,
+    {
+        if let Some(work) = driver.deferred() {
+            self.add(work);
         }
     }
 
