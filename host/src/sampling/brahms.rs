@@ -268,8 +268,8 @@ impl<I: NodeId> Brahms<I> {
         }
     }
 
-    /// `from` answered a pull with `peers` (ignored if it is this node's own): at most
-    /// l1 of them, this node's own id left out, count.
+    /// `from` answered a pull with `peers` (ignored if it is this node's own): the
+    /// first l1 of them count, this node's own id left out.
     pub fn answered(&mut self, from: I, peers: impl IntoIterator<Item = I>) {
         if from != self.me {
             let cap = self.config.view_size;

@@ -576,11 +576,11 @@ impl Simulation {
     /// a dozen peers or more, so batches would be too short to share) run their ticks
     /// one after the other with their messages at once, and the helpers do the sampler
     /// updates the ticks defer (see [`settling`]). Other samplers run their exchanges in
-    /// batches on `helpers` and this thread (see [`exchanges`]). With no helpers, or
-    /// with attackers (who draw from the simulation's random stream), each exchange
-    /// runs as messages before the next tick, and the helpers do the work the ticks
-    /// defer. Where work is deferred, the samples are collected once it is done, at the
-    /// end of the cycle.
+    /// batches on `helpers` and this thread (see [`exchanges`]), or, with no helpers,
+    /// one exchange after the other as messages; so does every sampler in a run with
+    /// attackers (who draw from the simulation's random stream), the helpers doing the
+    /// work the ticks defer. Where work is deferred, the samples are collected once it
+    /// is done, at the end of the cycle.
     fn step_cycle(&mut self, helpers: Option<&helpers::Helpers>) -> Result<()> {
         self.begin_cycle()?;
         let mut order: Vec<u32> = (0..self.nodes.len() as u32)

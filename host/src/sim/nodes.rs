@@ -1,5 +1,6 @@
 //! Every simulated node's sampler: GBPS nodes in flat arrays ([`GbpsNodes`]), Brahms
-//! nodes by value ([`BrahmsNodes`]), any other behind its driver. The simulator reaches a node only through [`Nodes`].
+//! nodes by value ([`BrahmsNodes`]), any other behind its driver. The simulator reaches
+//! a node only through [`Nodes`].
 
 use anyhow::Result;
 use rand::rngs::StdRng;
