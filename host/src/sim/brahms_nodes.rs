@@ -195,6 +195,21 @@ impl BrahmsNodes {
             .for_each(Brahms::prefetch_view);
     }
 
+    /// Asks for node `i`'s memory (a message will reach it).
+    pub fn prefetch_node(&self, i: u32) {
+        if let Some(node) = self.nodes.get(i as usize) {
+            prefetch(node);
+        }
+    }
+
+    /// Asks for what a message to node `i` reads and writes there (its node asked for
+    /// a little earlier).
+    pub fn prefetch_message(&self, i: u32) {
+        if let Some(node) = self.nodes.get(i as usize) {
+            node.0.prefetch_state(Step::Message);
+        }
+    }
+
     /// Asks for the memory of the nodes that tick after `order[0]` before their rounds
     /// start (up to [`AHEAD`] ticks early): a node [`AHEAD`] + 4 ticks ahead, what its
     /// round's start reads [`AHEAD`] + 2 ahead.

@@ -147,20 +147,27 @@ impl Nodes {
 
     /// Brings in the recipients of a tick's messages.
     pub fn prefetch_recipients(&self, sent: &[Outgoing<u32>]) {
-        if let Nodes::Drivers(drivers) = self {
-            let recipients = || sent.iter().filter_map(|o| drivers.get(o.to as usize));
-            recipients().for_each(|driver| prefetch(driver));
-            recipients().for_each(SamplingDriver::prefetch_sampler);
+        match self {
+            Nodes::Drivers(drivers) => {
+                let recipients = || sent.iter().filter_map(|o| drivers.get(o.to as usize));
+                recipients().for_each(|driver| prefetch(driver));
+                recipients().for_each(SamplingDriver::prefetch_sampler);
+            }
+            Nodes::Brahms(nodes) => sent.iter().for_each(|o| nodes.prefetch_node(o.to)),
+            Nodes::Gbps(_) => {}
         }
     }
 
     /// Brings in the state of node `i`, which a message will soon reach.
     pub fn prefetch_message(&self, i: u32) {
-        if let Some(driver) = match self {
-            Nodes::Drivers(drivers) => drivers.get(i as usize),
-            Nodes::Gbps(_) | Nodes::Brahms(_) => None,
-        } {
-            driver.prefetch_state(Step::Message);
+        match self {
+            Nodes::Drivers(drivers) => {
+                if let Some(driver) = drivers.get(i as usize) {
+                    driver.prefetch_state(Step::Message);
+                }
+            }
+            Nodes::Brahms(nodes) => nodes.prefetch_message(i),
+            Nodes::Gbps(_) => {}
         }
     }
 }
