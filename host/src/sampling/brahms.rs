@@ -378,9 +378,9 @@ impl<I: NodeId> PeerSampler<I> for Brahms<I> {
             }
             // Where a push or an answer will be appended, and the view a pull copies.
             Step::Message => {
-                prefetch(self.pushed.as_ptr_range().end);
+                self.prefetch_push();
                 prefetch(self.pulled.as_ptr_range().end);
-                prefetch(self.view.as_ptr());
+                self.prefetch_view();
             }
         }
     }

@@ -193,8 +193,9 @@ impl<I: NodeId, P: DerefMut<Target: PeerSampler<I>>> SamplingDriver<I, P> {
     }
 
     /// Asks the processor for what the sampler's next step reads (found through the
-    /// sampler's own memory, which [`prefetch_sampler`](Self::prefetch_sampler) brought
-    /// in a little earlier).
+    /// sampler's own memory, best brought in a little earlier: a boxed one by
+    /// [`prefetch_sampler`](SamplingDriver::prefetch_sampler), one by value with the
+    /// driver).
     pub fn prefetch_state(&self, next: Step) {
         self.sampler.prefetch(next);
     }

@@ -136,9 +136,7 @@ impl BrahmsNodes {
         settling.add_from(driver);
         round.node = a;
         let peers = round.push_to.iter().chain(&round.pull_from);
-        peers
-            .filter_map(|&to| self.nodes.get(to as usize))
-            .for_each(|node| prefetch(node));
+        peers.for_each(|&to| self.prefetch_node(to));
         if self.started.is_empty() {
             // Its messages go next: what they reach is asked for now.
             self.prefetch_peers(&round);
