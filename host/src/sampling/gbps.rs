@@ -15,8 +15,7 @@
 //! `getPeer()`, called once per cycle).
 
 use libp2p::PeerId;
-use rand::seq::SliceRandom;
-use rand::{RngExt, SeedableRng};
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -130,7 +129,7 @@ pub(crate) fn select_peer<I: NodeId>(
     rng: &mut I::Rng,
 ) -> Option<I> {
     match selection {
-        Selection::Rand if !view.is_empty() => Some(view[rng.random_range(0..view.len())].peer),
+        Selection::Rand if !view.is_empty() => Some(view[below(rng, view.len())].peer),
         Selection::Rand => None,
         Selection::Old => view
             .iter()
@@ -167,7 +166,7 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
     /// pull-only), and ages the view. Returns the sample.
     pub fn tick(&mut self, buffer: &mut Vec<Descriptor<I>>) -> I {
         let view = self.view.descriptors();
-        let sample = view[self.rng.random_range(0..view.len())].peer;
+        let sample = view[below(self.rng, view.len())].peer;
         buffer.clear();
         if self.pushes() {
             self.make_buffer(buffer);
@@ -230,15 +229,35 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
 
     /// Permutes the view, moves the H oldest to its end, and writes own fresh
     /// descriptor followed by the first c/2 - 1 descriptors into `buffer`.
+    ///
+    /// Only the places something reads the order of are drawn (see
+    /// [`GbpsNode::reads_order`]): those sent and those swapping drops, or the whole view.
     pub fn make_buffer(&mut self, buffer: &mut Vec<Descriptor<I>>) {
-        self.view.descriptors_mut().shuffle(self.rng);
-        self.move_oldest_to_end(self.config.heal);
-        let take = (self.config.view_size / 2).saturating_sub(1);
+        let config = self.config;
+        let take = (config.view_size / 2).saturating_sub(1);
+        let placed = if self.reads_order() {
+            usize::MAX
+        } else {
+            take.max(config.swap)
+        };
+        let view = self.view.descriptors_mut();
+        shuffle_front(view, placed, self.rng);
+        self.move_oldest_to_end(config.heal);
         buffer.push(Descriptor {
             peer: self.me,
             age: 0,
         });
         buffer.extend(self.view.descriptors().iter().take(take).copied());
+    }
+
+    /// Whether anything reads the view's order beyond the head that [`make_buffer`]
+    /// draws: the healer (it moves the oldest to the end, ties to the first) and tail
+    /// selection (ties to the first). Otherwise the rest of the view is only ever drawn
+    /// from uniformly, so its order need not be random nor kept.
+    ///
+    /// [`make_buffer`]: GbpsNode::make_buffer
+    fn reads_order(&self) -> bool {
+        self.config.heal > 0 || self.config.selection_policy != Selection::Rand
     }
 
     /// Moves the `count` oldest descriptors to the end (the oldest last), keeping the
@@ -289,14 +308,18 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
         // removeHead(min(S, size - c)): the head is what was sent.
         let head = self.config.swap.min(len.saturating_sub(c));
         self.view.descriptors_mut().copy_within(head.., 0);
-        let mut len = len - head;
+        let len = len - head;
         self.view.truncate(len);
         // removeAtRandom(size - c)
-        while len > c {
-            let i = self.rng.random_range(0..len);
-            self.view.descriptors_mut().copy_within(i + 1.., i);
-            len -= 1;
-            self.view.truncate(len);
+        if len > c {
+            let reads_order = self.reads_order();
+            let view = self.view.descriptors_mut();
+            if reads_order {
+                remove_at_random(view, len - c, self.rng);
+            } else {
+                remove_unordered(view, len - c, self.rng);
+            }
+            self.view.truncate(c);
         }
     }
 
@@ -330,6 +353,71 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
             }
         }
         self.view.truncate(kept);
+    }
+}
+
+/// A uniform draw from `0..n` (`n` > 0) on one 32-bit word: Lemire's multiply-shift,
+/// exact (a draw in the rare biased band is drawn again).
+fn below(rng: &mut impl Rng, n: usize) -> usize {
+    let n = u32::try_from(n).expect("a view holds fewer than 2^32 descriptors");
+    let mut wide = u64::from(rng.next_u32()) * u64::from(n);
+    if (wide as u32) < n {
+        let biased = n.wrapping_neg() % n;
+        while (wide as u32) < biased {
+            wide = u64::from(rng.next_u32()) * u64::from(n);
+        }
+    }
+    (wide >> 32) as usize
+}
+
+/// Fisher–Yates stopped after `places` steps: the first `places` entries of `items` are
+/// a uniform random choice of them in random order (all of them: a uniform permutation).
+fn shuffle_front<T>(items: &mut [T], places: usize, rng: &mut impl Rng) {
+    let len = items.len();
+    for i in 0..places.min(len.saturating_sub(1)) {
+        items.swap(i, i + below(rng, len - i));
+    }
+}
+
+/// Removes `count` entries at random (any `count`-subset as likely), each removed one's
+/// place taken by the last one; the others are at the front, what is after them is
+/// unspecified.
+fn remove_unordered<T: Copy>(items: &mut [T], count: usize, rng: &mut impl Rng) {
+    let len = items.len();
+    for last in (len - count..len).rev() {
+        items[below(rng, last + 1)] = items[last];
+    }
+}
+
+/// Removes `count` entries at random from the front of `items` (their number: any
+/// `count`-subset as likely), keeping the others in order at the front; what is left
+/// after them is unspecified. Marks the fewer of the removed and the kept, by drawing
+/// places until that many distinct ones are marked, then moves the kept up once.
+fn remove_at_random<T: Copy>(items: &mut [T], count: usize, rng: &mut impl Rng) {
+    let len = items.len();
+    let mark_kept = count > len / 2;
+    let marked = if mark_kept { len - count } else { count };
+    let mut words = [0u64; 4];
+    let mut more_words = Vec::new();
+    let marks: &mut [u64] = if len <= 64 * words.len() {
+        &mut words
+    } else {
+        more_words.resize(len.div_ceil(64), 0);
+        &mut more_words
+    };
+    let mut drawn = 0;
+    while drawn < marked {
+        let i = below(rng, len);
+        let bit = 1 << (i % 64);
+        if marks[i / 64] & bit == 0 {
+            marks[i / 64] |= bit;
+            drawn += 1;
+        }
+    }
+    let mut kept = 0;
+    for i in 0..len {
+        items[kept] = items[i];
+        kept += usize::from((marks[i / 64] >> (i % 64) & 1 == 1) == mark_kept);
     }
 }
 
@@ -622,6 +710,88 @@ mod tests {
                 .handle_tick()
                 .is_empty()
         );
+    }
+
+    /// How often each outcome of `draw` came out in `runs` runs (seeded: the same counts
+    /// every time), and whether every one of `outcomes` is within 5% of its share.
+    fn even<K: std::hash::Hash + Eq + std::fmt::Debug>(
+        outcomes: usize,
+        runs: usize,
+        mut draw: impl FnMut(&mut rand_pcg::Pcg64Mcg) -> K,
+    ) -> Result<(), String> {
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(7);
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..runs {
+            *counts.entry(draw(&mut rng)).or_insert(0usize) += 1;
+        }
+        let share = runs / outcomes;
+        if counts.len() != outcomes {
+            return Err(format!("{} outcomes, not {outcomes}", counts.len()));
+        }
+        match counts.iter().find(|(_, &n)| n.abs_diff(share) > share / 20) {
+            Some((k, n)) => Err(format!("{k:?} came {n} times, not about {share}")),
+            None => Ok(()),
+        }
+    }
+
+    #[test]
+    fn draws_are_uniform() {
+        even(7, 70_000, |rng| below(rng, 7)).unwrap();
+        // Every order of four, and every ordered pair of five in front.
+        even(24, 120_000, |rng| {
+            let mut items = [0, 1, 2, 3];
+            shuffle_front(&mut items, usize::MAX, rng);
+            items
+        })
+        .unwrap();
+        even(20, 100_000, |rng| {
+            let mut items = [0, 1, 2, 3, 4];
+            shuffle_front(&mut items, 2, rng);
+            [items[0], items[1]]
+        })
+        .unwrap();
+        // Every pair removed from six, and every four (the others in order; in
+        // `remove_at_random`, the kept ones are marked then).
+        for count in [2, 4] {
+            even(15, 75_000, |rng| {
+                let mut items = [0, 1, 2, 3, 4, 5];
+                remove_unordered(&mut items, count, rng);
+                let mut kept = items[..6 - count].to_vec();
+                kept.sort();
+                kept
+            })
+            .unwrap();
+            even(15, 75_000, |rng| {
+                let mut items = [0, 1, 2, 3, 4, 5];
+                remove_at_random(&mut items, count, rng);
+                let kept = items[..6 - count].to_vec();
+                assert!(
+                    kept.windows(2).all(|w| w[0] < w[1]),
+                    "{kept:?} out of order"
+                );
+                kept
+            })
+            .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_long_buffer_merges_into_a_view_of_c() {
+        // More than 256 entries to remove from (the marks outgrow their words), and
+        // more removed than kept.
+        let p = ids(400);
+        for selection in [Selection::Rand, Selection::Old] {
+            let c = config(10, 0, 0, selection, Propagation::Pushpull);
+            let mut node = with_view(p[0], c, &[(p[1], 3), (p[2], 1)]);
+            let buffer: Vec<Descriptor> = p[3..]
+                .iter()
+                .map(|&peer| Descriptor { peer, age: 2 })
+                .collect();
+            node.handle_message(p[3], SamplingMessage::Gbps(GbpsMessage::Reply { buffer }));
+            let known: HashSet<PeerId> = p.iter().copied().collect();
+            crate::sampling::check_view(&node.view(), p[0], 10, &known).unwrap();
+            assert_eq!(node.view().len(), 10);
+        }
     }
 
     #[test]
