@@ -217,6 +217,31 @@ impl SharedWork for Batch {
     }
 }
 
+/// A bit per node.
+struct NodeBits(Vec<u64>);
+
+impl NodeBits {
+    /// `n` nodes' bits, all clear.
+    fn new(n: usize) -> NodeBits {
+        NodeBits(vec![0; n.div_ceil(64)])
+    }
+
+    fn has(&self, i: u32) -> bool {
+        self.0[i as usize / 64] >> (i % 64) & 1 == 1
+    }
+
+    fn set(&mut self, i: u32) {
+        self.0[i as usize / 64] |= 1 << (i % 64);
+    }
+
+    /// Clears node `i`'s bit (a node past the last has none).
+    fn clear(&mut self, i: u32) {
+        if let Some(word) = self.0.get_mut(i as usize / 64) {
+            *word &= !(1 << (i % 64));
+        }
+    }
+}
+
 /// Every simulated node's GBPS state.
 pub(super) struct GbpsNodes {
     config: GbpsConfig,
@@ -229,8 +254,6 @@ pub(super) struct GbpsNodes {
     samples: Vec<Vec<u32>>,
     /// The buffers of an exchange: the request's and the reply's.
     buffers: (Vec<Descriptor<u32>>, Vec<Descriptor<u32>>),
-    /// Which batch of [`GbpsNodes::exchange_all`] touched each node last.
-    batch_of: Vec<u64>,
 }
 
 impl GbpsNodes {
@@ -245,7 +268,6 @@ impl GbpsNodes {
             heads: huge_collect(n, (0..n).map(|_| new_head(seeds()))),
             samples: vec![Vec::new(); n],
             buffers: (Vec::with_capacity(stride), Vec::with_capacity(stride)),
-            batch_of: Vec::new(),
         }
     }
 
@@ -388,17 +410,22 @@ impl GbpsNodes {
         let store = self.store();
         let config: Arc<GbpsConfig> = Arc::new(self.config.clone());
         let up: Arc<[bool]> = up.into();
-        // `batch_of[i] == number`: node i is in the batch being gathered; `number - 1`:
-        // in the one running, if any.
-        let mut batch_of = std::mem::take(&mut self.batch_of);
-        batch_of.resize(self.len(), 0);
-        let mut number = batch_of.iter().max().copied().unwrap_or(0) + 2;
+        // The nodes of the batch being gathered and of the one running, if any (a bit
+        // each, so that a check stays in the caches): `touched[gathering]` and
+        // `touched[1 - gathering]`.
+        let mut touched = [NodeBits::new(self.len()), NodeBits::new(self.len())];
+        let mut gathering = 0;
         let mut pending: Vec<(u32, u32)> = Vec::new();
         let mut running: Option<(Started<'_>, Arc<Batch>)> = None;
         let mut messages = 0;
-        let mut finish = |running: &mut Option<(Started<'_>, Arc<Batch>)>| {
+        // Waits for the running batch, takes its results and clears its nodes' bits.
+        let mut finish = |running: &mut Option<(Started<'_>, Arc<Batch>)>, bits: &mut NodeBits| {
             if let Some((started, batch)) = running.take() {
                 started.finish();
+                for &(a, b) in &batch.pairs {
+                    bits.clear(a);
+                    bits.clear(b);
+                }
                 let (samples, handled) =
                     std::mem::take(&mut *batch.done.lock().unwrap_or_else(|e| e.into_inner()));
                 samples.into_iter().for_each(&mut tally);
@@ -424,14 +451,14 @@ impl GbpsNodes {
             if let Some(&next) = order.get(k + 2) {
                 store.prefetch(next, self.config.view_size);
             }
-            if batch_of[a as usize] == number {
+            if touched[gathering].has(a) {
                 // `a` was picked by a pending exchange: that batch runs before it plans.
-                finish(&mut running);
+                finish(&mut running, &mut touched[1 - gathering]);
                 running = Some(start(&mut pending));
-                number += 1;
+                gathering = 1 - gathering;
             }
-            if batch_of[a as usize] == number - 1 {
-                finish(&mut running);
+            if touched[1 - gathering].has(a) {
+                finish(&mut running, &mut touched[1 - gathering]);
             }
             // SAFETY: `a` is in no batch that may be running.
             let Some(b) = (unsafe { store.plan(&self.config, a) }) else {
@@ -439,21 +466,20 @@ impl GbpsNodes {
                 continue;
             };
             let reaches_b = up.get(b as usize).copied().unwrap_or(false);
-            if reaches_b && batch_of[b as usize] == number {
-                finish(&mut running);
+            if reaches_b && touched[gathering].has(b) {
+                finish(&mut running, &mut touched[1 - gathering]);
                 running = Some(start(&mut pending));
-                number += 1;
+                gathering = 1 - gathering;
             }
-            batch_of[a as usize] = number;
+            touched[gathering].set(a);
             if reaches_b {
-                batch_of[b as usize] = number;
+                touched[gathering].set(b);
             }
             pending.push((a, b));
         }
-        finish(&mut running);
+        finish(&mut running, &mut touched[1 - gathering]);
         running = Some(start(&mut pending));
-        finish(&mut running);
-        self.batch_of = batch_of;
+        finish(&mut running, &mut touched[gathering]);
         messages
     }
 
