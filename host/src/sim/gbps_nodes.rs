@@ -395,7 +395,8 @@ impl GbpsNodes {
     /// exchanges that touch no node in common. This thread plans each tick (its first
     /// draw: the peer) and gathers a batch while the one before runs on `helpers` (and on
     /// this thread once it is done planning). A batch closes when a tick's node or the
-    /// peer it picks is in it; a tick of a node in the running batch first waits for it.
+    /// peer it picks is in it, or when a tick's node is in the running batch (which it
+    /// waits for).
     /// The batches do not depend on the number of threads, and each exchange sees its two
     /// nodes as the exchanges before it in `order` left them, so the result is
     /// [`GbpsNodes::exchange_each`]'s. The samples go to `tally` (in no particular
@@ -458,7 +459,12 @@ impl GbpsNodes {
                 gathering = 1 - gathering;
             }
             if touched[1 - gathering].has(a) {
+                // `a` waits for the running batch: what is gathered runs meanwhile.
                 finish(&mut running, &mut touched[1 - gathering]);
+                if !pending.is_empty() {
+                    running = Some(start(&mut pending));
+                    gathering = 1 - gathering;
+                }
             }
             // SAFETY: `a` is in no batch that may be running.
             let Some(b) = (unsafe { store.plan(&self.config, a) }) else {
