@@ -714,20 +714,26 @@ impl Simulation {
         match self.config.engine {
             Engine::Cycle => {
                 // A cycle's metrics are taken on a thread of their own while the next
-                // cycle runs, and recorded in order.
+                // cycles run, and recorded in order.
                 let helpers = helpers::Helpers::new(self.config.threads.saturating_sub(1));
                 std::thread::scope(|scope| -> Result<()> {
-                    let mut measuring = None;
+                    let mut measuring = VecDeque::new();
                     for _ in 0..self.config.cycles {
                         self.step_cycle(Some(&helpers))?;
-                        // One snapshot at a time: the previous one is measured first.
-                        if let Some(previous) = measuring.take() {
-                            record(joined(previous)?)?;
+                        // At most `MEASURED_AT_ONCE` snapshots: the oldest is measured
+                        // first (a cycle with the costly metrics takes a few cycles'
+                        // time).
+                        if measuring.len() == MEASURED_AT_ONCE {
+                            if let Some(oldest) = measuring.pop_front() {
+                                record(joined(oldest)?)?;
+                            }
                         }
                         let snapshot = self.snapshot();
-                        measuring = Some(scope.spawn(move || snapshot.measure()));
+                        measuring.push_back(scope.spawn(move || snapshot.measure()));
                     }
-                    measuring.map_or(Ok(()), |last| record(joined(last)?))
+                    measuring
+                        .into_iter()
+                        .try_for_each(|measured| record(joined(measured)?))
                 })?;
             }
             Engine::Event => events::run(self, &mut record)?,
@@ -825,6 +831,9 @@ impl Simulation {
 }
 
 /// The metrics a measuring thread took.
+/// Snapshots of the cycle engine measured at once, at most.
+const MEASURED_AT_ONCE: usize = 3;
+
 fn joined(thread: std::thread::ScopedJoinHandle<'_, CycleMetrics>) -> Result<CycleMetrics> {
     thread
         .join()
