@@ -357,7 +357,7 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
 }
 
 /// A uniform draw from `0..n` (`n` > 0) on one 32-bit word: Lemire's multiply-shift,
-/// exact (a draw in the rare biased band is drawn again).
+/// exact (a word in the rare biased band is drawn again).
 fn below(rng: &mut impl Rng, n: usize) -> usize {
     let n = u32::try_from(n).expect("a view holds fewer than 2^32 descriptors");
     let mut wide = u64::from(rng.next_u32()) * u64::from(n);
@@ -389,10 +389,10 @@ fn remove_unordered<T: Copy>(items: &mut [T], count: usize, rng: &mut impl Rng) 
     }
 }
 
-/// Removes `count` entries at random from the front of `items` (their number: any
-/// `count`-subset as likely), keeping the others in order at the front; what is left
-/// after them is unspecified. Marks the fewer of the removed and the kept, by drawing
-/// places until that many distinct ones are marked, then moves the kept up once.
+/// Removes `count` entries at random (any `count`-subset as likely), keeping the others
+/// in order at the front; what is after them is unspecified. Marks the fewer of the
+/// removed and the kept, by drawing places until that many distinct ones are marked,
+/// then moves the kept ones up once.
 fn remove_at_random<T: Copy>(items: &mut [T], count: usize, rng: &mut impl Rng) {
     let len = items.len();
     let mark_kept = count > len / 2;
