@@ -193,6 +193,14 @@ impl SampleTally {
     }
 }
 
+fn find(parent: &mut [u32], mut x: u32) -> u32 {
+    while parent[x as usize] != x {
+        parent[x as usize] = parent[parent[x as usize] as usize];
+        x = parent[x as usize];
+    }
+    x
+}
+
 /// The random draws of the costly metrics: the nodes sampled for the clustering
 /// coefficient and the sources of the path lengths.
 pub struct CostlyDraws {
@@ -242,26 +250,22 @@ pub fn measure_drawn(
     let live = live_nodes(overlay);
     let attackers = byzantine.iter().any(|&b| b);
     let mut indegree = vec![0u32; n];
-    let mut components = Components::new(n, live.len());
     let (mut links, mut dead, mut malicious) = (0usize, 0usize, 0usize);
     for &i in &live {
         let targets = views.of(i);
-        for (place, &j) in targets.iter().enumerate() {
+        for &j in targets {
             let j = j as usize;
             if byzantine[j] {
                 malicious += 1;
             } else if alive[j] {
                 indegree[j] += 1;
-                if place < JOINED_IN_PASS {
-                    components.join(i as u32, j as u32);
-                }
             } else {
                 dead += 1;
             }
         }
         links += targets.len();
     }
-    let components = components.count_from(JOINED_IN_PASS, views, &live, &honest);
+    let components = components(views, &live, &honest);
     let count = live.len().max(1) as f64;
     let mean = live.iter().map(|&i| f64::from(indegree[i])).sum::<f64>() / count;
     let variance = live
@@ -310,74 +314,36 @@ pub fn measure_drawn(
     }
 }
 
-/// The first links of each view joined while the links are counted: a graph where each
-/// node links to two random others is already connected almost surely.
-const JOINED_IN_PASS: usize = 2;
-
-/// The connected components among the live nodes (undirected), by union-find.
-struct Components {
-    parent: Vec<u32>,
-    count: usize,
-}
-
-impl Components {
-    /// `live` components among `n` nodes: no link joined yet.
-    fn new(n: usize, live: usize) -> Components {
-        Components {
-            parent: (0..n as u32).collect(),
-            count: live,
-        }
-    }
-
-    fn find(&mut self, mut x: u32) -> u32 {
-        let parent = &mut self.parent;
-        while parent[x as usize] != x {
-            parent[x as usize] = parent[parent[x as usize] as usize];
-            x = parent[x as usize];
-        }
-        x
-    }
-
-    /// Joins the components of live nodes `a` and `b`.
-    fn join(&mut self, a: u32, b: u32) {
-        let (a, b) = (self.find(a), self.find(b));
-        if a != b {
-            self.parent[a as usize] = b;
-            self.count -= 1;
-        }
-    }
-
-    /// The count once the links of the `live` nodes from place `first` on are joined
-    /// (links to nodes `honest` rejects left out): every node's link at place `first`,
-    /// then at the next place, and so on, stopping once one component is left (a gossip
-    /// overlay is one component after two or three of its links per node, not all
-    /// thirty).
-    fn count_from(
-        mut self,
-        first: usize,
-        views: &Views,
-        live: &[usize],
-        honest: &impl Fn(usize) -> bool,
-    ) -> usize {
-        let mut place = first;
-        while self.count > 1 {
-            let mut more = false;
-            for &i in live {
-                let Some(&j) = views.of(i).get(place) else {
-                    continue;
-                };
-                more = true;
-                if honest(j as usize) {
-                    self.join(i as u32, j);
+/// The connected components among the `live` nodes, links to nodes `honest` rejects
+/// left out (undirected). Union-find takes every node's first link, then every node's
+/// second, and so on, and stops once one component is left: a graph where each node
+/// links to two random others is already connected almost surely, so a gossip overlay
+/// is one component after two or three of its links per node, not all thirty.
+fn components(views: &Views, live: &[usize], honest: &impl Fn(usize) -> bool) -> usize {
+    let mut parent: Vec<u32> = (0..views.len() as u32).collect();
+    let mut components = live.len();
+    let mut round = 0;
+    while components > 1 {
+        let mut more = false;
+        for &i in live {
+            let Some(&j) = views.of(i).get(round) else {
+                continue;
+            };
+            more = true;
+            if honest(j as usize) {
+                let (a, b) = (find(&mut parent, i as u32), find(&mut parent, j));
+                if a != b {
+                    parent[a as usize] = b;
+                    components -= 1;
                 }
             }
-            if !more {
-                break;
-            }
-            place += 1;
         }
-        self.count
+        if !more {
+            break;
+        }
+        round += 1;
     }
+    components
 }
 
 /// The undirected overlay among the nodes `keep` accepts: each node's own links and
