@@ -213,7 +213,7 @@ impl BrahmsNodes {
     /// round's start reads [`AHEAD`] + 2 ahead.
     pub fn prefetch_ahead(&self, order: &[u32]) {
         if let Some(&node) = order.get(AHEAD + 4) {
-            prefetch(&self.nodes[node as usize]);
+            self.prefetch_node(node);
         }
         if let Some(&node) = order.get(AHEAD + 2) {
             self.nodes[node as usize].0.prefetch_state(Step::Tick);

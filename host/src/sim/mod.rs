@@ -830,10 +830,10 @@ impl Simulation {
     }
 }
 
-/// The metrics a measuring thread took.
 /// Snapshots of the cycle engine measured at once, at most.
 const MEASURED_AT_ONCE: usize = 3;
 
+/// The metrics a measuring thread took.
 fn joined(thread: std::thread::ScopedJoinHandle<'_, CycleMetrics>) -> Result<CycleMetrics> {
     thread
         .join()
