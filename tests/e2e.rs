@@ -2261,3 +2261,58 @@ fn a_python_app_takes_bytes_that_are_not_text_from_a_rust_peer() {
         assert_eq!(summary["apps"]["bin"]["call_errors"], 0, "{summary}");
     }
 }
+
+/// The functions a node runs (host/link-order.txt) are in the binary under the same names
+/// and laid out together (host/build.rs), so a node keeps little of its code resident.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn the_functions_a_node_runs_are_laid_out_together() {
+    let order = read(&common::repo_root().join("host/link-order.txt"));
+    let wanted: Vec<&str> = order
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect();
+    let listing = Command::new("nm")
+        .args(["--defined-only", "--print-size"])
+        .arg(env!("CARGO_BIN_EXE_nodemanager"))
+        .output()
+        .expect("nm (binutils) runs");
+    assert!(listing.status.success(), "nm failed: {listing:?}");
+    let mut functions = std::collections::HashMap::new();
+    for line in String::from_utf8_lossy(&listing.stdout).lines() {
+        if let [address, size, kind, name] = line.split(' ').collect::<Vec<_>>()[..] {
+            if kind.eq_ignore_ascii_case("t") {
+                let span = (
+                    u64::from_str_radix(address, 16).unwrap(),
+                    u64::from_str_radix(size, 16).unwrap(),
+                );
+                functions.entry(name).or_insert(span);
+            }
+        }
+    }
+    let found: Vec<(u64, u64)> = wanted
+        .iter()
+        .filter_map(|name| functions.get(name).copied())
+        .collect();
+    assert!(
+        found.len() * 10 >= wanted.len() * 9,
+        "only {} of the {} functions in host/link-order.txt are in the binary (a new \
+         toolchain or dependencies renamed them): run scripts/link-order",
+        found.len(),
+        wanted.len()
+    );
+    let bytes: u64 = found.iter().map(|&(_, size)| size).sum();
+    let start = found.iter().map(|&(address, _)| address).min().unwrap();
+    let end = found
+        .iter()
+        .map(|&(address, size)| address + size)
+        .max()
+        .unwrap();
+    assert!(
+        end - start <= bytes + bytes / 4,
+        "the {} functions of host/link-order.txt ({bytes} bytes) are spread over {} bytes: \
+         the linker did not lay them out together (see host/build.rs)",
+        found.len(),
+        end - start
+    );
+}
