@@ -2278,8 +2278,9 @@ fn the_functions_a_node_runs_are_laid_out_together() {
         .output()
         .expect("nm (binutils) runs");
     assert!(listing.status.success(), "nm failed: {listing:?}");
+    let symbols = String::from_utf8_lossy(&listing.stdout);
     let mut functions = std::collections::HashMap::new();
-    for line in String::from_utf8_lossy(&listing.stdout).lines() {
+    for line in symbols.lines() {
         if let [address, size, kind, name] = line.split(' ').collect::<Vec<_>>()[..] {
             if kind.eq_ignore_ascii_case("t") {
                 let span = (
