@@ -2296,9 +2296,9 @@ fn the_functions_a_node_runs_are_laid_out_together() {
         .filter_map(|name| functions.get(name).copied())
         .collect();
     assert!(
-        found.len() * 10 >= wanted.len() * 9,
-        "only {} of the {} functions in host/link-order.txt are in the binary (a new \
-         toolchain or dependencies renamed them): run scripts/link-order",
+        found.len() * 5 >= wanted.len() * 4,
+        "only {} of the {} functions in host/link-order.txt are in the binary (a toolchain, \
+         dependency or code change renamed them): run scripts/link-order",
         found.len(),
         wanted.len()
     );
