@@ -233,6 +233,68 @@ pub fn costly_draws(overlay: &Overlay, costly: bool, rng: &mut StdRng) -> Option
     })
 }
 
+/// What a node is to the metrics.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Up and honest: links to it count toward its in-degree and join the overlay.
+    Honest,
+    /// Failed: links to it are dead links.
+    Failed,
+    /// An attacker.
+    Byzantine,
+}
+
+/// The overlay the metrics read: each node's kind, and the links among live honest
+/// nodes.
+struct Honest<'a> {
+    views: &'a Views,
+    kinds: Vec<Kind>,
+    /// Whether every node is live and honest (no kind to look up).
+    every_node: bool,
+}
+
+impl<'a> Honest<'a> {
+    fn new(overlay: &Overlay<'a>) -> Honest<'a> {
+        let kinds: Vec<Kind> = overlay
+            .alive
+            .iter()
+            .zip(overlay.byzantine)
+            .map(|(&alive, &byzantine)| match (alive, byzantine) {
+                (_, true) => Kind::Byzantine,
+                (true, false) => Kind::Honest,
+                (false, false) => Kind::Failed,
+            })
+            .collect();
+        Honest {
+            views: overlay.views,
+            every_node: kinds.iter().all(|&k| k == Kind::Honest),
+            kinds,
+        }
+    }
+
+    /// Number of nodes.
+    fn len(&self) -> usize {
+        self.views.len()
+    }
+
+    /// Whether node `i` is live and honest.
+    fn is_honest(&self, i: usize) -> bool {
+        self.every_node || self.kinds[i] == Kind::Honest
+    }
+
+    /// Node `i`'s links to live honest nodes other than itself (none if `i` is not one).
+    fn links(&self, i: usize) -> impl Iterator<Item = u32> + '_ {
+        let view = if self.is_honest(i) {
+            self.views.of(i)
+        } else {
+            &[]
+        };
+        view.iter()
+            .copied()
+            .filter(move |&j| j as usize != i && self.is_honest(j as usize))
+    }
+}
+
 /// Measures the overlay; the costly metrics with `draws`, if given.
 pub fn measure_drawn(
     cycle: u64,
@@ -240,32 +302,29 @@ pub fn measure_drawn(
     samples: &SampleTally,
     draws: Option<&CostlyDraws>,
 ) -> CycleMetrics {
-    let Overlay {
-        views,
-        alive,
-        byzantine,
-    } = *overlay;
+    let graph = Honest::new(overlay);
+    let views = overlay.views;
     let n = views.len();
-    let honest = |i: usize| alive[i] && !byzantine[i];
-    let live = live_nodes(overlay);
-    let attackers = byzantine.iter().any(|&b| b);
+    let live: Vec<usize> = (0..n).filter(|&i| graph.is_honest(i)).collect();
+    let attackers = overlay.byzantine.iter().any(|&b| b);
     let mut indegree = vec![0u32; n];
     let (mut links, mut dead, mut malicious) = (0usize, 0usize, 0usize);
     for &i in &live {
         let targets = views.of(i);
-        for &j in targets {
-            let j = j as usize;
-            if byzantine[j] {
-                malicious += 1;
-            } else if alive[j] {
-                indegree[j] += 1;
-            } else {
-                dead += 1;
+        if graph.every_node {
+            targets.iter().for_each(|&j| indegree[j as usize] += 1);
+        } else {
+            for &j in targets {
+                match graph.kinds[j as usize] {
+                    Kind::Honest => indegree[j as usize] += 1,
+                    Kind::Failed => dead += 1,
+                    Kind::Byzantine => malicious += 1,
+                }
             }
         }
         links += targets.len();
     }
-    let components = components(views, &live, &honest);
+    let components = components(&graph, &live);
     let count = live.len().max(1) as f64;
     let mean = live.iter().map(|&i| f64::from(indegree[i])).sum::<f64>() / count;
     let variance = live
@@ -274,13 +333,10 @@ pub fn measure_drawn(
         .sum::<f64>()
         / count;
     let (clustering, avg_path) = match draws {
-        Some(draws) => {
-            let graph = Undirected::new(views, &honest);
-            (
-                Some(clustering(&graph, &draws.clustering)),
-                Some(average_path(&graph, &draws.sources)),
-            )
-        }
+        Some(draws) => (
+            Some(clustering(&graph, &draws.clustering)),
+            Some(average_path(&graph, &draws.sources)),
+        ),
         None => (None, None),
     };
     let share = |part: usize, whole: usize| {
@@ -314,132 +370,95 @@ pub fn measure_drawn(
     }
 }
 
-/// The connected components among the `live` nodes, links to nodes `honest` rejects
-/// left out (undirected). Union-find takes every node's first link, then every node's
-/// second, and so on, and stops once one component is left: a graph where each node
-/// links to two random others is already connected almost surely, so a gossip overlay
-/// is one component after two or three of its links per node, not all thirty.
-fn components(views: &Views, live: &[usize], honest: &impl Fn(usize) -> bool) -> usize {
-    let mut parent: Vec<u32> = (0..views.len() as u32).collect();
+/// The connected components among the `live` nodes (undirected). Union-find takes every
+/// node's first two links, then every node's next two, and so on, and stops once one
+/// component is left: a graph where each node links to two random others is already
+/// connected almost surely, so a gossip overlay is one component after a round or two,
+/// not fifteen. (Two links a round: they share a cache line.)
+fn components(graph: &Honest, live: &[usize]) -> usize {
+    let mut parent: Vec<u32> = (0..graph.len() as u32).collect();
     let mut components = live.len();
     let mut round = 0;
     while components > 1 {
         let mut more = false;
         for &i in live {
-            let Some(&j) = views.of(i).get(round) else {
-                continue;
-            };
-            more = true;
-            if honest(j as usize) {
-                let (a, b) = (find(&mut parent, i as u32), find(&mut parent, j));
-                if a != b {
-                    parent[a as usize] = b;
-                    components -= 1;
+            for &j in graph.views.of(i).iter().skip(round).take(2) {
+                more = true;
+                if graph.is_honest(j as usize) {
+                    let (a, b) = (find(&mut parent, i as u32), find(&mut parent, j));
+                    if a != b {
+                        parent[a as usize] = b;
+                        components -= 1;
+                    }
                 }
             }
         }
         if !more {
             break;
         }
-        round += 1;
+        round += 2;
     }
     components
 }
 
-/// The undirected overlay among the nodes `keep` accepts: each node's own links and
-/// the links to it, in two flat arrays, unsorted; a neighbour linked both ways appears
-/// twice.
-struct Undirected<'a, K> {
-    views: &'a Views,
-    keep: K,
-    incoming: Views,
-}
-
-impl<'a, K: Fn(usize) -> bool> Undirected<'a, K> {
-    /// Indexes the links to each node (a counting sort of the kept links by target).
-    fn new(views: &'a Views, keep: K) -> Undirected<'a, K> {
-        let mut graph = Undirected {
-            views,
-            keep,
-            incoming: Views::default(),
-        };
-        let n = views.len();
-        let mut start = vec![0usize; n + 1];
-        for i in 0..n {
-            graph.links(i).for_each(|j| start[j as usize + 1] += 1);
-        }
-        for i in 0..n {
-            start[i + 1] += start[i];
-        }
-        let mut sources = vec![0u32; start[n]];
-        let mut next = start.clone();
-        for i in 0..n {
-            for j in graph.links(i) {
-                sources[next[j as usize]] = i as u32;
-                next[j as usize] += 1;
+/// The mean local clustering coefficient of the `sample`d nodes in the undirected
+/// overlay (a node's neighbours: those it links to and those linking to it). The links
+/// to the sampled nodes are gathered in one pass over every view; a pair of neighbours
+/// is closed when one links to the other, which their own links tell.
+fn clustering(graph: &Honest, sample: &[usize]) -> f64 {
+    let n = graph.len();
+    // A bit per sampled node (a check that stays in the caches), and its place.
+    let mut sampled = vec![0u64; n.div_ceil(64)];
+    let mut place = vec![0u32; n];
+    for (k, &i) in sample.iter().enumerate() {
+        sampled[i / 64] |= 1 << (i % 64);
+        place[i] = k as u32;
+    }
+    let mut incoming = vec![Vec::new(); sample.len()];
+    for i in 0..n {
+        for j in graph.links(i) {
+            let j = j as usize;
+            if sampled[j / 64] >> (j % 64) & 1 == 1 {
+                incoming[place[j] as usize].push(i as u32);
             }
         }
-        graph.incoming = Views {
-            offsets: start,
-            targets: sources,
-        };
-        graph
     }
-
-    /// Number of nodes.
-    fn len(&self) -> usize {
-        self.views.len()
-    }
-
-    /// Node `i`'s own links to kept nodes other than itself (none if `i` is not kept).
-    fn links(&self, i: usize) -> impl Iterator<Item = u32> + '_ {
-        let kept = (self.keep)(i);
-        self.views
-            .of(i)
-            .iter()
-            .copied()
-            .filter(move |&j| kept && j as usize != i && (self.keep)(j as usize))
-    }
-
-    /// Calls `visit` with each neighbour of `i` (kept nodes only), some twice.
-    #[inline]
-    fn for_each_neighbour(&self, i: usize, mut visit: impl FnMut(u32)) {
-        self.links(i).for_each(&mut visit);
-        self.incoming.of(i).iter().for_each(|&j| visit(j));
-    }
-}
-
-fn clustering(graph: &Undirected<impl Fn(usize) -> bool>, sample: &[usize]) -> f64 {
     // marked[b] == stamp: b is a neighbour of the node being measured;
     // counted[b] == pair: b was already counted with the neighbour `a` at hand.
-    let mut marked = vec![0u32; graph.len()];
-    let mut counted = vec![0u32; graph.len()];
+    let mut marked = vec![0u32; n];
+    let mut counted = vec![0u32; n];
     let (mut pair, mut adjacent) = (0u32, Vec::new());
     let total: f64 = sample
         .iter()
+        .zip(&incoming)
         .zip(1u32..)
-        .map(|(&i, stamp)| {
+        .map(|((&i, incoming), stamp)| {
             adjacent.clear();
-            graph.for_each_neighbour(i, |b| {
+            for b in graph.links(i).chain(incoming.iter().copied()) {
                 if marked[b as usize] != stamp {
                     marked[b as usize] = stamp;
                     adjacent.push(b);
                 }
-            });
+            }
             let k = adjacent.len();
             if k < 2 {
                 return 0.0;
             }
+            // Each closed pair once: seen from `a`, unless `b` links back and comes first
+            // (then it is seen from `b`).
             let mut closed = 0usize;
             for &a in &adjacent {
                 pair += 1;
-                graph.for_each_neighbour(a as usize, |b| {
+                for b in graph.links(a as usize) {
                     let b = b as usize;
-                    if b > a as usize && marked[b] == stamp && counted[b] != pair {
+                    if marked[b] == stamp
+                        && counted[b] != pair
+                        && ((a as usize) < b || !graph.links(b).any(|c| c == a))
+                    {
                         counted[b] = pair;
                         closed += 1;
                     }
-                });
+                }
             }
             closed as f64 / (k * (k - 1) / 2) as f64
         })
@@ -448,13 +467,15 @@ fn clustering(graph: &Undirected<impl Fn(usize) -> bool>, sample: &[usize]) -> f
 }
 
 /// The mean distance from `sources` (up to [`PATH_SOURCES`]) to every node they
-/// reach: one breadth-first search for all of them, each node carrying a bit per source.
-/// Each level goes through the nodes in order (those carrying a bit expand), so the
-/// neighbour lists are read front to back rather than at random; which node of a level
-/// expands first changes nothing (a bit reaching a node twice in one level is counted
-/// once, at that level's distance).
-fn average_path(graph: &Undirected<impl Fn(usize) -> bool>, sources: &[usize]) -> f64 {
+/// reach in the undirected overlay: one breadth-first search for all of them, each node
+/// carrying a bit per source, over the views alone. Each level goes through the nodes
+/// in order: a node of the level passes its bits on to those it links to, and a node
+/// that lacks some takes those of the level's nodes it links to (it is linked to by
+/// them). Which node of a level goes first changes nothing (a bit reaching a node twice
+/// in one level is counted once, at that level's distance).
+fn average_path(graph: &Honest, sources: &[usize]) -> f64 {
     let n = graph.len();
+    let every = (1u16 << sources.len()).wrapping_sub(1) as u8;
     let (mut seen, mut reached, mut arriving) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
     for (bit, &source) in sources.iter().enumerate() {
         seen[source] |= 1 << bit;
@@ -465,20 +486,27 @@ fn average_path(graph: &Undirected<impl Fn(usize) -> bool>, sources: &[usize]) -
     let mut expanding = !sources.is_empty();
     while expanding {
         distance += 1;
-        for (i, &carried) in reached.iter().enumerate() {
-            if carried == 0 {
+        let mut arrive = |j: usize, bits: u8, seen: &mut [u8]| {
+            let new = bits & !seen[j];
+            if new != 0 {
+                arriving[j] |= new;
+                seen[j] |= new;
+                sum += distance * u64::from(new.count_ones());
+                pairs += u64::from(new.count_ones());
+            }
+        };
+        for i in 0..n {
+            let carried = reached[i];
+            if carried == 0 && seen[i] == every {
                 continue;
             }
-            graph.for_each_neighbour(i, |j| {
+            let mut pulled = 0u8;
+            for j in graph.links(i) {
                 let j = j as usize;
-                let new = carried & !seen[j];
-                if new != 0 {
-                    arriving[j] |= new;
-                    seen[j] |= new;
-                    sum += distance * u64::from(new.count_ones());
-                    pairs += u64::from(new.count_ones());
-                }
-            });
+                pulled |= reached[j];
+                arrive(j, carried, &mut seen);
+            }
+            arrive(i, pulled, &mut seen);
         }
         reached.fill(0);
         std::mem::swap(&mut reached, &mut arriving);
@@ -493,6 +521,9 @@ fn average_path(graph: &Undirected<impl Fn(usize) -> bool>, sources: &[usize]) -
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
     use rand::SeedableRng;
 
     use super::*;
@@ -586,5 +617,78 @@ mod tests {
         samples.add(3, true);
         let skewed = measure_lists(2, &lists, &[true; 4], &byzantine, &samples, false);
         assert!(skewed.sample_uniformity.unwrap() > 0.1, "{skewed:?}");
+    }
+
+    /// The undirected overlay among live honest nodes as sets of neighbours: the
+    /// textbook definition the metrics' passes over the views must agree with.
+    fn neighbour_sets(lists: &[Vec<u32>], kinds: &[(bool, bool)]) -> Vec<BTreeSet<usize>> {
+        let honest = |i: usize| kinds[i].0 && !kinds[i].1;
+        let mut sets = vec![BTreeSet::new(); lists.len()];
+        for (i, list) in lists.iter().enumerate() {
+            for &j in list {
+                let j = j as usize;
+                if honest(i) && honest(j) && i != j {
+                    sets[i].insert(j);
+                    sets[j].insert(i);
+                }
+            }
+        }
+        sets
+    }
+
+    proptest! {
+        /// Clustering and path lengths, computed from the views alone, are those of
+        /// the undirected overlay by definition: on random overlays with failed and
+        /// Byzantine nodes, links both ways, repeated links and links to self.
+        #[test]
+        fn costly_metrics_are_those_of_the_undirected_overlay(
+            (lists, kinds) in (2usize..40).prop_flat_map(|n| (
+                prop::collection::vec(prop::collection::vec(0..n as u32, 0..6), n),
+                prop::collection::vec((prop::bool::weighted(0.85), prop::bool::weighted(0.1)), n),
+            )),
+            seed in any::<u64>(),
+        ) {
+            let (alive, byzantine): (Vec<bool>, Vec<bool>) = kinds.iter().copied().unzip();
+            let mut views = Views::with_capacity(lists.len(), 6);
+            for list in &lists {
+                views.push_with(|out| out.extend_from_slice(list));
+            }
+            let overlay = Overlay { views: &views, alive: &alive, byzantine: &byzantine };
+            let mut rng = StdRng::seed_from_u64(seed);
+            let Some(draws) = costly_draws(&overlay, true, &mut rng) else {
+                return Ok(());
+            };
+            let graph = Honest::new(&overlay);
+            let sets = neighbour_sets(&lists, &kinds);
+            let expected_clustering = draws.clustering.iter().map(|&i| {
+                let k = sets[i].len();
+                if k < 2 {
+                    return 0.0;
+                }
+                let closed = sets[i].iter().flat_map(|&a| sets[i].iter().map(move |&b| (a, b)))
+                    .filter(|&(a, b)| a < b && sets[a].contains(&b))
+                    .count();
+                closed as f64 / (k * (k - 1) / 2) as f64
+            }).sum::<f64>() / draws.clustering.len() as f64;
+            prop_assert_eq!(clustering(&graph, &draws.clustering), expected_clustering);
+            let (mut sum, mut pairs) = (0usize, 0usize);
+            for &source in &draws.sources {
+                let mut distance = vec![usize::MAX; lists.len()];
+                distance[source] = 0;
+                let mut queue = std::collections::VecDeque::from([source]);
+                while let Some(i) = queue.pop_front() {
+                    for &j in &sets[i] {
+                        if distance[j] == usize::MAX {
+                            distance[j] = distance[i] + 1;
+                            sum += distance[j];
+                            pairs += 1;
+                            queue.push_back(j);
+                        }
+                    }
+                }
+            }
+            let expected_path = if pairs == 0 { 0.0 } else { sum as f64 / pairs as f64 };
+            prop_assert_eq!(average_path(&graph, &draws.sources), expected_path);
+        }
     }
 }
