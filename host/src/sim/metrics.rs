@@ -246,15 +246,15 @@ enum Kind {
 
 /// The overlay the metrics read: each node's kind, and the links among live honest
 /// nodes.
-struct Honest<'a> {
+struct HonestOverlay<'a> {
     views: &'a Views,
     kinds: Vec<Kind>,
     /// Whether every node is live and honest (no kind to look up).
     every_node: bool,
 }
 
-impl<'a> Honest<'a> {
-    fn new(overlay: &Overlay<'a>) -> Honest<'a> {
+impl<'a> HonestOverlay<'a> {
+    fn new(overlay: &Overlay<'a>) -> HonestOverlay<'a> {
         let kinds: Vec<Kind> = overlay
             .alive
             .iter()
@@ -265,7 +265,7 @@ impl<'a> Honest<'a> {
                 (false, false) => Kind::Failed,
             })
             .collect();
-        Honest {
+        HonestOverlay {
             views: overlay.views,
             every_node: kinds.iter().all(|&k| k == Kind::Honest),
             kinds,
@@ -302,7 +302,7 @@ pub fn measure_drawn(
     samples: &SampleTally,
     draws: Option<&CostlyDraws>,
 ) -> CycleMetrics {
-    let graph = Honest::new(overlay);
+    let graph = HonestOverlay::new(overlay);
     let views = overlay.views;
     let n = views.len();
     let live: Vec<usize> = (0..n).filter(|&i| graph.is_honest(i)).collect();
@@ -375,7 +375,7 @@ pub fn measure_drawn(
 /// component is left: a graph where each node links to two random others is already
 /// connected almost surely, so a gossip overlay is one component after a round or two,
 /// not fifteen. (Two links a round: they share a cache line.)
-fn components(graph: &Honest, live: &[usize]) -> usize {
+fn components(graph: &HonestOverlay, live: &[usize]) -> usize {
     let mut parent: Vec<u32> = (0..graph.len() as u32).collect();
     let mut components = live.len();
     let mut round = 0;
@@ -405,7 +405,7 @@ fn components(graph: &Honest, live: &[usize]) -> usize {
 /// overlay (a node's neighbours: those it links to and those linking to it). The links
 /// to the sampled nodes are gathered in one pass over every view; a pair of neighbours
 /// is closed when one links to the other, which their own links tell.
-fn clustering(graph: &Honest, sample: &[usize]) -> f64 {
+fn clustering(graph: &HonestOverlay, sample: &[usize]) -> f64 {
     let n = graph.len();
     // A bit per sampled node (a check that stays in the caches), and its place.
     let mut sampled = vec![0u64; n.div_ceil(64)];
@@ -473,7 +473,7 @@ fn clustering(graph: &Honest, sample: &[usize]) -> f64 {
 /// that lacks some takes those of the level's nodes it links to (it is linked to by
 /// them). Which node of a level goes first changes nothing (a bit reaching a node twice
 /// in one level is counted once, at that level's distance).
-fn average_path(graph: &Honest, sources: &[usize]) -> f64 {
+fn average_path(graph: &HonestOverlay, sources: &[usize]) -> f64 {
     let n = graph.len();
     let every = (1u16 << sources.len()).wrapping_sub(1) as u8;
     let (mut seen, mut reached, mut arriving) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
@@ -658,7 +658,7 @@ mod tests {
             let Some(draws) = costly_draws(&overlay, true, &mut rng) else {
                 return Ok(());
             };
-            let graph = Honest::new(&overlay);
+            let graph = HonestOverlay::new(&overlay);
             let sets = neighbour_sets(&lists, &kinds);
             let expected_clustering = draws.clustering.iter().map(|&i| {
                 let k = sets[i].len();
