@@ -305,7 +305,7 @@ pub fn measure_drawn(
     let graph = HonestOverlay::new(overlay);
     let views = overlay.views;
     let n = views.len();
-    let live: Vec<usize> = (0..n).filter(|&i| graph.is_honest(i)).collect();
+    let live = live_nodes(overlay);
     let attackers = overlay.byzantine.iter().any(|&b| b);
     let mut indegree = vec![0u32; n];
     let (mut links, mut dead, mut malicious) = (0usize, 0usize, 0usize);
