@@ -231,6 +231,14 @@ impl GbpsConfig {
         }
         Ok(())
     }
+
+    /// Whether any choice reads descriptors' ages or a view's order beyond what a buffer
+    /// draws: the healer (it drops the oldest, ties to the first) and tail selection
+    /// (the oldest, ties to the first). Otherwise a view is only ever drawn from
+    /// uniformly: its ages and the order of its rest need not be kept.
+    pub fn reads_ages(&self) -> bool {
+        self.heal > 0 || self.selection_policy != Selection::Rand
+    }
 }
 
 impl SamplerConfig {

@@ -24,12 +24,81 @@ use super::{
 };
 
 /// A node descriptor: a peer and how old the information about it is.
+///
+/// On the wire and in the live sampler the age is a `u32`; the simulator keeps views
+/// whose ages nothing reads as peers alone (`A` = [`Unread`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Descriptor<I = PeerId> {
+pub struct Descriptor<I = PeerId, A = u32> {
     /// The peer.
     pub peer: I,
     /// Cycles since the peer itself created this descriptor.
-    pub age: u32,
+    pub age: A,
+}
+
+/// A descriptor's age, as a view keeps it.
+pub(crate) trait Age: Copy + Ord {
+    /// The age of a descriptor a node makes of itself.
+    const FRESH: Self;
+    /// This age `by` cycles later.
+    fn older(self, by: u32) -> Self;
+    /// The age a message carries.
+    fn to_wire(self) -> u32;
+    /// The age a message carried, as kept.
+    fn from_wire(age: u32) -> Self;
+}
+
+impl Age for u32 {
+    const FRESH: u32 = 0;
+
+    fn older(self, by: u32) -> u32 {
+        self.saturating_add(by)
+    }
+
+    fn to_wire(self) -> u32 {
+        self
+    }
+
+    fn from_wire(age: u32) -> u32 {
+        age
+    }
+}
+
+/// No age: where nothing reads ages (random peer selection, no healer: see
+/// [`GbpsConfig::reads_ages`]), a view of peers alone takes half the memory and makes
+/// the same choices. Sent as age 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Unread;
+
+impl Age for Unread {
+    const FRESH: Unread = Unread;
+
+    fn older(self, _by: u32) -> Unread {
+        Unread
+    }
+
+    fn to_wire(self) -> u32 {
+        0
+    }
+
+    fn from_wire(_age: u32) -> Unread {
+        Unread
+    }
+}
+
+/// `descriptor` as a message carries it.
+fn to_wire<I, A: Age>(descriptor: Descriptor<I, A>) -> Descriptor<I> {
+    Descriptor {
+        peer: descriptor.peer,
+        age: descriptor.age.to_wire(),
+    }
+}
+
+/// What a message carried, as a view keeps it.
+fn from_wire<I, A: Age>(descriptor: Descriptor<I>) -> Descriptor<I, A> {
+    Descriptor {
+        peer: descriptor.peer,
+        age: A::from_wire(descriptor.age),
+    }
 }
 
 /// GBPS wire messages.
@@ -62,26 +131,30 @@ impl<I> GbpsMessage<I> {
 /// Where a node's view is kept: the live sampler's own vector, or a row of the
 /// simulator's flat store (room for c + c/2 + 1 descriptors).
 pub(crate) trait ViewStore<I> {
+    /// The ages it keeps.
+    type Age: Age;
     /// The view, in its order.
-    fn descriptors(&self) -> &[Descriptor<I>];
+    fn descriptors(&self) -> &[Descriptor<I, Self::Age>];
     /// The view, to reorder or age in place.
-    fn descriptors_mut(&mut self) -> &mut [Descriptor<I>];
+    fn descriptors_mut(&mut self) -> &mut [Descriptor<I, Self::Age>];
     /// Appends a descriptor.
-    fn push(&mut self, descriptor: Descriptor<I>);
+    fn push(&mut self, descriptor: Descriptor<I, Self::Age>);
     /// Keeps the first `len` descriptors.
     fn truncate(&mut self, len: usize);
 }
 
 impl<I, V: ViewStore<I>> ViewStore<I> for &mut V {
-    fn descriptors(&self) -> &[Descriptor<I>] {
+    type Age = V::Age;
+
+    fn descriptors(&self) -> &[Descriptor<I, V::Age>] {
         (**self).descriptors()
     }
 
-    fn descriptors_mut(&mut self) -> &mut [Descriptor<I>] {
+    fn descriptors_mut(&mut self) -> &mut [Descriptor<I, V::Age>] {
         (**self).descriptors_mut()
     }
 
-    fn push(&mut self, descriptor: Descriptor<I>) {
+    fn push(&mut self, descriptor: Descriptor<I, V::Age>) {
         (**self).push(descriptor);
     }
 
@@ -90,16 +163,18 @@ impl<I, V: ViewStore<I>> ViewStore<I> for &mut V {
     }
 }
 
-impl<I> ViewStore<I> for Vec<Descriptor<I>> {
-    fn descriptors(&self) -> &[Descriptor<I>] {
+impl<I, A: Age> ViewStore<I> for Vec<Descriptor<I, A>> {
+    type Age = A;
+
+    fn descriptors(&self) -> &[Descriptor<I, A>] {
         self
     }
 
-    fn descriptors_mut(&mut self) -> &mut [Descriptor<I>] {
+    fn descriptors_mut(&mut self) -> &mut [Descriptor<I, A>] {
         self
     }
 
-    fn push(&mut self, descriptor: Descriptor<I>) {
+    fn push(&mut self, descriptor: Descriptor<I, A>) {
         Vec::push(self, descriptor);
     }
 
@@ -123,8 +198,8 @@ pub(crate) struct GbpsNode<'a, I: NodeId, V> {
 
 /// The peer a tick gossips with: a random one, or the first of the oldest (ties
 /// resolve by view order, itself random). Draws from `rng` only for `rand`.
-pub(crate) fn select_peer<I: NodeId>(
-    view: &[Descriptor<I>],
+pub(crate) fn select_peer<I: NodeId, A: Age>(
+    view: &[Descriptor<I, A>],
     selection: Selection,
     rng: &mut I::Rng,
 ) -> Option<I> {
@@ -133,7 +208,7 @@ pub(crate) fn select_peer<I: NodeId>(
         Selection::Rand => None,
         Selection::Old => view
             .iter()
-            .fold(None::<&Descriptor<I>>, |best, d| match best {
+            .fold(None::<&Descriptor<I, A>>, |best, d| match best {
                 Some(b) if b.age >= d.age => Some(b),
                 _ => Some(d),
             })
@@ -164,7 +239,7 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
     /// The active side's tick once its peer is chosen (the view is not empty): draws
     /// the cycle's sample, writes the buffer to send into `buffer` (left empty when
     /// pull-only), and ages the view. Returns the sample.
-    pub fn tick(&mut self, buffer: &mut Vec<Descriptor<I>>) -> I {
+    pub fn tick(&mut self, buffer: &mut Vec<Descriptor<I, V::Age>>) -> I {
         let view = self.view.descriptors();
         let sample = view[below(self.rng, view.len())].peer;
         buffer.clear();
@@ -179,9 +254,9 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
     /// into `answer` if asked (and returns whether it answers), merges, ages.
     pub fn answer(
         &mut self,
-        buffer: &[Descriptor<I>],
+        buffer: &[Descriptor<I, V::Age>],
         reply: bool,
-        answer: &mut Vec<Descriptor<I>>,
+        answer: &mut Vec<Descriptor<I, V::Age>>,
     ) -> bool {
         answer.clear();
         if reply {
@@ -198,6 +273,7 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
         let mut buffer = Vec::new();
         let sample = self.tick(&mut buffer);
         let reply = self.pulls();
+        let buffer = buffer.into_iter().map(to_wire).collect();
         let message = SamplingMessage::Gbps(GbpsMessage::Request { buffer, reply });
         (Outgoing { to, message }, sample)
     }
@@ -213,14 +289,17 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
         }
         match message {
             GbpsMessage::Request { buffer, reply } => {
+                let buffer: Vec<_> = buffer.into_iter().map(from_wire).collect();
                 let mut answer = Vec::new();
                 let replies = self.answer(&buffer, reply, &mut answer);
+                let answer = answer.into_iter().map(to_wire).collect();
                 replies.then_some(Outgoing {
                     to: from,
                     message: SamplingMessage::Gbps(GbpsMessage::Reply { buffer: answer }),
                 })
             }
             GbpsMessage::Reply { buffer } => {
+                let buffer: Vec<_> = buffer.into_iter().map(from_wire).collect();
                 self.select(&buffer);
                 None
             }
@@ -231,11 +310,11 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
     /// descriptor followed by the first c/2 - 1 descriptors into `buffer`.
     ///
     /// Only the places something reads the order of are drawn (see
-    /// [`GbpsNode::reads_order`]): those sent and those swapping drops, or the whole view.
-    pub fn make_buffer(&mut self, buffer: &mut Vec<Descriptor<I>>) {
+    /// [`GbpsConfig::reads_ages`]): those sent and those swapping drops, or the whole view.
+    pub fn make_buffer(&mut self, buffer: &mut Vec<Descriptor<I, V::Age>>) {
         let config = self.config;
         let take = (config.view_size / 2).saturating_sub(1);
-        let placed = if self.reads_order() {
+        let placed = if self.config.reads_ages() {
             usize::MAX
         } else {
             take.max(config.swap)
@@ -245,19 +324,9 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
         self.move_oldest_to_end(config.heal);
         buffer.push(Descriptor {
             peer: self.me,
-            age: 0,
+            age: V::Age::FRESH,
         });
         buffer.extend(self.view.descriptors().iter().take(take).copied());
-    }
-
-    /// Whether anything reads the view's order beyond the head that [`make_buffer`]
-    /// draws: the healer (it moves the oldest to the end, ties to the first) and tail
-    /// selection (ties to the first). Otherwise the rest of the view is only ever drawn
-    /// from uniformly, so its order need not be random nor kept.
-    ///
-    /// [`make_buffer`]: GbpsNode::make_buffer
-    fn reads_order(&self) -> bool {
-        self.config.heal > 0 || self.config.selection_policy != Selection::Rand
     }
 
     /// Moves the `count` oldest descriptors to the end (the oldest last), keeping the
@@ -277,7 +346,7 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
     }
 
     /// The paper's `view.select(c, H, S, buffer)`.
-    pub fn select(&mut self, buffer: &[Descriptor<I>]) {
+    pub fn select(&mut self, buffer: &[Descriptor<I, V::Age>]) {
         // view.append(buffer) then removeDuplicates: the view holds no duplicates, so
         // each buffer entry is looked up in what is there so far; the freshest copy
         // stays, at the first copy's place. Views are small (c + c/2 entries): a scan,
@@ -312,7 +381,7 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
         self.view.truncate(len);
         // removeAtRandom(size - c)
         if len > c {
-            let reads_order = self.reads_order();
+            let reads_order = self.config.reads_ages();
             let view = self.view.descriptors_mut();
             if reads_order {
                 remove_at_random(view, len - c, self.rng);
@@ -327,7 +396,7 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
     pub fn increase_age(&mut self) {
         let age = self.config.age;
         for d in self.view.descriptors_mut() {
-            d.age = d.age.saturating_add(age);
+            d.age = d.age.older(age);
         }
     }
 
@@ -338,7 +407,10 @@ impl<I: NodeId, V: ViewStore<I>> GbpsNode<'_, I, V> {
             && view.len() < self.config.view_size
             && !view.iter().any(|d| d.peer == peer)
         {
-            self.view.push(Descriptor { peer, age: 0 });
+            self.view.push(Descriptor {
+                peer,
+                age: V::Age::FRESH,
+            });
         }
     }
 

@@ -23,7 +23,7 @@ pub use config::{
 };
 pub use connected::Connected;
 pub use driver::{ByValue, SamplingCounts, SamplingDriver};
-pub(crate) use gbps::{select_peer, GbpsNode, ViewStore};
+pub(crate) use gbps::{select_peer, Age, GbpsNode, Unread, ViewStore};
 pub use gbps::{Descriptor, Gbps, GbpsMessage};
 pub use minwise::Rankers;
 pub use static_view::{StaticMessage, StaticView, MAX_NODE_NAME};

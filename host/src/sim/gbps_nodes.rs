@@ -20,11 +20,14 @@ use super::helpers::{Helpers, SharedWork, Started};
 use super::huge_pages::{huge_collect, huge_vec};
 
 use crate::sampling::{
-    prefetch, prefetch_range, prefetch_slice, select_peer, Descriptor, GbpsConfig, GbpsMessage,
-    GbpsNode, NodeId, Outgoing, SamplingCounts, SamplingMessage, ViewStore,
+    prefetch, prefetch_range, prefetch_slice, select_peer, Age, Descriptor, GbpsConfig,
+    GbpsMessage, GbpsNode, NodeId, Outgoing, SamplingCounts, SamplingMessage, Unread, ViewStore,
 };
 
 type Rng = <u32 as NodeId>::Rng;
+
+/// The descriptors a request or a reply carries, as an exchange passes them.
+type Buffer<A> = Vec<Descriptor<u32, A>>;
 
 /// A node's generator, view length and counts: one cache line.
 #[repr(align(64))]
@@ -36,21 +39,23 @@ struct Head {
 }
 
 /// A node's view: its row of the flat array and its length.
-struct Row<'a> {
-    slots: &'a mut [Descriptor<u32>],
+struct Row<'a, A> {
+    slots: &'a mut [Descriptor<u32, A>],
     len: &'a mut u32,
 }
 
-impl ViewStore<u32> for Row<'_> {
-    fn descriptors(&self) -> &[Descriptor<u32>] {
+impl<A: Age> ViewStore<u32> for Row<'_, A> {
+    type Age = A;
+
+    fn descriptors(&self) -> &[Descriptor<u32, A>] {
         &self.slots[..*self.len as usize]
     }
 
-    fn descriptors_mut(&mut self) -> &mut [Descriptor<u32>] {
+    fn descriptors_mut(&mut self) -> &mut [Descriptor<u32, A>] {
         &mut self.slots[..*self.len as usize]
     }
 
-    fn push(&mut self, descriptor: Descriptor<u32>) {
+    fn push(&mut self, descriptor: Descriptor<u32, A>) {
         self.slots[*self.len as usize] = descriptor;
         *self.len += 1;
     }
@@ -63,9 +68,8 @@ impl ViewStore<u32> for Row<'_> {
 /// The arrays, reached by the exchanges of a batch from several threads: each reaches
 /// only the rows and heads of its two nodes, which no other exchange of the batch
 /// touches.
-#[derive(Clone, Copy)]
-struct Store {
-    rows: *mut Descriptor<u32>,
+struct Store<A> {
+    rows: *mut Descriptor<u32, A>,
     heads: *mut Head,
     stride: usize,
     nodes: usize,
@@ -74,11 +78,20 @@ struct Store {
 // SAFETY: a `Store` is only used while the arrays it points to are neither moved nor
 // freed (a batch runs to its end before `GbpsNodes` is touched again), and threads
 // reach disjoint nodes through it (see `Store::node`).
-unsafe impl Send for Store {}
+unsafe impl<A> Send for Store<A> {}
 // SAFETY: as above.
-unsafe impl Sync for Store {}
+unsafe impl<A> Sync for Store<A> {}
 
-impl Store {
+// Not derived: a derive would ask `A: Copy`, and the pointers are copied whatever `A`.
+impl<A> Clone for Store<A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<A> Copy for Store<A> {}
+
+impl<A: Age> Store<A> {
     /// Node `i`'s rules and counts.
     ///
     /// # Safety
@@ -89,7 +102,7 @@ impl Store {
         self,
         config: &'a GbpsConfig,
         i: u32,
-    ) -> (GbpsNode<'a, u32, Row<'a>>, &'a mut SamplingCounts) {
+    ) -> (GbpsNode<'a, u32, Row<'a, A>>, &'a mut SamplingCounts) {
         assert!((i as usize) < self.nodes, "node {i} of {}", self.nodes);
         // SAFETY: in bounds (checked above); the caller makes the access exclusive.
         let (slots, head) = unsafe {
@@ -136,7 +149,7 @@ impl Store {
         (a, b): (u32, u32),
         up: &[bool],
         tally: &mut impl FnMut(u32),
-        (request, reply): (&mut Vec<Descriptor<u32>>, &mut Vec<Descriptor<u32>>),
+        (request, reply): (&mut Buffer<A>, &mut Buffer<A>),
     ) -> u64 {
         // SAFETY: the caller's.
         let (mut active, active_counts) = unsafe { self.node(config, a) };
@@ -174,8 +187,8 @@ const SHARED_FROM: usize = 32;
 const PART: usize = 16;
 
 /// A batch of planned exchanges that touch disjoint nodes.
-struct Batch {
-    store: Store,
+struct Batch<A> {
+    store: Store<A>,
     config: Arc<GbpsConfig>,
     up: Arc<[bool]>,
     pairs: Vec<(u32, u32)>,
@@ -183,7 +196,7 @@ struct Batch {
     done: Mutex<(Vec<u32>, u64)>,
 }
 
-impl SharedWork for Batch {
+impl<A: Age + Send + Sync> SharedWork for Batch<A> {
     fn parts(&self) -> usize {
         self.pairs.len().div_ceil(PART)
     }
@@ -242,26 +255,134 @@ impl NodeBits {
     }
 }
 
-/// Every simulated node's GBPS state.
-pub(super) struct GbpsNodes {
+/// Every simulated node's GBPS state, its descriptors with ages where a choice reads
+/// them ([`GbpsConfig::reads_ages`]), as peers alone where none does: half the memory an
+/// exchange reaches, and the same choices.
+pub(super) enum GbpsNodes {
+    /// Descriptors with ages.
+    Aged(FlatGbps<u32>),
+    /// Peers alone.
+    PeersOnly(FlatGbps<Unread>),
+}
+
+/// `$body` on the nodes, whichever descriptors they keep.
+macro_rules! on_nodes {
+    ($nodes:expr, $flat:ident => $body:expr) => {
+        match $nodes {
+            GbpsNodes::Aged($flat) => $body,
+            GbpsNodes::PeersOnly($flat) => $body,
+        }
+    };
+}
+
+impl GbpsNodes {
+    /// `n` nodes with empty views, node i's generator seeded by the i-th of `seeds`.
+    pub fn new(config: &GbpsConfig, n: usize, seeds: impl FnMut() -> u64) -> GbpsNodes {
+        if config.reads_ages() {
+            GbpsNodes::Aged(FlatGbps::new(config, n, seeds))
+        } else {
+            GbpsNodes::PeersOnly(FlatGbps::new(config, n, seeds))
+        }
+    }
+
+    /// Node `i` starts again with an empty view and a generator seeded by `seed`.
+    pub fn reset(&mut self, i: u32, seed: u64) {
+        on_nodes!(self, flat => flat.reset(i, seed))
+    }
+
+    /// The number of nodes.
+    pub fn len(&self) -> usize {
+        on_nodes!(self, flat => flat.len())
+    }
+
+    /// Node `i`'s view, in order.
+    pub fn view_into(&self, i: u32, out: &mut Vec<u32>) {
+        on_nodes!(self, flat => flat.view_into(i, out))
+    }
+
+    /// What reached node `i`'s sampler so far.
+    pub fn counts(&self, i: u32) -> SamplingCounts {
+        on_nodes!(self, flat => flat.counts(i))
+    }
+
+    /// Node `i` learns of `peer`.
+    pub fn connected(&mut self, i: u32, peer: u32) {
+        on_nodes!(self, flat => flat.connected(i, peer))
+    }
+
+    /// Node `i` could not reach `peer`.
+    pub fn send_failed(&mut self, i: u32, peer: u32) {
+        on_nodes!(self, flat => flat.send_failed(i, peer))
+    }
+
+    /// Hands over node `i`'s samples not yet collected.
+    pub fn drain_samples(&mut self, i: u32, out: &mut Vec<u32>) {
+        on_nodes!(self, flat => flat.drain_samples(i, out))
+    }
+
+    /// Node `i`'s tick, as a message.
+    pub fn tick(&mut self, i: u32) -> Vec<Outgoing<u32>> {
+        on_nodes!(self, flat => flat.tick(i))
+    }
+
+    /// Node `i` receives `message` from `from`; returns its answer (see
+    /// [`FlatGbps::receive`]).
+    pub fn receive(
+        &mut self,
+        i: u32,
+        from: u32,
+        message: SamplingMessage<u32>,
+    ) -> Vec<Outgoing<u32>> {
+        on_nodes!(self, flat => flat.receive(i, from, message))
+    }
+
+    /// A cycle's exchanges one after the other (see [`FlatGbps::exchange_each`]).
+    pub fn exchange_each(&mut self, order: &[u32], up: &[bool], tally: impl FnMut(u32)) -> u64 {
+        on_nodes!(self, flat => flat.exchange_each(order, up, tally))
+    }
+
+    /// A cycle's exchanges in batches on several threads (see
+    /// [`FlatGbps::exchange_all`]).
+    pub fn exchange_all(
+        &mut self,
+        order: &[u32],
+        up: &[bool],
+        helpers: &Helpers,
+        tally: impl FnMut(u32),
+    ) -> u64 {
+        on_nodes!(self, flat => flat.exchange_all(order, up, helpers, tally))
+    }
+
+    /// Brings in the memory of the nodes that tick after `order[0]` (see
+    /// [`FlatGbps::prefetch_ahead`]).
+    pub fn prefetch_ahead(&self, order: &[u32]) {
+        on_nodes!(self, flat => flat.prefetch_ahead(order))
+    }
+}
+
+/// Every simulated node's GBPS state, its views kept with ages of type `A`.
+pub(super) struct FlatGbps<A> {
     config: GbpsConfig,
     /// Descriptors a row holds: a full view and a buffer merged into it.
     stride: usize,
-    rows: Vec<Descriptor<u32>>,
+    rows: Vec<Descriptor<u32, A>>,
     heads: Vec<Head>,
     /// Samples emitted and not yet collected ([`GbpsNodes::exchange`] hands its own over
     /// at once).
     samples: Vec<Vec<u32>>,
     /// The buffers of an exchange: the request's and the reply's.
-    buffers: (Vec<Descriptor<u32>>, Vec<Descriptor<u32>>),
+    buffers: (Buffer<A>, Buffer<A>),
 }
 
-impl GbpsNodes {
+impl<A: Age + Send + Sync + 'static> FlatGbps<A> {
     /// `n` nodes with empty views, node i's generator seeded by the i-th of `seeds`.
-    pub fn new(config: &GbpsConfig, n: usize, mut seeds: impl FnMut() -> u64) -> GbpsNodes {
+    pub fn new(config: &GbpsConfig, n: usize, mut seeds: impl FnMut() -> u64) -> FlatGbps<A> {
         let stride = config.view_size + config.view_size / 2 + 1;
-        let empty = Descriptor { peer: 0, age: 0 };
-        GbpsNodes {
+        let empty = Descriptor {
+            peer: 0,
+            age: A::FRESH,
+        };
+        FlatGbps {
             config: config.clone(),
             stride,
             rows: huge_vec(n * stride, empty),
@@ -278,7 +399,7 @@ impl GbpsNodes {
     }
 
     /// Node `i`'s rules over its row, and its counts.
-    fn node(&mut self, i: u32) -> (GbpsNode<'_, u32, Row<'_>>, &mut SamplingCounts) {
+    fn node(&mut self, i: u32) -> (GbpsNode<'_, u32, Row<'_, A>>, &mut SamplingCounts) {
         let slots = &mut self.rows[i as usize * self.stride..][..self.stride];
         rules(i, &self.config, slots, &mut self.heads[i as usize])
     }
@@ -293,7 +414,7 @@ impl GbpsNodes {
         out.extend(self.descriptors(i).iter().map(|d| d.peer));
     }
 
-    fn descriptors(&self, i: u32) -> &[Descriptor<u32>] {
+    fn descriptors(&self, i: u32) -> &[Descriptor<u32, A>] {
         let len = self.heads[i as usize].len as usize;
         &self.rows[i as usize * self.stride..][..len]
     }
@@ -417,10 +538,11 @@ impl GbpsNodes {
         let mut touched = [NodeBits::new(self.len()), NodeBits::new(self.len())];
         let mut gathering = 0;
         let mut pending: Vec<(u32, u32)> = Vec::new();
-        let mut running: Option<(Started<'_>, Arc<Batch>)> = None;
+        let mut running: Option<(Started<'_>, Arc<Batch<A>>)> = None;
         let mut messages = 0;
         // Waits for the running batch, takes its results and clears its nodes' bits.
-        let mut finish = |running: &mut Option<(Started<'_>, Arc<Batch>)>, bits: &mut NodeBits| {
+        let mut finish = |running: &mut Option<(Started<'_>, Arc<Batch<A>>)>,
+                          bits: &mut NodeBits| {
             if let Some((started, batch)) = running.take() {
                 started.finish();
                 for &(a, b) in &batch.pairs {
@@ -489,7 +611,7 @@ impl GbpsNodes {
         messages
     }
 
-    fn store(&mut self) -> Store {
+    fn store(&mut self) -> Store<A> {
         Store {
             rows: self.rows.as_mut_ptr(),
             heads: self.heads.as_mut_ptr(),
@@ -524,12 +646,12 @@ impl GbpsNodes {
 }
 
 /// Node `me`'s rules over its row and head, and its counts.
-fn rules<'a>(
+fn rules<'a, A>(
     me: u32,
     config: &'a GbpsConfig,
-    slots: &'a mut [Descriptor<u32>],
+    slots: &'a mut [Descriptor<u32, A>],
     head: &'a mut Head,
-) -> (GbpsNode<'a, u32, Row<'a>>, &'a mut SamplingCounts) {
+) -> (GbpsNode<'a, u32, Row<'a, A>>, &'a mut SamplingCounts) {
     let node = GbpsNode {
         me,
         config,
@@ -584,6 +706,22 @@ mod tests {
             Twins { flat, drivers, up }
         }
 
+        /// What `flat` sent or answered, beside what the drivers did: as sent, or
+        /// without ages where the flat nodes keep none (they send 0).
+        fn comparable(&self, mut sent: Vec<Outgoing<u32>>) -> Vec<Outgoing<u32>> {
+            if let GbpsNodes::PeersOnly(_) = self.flat {
+                for o in &mut sent {
+                    if let SamplingMessage::Gbps(
+                        GbpsMessage::Request { buffer, .. } | GbpsMessage::Reply { buffer },
+                    ) = &mut o.message
+                    {
+                        buffer.iter_mut().for_each(|d| d.age = 0);
+                    }
+                }
+            }
+            sent
+        }
+
         fn assert_same(&mut self) -> Result<(), TestCaseError> {
             for i in 0..NODES {
                 let mut view = Vec::new();
@@ -602,8 +740,8 @@ mod tests {
     proptest! {
         /// Whatever happens, in whatever order, a node of the flat store does, draw for
         /// draw, what a `Gbps` sampler behind a driver does: views in the same order,
-        /// the same messages, samples and counts; the cycle engine's exchange at once
-        /// included.
+        /// the same messages (but their ages, where the flat nodes keep none), samples
+        /// and counts; the cycle engine's exchange at once included.
         #[test]
         fn flat_nodes_do_what_drivers_do(
             seed in any::<u64>(),
@@ -625,19 +763,26 @@ mod tests {
                 period: Duration::from_secs(1),
             };
             let mut twins = Twins::new(&config, seed, up);
+            prop_assert_eq!(matches!(twins.flat, GbpsNodes::Aged(_)), config.reads_ages());
             for (kind, i, j, buffer) in steps {
                 match kind {
                     // Only nodes up tick in the cycle engine.
                     0 if twins.up[i as usize] => {
-                        let mut sample = Vec::new();
-                        let flat = twins.flat.exchange(i, &twins.up.clone(), |s| sample.push(s));
+                        let up = twins.up.clone();
+                        let flat = on_nodes!(&mut twins.flat, flat => {
+                            let mut sample = Vec::new();
+                            let messages = flat.exchange(i, &up, |s| sample.push(s));
+                            flat.samples[i as usize].extend(sample);
+                            messages
+                        });
                         let sent = twins.drivers[i as usize].tick();
                         prop_assert_eq!(flat, deliver_to_drivers(&mut twins.drivers, &twins.up, i, sent), "messages of node {}'s exchange", i);
-                        twins.flat.samples[i as usize].extend(sample);
                     }
                     0 | 1 => {
                         let sent = twins.flat.tick(i);
-                        prop_assert_eq!(&sent, &twins.drivers[i as usize].tick());
+                        let driven = twins.drivers[i as usize].tick();
+                        let driven = twins.comparable(driven);
+                        prop_assert_eq!(twins.comparable(sent), driven);
                     }
                     2 => {
                         twins.flat.connected(i, j);
@@ -660,7 +805,7 @@ mod tests {
                         };
                         let flat = twins.flat.receive(i, j, SamplingMessage::Gbps(message.clone()));
                         let driven = twins.drivers[i as usize].receive(j, SamplingMessage::Gbps(message));
-                        prop_assert_eq!(flat, driven);
+                        prop_assert_eq!(twins.comparable(flat), twins.comparable(driven));
                     }
                 }
                 twins.assert_same()?;
