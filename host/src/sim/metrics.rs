@@ -637,11 +637,11 @@ mod tests {
     }
 
     proptest! {
-        /// Clustering and path lengths, computed from the views alone, are those of
-        /// the undirected overlay by definition: on random overlays with failed and
-        /// Byzantine nodes, links both ways, repeated links and links to self.
+        /// Clustering, path lengths and components, computed from the views alone, are
+        /// those of the undirected overlay by definition: on random overlays with failed
+        /// and Byzantine nodes, links both ways, repeated links and links to self.
         #[test]
-        fn costly_metrics_are_those_of_the_undirected_overlay(
+        fn metrics_from_the_views_are_those_of_the_undirected_overlay(
             (lists, kinds) in (2usize..40).prop_flat_map(|n| (
                 prop::collection::vec(prop::collection::vec(0..n as u32, 0..6), n),
                 prop::collection::vec((prop::bool::weighted(0.85), prop::bool::weighted(0.1)), n),
@@ -689,6 +689,25 @@ mod tests {
             }
             let expected_path = if pairs == 0 { 0.0 } else { sum as f64 / pairs as f64 };
             prop_assert_eq!(average_path(&graph, &draws.sources), expected_path);
+            let live = live_nodes(&overlay);
+            let mut reached = vec![false; lists.len()];
+            let mut expected_components = 0;
+            for &start in &live {
+                if !reached[start] {
+                    expected_components += 1;
+                    reached[start] = true;
+                    let mut stack = vec![start];
+                    while let Some(i) = stack.pop() {
+                        for &j in &sets[i] {
+                            if !reached[j] {
+                                reached[j] = true;
+                                stack.push(j);
+                            }
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(components(&graph, &live), expected_components);
         }
     }
 }
