@@ -26,7 +26,7 @@ use super::{
 /// A node descriptor: a peer and how old the information about it is.
 ///
 /// On the wire and in the live sampler the age is a `u32`; the simulator keeps views
-/// whose ages nothing reads as peers alone (`A` = [`Unread`]).
+/// whose ages nothing reads as peers alone (`A` = `Unread`, a zero-sized age).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor<I = PeerId, A = u32> {
     /// The peer.
