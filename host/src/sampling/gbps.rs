@@ -35,8 +35,8 @@ pub struct Descriptor<I = PeerId, A = u32> {
     pub age: A,
 }
 
-/// A descriptor's age, as a view keeps it.
-pub(crate) trait Age: Copy + Ord {
+/// A descriptor's age, as a view keeps it (views are shared by the simulator's threads).
+pub(crate) trait Age: Copy + Ord + Send + Sync + 'static {
     /// The age of a descriptor a node makes of itself.
     const FRESH: Self;
     /// This age `by` cycles later.

@@ -196,7 +196,7 @@ struct Batch<A> {
     done: Mutex<(Vec<u32>, u64)>,
 }
 
-impl<A: Age + Send + Sync> SharedWork for Batch<A> {
+impl<A: Age> SharedWork for Batch<A> {
     fn parts(&self) -> usize {
         self.pairs.len().div_ceil(PART)
     }
@@ -367,14 +367,14 @@ pub(super) struct FlatGbps<A> {
     stride: usize,
     rows: Vec<Descriptor<u32, A>>,
     heads: Vec<Head>,
-    /// Samples emitted and not yet collected ([`GbpsNodes::exchange`] hands its own over
+    /// Samples emitted and not yet collected ([`FlatGbps::exchange`] hands its own over
     /// at once).
     samples: Vec<Vec<u32>>,
     /// The buffers of an exchange: the request's and the reply's.
     buffers: (Buffer<A>, Buffer<A>),
 }
 
-impl<A: Age + Send + Sync + 'static> FlatGbps<A> {
+impl<A: Age> FlatGbps<A> {
     /// `n` nodes with empty views, node i's generator seeded by the i-th of `seeds`.
     pub fn new(config: &GbpsConfig, n: usize, mut seeds: impl FnMut() -> u64) -> FlatGbps<A> {
         let stride = config.view_size + config.view_size / 2 + 1;
@@ -477,7 +477,7 @@ impl<A: Age + Send + Sync + 'static> FlatGbps<A> {
     }
 
     /// The exchanges of a cycle (`order`: the nodes that tick, in order), one after the
-    /// other on this thread (see [`GbpsNodes::exchange`]); returns the messages handled.
+    /// other on this thread (see [`FlatGbps::exchange`]); returns the messages handled.
     pub fn exchange_each(&mut self, order: &[u32], up: &[bool], mut tally: impl FnMut(u32)) -> u64 {
         let mut messages = 0;
         for (k, &a) in order.iter().enumerate() {
